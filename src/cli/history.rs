@@ -1,0 +1,69 @@
+//! `ferrysync history JOB [--limit N] [--json]`: past runs of a job, newest first.
+
+use std::process::ExitCode;
+
+use super::status::RunJson;
+use super::{CmdResult, Failure, StateArg};
+use crate::job_run::human_bytes;
+use crate::ledger::Ledger;
+
+/// Show past runs of a job.
+#[derive(Debug, clap::Args)]
+pub struct HistoryCmd {
+    job: String,
+    /// How many runs to show.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// One JSON document: an array of runs (fields documented in the README).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    state: StateArg,
+}
+
+impl HistoryCmd {
+    pub fn execute(self) -> CmdResult {
+        let ledger = Ledger::open(&self.state.path)?;
+        let runs: Vec<RunJson> = ledger
+            .runs(&self.job, self.limit)?
+            .into_iter()
+            .map(RunJson::from)
+            .collect();
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&runs).map_err(Failure::run)?
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if runs.is_empty() {
+            println!(
+                "job `{}` has no runs in {}",
+                self.job,
+                self.state.path.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!(
+            "{:>6} {:<21} {:<9} {:<8} {:>14} {:>14} {:>6} {:>6}",
+            "RUN", "STARTED", "TRIGGER", "OUTCOME", "UP", "DOWN", "DEL", "FAILED"
+        );
+        for r in &runs {
+            println!(
+                "{:>6} {:<21} {:<9} {:<8} {:>14} {:>14} {:>6} {:>6}",
+                r.id,
+                r.started_at,
+                r.trigger,
+                format!("{:?}", r.outcome).to_lowercase(),
+                format!("{} ({})", r.files_up, human_bytes(r.bytes_up)),
+                format!("{} ({})", r.files_down, human_bytes(r.bytes_down)),
+                r.files_deleted,
+                r.files_failed
+            );
+            if let Some(e) = &r.error {
+                println!("       error: {e}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,166 @@
+//! The command line: one clap subcommand per module, parsed once, each returning an exit code.
+//! Exit codes: 0 success, 1 the sync ran and something failed, 2 bad usage or configuration.
+
+mod check;
+mod demo;
+mod history;
+mod run;
+mod status;
+mod sync;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// A failure that decides the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    /// Bad usage or configuration: exit 2.
+    pub fn config(message: impl std::fmt::Display) -> Failure {
+        Failure {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+    /// The work ran and failed: exit 1.
+    pub fn run(message: impl std::fmt::Display) -> Failure {
+        Failure {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<crate::ledger::LedgerError> for Failure {
+    fn from(e: crate::ledger::LedgerError) -> Self {
+        Failure::run(e)
+    }
+}
+
+impl From<crate::config::ConfigError> for Failure {
+    fn from(e: crate::config::ConfigError) -> Self {
+        Failure::config(e)
+    }
+}
+
+pub type CmdResult = Result<ExitCode, Failure>;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferrysync",
+    version,
+    about = "Unattended, scheduled directory sync over FTPS"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// More logging (-v: info, -vv: debug). FERRYSYNC_LOG takes a full filter.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `--jobs DIR`
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobsArg {
+    /// Directory of job files.
+    #[arg(long = "jobs", env = "FERRYSYNC_JOBS", default_value = "./jobs")]
+    pub dir: PathBuf,
+}
+
+/// `--state PATH`
+#[derive(Debug, Clone, clap::Args)]
+pub struct StateArg {
+    /// The ledger (SQLite) file.
+    #[arg(
+        long = "state",
+        env = "FERRYSYNC_STATE",
+        default_value = "./state/ferrysync.db"
+    )]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Run(run::RunCmd),
+    Sync(sync::SyncCmd),
+    Status(status::StatusCmd),
+    History(history::HistoryCmd),
+    Check(check::CheckCmd),
+    Demo(demo::DemoCmd),
+}
+
+fn init_logging(format: LogFormat, verbose: u8, default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("FERRYSYNC_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| {
+            let level = match verbose {
+                0 => default,
+                1 => "info",
+                _ => "debug",
+            };
+            EnvFilter::new(format!("ferrysync={level},libunftp=error,unftp_sbe_fs=error,warn"))
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Run(_) | Command::Demo(_) => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, cli.verbose, default_level);
+    let result = match cli.command {
+        Command::Run(c) => c.execute(),
+        Command::Sync(c) => c.execute(),
+        Command::Status(c) => c.execute(),
+        Command::History(c) => c.execute(),
+        Command::Check(c) => c.execute(),
+        Command::Demo(c) => c.execute(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("ferrysync: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// A tokio runtime for one command.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::run(format!("cannot start the async runtime: {e}")))
+}
+
+/// Unix seconds as `2026-11-28T15:40:01Z`.
+pub fn iso_time(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| unix.to_string())
+}

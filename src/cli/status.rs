@@ -1,0 +1,201 @@
+//! `ferrysync status [JOB] [--json]`: last run, next run, counts and errors of each job, read
+//! from the ledger (never from the job files, so it works while a run holds the server).
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use super::{iso_time, CmdResult, Failure, StateArg};
+use crate::ledger::{Ledger, RunRecord};
+
+/// Show what each job did and will do next.
+#[derive(Debug, clap::Args)]
+pub struct StatusCmd {
+    /// Only this job.
+    job: Option<String>,
+    /// One JSON document (fields documented in the README).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    state: StateArg,
+}
+
+/// One job in `status --json`.
+#[derive(Debug, Serialize)]
+pub struct JobStatus {
+    pub name: String,
+    pub direction: String,
+    pub local: String,
+    pub remote: String,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    /// ISO 8601 UTC, from the schedule; null without one.
+    pub next_run: Option<String>,
+    /// ISO 8601 UTC of the latest run that ended `ok`.
+    pub last_success: Option<String>,
+    /// Paths the ledger holds as synced.
+    pub synced_files: u64,
+    pub last_run: Option<RunJson>,
+}
+
+/// A run in `status --json` and `history --json`.
+#[derive(Debug, Serialize)]
+pub struct RunJson {
+    pub id: i64,
+    pub trigger: String,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub outcome: crate::ledger::Outcome,
+    pub files_up: u64,
+    pub bytes_up: u64,
+    pub files_down: u64,
+    pub bytes_down: u64,
+    pub files_deleted: u64,
+    pub files_failed: u64,
+    pub error: Option<String>,
+    pub failures: Vec<crate::ledger::PathFailure>,
+}
+
+impl From<RunRecord> for RunJson {
+    fn from(r: RunRecord) -> Self {
+        RunJson {
+            id: r.id,
+            trigger: r.trigger,
+            started_at: iso_time(r.started_at),
+            ended_at: r.ended_at.map(iso_time),
+            outcome: r.outcome,
+            files_up: r.counts.files_up,
+            bytes_up: r.counts.bytes_up,
+            files_down: r.counts.files_down,
+            bytes_down: r.counts.bytes_down,
+            files_deleted: r.counts.files_deleted,
+            files_failed: r.counts.files_failed,
+            error: r.error,
+            failures: r.failures,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct StatusJson {
+    state: String,
+    jobs: Vec<JobStatus>,
+}
+
+/// The next time a cron schedule fires after now, in its time zone.
+pub fn next_run(schedule: Option<&str>, timezone: Option<&str>) -> Option<String> {
+    let cron = crate::config::Schedule::parse(schedule?).ok()?.cron;
+    let now = chrono::Utc::now();
+    let next = match timezone.and_then(|t| t.parse::<chrono_tz::Tz>().ok()) {
+        Some(tz) => cron
+            .find_next_occurrence(&now.with_timezone(&tz), false)
+            .ok()?
+            .with_timezone(&chrono::Utc),
+        None => cron
+            .find_next_occurrence(&now.with_timezone(&chrono::Local), false)
+            .ok()?
+            .with_timezone(&chrono::Utc),
+    };
+    Some(iso_time(next.timestamp()))
+}
+
+impl StatusCmd {
+    pub fn execute(self) -> CmdResult {
+        let ledger = Ledger::open(&self.state.path)?;
+        let mut jobs = ledger.jobs()?;
+        if let Some(name) = &self.job {
+            jobs.retain(|j| &j.name == name);
+            if jobs.is_empty() {
+                return Err(Failure::config(format!(
+                    "job `{name}` has never run (no record in {})",
+                    self.state.path.display()
+                )));
+            }
+        }
+        let mut out = Vec::new();
+        for j in jobs {
+            let last_run = ledger
+                .runs(&j.name, 1)?
+                .into_iter()
+                .next()
+                .map(RunJson::from);
+            out.push(JobStatus {
+                next_run: next_run(j.schedule.as_deref(), j.timezone.as_deref()),
+                last_success: ledger.last_success(&j.name)?.map(iso_time),
+                synced_files: ledger.entry_count(&j.name)?,
+                name: j.name,
+                direction: j.direction,
+                local: j.local,
+                remote: j.remote,
+                schedule: j.schedule,
+                timezone: j.timezone,
+                last_run,
+            });
+        }
+        if self.json {
+            let doc = StatusJson {
+                state: self.state.path.display().to_string(),
+                jobs: out,
+            };
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).map_err(Failure::run)?
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if out.is_empty() {
+            println!("no job has run yet (ledger {})", self.state.path.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!(
+            "{:<20} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  NEXT RUN",
+            "JOB", "DIR", "LAST RUN", "OUTCOME", "UP", "DOWN", "DEL", "FAILED", "FILES"
+        );
+        for j in &out {
+            let (when, outcome, up, down, del, failed) = match &j.last_run {
+                Some(r) => (
+                    r.started_at.clone(),
+                    format!("{:?}", r.outcome).to_lowercase(),
+                    r.files_up,
+                    r.files_down,
+                    r.files_deleted,
+                    r.files_failed,
+                ),
+                None => ("never".into(), "-".into(), 0, 0, 0, 0),
+            };
+            println!(
+                "{:<20} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  {}",
+                j.name,
+                j.direction,
+                when,
+                outcome,
+                up,
+                down,
+                del,
+                failed,
+                j.synced_files,
+                j.next_run.as_deref().unwrap_or("-")
+            );
+            if let Some(r) = &j.last_run {
+                if let Some(e) = &r.error {
+                    println!("  error: {e}");
+                }
+                for f in r.failures.iter().take(5) {
+                    println!("  failed: {}: {}", f.path, f.error);
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl StatusCmd {
+    /// `status` for every job, as `demo` prints it at the end.
+    pub fn for_demo(state: StateArg) -> StatusCmd {
+        StatusCmd {
+            job: None,
+            json: false,
+            state,
+        }
+    }
+}

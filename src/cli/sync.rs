@@ -1,0 +1,77 @@
+//! `ferrysync sync JOB [--dry-run]`: run one job once, now.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use super::{runtime, CmdResult, Failure, JobsArg, StateArg};
+use crate::job_run::{human_bytes, run_job, RunOptions};
+use crate::ledger::{Ledger, Outcome};
+use crate::plan::Action;
+
+/// Run one job once, now.
+#[derive(Debug, clap::Args)]
+pub struct SyncCmd {
+    /// The job's name (its file name without .yaml).
+    job: String,
+    /// Print the plan and change nothing (the ledger included).
+    #[arg(long)]
+    dry_run: bool,
+    /// No progress line, only the summary.
+    #[arg(short, long)]
+    quiet: bool,
+    #[command(flatten)]
+    jobs: JobsArg,
+    #[command(flatten)]
+    state: StateArg,
+}
+
+impl SyncCmd {
+    pub fn execute(self) -> CmdResult {
+        let job = crate::config::find_job(&self.jobs.dir, &self.job)?;
+        let ledger = Arc::new(Mutex::new(Ledger::open(&self.state.path)?));
+        let opts = RunOptions {
+            trigger: "manual".into(),
+            dry_run: self.dry_run,
+            progress: !self.quiet && std::io::stderr().is_terminal(),
+        };
+        let report = runtime()?.block_on(run_job(&job, &ledger, &opts));
+        if let Some(plan) = &report.plan {
+            for a in &plan.actions {
+                let line = match a {
+                    Action::MakeDir { path } => format!("mkdir    {path}"),
+                    Action::Upload { path, source } => {
+                        format!("upload   {path} ({})", human_bytes(source.size))
+                    }
+                    Action::Download { path, source } => {
+                        format!("download {path} ({})", human_bytes(source.size))
+                    }
+                    Action::DeleteFile { path } => format!("delete   {path}"),
+                    Action::DeleteDir { path } => format!("rmdir    {path}"),
+                    Action::Record { path, .. } => format!("record   {path} (unchanged content)"),
+                    Action::Forget { path } => format!("forget   {path} (gone from both sides)"),
+                };
+                println!("{line}");
+            }
+            for c in &plan.conflicts {
+                println!("conflict {}: {}", c.path, c.reason);
+            }
+            println!(
+                "dry run: {} transfers ({}), {} deletions; nothing was changed",
+                plan.transfers(),
+                human_bytes(plan.transfer_bytes()),
+                plan.deletes()
+            );
+        }
+        if report.plan.is_none() || report.outcome != Outcome::Ok {
+            println!("{}", report.summary());
+        }
+        match report.outcome {
+            Outcome::Ok => Ok(ExitCode::SUCCESS),
+            _ => Err(Failure::run(match &report.error {
+                Some(e) => format!("job {} failed: {e}", job.name),
+                None => format!("job {}: {} paths failed", job.name, report.failures.len()),
+            })),
+        }
+    }
+}

@@ -1,0 +1,640 @@
+//! FTPS connections: TLS set-up and verification, login, the server's features, and the
+//! commands the rest of ferrysync needs, each with a timeout and an error that names the
+//! server, the command, the path and the server's reply.
+//!
+//! Every connection gets a TLS client configuration of its own. The session cache lives in that
+//! configuration, and servers such as vsftpd (`require_ssl_reuse=YES`) accept a data connection
+//! only if it resumes the TLS session of *its own* control connection: a cache shared by several
+//! parallel connections would hand one connection's session to another's data channel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::Digest;
+use suppaftp::tokio::{
+    AsyncRustlsConnector, AsyncRustlsStream, ImplAsyncFtpStream, TransferStream,
+};
+use suppaftp::types::FileType;
+use suppaftp::{FtpError, Mode, Status};
+
+use crate::config::{Fingerprint, Remote, Security, TlsOptions};
+
+pub type FtpStream = ImplAsyncFtpStream<AsyncRustlsStream>;
+pub type DataStream = TransferStream<AsyncRustlsStream>;
+
+/// How long one command (or one read or write on a data connection) may take.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FtpsError {
+    #[error("{server}: {reason}")]
+    Setup { server: String, reason: String },
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{server}: TLS handshake failed: {reason}{hint}")]
+    Tls {
+        server: String,
+        reason: String,
+        hint: &'static str,
+    },
+    #[error("{server} does not offer FTPS: AUTH TLS was answered `{reply}`; ferrysync never falls back to plain FTP (use security: implicit if the server speaks TLS from the first byte)")]
+    NoTls { server: String, reply: String },
+    #[error("{server}: login as `{user}` refused: {reply}")]
+    Login {
+        server: String,
+        user: String,
+        reply: String,
+    },
+    #[error("{server}: {command} {path}: server replied `{reply}`")]
+    Reply {
+        server: String,
+        command: &'static str,
+        path: String,
+        code: u32,
+        reply: String,
+    },
+    #[error("{server}: {command} {path}: timed out after {secs}s")]
+    Timeout {
+        server: String,
+        command: &'static str,
+        path: String,
+        secs: u64,
+    },
+    #[error("{server}: {command} {path}: {reason}")]
+    Connection {
+        server: String,
+        command: &'static str,
+        path: String,
+        reason: String,
+    },
+}
+
+impl FtpsError {
+    /// The server's reply code, if the error is a reply.
+    pub fn code(&self) -> Option<u32> {
+        match self {
+            FtpsError::Reply { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// The text of a server reply, with its code in front.
+fn reply_text(r: &suppaftp::types::Response) -> String {
+    let body = String::from_utf8_lossy(&r.body);
+    let body = body.trim();
+    let code = r.status.code().to_string();
+    if body.starts_with(&code) {
+        body.to_string()
+    } else {
+        format!("{code} {body}")
+    }
+}
+
+/// TLS material loaded once per run; [`TlsContext::connector`] makes a fresh client
+/// configuration (and so a fresh session cache) for each connection.
+pub struct TlsContext {
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<dyn ServerCertVerifier>,
+    client_auth: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
+}
+
+impl TlsContext {
+    pub fn new(opts: &TlsOptions) -> Result<TlsContext, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let algs = provider.signature_verification_algorithms;
+        let verifier: Arc<dyn ServerCertVerifier> = if opts.insecure_skip_verify {
+            Arc::new(AnyCertificate { algs })
+        } else if !opts.pins.is_empty() {
+            Arc::new(PinnedCertificate {
+                pins: opts.pins.clone(),
+                algs,
+            })
+        } else {
+            let mut roots = RootCertStore::empty();
+            match &opts.ca_file {
+                Some(ca) => {
+                    let certs = read_certs(ca)?;
+                    for c in certs {
+                        roots
+                            .add(c)
+                            .map_err(|e| format!("tls.ca_file {}: {e}", ca.display()))?;
+                    }
+                }
+                None => {
+                    let found = rustls_native_certs::load_native_certs();
+                    for c in found.certs {
+                        let _ = roots.add(c);
+                    }
+                    if roots.is_empty() {
+                        return Err("the system trust store is empty (install ca-certificates) and no tls.ca_file or tls.pin_sha256 is set".into());
+                    }
+                }
+            }
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| format!("TLS verifier: {e}"))?
+        };
+        let client_auth = match (&opts.client_cert, &opts.client_key) {
+            (Some(cert), Some(key)) => {
+                let certs = read_certs(cert)?;
+                let pem = std::fs::read(key)
+                    .map_err(|e| format!("tls.client_key {}: {e}", key.display()))?;
+                let key = rustls_pemfile::private_key(&mut pem.as_slice())
+                    .map_err(|e| format!("tls.client_key {}: {e}", key.display()))?
+                    .ok_or_else(|| {
+                        format!(
+                            "tls.client_key {}: no private key in the file",
+                            key.display()
+                        )
+                    })?;
+                Some((certs, Arc::new(key)))
+            }
+            _ => None,
+        };
+        Ok(TlsContext {
+            provider,
+            verifier,
+            client_auth,
+        })
+    }
+
+    fn connector(&self) -> Result<AsyncRustlsConnector, String> {
+        let builder = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(self.verifier.clone());
+        let mut config = match &self.client_auth {
+            Some((certs, key)) => builder
+                .with_client_auth_cert(certs.clone(), key.clone_key())
+                .map_err(|e| format!("client certificate: {e}"))?,
+            None => builder.with_no_client_auth(),
+        };
+        config.resumption = rustls::client::Resumption::in_memory_sessions(16);
+        Ok(AsyncRustlsConnector::from(
+            tokio_rustls::TlsConnector::from(Arc::new(config)),
+        ))
+    }
+}
+
+fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no PEM certificate in the file",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// SHA-256 of a DER certificate, as `tls.pin_sha256` spells it.
+pub fn fingerprint(cert: &[u8]) -> Fingerprint {
+    Fingerprint(sha2::Sha256::digest(cert).into())
+}
+
+/// `tls.pin_sha256`: accept exactly the pinned certificates, whoever signed them.
+#[derive(Debug)]
+struct PinnedCertificate {
+    pins: Vec<Fingerprint>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = fingerprint(end_entity);
+        if self.pins.contains(&got) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the server certificate's SHA-256 {got} matches no tls.pin_sha256"
+            )))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// `tls.insecure_skip_verify: true`: any certificate (the handshake is still signed).
+#[derive(Debug)]
+struct AnyCertificate {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// What the server said it can do in FEAT.
+#[derive(Debug, Clone, Default)]
+pub struct Features {
+    pub mlsd: bool,
+    pub mfmt: bool,
+    pub size: bool,
+    pub utf8: bool,
+}
+
+/// One logged-in connection.
+pub struct Session {
+    ftp: FtpStream,
+    pub features: Features,
+    /// `user@host:port`, for errors and logs.
+    pub server: String,
+}
+
+fn timeout_err(server: &str, command: &'static str, path: &str, d: Duration) -> FtpsError {
+    FtpsError::Timeout {
+        server: server.to_string(),
+        command,
+        path: path.to_string(),
+        secs: d.as_secs(),
+    }
+}
+
+impl Session {
+    /// Connects, secures, logs in and prepares a connection for binary transfers.
+    pub async fn connect(remote: &Remote, tls: &TlsContext) -> Result<Session, FtpsError> {
+        let server = format!("{}@{}:{}", remote.user, remote.host, remote.port);
+        let setup = |reason: String| FtpsError::Setup {
+            server: server.clone(),
+            reason,
+        };
+        let addr: SocketAddr = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::lookup_host((remote.host.as_str(), remote.port)),
+        )
+        .await
+        .map_err(|_| timeout_err(&server, "resolve", &remote.host, CONNECT_TIMEOUT))?
+        .map_err(|source| FtpsError::Connect {
+            server: server.clone(),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| setup(format!("{} resolves to no address", remote.host)))?;
+        let tls_error = |reason: String| FtpsError::Tls {
+            server: server.clone(),
+            hint: if reason.contains("UnknownIssuer") || reason.contains("NotValidForName") {
+                " (set remote.tls.ca_file to the CA that signed the server's certificate, or pin it with remote.tls.pin_sha256)"
+            } else {
+                ""
+            },
+            reason,
+        };
+        let connect_error = |e: FtpError| match e {
+            FtpError::ConnectionError(source) => FtpsError::Connect {
+                server: server.clone(),
+                source,
+            },
+            FtpError::SecureError(reason) => tls_error(reason),
+            other => setup(other.to_string()),
+        };
+
+        let mut ftp = match remote.security {
+            Security::Explicit | Security::None => {
+                let tcp =
+                    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                        .await
+                        .map_err(|_| {
+                            timeout_err(&server, "connect", &addr.to_string(), CONNECT_TIMEOUT)
+                        })?
+                        .map_err(|source| FtpsError::Connect {
+                            server: server.clone(),
+                            source,
+                        })?;
+                let plain = tokio::time::timeout(OP_TIMEOUT, FtpStream::connect_with_stream(tcp))
+                    .await
+                    .map_err(|_| timeout_err(&server, "greeting", "", OP_TIMEOUT))?
+                    .map_err(connect_error)?;
+                if remote.security == Security::None {
+                    plain
+                } else {
+                    let connector = tls.connector().map_err(setup)?;
+                    tokio::time::timeout(OP_TIMEOUT, plain.into_secure(connector, &remote.host))
+                        .await
+                        .map_err(|_| timeout_err(&server, "AUTH TLS", "", OP_TIMEOUT))?
+                        .map_err(|e| match e {
+                            FtpError::UnexpectedResponse(r) => FtpsError::NoTls {
+                                server: server.clone(),
+                                reply: reply_text(&r),
+                            },
+                            other => connect_error(other),
+                        })?
+                }
+            }
+            Security::Implicit => {
+                let connector = tls.connector().map_err(setup)?;
+                let mut ftp = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    FtpStream::connect_secure_implicit(addr, connector, &remote.host),
+                )
+                .await
+                .map_err(|_| timeout_err(&server, "connect", &addr.to_string(), CONNECT_TIMEOUT))?
+                .map_err(connect_error)?;
+                // suppaftp does not protect the data channel in implicit mode by itself.
+                for cmd in ["PBSZ 0", "PROT P"] {
+                    tokio::time::timeout(OP_TIMEOUT, ftp.custom_command(cmd, &[Status::CommandOk]))
+                        .await
+                        .map_err(|_| timeout_err(&server, "PROT", "", OP_TIMEOUT))?
+                        .map_err(&connect_error)?;
+                }
+                ftp
+            }
+        };
+
+        tokio::time::timeout(
+            OP_TIMEOUT,
+            ftp.login(remote.user.as_str(), remote.password.expose()),
+        )
+        .await
+        .map_err(|_| timeout_err(&server, "login", "", OP_TIMEOUT))?
+        .map_err(|e| match e {
+            FtpError::UnexpectedResponse(r) => FtpsError::Login {
+                server: server.clone(),
+                user: remote.user.clone(),
+                reply: reply_text(&r),
+            },
+            other => connect_error(other),
+        })?;
+
+        let features = match tokio::time::timeout(OP_TIMEOUT, ftp.feat()).await {
+            Ok(Ok(f)) => {
+                let has = |k: &str| f.keys().any(|key| key.eq_ignore_ascii_case(k));
+                Features {
+                    mlsd: has("MLSD") || has("MLST"),
+                    mfmt: has("MFMT"),
+                    size: has("SIZE"),
+                    utf8: has("UTF8"),
+                }
+            }
+            _ => Features::default(),
+        };
+        if features.utf8 {
+            // Where offered, ask for UTF-8 names; servers that answer 5xx keep their default.
+            let _ = tokio::time::timeout(OP_TIMEOUT, ftp.opts("UTF8", Some("ON"))).await;
+        }
+        // suppaftp defaults to ASCII, which rewrites line endings: every transfer is binary.
+        tokio::time::timeout(OP_TIMEOUT, ftp.transfer_type(FileType::Binary))
+            .await
+            .map_err(|_| timeout_err(&server, "TYPE I", "", OP_TIMEOUT))?
+            .map_err(|e| map_err(&server, "TYPE I", "", e))?;
+        ftp.set_mode(Mode::ExtendedPassive);
+        Ok(Session {
+            ftp,
+            features,
+            server,
+        })
+    }
+
+    fn err(&self, command: &'static str, path: &str, e: FtpError) -> FtpsError {
+        map_err(&self.server, command, path, e)
+    }
+
+    /// Runs one control-connection step with the standard timeout and error mapping.
+    async fn step<T>(
+        &mut self,
+        command: &'static str,
+        path: &str,
+        f: impl for<'a> FnOnce(
+            &'a mut FtpStream,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, FtpError>> + Send + 'a>,
+        >,
+    ) -> Result<T, FtpsError> {
+        match tokio::time::timeout(OP_TIMEOUT, f(&mut self.ftp)).await {
+            Err(_) => Err(timeout_err(&self.server, command, path, OP_TIMEOUT)),
+            Ok(r) => r.map_err(|e| self.err(command, path, e)),
+        }
+    }
+
+    /// Lists one directory (absolute path), MLSD where offered, LIST otherwise. Returns the raw
+    /// lines and whether they are MLSD facts.
+    pub async fn list_dir(&mut self, dir: &str) -> Result<(Vec<String>, bool), FtpsError> {
+        // CWD first and list without an argument: some servers (vsftpd) glob a LIST argument,
+        // so a directory named `[x]` or `a*` would list the wrong thing.
+        let d = dir.to_string();
+        self.step("CWD", dir, |f| Box::pin(f.cwd(d))).await?;
+        let mlsd = self.features.mlsd;
+        let lines = self
+            .data_command(if mlsd { "MLSD" } else { "LIST" }, dir, move |f| {
+                Box::pin(async move {
+                    if mlsd {
+                        f.mlsd(None).await
+                    } else {
+                        f.list(None).await
+                    }
+                })
+            })
+            .await?;
+        Ok((lines, mlsd))
+    }
+
+    /// A data-connection command; falls back from EPSV to PASV once if the server refuses EPSV.
+    async fn data_command<T>(
+        &mut self,
+        command: &'static str,
+        path: &str,
+        f: impl for<'a> Fn(
+            &'a mut FtpStream,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, FtpError>> + Send + 'a>,
+        >,
+    ) -> Result<T, FtpsError> {
+        match tokio::time::timeout(OP_TIMEOUT, f(&mut self.ftp)).await {
+            Err(_) => Err(timeout_err(&self.server, command, path, OP_TIMEOUT)),
+            Ok(Err(FtpError::UnexpectedResponse(r)))
+                if matches!(r.status.code(), 500..=502)
+                    && String::from_utf8_lossy(&r.body)
+                        .to_ascii_uppercase()
+                        .contains("EPSV") =>
+            {
+                tracing::info!(server = %self.server, "EPSV refused, using PASV");
+                self.ftp.set_mode(Mode::Passive);
+                self.ftp.set_passive_nat_workaround(true);
+                match tokio::time::timeout(OP_TIMEOUT, f(&mut self.ftp)).await {
+                    Err(_) => Err(timeout_err(&self.server, command, path, OP_TIMEOUT)),
+                    Ok(r) => r.map_err(|e| self.err(command, path, e)),
+                }
+            }
+            Ok(r) => r.map_err(|e| self.err(command, path, e)),
+        }
+    }
+
+    pub async fn mkdir(&mut self, path: &str) -> Result<(), FtpsError> {
+        let p = path.to_string();
+        self.step("MKD", path, |f| Box::pin(f.mkdir(p))).await
+    }
+
+    pub async fn rename(&mut self, from: &str, to: &str) -> Result<(), FtpsError> {
+        let (a, b) = (from.to_string(), to.to_string());
+        self.step("RNFR/RNTO", to, |f| Box::pin(f.rename(a, b)))
+            .await
+    }
+
+    pub async fn delete_file(&mut self, path: &str) -> Result<(), FtpsError> {
+        let p = path.to_string();
+        self.step("DELE", path, |f| Box::pin(f.rm(p))).await
+    }
+
+    pub async fn remove_dir(&mut self, path: &str) -> Result<(), FtpsError> {
+        let p = path.to_string();
+        self.step("RMD", path, |f| Box::pin(f.rmdir(p))).await
+    }
+
+    pub async fn size(&mut self, path: &str) -> Result<u64, FtpsError> {
+        let p = path.to_string();
+        self.step("SIZE", path, |f| Box::pin(f.size(p)))
+            .await
+            .map(|n| n as u64)
+    }
+
+    /// Sets a file's modification time with MFMT (only called where FEAT offers it).
+    pub async fn set_mtime(&mut self, path: &str, unix_secs: i64) -> Result<(), FtpsError> {
+        let stamp = chrono::DateTime::from_timestamp(unix_secs, 0)
+            .map(|t| t.format("%Y%m%d%H%M%S").to_string())
+            .unwrap_or_else(|| "19700101000000".to_string());
+        let cmd = format!("MFMT {stamp} {path}");
+        self.step("MFMT", path, |f| {
+            Box::pin(async move { f.custom_command(cmd, &[Status::File]).await.map(|_| ()) })
+        })
+        .await
+    }
+
+    /// Opens a STOR to `path`; write the bytes, then [`Session::finish`].
+    pub async fn store(&mut self, path: &str) -> Result<DataStream, FtpsError> {
+        let p = path.to_string();
+        self.data_command("STOR", path, move |f| {
+            let p = p.clone();
+            Box::pin(async move { f.put_with_stream(p).await })
+        })
+        .await
+    }
+
+    /// Opens a RETR of `path`; read the bytes, then [`Session::finish`].
+    pub async fn retrieve(&mut self, path: &str) -> Result<DataStream, FtpsError> {
+        let p = path.to_string();
+        self.data_command("RETR", path, move |f| {
+            let p = p.clone();
+            Box::pin(async move { f.retr_as_stream(p).await })
+        })
+        .await
+    }
+
+    /// Closes a data connection (close_notify, then the server's 226).
+    pub async fn finish(
+        &mut self,
+        command: &'static str,
+        path: &str,
+        stream: DataStream,
+    ) -> Result<(), FtpsError> {
+        match tokio::time::timeout(OP_TIMEOUT, stream.finish()).await {
+            Err(_) => Err(timeout_err(&self.server, command, path, OP_TIMEOUT)),
+            Ok(r) => r.map_err(|e| self.err(command, path, e)),
+        }
+    }
+
+    pub async fn quit(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.ftp.quit()).await;
+    }
+}
+
+fn map_err(server: &str, command: &'static str, path: &str, e: FtpError) -> FtpsError {
+    match e {
+        FtpError::UnexpectedResponse(r) => FtpsError::Reply {
+            server: server.to_string(),
+            command,
+            path: path.to_string(),
+            code: r.status.code(),
+            reply: reply_text(&r),
+        },
+        other => FtpsError::Connection {
+            server: server.to_string(),
+            command,
+            path: path.to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_formats_like_openssl() {
+        let f = fingerprint(b"abc");
+        assert_eq!(
+            f.to_string(),
+            "ba:78:16:bf:8f:01:cf:ea:41:41:40:de:5d:ae:22:23:b0:03:61:a3:96:17:7a:9c:b4:10:ff:61:f2:00:15:ad"
+        );
+        assert_eq!(Fingerprint::parse(&f.to_string()).unwrap(), f);
+    }
+}

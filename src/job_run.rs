@@ -1,0 +1,530 @@
+//! One run of one job: scan both sides, plan, execute on a small pool of connections, and
+//! record each committed path and the run itself in the ledger.
+
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::config::{Direction, Job};
+use crate::ftps::{Session, TlsContext};
+use crate::ledger::{JobRecord, Ledger, Outcome, PathFailure, RunCounts};
+use crate::plan::{plan, Action, PlanOptions, SyncPlan, SyncedEntry};
+use crate::scan::{local_path, remote_path, scan_local, scan_remote, Scan};
+use crate::snapshot::Entry;
+use crate::transfer::{self, ByteCounter};
+
+/// The ledger, shared by the run's tasks; writes happen on the coordinating task only.
+pub type SharedLedger = Arc<Mutex<Ledger>>;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// What started the run: `manual`, `schedule`, `watch`, `poll`, `demo`.
+    pub trigger: String,
+    pub dry_run: bool,
+    /// Show a progress line on stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub job: String,
+    pub outcome: Outcome,
+    pub counts: RunCounts,
+    pub failures: Vec<PathFailure>,
+    /// Why the run as a whole failed, if it did.
+    pub error: Option<String>,
+    /// The plan (kept for `--dry-run`).
+    pub plan: Option<SyncPlan>,
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    /// One line for people and scripts alike.
+    pub fn summary(&self) -> String {
+        let c = &self.counts;
+        let mut s = format!(
+            "{}: {} ({} uploaded, {}; {} downloaded, {}; {} deleted; {} failed) in {:.1}s",
+            self.job,
+            match self.outcome {
+                Outcome::Ok => "ok",
+                Outcome::Partial => "finished with failures",
+                Outcome::Failed => "FAILED",
+                Outcome::Running => "running",
+            },
+            c.files_up,
+            human_bytes(c.bytes_up),
+            c.files_down,
+            human_bytes(c.bytes_down),
+            c.files_deleted,
+            c.files_failed,
+            self.elapsed.as_secs_f64()
+        );
+        if let Some(e) = &self.error {
+            s.push_str(&format!("\n  error: {e}"));
+        }
+        for f in self.failures.iter().take(20) {
+            s.push_str(&format!("\n  failed: {}: {}", f.path, f.error));
+        }
+        if self.failures.len() > 20 {
+            s.push_str(&format!(
+                "\n  ... and {} more failed paths (see `ferrysync history`)",
+                self.failures.len() - 20
+            ));
+        }
+        s
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn lock(ledger: &SharedLedger) -> std::sync::MutexGuard<'_, Ledger> {
+    // A panic while holding the lock cannot leave SQLite inconsistent; keep going.
+    ledger.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn job_record(job: &Job) -> JobRecord {
+    JobRecord {
+        name: job.name.clone(),
+        direction: job.direction.to_string(),
+        local: job.local.display().to_string(),
+        remote: format!("{}:{}{}", job.remote.host, job.remote.port, job.remote.path),
+        schedule: job.schedule.as_ref().map(|s| s.expr.clone()),
+        timezone: job.timezone.map(|t| t.name().to_string()),
+    }
+}
+
+/// Runs `job` once.
+pub async fn run_job(job: &Job, ledger: &SharedLedger, opts: &RunOptions) -> RunReport {
+    let started = Instant::now();
+    let span = tracing::info_span!("run", job = %job.name, trigger = %opts.trigger);
+    let _enter = span.enter();
+    for w in &job.warnings {
+        tracing::warn!(job = %job.name, "{w}");
+    }
+    let mut report = RunReport {
+        job: job.name.clone(),
+        outcome: Outcome::Failed,
+        counts: RunCounts::default(),
+        failures: Vec::new(),
+        error: None,
+        plan: None,
+        elapsed: Duration::ZERO,
+    };
+    let run_id = if opts.dry_run {
+        None
+    } else {
+        let l = lock(ledger);
+        let begun = l
+            .upsert_job(&job_record(job))
+            .and_then(|_| l.close_abandoned_runs(&job.name))
+            .and_then(|_| l.begin_run(&job.name, &opts.trigger));
+        match begun {
+            Ok(id) => Some(id),
+            Err(e) => {
+                report.error = Some(e.to_string());
+                report.elapsed = started.elapsed();
+                return report;
+            }
+        }
+    };
+
+    let result = execute_run(job, ledger, opts, &mut report).await;
+    if let Err(e) = result {
+        tracing::error!(job = %job.name, "{e}");
+        report.error = Some(e);
+        report.outcome = Outcome::Failed;
+    } else if report.failures.is_empty() {
+        report.outcome = Outcome::Ok;
+    } else {
+        report.outcome = Outcome::Partial;
+    }
+    report.counts.files_failed = report.failures.len() as u64;
+    report.elapsed = started.elapsed();
+    if let Some(id) = run_id {
+        let l = lock(ledger);
+        if let Err(e) = l.finish_run(
+            id,
+            report.outcome,
+            &report.counts,
+            report.error.as_deref(),
+            &report.failures,
+        ) {
+            tracing::error!(job = %job.name, "cannot record the run: {e}");
+        }
+    }
+    report
+}
+
+/// The body of a run; an `Err` fails the run as a whole.
+async fn execute_run(
+    job: &Job,
+    ledger: &SharedLedger,
+    opts: &RunOptions,
+    report: &mut RunReport,
+) -> Result<(), String> {
+    let tls =
+        Arc::new(TlsContext::new(&job.remote.tls).map_err(|e| format!("job {}: {e}", job.name))?);
+    let view = lock(ledger).entries(&job.name).map_err(|e| e.to_string())?;
+
+    if !job.local.is_dir() {
+        if job.direction == Direction::Push {
+            return Err(format!(
+                "local directory {} does not exist",
+                job.local.display()
+            ));
+        } else if !opts.dry_run {
+            std::fs::create_dir_all(&job.local).map_err(|e| {
+                format!("cannot create local directory {}: {e}", job.local.display())
+            })?;
+        }
+    }
+
+    let mut session = Session::connect(&job.remote, &tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
+
+    let local_root = job.local.clone();
+    let filter = job.filter.clone();
+    let view_for_scan = view.clone();
+    let local_scan = tokio::task::spawn_blocking(move || {
+        if local_root.is_dir() {
+            scan_local(&local_root, &filter, &view_for_scan)
+        } else {
+            Ok(Scan::default())
+        }
+    });
+    let remote_scan = scan_remote(&mut session, &job.remote.path, &job.filter).await;
+    let local_scan = local_scan
+        .await
+        .map_err(|e| format!("local scan: {e}"))?
+        .map_err(|e| format!("cannot read local directory {}: {e}", job.local.display()))?;
+    let remote_scan = remote_scan.map_err(|e| e.to_string())?;
+    if remote_scan.root_missing && job.direction == Direction::Pull {
+        return Err(format!(
+            "remote directory {} does not exist on {}",
+            job.remote.path, session.server
+        ));
+    }
+    tracing::info!(
+        local = local_scan.snapshot.len(),
+        hashed = local_scan.hashed,
+        remote = remote_scan.snapshot.len(),
+        "scanned"
+    );
+    report.failures.extend(local_scan.failures);
+    report.failures.extend(remote_scan.failures);
+
+    let the_plan = plan(
+        PlanOptions {
+            direction: job.direction,
+            mode: job.mode,
+            max_delete: job.max_delete,
+        },
+        &view,
+        &local_scan.snapshot,
+        &remote_scan.snapshot,
+    )
+    .map_err(|e| format!("job {}: {e}", job.name))?;
+    for c in &the_plan.conflicts {
+        report.failures.push(PathFailure {
+            path: c.path.clone(),
+            error: c.reason.clone(),
+        });
+    }
+    if opts.dry_run {
+        report.plan = Some(the_plan);
+        session.quit().await;
+        return Ok(());
+    }
+
+    if remote_scan.root_missing {
+        make_remote_root(&mut session, &job.remote.path).await?;
+    }
+
+    // 1. Directories, parents first.
+    for a in &the_plan.actions {
+        if let Action::MakeDir { path } = a {
+            let made = match job.direction {
+                Direction::Push => session
+                    .mkdir(&remote_path(&job.remote.path, path))
+                    .await
+                    .map_err(|e| e.to_string()),
+                Direction::Pull => std::fs::create_dir_all(local_path(&job.local, path))
+                    .map_err(|e| format!("cannot create local directory: {e}")),
+            };
+            if let Err(error) = made {
+                report.failures.push(PathFailure {
+                    path: path.clone(),
+                    error,
+                });
+            }
+        }
+    }
+
+    // 2. Transfers on a pool of connections.
+    let work: VecDeque<(String, Entry)> = the_plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Upload { path, source } | Action::Download { path, source } => {
+                Some((path.clone(), source.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let session = transfer_all(job, ledger, opts, &tls, session, work, report).await;
+
+    // 3. Deletes, files then directories deepest first; 4. ledger-only updates.
+    let mut session = session;
+    for a in &the_plan.actions {
+        match a {
+            Action::DeleteFile { path } => {
+                let deleted = match (job.direction, session.as_mut()) {
+                    (Direction::Push, Some(s)) => s
+                        .delete_file(&remote_path(&job.remote.path, path))
+                        .await
+                        .map_err(|e| e.to_string()),
+                    (Direction::Push, None) => Err("no connection to the server".to_string()),
+                    (Direction::Pull, _) => std::fs::remove_file(local_path(&job.local, path))
+                        .map_err(|e| format!("cannot delete local file: {e}")),
+                };
+                match deleted {
+                    Ok(()) => {
+                        report.counts.files_deleted += 1;
+                        if let Err(e) = lock(ledger).forget(&job.name, path) {
+                            report.failures.push(PathFailure {
+                                path: path.clone(),
+                                error: e.to_string(),
+                            });
+                        }
+                    }
+                    Err(error) => report.failures.push(PathFailure {
+                        path: path.clone(),
+                        error,
+                    }),
+                }
+            }
+            Action::DeleteDir { path } => {
+                let deleted = match (job.direction, session.as_mut()) {
+                    (Direction::Push, Some(s)) => s
+                        .remove_dir(&remote_path(&job.remote.path, path))
+                        .await
+                        .map_err(|e| e.to_string()),
+                    (Direction::Push, None) => Err("no connection to the server".to_string()),
+                    (Direction::Pull, _) => std::fs::remove_dir(local_path(&job.local, path))
+                        .map_err(|e| format!("cannot delete local directory: {e}")),
+                };
+                if let Err(e) = deleted {
+                    // Usually a directory that still holds excluded files: worth a note, not a failure.
+                    tracing::warn!(path = %path, "directory kept: {e}");
+                }
+            }
+            Action::Record { path, entry } => {
+                if let Err(e) = lock(ledger).record(&job.name, path, entry) {
+                    report.failures.push(PathFailure {
+                        path: path.clone(),
+                        error: e.to_string(),
+                    });
+                }
+            }
+            Action::Forget { path } => {
+                if let Err(e) = lock(ledger).forget(&job.name, path) {
+                    report.failures.push(PathFailure {
+                        path: path.clone(),
+                        error: e.to_string(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = session {
+        s.quit().await;
+    }
+    Ok(())
+}
+
+async fn make_remote_root(session: &mut Session, root: &str) -> Result<(), String> {
+    let mut prefix = String::new();
+    for part in root.split('/').filter(|p| !p.is_empty()) {
+        prefix.push('/');
+        prefix.push_str(part);
+        // An existing directory answers 550 here; the listing below is what counts.
+        let _ = session.mkdir(&prefix).await;
+    }
+    session
+        .list_dir(root)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("cannot create remote directory {root}: {e}"))
+}
+
+type Done = (String, Result<(SyncedEntry, u64), String>);
+
+/// Runs the transfers on up to `job.transfers` connections; returns a live connection for
+/// the deletes that follow, if one is left.
+async fn transfer_all(
+    job: &Job,
+    ledger: &SharedLedger,
+    opts: &RunOptions,
+    tls: &Arc<TlsContext>,
+    first: Session,
+    work: VecDeque<(String, Entry)>,
+    report: &mut RunReport,
+) -> Option<Session> {
+    if work.is_empty() {
+        return Some(first);
+    }
+    let total_files = work.len() as u64;
+    let total_bytes: u64 = work.iter().map(|(_, e)| e.size).sum();
+    let workers = job.transfers.min(work.len()).max(1);
+    let queue = Arc::new(Mutex::new(work));
+    let counter = ByteCounter::default();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
+    let job = Arc::new(job.clone());
+
+    let mut handles = Vec::new();
+    let mut first = Some(first);
+    for i in 0..workers {
+        let session = if i == 0 { first.take() } else { None };
+        let (job, tls, queue, tx, counter) = (
+            job.clone(),
+            tls.clone(),
+            queue.clone(),
+            tx.clone(),
+            counter.clone(),
+        );
+        handles.push(tokio::spawn(async move {
+            transfer_worker(&job, &tls, session, &queue, &tx, &counter).await
+        }));
+    }
+    drop(tx);
+
+    let show = opts.progress && std::io::stderr().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut done_files = 0u64;
+    loop {
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some((path, result)) = msg else { break };
+                done_files += 1;
+                match result {
+                    Ok((entry, bytes)) => {
+                        match lock(ledger).record(&job.name, &path, &entry) {
+                            Ok(()) => match job.direction {
+                                Direction::Push => { report.counts.files_up += 1; report.counts.bytes_up += bytes; }
+                                Direction::Pull => { report.counts.files_down += 1; report.counts.bytes_down += bytes; }
+                            },
+                            Err(e) => report.failures.push(PathFailure { path, error: e.to_string() }),
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %path, "{error}");
+                        report.failures.push(PathFailure { path, error });
+                    }
+                }
+            }
+            _ = tick.tick(), if show => {
+                eprint!("\r{}: {done_files}/{total_files} files, {} of {}    ", job.name, human_bytes(counter.get()), human_bytes(total_bytes));
+            }
+        }
+    }
+    if show {
+        eprintln!(
+            "\r{}: {done_files}/{total_files} files, {} of {}    ",
+            job.name,
+            human_bytes(counter.get()),
+            human_bytes(total_bytes)
+        );
+    }
+    let mut survivor = None;
+    for h in handles {
+        if let Ok(Some(s)) = h.await {
+            if survivor.is_none() {
+                survivor = Some(s);
+            } else {
+                s.quit().await;
+            }
+        }
+    }
+    // Whatever no worker could take (every connection lost) fails with a reason.
+    let left: Vec<(String, Entry)> = lock_queue(&queue).drain(..).collect();
+    for (path, _) in left {
+        report.failures.push(PathFailure {
+            path,
+            error: "not transferred: no connection to the server could be kept".into(),
+        });
+    }
+    survivor
+}
+
+fn lock_queue<T>(q: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    q.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn transfer_worker(
+    job: &Job,
+    tls: &TlsContext,
+    mut session: Option<Session>,
+    queue: &Mutex<VecDeque<(String, Entry)>>,
+    tx: &mpsc::UnboundedSender<Done>,
+    counter: &ByteCounter,
+) -> Option<Session> {
+    loop {
+        if session.is_none() {
+            if lock_queue(queue).is_empty() {
+                return None;
+            }
+            match Session::connect(&job.remote, tls).await {
+                Ok(s) => session = Some(s),
+                Err(e) => {
+                    tracing::warn!("extra connection refused: {e}");
+                    return None;
+                }
+            }
+        }
+        let s = session.as_mut()?;
+        let next = lock_queue(queue).pop_front();
+        let Some((path, source)) = next else {
+            return session;
+        };
+        let result = match job.direction {
+            Direction::Push => {
+                transfer::upload(s, &job.local, &job.remote.path, &path, &source, counter).await
+            }
+            Direction::Pull => {
+                transfer::download(s, &job.local, &job.remote.path, &path, &source, counter).await
+            }
+        };
+        let result = match result {
+            Ok(entry) => Ok((entry.clone(), entry.size)),
+            Err(e) => {
+                if e.breaks_connection() {
+                    session = None;
+                }
+                Err(e.to_string())
+            }
+        };
+        if tx.send((path, result)).is_err() {
+            return session;
+        }
+    }
+}

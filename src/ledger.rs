@@ -1,0 +1,600 @@
+//! The state ledger: one SQLite file (WAL) shared by the agent, `sync` and the read-only CLI
+//! commands. It owns the schema and its migrations, the synced state of every path of every
+//! job, and the history of runs. A path is written here only after its transfer is committed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::plan::{LedgerView, SyncedEntry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("ledger {path}: cannot create its directory: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ledger {path}: schema version {found} is newer than this ferrysync understands ({known}); upgrade ferrysync")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("ledger {path}: bad stored value: {what}")]
+    Corrupt { path: PathBuf, what: String },
+}
+
+/// Schema migrations; `PRAGMA user_version` is the number applied so far.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs, synced entries, runs, in-flight transfers.
+    "CREATE TABLE jobs (
+        name TEXT PRIMARY KEY,
+        direction TEXT NOT NULL,
+        local TEXT NOT NULL,
+        remote TEXT NOT NULL,
+        schedule TEXT,
+        timezone TEXT,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE entries (
+        job TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime INTEGER NOT NULL,
+        blake3 TEXT NOT NULL,
+        remote_size INTEGER NOT NULL,
+        remote_mtime INTEGER,
+        synced_at INTEGER NOT NULL,
+        PRIMARY KEY (job, path)
+    ) WITHOUT ROWID;
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        job TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        outcome TEXT NOT NULL,
+        files_up INTEGER NOT NULL DEFAULT 0,
+        bytes_up INTEGER NOT NULL DEFAULT 0,
+        files_down INTEGER NOT NULL DEFAULT 0,
+        bytes_down INTEGER NOT NULL DEFAULT 0,
+        files_deleted INTEGER NOT NULL DEFAULT 0,
+        files_failed INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        failures TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX runs_by_job ON runs (job, id);
+    CREATE TABLE transfers (
+        job TEXT NOT NULL,
+        path TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        temp_name TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime INTEGER NOT NULL,
+        blake3 TEXT,
+        offset INTEGER NOT NULL DEFAULT 0,
+        started_at INTEGER NOT NULL,
+        PRIMARY KEY (job, path)
+    ) WITHOUT ROWID;",
+];
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Running,
+    Ok,
+    /// The run finished but some paths failed.
+    Partial,
+    /// The run could not do its work (connection, refused plan, ...).
+    Failed,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Ok => "ok",
+            Outcome::Partial => "partial",
+            Outcome::Failed => "failed",
+        }
+    }
+    fn parse(s: &str) -> Outcome {
+        match s {
+            "ok" => Outcome::Ok,
+            "partial" => Outcome::Partial,
+            "running" => Outcome::Running,
+            _ => Outcome::Failed,
+        }
+    }
+}
+
+/// One path that failed in a run, with the reason (server reply included where there is one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PathFailure {
+    pub path: String,
+    pub error: String,
+}
+
+/// Counters of one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RunCounts {
+    pub files_up: u64,
+    pub bytes_up: u64,
+    pub files_down: u64,
+    pub bytes_down: u64,
+    pub files_deleted: u64,
+    pub files_failed: u64,
+}
+
+/// One row of the run history.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub job: String,
+    pub trigger: String,
+    /// Unix seconds.
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub outcome: Outcome,
+    #[serde(flatten)]
+    pub counts: RunCounts,
+    pub error: Option<String>,
+    pub failures: Vec<PathFailure>,
+}
+
+/// What the ledger knows of a job's configuration, kept for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRecord {
+    pub name: String,
+    pub direction: String,
+    pub local: String,
+    pub remote: String,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+}
+
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| LedgerError::Dir {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|source| LedgerError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut ledger = Ledger {
+            conn,
+            path: path.to_path_buf(),
+        };
+        ledger.configure()?;
+        ledger.migrate()?;
+        Ok(ledger)
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
+        move |source| LedgerError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn configure(&self) -> Result<(), LedgerError> {
+        self.conn
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(self.err())?;
+        // WAL lets `status` read while a run writes; NORMAL is durable across process crashes.
+        self.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(self.err())?;
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(self.err())?;
+        self.conn
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(self.err())
+    }
+
+    fn migrate(&mut self) -> Result<(), LedgerError> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(self.err())?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(LedgerError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known,
+            });
+        }
+        let path = self.path.clone();
+        let err = move |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction().map_err(&err)?;
+            tx.execute_batch(sql).map_err(&err)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(&err)?;
+            tx.commit().map_err(&err)?;
+        }
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<i64, LedgerError> {
+        self.conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(self.err())
+    }
+
+    /// Remembers a job's identity and schedule for `status`.
+    pub fn upsert_job(&self, job: &JobRecord) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "INSERT INTO jobs (name, direction, local, remote, schedule, timezone, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(name) DO UPDATE SET direction = ?2, local = ?3, remote = ?4,
+                    schedule = ?5, timezone = ?6, updated_at = ?7",
+                params![
+                    job.name,
+                    job.direction,
+                    job.local,
+                    job.remote,
+                    job.schedule,
+                    job.timezone,
+                    now_unix()
+                ],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT name, direction, local, remote, schedule, timezone FROM jobs ORDER BY name",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(JobRecord {
+                    name: r.get(0)?,
+                    direction: r.get(1)?,
+                    local: r.get(2)?,
+                    remote: r.get(3)?,
+                    schedule: r.get(4)?,
+                    timezone: r.get(5)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// Every synced path of `job`.
+    pub fn entries(&self, job: &str) -> Result<LedgerView, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT path, size, mtime, blake3, remote_size, remote_mtime FROM entries WHERE job = ?1",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([job], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                ))
+            })
+            .map_err(self.err())?;
+        let mut out = LedgerView::new();
+        for row in rows {
+            let (path, size, mtime, hash, remote_size, remote_mtime) = row.map_err(self.err())?;
+            let hash = blake3::Hash::from_hex(&hash).map_err(|_| LedgerError::Corrupt {
+                path: self.path.clone(),
+                what: format!("BLAKE3 of {job}:{path}"),
+            })?;
+            out.insert(
+                path,
+                SyncedEntry {
+                    size: size as u64,
+                    mtime,
+                    hash,
+                    remote_size: remote_size as u64,
+                    remote_mtime,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Records a committed path.
+    pub fn record(&self, job: &str, path: &str, e: &SyncedEntry) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "INSERT INTO entries (job, path, size, mtime, blake3, remote_size, remote_mtime, synced_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(job, path) DO UPDATE SET size = ?3, mtime = ?4, blake3 = ?5,
+                    remote_size = ?6, remote_mtime = ?7, synced_at = ?8",
+                params![
+                    job,
+                    path,
+                    e.size as i64,
+                    e.mtime,
+                    e.hash.to_hex().as_str(),
+                    e.remote_size as i64,
+                    e.remote_mtime,
+                    now_unix()
+                ],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    pub fn forget(&self, job: &str, path: &str) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "DELETE FROM entries WHERE job = ?1 AND path = ?2",
+                params![job, path],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    pub fn entry_count(&self, job: &str) -> Result<u64, LedgerError> {
+        self.conn
+            .query_row("SELECT count(*) FROM entries WHERE job = ?1", [job], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(self.err())
+    }
+
+    /// Starts a run in the history; its id is passed to [`Ledger::finish_run`].
+    pub fn begin_run(&self, job: &str, trigger: &str) -> Result<i64, LedgerError> {
+        self.conn
+            .execute(
+                "INSERT INTO runs (job, trigger, started_at, outcome) VALUES (?1, ?2, ?3, 'running')",
+                params![job, trigger, now_unix()],
+            )
+            .map_err(self.err())?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn finish_run(
+        &self,
+        id: i64,
+        outcome: Outcome,
+        counts: &RunCounts,
+        error: Option<&str>,
+        failures: &[PathFailure],
+    ) -> Result<(), LedgerError> {
+        let failures = serde_json::to_string(failures).unwrap_or_else(|_| "[]".to_string());
+        self.conn
+            .execute(
+                "UPDATE runs SET ended_at = ?2, outcome = ?3, files_up = ?4, bytes_up = ?5,
+                    files_down = ?6, bytes_down = ?7, files_deleted = ?8, files_failed = ?9,
+                    error = ?10, failures = ?11 WHERE id = ?1",
+                params![
+                    id,
+                    now_unix(),
+                    outcome.as_str(),
+                    counts.files_up as i64,
+                    counts.bytes_up as i64,
+                    counts.files_down as i64,
+                    counts.bytes_down as i64,
+                    counts.files_deleted as i64,
+                    counts.files_failed as i64,
+                    error,
+                    failures
+                ],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// The latest `limit` runs of `job`, newest first.
+    pub fn runs(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, job, trigger, started_at, ended_at, outcome, files_up, bytes_up,
+                        files_down, bytes_down, files_deleted, files_failed, error, failures
+                 FROM runs WHERE job = ?1 ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![job, limit as i64], |r| {
+                let failures: String = r.get(13)?;
+                Ok(RunRecord {
+                    id: r.get(0)?,
+                    job: r.get(1)?,
+                    trigger: r.get(2)?,
+                    started_at: r.get(3)?,
+                    ended_at: r.get(4)?,
+                    outcome: Outcome::parse(&r.get::<_, String>(5)?),
+                    counts: RunCounts {
+                        files_up: r.get::<_, i64>(6)? as u64,
+                        bytes_up: r.get::<_, i64>(7)? as u64,
+                        files_down: r.get::<_, i64>(8)? as u64,
+                        bytes_down: r.get::<_, i64>(9)? as u64,
+                        files_deleted: r.get::<_, i64>(10)? as u64,
+                        files_failed: r.get::<_, i64>(11)? as u64,
+                    },
+                    error: r.get(12)?,
+                    failures: serde_json::from_str(&failures).unwrap_or_default(),
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// The latest run that ended successfully, for "last success" in `status`.
+    pub fn last_success(&self, job: &str) -> Result<Option<i64>, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT max(ended_at) FROM runs WHERE job = ?1 AND outcome = 'ok'",
+                [job],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(self.err())
+    }
+
+    /// Runs left `running` by a process that died are marked failed when the next one starts.
+    pub fn close_abandoned_runs(&self, job: &str) -> Result<usize, LedgerError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET outcome = 'failed', error = 'the process running this job stopped before the run ended'
+                 WHERE job = ?1 AND outcome = 'running'",
+                [job],
+            )
+            .map_err(self.err())
+    }
+
+    pub fn integrity_check(&self) -> Result<String, LedgerError> {
+        self.conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(self.err())
+    }
+
+    /// Runs `f` inside one transaction, so a batch of ledger writes costs one commit.
+    pub fn batch<T>(
+        &mut self,
+        f: impl FnOnce(&Ledger) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(self.err())?;
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT").map_err(self.err())?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8) -> SyncedEntry {
+        SyncedEntry {
+            size: u64::from(n),
+            mtime: 1_700_000_000_000_000_000 + i64::from(n),
+            hash: blake3::hash(&[n]),
+            remote_size: u64::from(n),
+            remote_mtime: if n % 2 == 0 { Some(5) } else { None },
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_and_migrations_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.db");
+        {
+            let l = Ledger::open(&path).unwrap();
+            l.record("j", "a/b c", &entry(1)).unwrap();
+            l.record("j", "é", &entry(2)).unwrap();
+            l.record("other", "x", &entry(3)).unwrap();
+            l.record("j", "é", &entry(4)).unwrap();
+        }
+        let l = Ledger::open(&path).unwrap();
+        assert_eq!(l.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let v = l.entries("j").unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v["é"], entry(4));
+        assert_eq!(v["a/b c"], entry(1));
+        l.forget("j", "é").unwrap();
+        assert_eq!(l.entry_count("j").unwrap(), 1);
+        assert_eq!(l.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn runs_are_recorded_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("s.db")).unwrap();
+        let a = l.begin_run("j", "manual").unwrap();
+        let counts = RunCounts {
+            files_up: 3,
+            bytes_up: 30,
+            ..Default::default()
+        };
+        l.finish_run(a, Outcome::Ok, &counts, None, &[]).unwrap();
+        let b = l.begin_run("j", "schedule").unwrap();
+        let fail = vec![PathFailure {
+            path: "x".into(),
+            error: "550 denied".into(),
+        }];
+        l.finish_run(
+            b,
+            Outcome::Partial,
+            &RunCounts::default(),
+            Some("1 path failed"),
+            &fail,
+        )
+        .unwrap();
+        let runs = l.runs("j", 10).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].outcome, Outcome::Partial);
+        assert_eq!(runs[0].failures, fail);
+        assert_eq!(runs[1].counts, counts);
+        assert!(l.last_success("j").unwrap().is_some());
+        let c = l.begin_run("j", "manual").unwrap();
+        assert_eq!(l.close_abandoned_runs("j").unwrap(), 1);
+        assert_eq!(l.runs("j", 1).unwrap()[0].id, c);
+        assert_eq!(l.runs("j", 1).unwrap()[0].outcome, Outcome::Failed);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(Ledger::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        assert!(matches!(
+            Ledger::open(&path),
+            Err(LedgerError::TooNew { found: 99, .. })
+        ));
+    }
+}

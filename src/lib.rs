@@ -1,0 +1,17 @@
+//! ferrysync: unattended, scheduled directory sync over FTPS.
+//!
+//! The pipeline runs one way: [`config`] -> trigger ([`agent`]) -> [`scan`] -> [`plan`] ->
+//! execute ([`transfer`], over [`ftps`]) -> [`ledger`] -> status ([`cli`]). [`job_run`] wires
+//! the stages of one run together.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod ftps;
+pub mod job_run;
+pub mod ledger;
+pub mod loopback;
+pub mod plan;
+pub mod scan;
+pub mod snapshot;
+pub mod transfer;

@@ -1,0 +1,344 @@
+//! Scans: what the local tree and the remote tree hold now, as [`Snapshot`]s.
+//!
+//! The local scan re-hashes a file only when its size or mtime differ from the ledger's record;
+//! the remote scan lists directories (MLSD where offered, LIST otherwise) and refuses names that
+//! could escape the job's directory before they ever reach a local path.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use suppaftp::list::ListParser;
+
+use crate::config::PathFilter;
+use crate::ftps::{FtpsError, Session};
+use crate::ledger::PathFailure;
+use crate::plan::LedgerView;
+use crate::snapshot::{self, check_remote_name, is_temp_name, Entry, Kind, Snapshot};
+
+/// A scanned tree and the paths that could not be read.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub snapshot: Snapshot,
+    pub failures: Vec<PathFailure>,
+    /// Local scan: how many files were hashed (the rest reused the ledger's hash).
+    pub hashed: u64,
+    /// Remote scan: the job's remote directory does not exist yet.
+    pub root_missing: bool,
+}
+
+pub fn system_time_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The local path of a relative `/`-separated path.
+pub fn local_path(root: &Path, rel: &str) -> PathBuf {
+    let mut p = root.to_path_buf();
+    for part in rel.split('/') {
+        p.push(part);
+    }
+    p
+}
+
+/// The absolute remote path of a relative path under the job's remote directory.
+pub fn remote_path(root: &str, rel: &str) -> String {
+    match (root, rel) {
+        (_, "") => root.to_string(),
+        ("/", _) => format!("/{rel}"),
+        _ => format!("{root}/{rel}"),
+    }
+}
+
+/// BLAKE3 of a whole file.
+pub fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize())
+}
+
+/// Walks the local tree under `root` (blocking; run it on a blocking thread).
+pub fn scan_local(root: &Path, filter: &PathFilter, ledger: &LedgerView) -> std::io::Result<Scan> {
+    let mut scan = Scan::default();
+    let mut dirs = vec![String::new()];
+    // The root itself must be readable: anything else is a failure of the whole run.
+    std::fs::read_dir(root)?;
+    while let Some(rel_dir) = dirs.pop() {
+        let abs_dir = local_path(root, &rel_dir);
+        let entries = match std::fs::read_dir(&abs_dir) {
+            Ok(rd) => rd,
+            Err(e) => {
+                scan.failures.push(PathFailure {
+                    path: rel_dir.clone(),
+                    error: format!("cannot read local directory {}: {e}", abs_dir.display()),
+                });
+                continue;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    scan.failures.push(PathFailure {
+                        path: rel_dir.clone(),
+                        error: format!("cannot read local directory {}: {e}", abs_dir.display()),
+                    });
+                    continue;
+                }
+            };
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                scan.failures.push(PathFailure {
+                    path: snapshot::join(&rel_dir, &entry.file_name().to_string_lossy()),
+                    error: "the name is not valid UTF-8 and cannot be sent to an FTP server".into(),
+                });
+                continue;
+            };
+            if is_temp_name(&name) {
+                continue;
+            }
+            let rel = snapshot::join(&rel_dir, &name);
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) => {
+                    scan.failures.push(PathFailure {
+                        path: rel,
+                        error: format!("cannot stat: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                if filter.excludes(&rel) {
+                    continue;
+                }
+                scan.snapshot.insert(rel.clone(), Entry::dir());
+                dirs.push(rel);
+            } else if ft.is_file() {
+                if !filter.includes_file(&rel) {
+                    continue;
+                }
+                let size = meta.len();
+                let mtime = meta.modified().map(system_time_ns).unwrap_or(0);
+                let known = ledger
+                    .get(&rel)
+                    .filter(|e| e.size == size && e.mtime == mtime)
+                    .map(|e| e.hash);
+                let hash = match known {
+                    Some(h) => h,
+                    None => match hash_file(&entry.path()) {
+                        Ok(h) => {
+                            scan.hashed += 1;
+                            h
+                        }
+                        Err(e) => {
+                            scan.failures.push(PathFailure {
+                                path: rel,
+                                error: format!("cannot read: {e}"),
+                            });
+                            continue;
+                        }
+                    },
+                };
+                scan.snapshot.insert(
+                    rel,
+                    Entry {
+                        kind: Kind::File,
+                        size,
+                        mtime,
+                        hash: Some(hash),
+                    },
+                );
+            } else {
+                tracing::warn!(path = %rel, "skipping: not a regular file or directory (symbolic links are not followed)");
+            }
+        }
+    }
+    if filter.has_includes() {
+        prune_dirs(&mut scan.snapshot);
+    }
+    Ok(scan)
+}
+
+/// With include patterns, keeps only the directories that lead to an included file.
+fn prune_dirs(snap: &mut Snapshot) {
+    let mut keep = std::collections::BTreeSet::new();
+    for (path, e) in snap.iter() {
+        if e.kind == Kind::File {
+            let mut p = path.as_str();
+            while let Some(i) = p.rfind('/') {
+                p = &p[..i];
+                keep.insert(p.to_string());
+            }
+        }
+    }
+    snap.retain(|path, e| e.kind == Kind::File || keep.contains(path));
+}
+
+/// Lists the remote tree under `root` (an absolute path), breadth first.
+pub async fn scan_remote(
+    session: &mut Session,
+    root: &str,
+    filter: &PathFilter,
+) -> Result<Scan, FtpsError> {
+    let mut scan = Scan::default();
+    let mut queue = VecDeque::from([String::new()]);
+    while let Some(rel_dir) = queue.pop_front() {
+        let abs = remote_path(root, &rel_dir);
+        let (lines, mlsd) = match session.list_dir(&abs).await {
+            Ok(r) => r,
+            Err(e) if rel_dir.is_empty() && matches!(e.code(), Some(550)) => {
+                scan.root_missing = true;
+                return Ok(scan);
+            }
+            Err(e) => return Err(e),
+        };
+        for line in lines {
+            let Some(file) = parse_listing_line(&line, mlsd) else {
+                continue;
+            };
+            let name = file.name().to_string();
+            if file.is_directory() && (name == "." || name == "..") {
+                continue;
+            }
+            if let Err(e) = check_remote_name(&abs, &name) {
+                scan.failures.push(PathFailure {
+                    path: snapshot::join(&rel_dir, &name.escape_debug().to_string()),
+                    error: e.to_string(),
+                });
+                continue;
+            }
+            if is_temp_name(&name) {
+                continue;
+            }
+            let rel = snapshot::join(&rel_dir, &name);
+            if file.is_symlink() {
+                tracing::warn!(path = %rel, "skipping remote symbolic link");
+            } else if file.is_directory() {
+                if filter.excludes(&rel) {
+                    continue;
+                }
+                scan.snapshot.insert(rel.clone(), Entry::dir());
+                queue.push_back(rel);
+            } else if file.is_file() {
+                if !filter.includes_file(&rel) {
+                    continue;
+                }
+                scan.snapshot.insert(
+                    rel,
+                    Entry {
+                        kind: Kind::File,
+                        size: file.size() as u64,
+                        mtime: system_time_ns(file.modified()),
+                        hash: None,
+                    },
+                );
+            }
+        }
+    }
+    if filter.has_includes() {
+        prune_dirs(&mut scan.snapshot);
+    }
+    Ok(scan)
+}
+
+/// Parses one listing line; `None` for lines that describe no entry (`total 12`, MLSD's
+/// `cdir`/`pdir` facts) or that no parser understands (logged).
+fn parse_listing_line(line: &str, mlsd: bool) -> Option<suppaftp::list::File> {
+    let trimmed = line.trim_end_matches(['\r', '\n']);
+    if trimmed.is_empty() {
+        return None;
+    }
+    if mlsd {
+        let facts = trimmed.split(' ').next().unwrap_or("").to_ascii_lowercase();
+        if facts.contains("type=cdir") || facts.contains("type=pdir") {
+            return None;
+        }
+        return ListParser::parse_mlsd(trimmed)
+            .map_err(|e| tracing::warn!(line = trimmed, "cannot parse MLSD line: {e}"))
+            .ok();
+    }
+    if trimmed.starts_with("total ") {
+        return None;
+    }
+    ListParser::parse_posix(trimmed)
+        .or_else(|_| ListParser::parse_dos(trimmed))
+        .map_err(|e| tracing::warn!(line = trimmed, "cannot parse LIST line: {e}"))
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::SyncedEntry;
+
+    #[test]
+    fn local_scan_finds_files_dirs_and_reuses_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a b/ünï")).unwrap();
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        std::fs::write(root.join("a b/ünï/f.txt"), b"hello").unwrap();
+        std::fs::write(root.join("zero"), b"").unwrap();
+        std::fs::write(root.join(snapshot::temp_name("zero")), b"partial").unwrap();
+        let s = scan_local(root, &PathFilter::all(), &LedgerView::new()).unwrap();
+        let keys: Vec<&str> = s.snapshot.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["a b", "a b/ünï", "a b/ünï/f.txt", "empty", "zero"]);
+        assert_eq!(s.hashed, 2);
+        let f = &s.snapshot["a b/ünï/f.txt"];
+        assert_eq!(f.hash, Some(blake3::hash(b"hello")));
+
+        let mut ledger = LedgerView::new();
+        ledger.insert(
+            "a b/ünï/f.txt".into(),
+            SyncedEntry {
+                size: 5,
+                mtime: f.mtime,
+                hash: blake3::hash(b"remembered"),
+                remote_size: 5,
+                remote_mtime: None,
+            },
+        );
+        let s = scan_local(root, &PathFilter::all(), &ledger).unwrap();
+        assert_eq!(s.hashed, 1, "unchanged size+mtime reuses the ledger's hash");
+        assert_eq!(
+            s.snapshot["a b/ünï/f.txt"].hash,
+            Some(blake3::hash(b"remembered"))
+        );
+    }
+
+    #[test]
+    fn listing_lines_parse_and_skip_noise() {
+        let f = parse_listing_line(
+            "-rw-r--r--    1 1000     1000           12 Nov 28 15:38 a file.csv",
+            false,
+        )
+        .unwrap();
+        assert_eq!((f.name(), f.size(), f.is_file()), ("a file.csv", 12, true));
+        assert!(parse_listing_line("total 8", false).is_none());
+        let d = parse_listing_line("type=dir;modify=20201019151930; sub", true).unwrap();
+        assert!(d.is_directory());
+        assert!(parse_listing_line("type=cdir;modify=20201019151930; /inbound", true).is_none());
+        let f =
+            parse_listing_line("10-19-20  03:19PM                 1024 dos.txt", false).unwrap();
+        assert_eq!(f.name(), "dos.txt");
+    }
+
+    #[test]
+    fn remote_paths_join_under_the_root() {
+        assert_eq!(remote_path("/", "a/b"), "/a/b");
+        assert_eq!(remote_path("/in", "a"), "/in/a");
+        assert_eq!(remote_path("/in", ""), "/in");
+    }
+}

@@ -1,0 +1,119 @@
+//! What one side of a job looks like at one moment: the [`Entry`] type both scans produce and
+//! the plan compares, and the rules for names that may cross from a server onto a local disk.
+
+use std::collections::BTreeMap;
+
+/// Whether an entry is a regular file or a directory. Symbolic links are not synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+/// One file or directory, keyed in a [`Snapshot`] by its `/`-separated path relative to the
+/// job's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    pub size: u64,
+    /// Modification time in nanoseconds since the Unix epoch (remote listings may only be
+    /// precise to the second or the minute).
+    pub mtime: i64,
+    /// BLAKE3 of the content: always known for local files, never for remote ones.
+    pub hash: Option<blake3::Hash>,
+}
+
+impl Entry {
+    pub fn dir() -> Entry {
+        Entry {
+            kind: Kind::Dir,
+            size: 0,
+            mtime: 0,
+            hash: None,
+        }
+    }
+    pub fn is_dir(&self) -> bool {
+        self.kind == Kind::Dir
+    }
+}
+
+/// A whole tree, sorted so that a directory comes before everything inside it.
+pub type Snapshot = BTreeMap<String, Entry>;
+
+/// Why a name from a remote listing was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("refusing remote entry {name:?} in {dir:?}: {reason}")]
+pub struct HostileName {
+    pub dir: String,
+    pub name: String,
+    pub reason: &'static str,
+}
+
+/// Checks one name from a remote listing before it can become part of a local path.
+pub fn check_remote_name(dir: &str, name: &str) -> Result<(), HostileName> {
+    let reason = if name.is_empty() {
+        Some("empty name")
+    } else if name == "." || name == ".." {
+        Some("`.` and `..` would leave the directory")
+    } else if name.contains('/') || name.contains('\\') {
+        Some("a path separator inside a name")
+    } else if name.contains('\0') {
+        Some("a NUL byte inside a name")
+    } else if name.chars().any(|c| c == '\r' || c == '\n') {
+        Some("a line break inside a name")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(HostileName {
+            dir: dir.to_string(),
+            name: name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `parent/name`, or `name` at the root.
+pub fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+/// Temporary names carry this marker so that scans skip them and a later run can find them.
+pub const TEMP_MARKER: &str = ".ferrysync-part";
+
+/// The temporary name a file is written under in its own directory before it is renamed.
+pub fn temp_name(name: &str) -> String {
+    format!(".{name}{TEMP_MARKER}")
+}
+
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(TEMP_MARKER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for bad in ["..", ".", "a/b", "..\\x", "a\0b", "", "x\ny"] {
+            assert!(check_remote_name("d", bad).is_err(), "{bad:?}");
+        }
+        for ok in ["a b", "ünïcødé.csv", "...", "..x", ".hidden"] {
+            assert!(check_remote_name("d", ok).is_ok(), "{ok:?}");
+        }
+        let e = check_remote_name("in", "../x").unwrap_err();
+        assert!(e.to_string().contains("../x"));
+    }
+
+    #[test]
+    fn temp_names_round_trip() {
+        assert!(is_temp_name(&temp_name("a.csv")));
+        assert!(!is_temp_name("a.csv"));
+    }
+}

@@ -1,0 +1,406 @@
+#!/usr/bin/env bash
+# Start/stop a throw-away vsftpd with explicit FTPS (AUTH TLS) on 127.0.0.1
+# for ferrysync's integration tests. Must run as root (Debian 12 / vsftpd 3.0.3).
+#
+#   bash tests/servers/vsftpd.sh start DIR   # install if needed, configure, start
+#   bash tests/servers/vsftpd.sh stop  DIR   # stop the vsftpd started for DIR
+#
+# After `start`, `source DIR/env` exports FERRYSYNC_VSFTPD_{HOST,PORT,USER,
+# PASSWORD_FILE,CA,ROOT,LOG}. See tests/servers/README.md.
+#
+# Environment overrides:
+#   VSFTPD_PORT       control port (default: 2121, or the next free port up to 2199)
+#   VSFTPD_PASV_MIN   first passive data port (default 40000)
+#   VSFTPD_PASV_MAX   last passive data port (default 40099)
+#   VSFTPD_USER       local Unix user for the tests (default ferrysync-test)
+set -euo pipefail
+
+PROG=${0##*/}
+FTP_USER=${VSFTPD_USER:-ferrysync-test}
+PASV_MIN=${VSFTPD_PASV_MIN:-40000}
+PASV_MAX=${VSFTPD_PASV_MAX:-40099}
+START_TIMEOUT=10 # seconds to wait for the control port
+STOP_TIMEOUT=5   # seconds to wait for processes to exit after SIGTERM
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
+
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+
+usage() {
+  cat >&2 <<EOF
+usage: bash $0 start DIR   (install, configure and start vsftpd; writes DIR/env)
+       bash $0 stop DIR    (stop the vsftpd started for DIR; never fails)
+EOF
+  exit 2
+}
+
+# ---------------------------------------------------------------- helpers
+
+# Succeeds if something accepts TCP connections on 127.0.0.1:$1.
+port_open() {
+  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+# Prints the first 3 bytes the server sends on 127.0.0.1:$1 (the FTP greeting code).
+greeting_code() {
+  timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && head -c3 <&3" 2>/dev/null || true
+}
+
+is_vsftpd_pid() {
+  [[ -n ${1:-} && -r /proc/$1/comm ]] && [[ $(cat "/proc/$1/comm" 2>/dev/null) == vsftpd ]]
+}
+
+# PIDs of every process belonging to the vsftpd instance of config $1:
+# the ones whose session id is the recorded PID (we start it with setsid) and
+# the ones whose command line names our config file (forked session children).
+instance_pids() {
+  local conf=$1 sid=${2:-} p stat rest cmd _state _ppid _pgrp session
+  for p in /proc/[0-9]*; do
+    p=${p#/proc/}
+    [[ $p == "$$" ]] && continue
+    if [[ -n $sid ]] && stat=$(cat "/proc/$p/stat" 2>/dev/null); then
+      rest=${stat##*) }            # fields after "(comm) "
+      read -r _state _ppid _pgrp session _ <<<"$rest"
+      if [[ $session == "$sid" ]] && is_vsftpd_pid "$p"; then echo "$p"; continue; fi
+    fi
+    cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline") || continue
+    if [[ $cmd == *"$conf"* ]] && is_vsftpd_pid "$p"; then echo "$p"; fi
+  done
+}
+
+stop_instance() {
+  local dir=$1 pidfile=$1/vsftpd.pid conf=$1/vsftpd.conf pid="" i
+  local -a pids
+  [[ -f $pidfile ]] && pid=$(tr -dc '0-9' <"$pidfile")
+  is_vsftpd_pid "$pid" || pid=""
+  mapfile -t pids < <(instance_pids "$conf" "$pid")
+  if ((${#pids[@]} == 0)); then
+    rm -f "$pidfile"
+    return 0
+  fi
+  log "stopping vsftpd for $dir (pids: ${pids[*]})"
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+    mapfile -t pids < <(instance_pids "$conf" "$pid")
+    ((${#pids[@]} == 0)) && break
+    sleep 0.1
+  done
+  if ((${#pids[@]} > 0)); then
+    log "still running after ${STOP_TIMEOUT}s, sending SIGKILL to: ${pids[*]}"
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    sleep 0.2
+  fi
+  rm -f "$pidfile"
+  return 0
+}
+
+install_packages() {
+  local missing=()
+  command -v vsftpd >/dev/null || missing+=(vsftpd)
+  command -v lftp >/dev/null || missing+=(lftp)
+  command -v openssl >/dev/null || missing+=(openssl)
+  if ((${#missing[@]})); then
+    log "installing missing packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=120 update -q ||
+      die "apt-get update failed"
+    # Only the missing ones: naming an installed package would upgrade it.
+    apt-get -o DPkg::Lock::Timeout=120 install -y -q "${missing[@]}" ||
+      die "apt-get install ${missing[*]} failed"
+    for b in vsftpd lftp openssl; do
+      command -v "$b" >/dev/null || die "$b still not found after apt-get install"
+    done
+  fi
+  # We never use the distribution's service (it may or may not have been
+  # started by the package, e.g. on port 21). Stop it if it runs; never fail.
+  if command -v service >/dev/null; then
+    service vsftpd stop >/dev/null 2>&1 || true
+  fi
+}
+
+# Creates DIR/ca.pem (+ca.key) and DIR/server.pem/server.key unless valid ones exist.
+make_certs() {
+  local dir=$1
+  if [[ -s $dir/ca.pem && -s $dir/ca.key && -s $dir/server.pem && -s $dir/server.key ]] &&
+    openssl x509 -in "$dir/ca.pem" -noout -checkend 86400 >/dev/null 2>&1 &&
+    openssl x509 -in "$dir/server.pem" -noout -checkend 86400 >/dev/null 2>&1 &&
+    openssl verify -CAfile "$dir/ca.pem" "$dir/server.pem" >/dev/null 2>&1; then
+    return 0
+  fi
+  log "generating throw-away CA and server certificate in $dir"
+  local tmp
+  tmp=$(mktemp -d "$dir/.certs.XXXXXX")
+  (
+    umask 077
+    cat >"$tmp/ca.cnf" <<'EOF'
+[req]
+distinguished_name = dn
+prompt = no
+x509_extensions = v3_ca
+[dn]
+CN = ferrysync throw-away test CA
+[v3_ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+EOF
+    cat >"$tmp/server.ext" <<'EOF'
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+EOF
+    openssl req -x509 -config "$tmp/ca.cnf" -newkey rsa:2048 -nodes -sha256 -days 365 \
+      -keyout "$tmp/ca.key" -out "$tmp/ca.pem" 2>"$tmp/openssl.err"
+    openssl req -new -newkey rsa:2048 -nodes -sha256 -subj "/CN=localhost" \
+      -keyout "$tmp/server.key" -out "$tmp/server.csr" 2>>"$tmp/openssl.err"
+    openssl x509 -req -sha256 -days 365 -in "$tmp/server.csr" \
+      -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -set_serial "0x$(openssl rand -hex 8)" \
+      -extfile "$tmp/server.ext" -out "$tmp/server.pem" 2>>"$tmp/openssl.err"
+    openssl verify -CAfile "$tmp/ca.pem" "$tmp/server.pem" >/dev/null
+  ) || { cat "$tmp/openssl.err" >&2 2>/dev/null || true; rm -rf "$tmp"; die "certificate generation failed"; }
+  chmod 0644 "$tmp/ca.pem" "$tmp/server.pem"
+  chmod 0600 "$tmp/ca.key" "$tmp/server.key"
+  mv -f "$tmp/ca.pem" "$tmp/ca.key" "$tmp/server.pem" "$tmp/server.key" "$dir/"
+  rm -rf "$tmp"
+}
+
+# Ensures the local test user exists, has a bash login shell and $2 as home,
+# and a random password stored (without newline) in DIR/password.
+make_user() {
+  local dir=$1 home=$2 pw
+  [[ $FTP_USER != root ]] || die "refusing to use root as the FTP test user"
+  grep -qx '/bin/bash' /etc/shells || die "/bin/bash is not listed in /etc/shells (PAM pam_shells would refuse the login)"
+  if ! getent passwd "$FTP_USER" >/dev/null; then
+    log "creating user $FTP_USER"
+    useradd --no-create-home --home-dir "$home" --shell /bin/bash \
+      --comment "ferrysync FTP test user" "$FTP_USER" || die "useradd $FTP_USER failed"
+  else
+    local cur_home cur_shell
+    cur_home=$(getent passwd "$FTP_USER" | cut -d: -f6)
+    cur_shell=$(getent passwd "$FTP_USER" | cut -d: -f7)
+    if [[ $cur_home != "$home" || $cur_shell != /bin/bash ]]; then
+      usermod --home "$home" --shell /bin/bash "$FTP_USER" || die "usermod $FTP_USER failed"
+    fi
+  fi
+  if [[ -f /etc/ftpusers ]] && grep -qx "$FTP_USER" /etc/ftpusers; then
+    die "$FTP_USER is listed in /etc/ftpusers, so PAM would refuse it"
+  fi
+  mkdir -p "$home"
+  chown "$FTP_USER:" "$home"
+  chmod 0755 "$home"
+  if [[ ! -s $dir/password ]]; then
+    (umask 077 && openssl rand -hex 16 | tr -d '\n' >"$dir/password")
+  fi
+  chmod 0600 "$dir/password"
+  pw=$(cat "$dir/password")
+  printf '%s:%s\n' "$FTP_USER" "$pw" | chpasswd || die "chpasswd for $FTP_USER failed"
+  # The chroot/home must be reachable and writable by the user itself.
+  runuser -u "$FTP_USER" -- test -w "$home" -a -x "$home" ||
+    die "user $FTP_USER cannot write to $home; every parent directory of DIR must be world-traversable (o+x)"
+}
+
+pick_port() {
+  local p
+  if [[ -n ${VSFTPD_PORT:-} ]]; then
+    if ! [[ $VSFTPD_PORT =~ ^[0-9]{1,5}$ ]] || ((VSFTPD_PORT < 1 || VSFTPD_PORT > 65535)); then
+      die "VSFTPD_PORT must be a TCP port number, got '$VSFTPD_PORT'"
+    fi
+    port_open "$VSFTPD_PORT" && die "port $VSFTPD_PORT (VSFTPD_PORT) is already in use on 127.0.0.1"
+    echo "$VSFTPD_PORT"
+    return
+  fi
+  for ((p = 2121; p < 2200; p++)); do
+    port_open "$p" || { echo "$p"; return; }
+  done
+  die "no free port in 2121-2199; set VSFTPD_PORT"
+}
+
+# Succeeds if the vsftpd binary knows the config option $2.
+has_option() {
+  grep -aq -- "$2" "$1"
+}
+
+write_conf() {
+  local dir=$1 port=$2 home=$3 bin=$4 conf=$1/vsftpd.conf
+  {
+    cat <<EOF
+# Generated by tests/servers/vsftpd.sh -- throw-away FTPS server for tests.
+listen=YES
+listen_ipv6=NO
+listen_address=127.0.0.1
+listen_port=$port
+background=NO
+# Never use clone(CLONE_NEWPID/NEWNET) or seccomp: both fail in containers.
+seccomp_sandbox=NO
+isolate=NO
+isolate_network=NO
+
+anonymous_enable=NO
+local_enable=YES
+write_enable=YES
+local_umask=022
+chroot_local_user=YES
+allow_writeable_chroot=YES
+pam_service_name=vsftpd
+secure_chroot_dir=$dir/empty
+mdtm_write=YES
+force_dot_files=YES
+hide_ids=NO
+max_per_ip=0
+max_clients=0
+
+pasv_enable=YES
+pasv_address=127.0.0.1
+pasv_min_port=$PASV_MIN
+pasv_max_port=$PASV_MAX
+port_enable=YES
+connect_from_port_20=NO
+
+ssl_enable=YES
+rsa_cert_file=$dir/server.pem
+rsa_private_key_file=$dir/server.key
+force_local_logins_ssl=YES
+force_local_data_ssl=YES
+require_ssl_reuse=YES
+ssl_sslv2=NO
+ssl_sslv3=NO
+ssl_tlsv1=NO
+# Debian's vsftpd 3.0.3 default is DES-CBC3-SHA, which rustls does not offer.
+ssl_ciphers=HIGH
+debug_ssl=YES
+
+xferlog_enable=YES
+dual_log_enable=YES
+xferlog_std_format=NO
+log_ftp_protocol=YES
+vsftpd_log_file=$dir/vsftpd.log
+xferlog_file=$dir/xferlog.log
+EOF
+    # Options only some vsftpd builds know (an unknown option is a fatal error).
+    has_option "$bin" utf8_filesystem && echo "utf8_filesystem=YES"
+    has_option "$bin" ssl_tlsv1_1 && echo "ssl_tlsv1_1=NO"
+    has_option "$bin" ssl_tlsv1_2 && echo "ssl_tlsv1_2=YES"
+    has_option "$bin" ssl_tlsv1_3 && echo "ssl_tlsv1_3=YES"
+    true
+  } >"$conf"
+  chmod 0600 "$conf" # vsftpd insists the config is owned by the user running it
+}
+
+print_failure_logs() {
+  local dir=$1 f
+  for f in "$dir/vsftpd.stderr" "$dir/vsftpd.log"; do
+    if [[ -s $f ]]; then
+      log "---- last lines of $f ----"
+      tail -n 30 "$f" >&2
+    fi
+  done
+}
+
+# ---------------------------------------------------------------- commands
+
+cmd_start() {
+  local dir=$1 port home bin pid i code f
+  [[ $(id -u) == 0 ]] || die "must run as root (it installs packages, creates a user and starts vsftpd)"
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd -P)
+  [[ $dir =~ ^/[A-Za-z0-9._/+-]+$ ]] ||
+    die "DIR must be a path without spaces or special characters (got '$dir')"
+
+  if ! [[ $PASV_MIN =~ ^[0-9]{4,5}$ && $PASV_MAX =~ ^[0-9]{4,5}$ ]] ||
+    ((PASV_MIN > PASV_MAX || PASV_MAX > 65535)); then
+    die "bad passive port range VSFTPD_PASV_MIN=$PASV_MIN VSFTPD_PASV_MAX=$PASV_MAX"
+  fi
+  [[ $FTP_USER =~ ^[a-z_][a-z0-9_-]{0,30}$ ]] || die "bad VSFTPD_USER '$FTP_USER'"
+
+  install_packages
+  bin=$(command -v vsftpd)
+
+  # Idempotent: a vsftpd already started for this DIR is restarted.
+  stop_instance "$dir"
+  rm -f "$dir/env" # only a successful start writes it
+
+  chmod 0711 "$dir" # the FTP user must be able to traverse DIR to reach its home
+  home=$dir/home/ftp-root
+  mkdir -p "$dir/home" "$dir/empty"
+  chown root:root "$dir/empty" && chmod 0555 "$dir/empty"
+  chmod 0711 "$dir/home"
+  mkdir -p /var/run/vsftpd/empty
+
+  make_certs "$dir"
+  make_user "$dir" "$home"
+  port=$(pick_port)
+  write_conf "$dir" "$port" "$home" "$bin"
+
+  # Fresh logs for this run; keep the previous run's next to them.
+  for f in vsftpd.log xferlog.log vsftpd.stderr; do
+    [[ -s $dir/$f ]] && mv -f "$dir/$f" "$dir/$f.old"
+    : >"$dir/$f"
+  done
+  # setsid: own session, so `stop` can find every process of this instance.
+  # The subshell is not a process-group leader, so setsid execs without forking
+  # and $! is vsftpd's own PID.
+  (
+    # Do not hand the caller's extra file descriptors (e.g. CI pipes) to the daemon.
+    for fd in "/proc/$BASHPID/fd/"*; do
+      fd=${fd##*/}
+      if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    # vsftpd writes fatal startup errors ("500 OOPS: ...") to fd 0, not stderr,
+    # so fd 0 must be a writable file rather than /dev/null.
+    exec setsid "$bin" "$dir/vsftpd.conf" 0<>"$dir/vsftpd.stderr" 1>&0 2>&0
+  ) &
+  pid=$!
+  echo "$pid" >"$dir/vsftpd.pid"
+
+  code=""
+  for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      print_failure_logs "$dir"
+      rm -f "$dir/vsftpd.pid"
+      die "vsftpd exited during startup (config $dir/vsftpd.conf)"
+    fi
+    if port_open "$port"; then
+      code=$(greeting_code "$port")
+      [[ $code == 220 ]] && break
+    fi
+    sleep 0.1
+  done
+  if [[ $code != 220 ]]; then
+    print_failure_logs "$dir"
+    stop_instance "$dir"
+    die "vsftpd did not answer '220' on 127.0.0.1:$port within ${START_TIMEOUT}s"
+  fi
+
+  {
+    printf 'export FERRYSYNC_VSFTPD_HOST=127.0.0.1\n'
+    printf 'export FERRYSYNC_VSFTPD_PORT=%s\n' "$port"
+    printf 'export FERRYSYNC_VSFTPD_USER=%s\n' "$FTP_USER"
+    printf 'export FERRYSYNC_VSFTPD_PASSWORD_FILE=%s\n' "$dir/password"
+    printf 'export FERRYSYNC_VSFTPD_CA=%s\n' "$dir/ca.pem"
+    printf 'export FERRYSYNC_VSFTPD_ROOT=%s\n' "$home"
+    printf 'export FERRYSYNC_VSFTPD_LOG=%s\n' "$dir/vsftpd.log"
+  } >"$dir/env"
+  log "vsftpd (pid $pid) is serving explicit FTPS on 127.0.0.1:$port as user $FTP_USER, root $home"
+  log "source $dir/env to get FERRYSYNC_VSFTPD_* variables"
+}
+
+cmd_stop() {
+  local dir=$1
+  if [[ ! -d $dir ]]; then
+    log "$dir does not exist; nothing to stop"
+    return 0
+  fi
+  dir=$(cd "$dir" && pwd -P)
+  stop_instance "$dir" || true
+  log "vsftpd for $dir is stopped"
+}
+
+[[ $# == 2 && -n $2 ]] || usage
+case $1 in
+start) cmd_start "$2" ;;
+stop) cmd_stop "$2" || true ;;
+*) usage ;;
+esac
