@@ -1,31 +1,19 @@
 //! FTPS connections: TLS set-up and verification, login, the server's features, and the
 //! commands the rest of ferrysync needs, each with a timeout and an error that names the
 //! server, the command, the path and the server's reply.
-//!
-//! Every connection gets a TLS client configuration of its own. The session cache lives in that
-//! configuration, and servers such as vsftpd (`require_ssl_reuse=YES`) accept a data connection
-//! only if it resumes the TLS session of *its own* control connection: a cache shared by several
-//! parallel connections would hand one connection's session to another's data channel.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use sha2::Digest;
-use suppaftp::tokio::{
-    AsyncRustlsConnector, AsyncRustlsStream, ImplAsyncFtpStream, TransferStream,
-};
+use suppaftp::tokio::{ImplAsyncFtpStream, TransferStream};
 use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode, Status};
 
-use crate::config::{Fingerprint, Remote, Security, TlsOptions};
+use crate::config::{Remote, Security};
+use crate::tls::{FlushingTlsStream, TlsContext};
 
-pub type FtpStream = ImplAsyncFtpStream<AsyncRustlsStream>;
-pub type DataStream = TransferStream<AsyncRustlsStream>;
+pub type FtpStream = ImplAsyncFtpStream<FlushingTlsStream>;
+pub type DataStream = TransferStream<FlushingTlsStream>;
 
 /// How long one command (or one read or write on a data connection) may take.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -98,199 +86,6 @@ fn reply_text(r: &suppaftp::types::Response) -> String {
         body.to_string()
     } else {
         format!("{code} {body}")
-    }
-}
-
-/// TLS material loaded once per run; [`TlsContext::connector`] makes a fresh client
-/// configuration (and so a fresh session cache) for each connection.
-pub struct TlsContext {
-    provider: Arc<CryptoProvider>,
-    verifier: Arc<dyn ServerCertVerifier>,
-    client_auth: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
-}
-
-impl TlsContext {
-    pub fn new(opts: &TlsOptions) -> Result<TlsContext, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let algs = provider.signature_verification_algorithms;
-        let verifier: Arc<dyn ServerCertVerifier> = if opts.insecure_skip_verify {
-            Arc::new(AnyCertificate { algs })
-        } else if !opts.pins.is_empty() {
-            Arc::new(PinnedCertificate {
-                pins: opts.pins.clone(),
-                algs,
-            })
-        } else {
-            let mut roots = RootCertStore::empty();
-            match &opts.ca_file {
-                Some(ca) => {
-                    let certs = read_certs(ca)?;
-                    for c in certs {
-                        roots
-                            .add(c)
-                            .map_err(|e| format!("tls.ca_file {}: {e}", ca.display()))?;
-                    }
-                }
-                None => {
-                    let found = rustls_native_certs::load_native_certs();
-                    for c in found.certs {
-                        let _ = roots.add(c);
-                    }
-                    if roots.is_empty() {
-                        return Err("the system trust store is empty (install ca-certificates) and no tls.ca_file or tls.pin_sha256 is set".into());
-                    }
-                }
-            }
-            rustls::client::WebPkiServerVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider.clone(),
-            )
-            .build()
-            .map_err(|e| format!("TLS verifier: {e}"))?
-        };
-        let client_auth = match (&opts.client_cert, &opts.client_key) {
-            (Some(cert), Some(key)) => {
-                let certs = read_certs(cert)?;
-                let pem = std::fs::read(key)
-                    .map_err(|e| format!("tls.client_key {}: {e}", key.display()))?;
-                let key = rustls_pemfile::private_key(&mut pem.as_slice())
-                    .map_err(|e| format!("tls.client_key {}: {e}", key.display()))?
-                    .ok_or_else(|| {
-                        format!(
-                            "tls.client_key {}: no private key in the file",
-                            key.display()
-                        )
-                    })?;
-                Some((certs, Arc::new(key)))
-            }
-            _ => None,
-        };
-        Ok(TlsContext {
-            provider,
-            verifier,
-            client_auth,
-        })
-    }
-
-    fn connector(&self) -> Result<AsyncRustlsConnector, String> {
-        let builder = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
-            .dangerous()
-            .with_custom_certificate_verifier(self.verifier.clone());
-        let mut config = match &self.client_auth {
-            Some((certs, key)) => builder
-                .with_client_auth_cert(certs.clone(), key.clone_key())
-                .map_err(|e| format!("client certificate: {e}"))?,
-            None => builder.with_no_client_auth(),
-        };
-        config.resumption = rustls::client::Resumption::in_memory_sessions(16);
-        Ok(AsyncRustlsConnector::from(
-            tokio_rustls::TlsConnector::from(Arc::new(config)),
-        ))
-    }
-}
-
-fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{}: no PEM certificate in the file",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
-/// SHA-256 of a DER certificate, as `tls.pin_sha256` spells it.
-pub fn fingerprint(cert: &[u8]) -> Fingerprint {
-    Fingerprint(sha2::Sha256::digest(cert).into())
-}
-
-/// `tls.pin_sha256`: accept exactly the pinned certificates, whoever signed them.
-#[derive(Debug)]
-struct PinnedCertificate {
-    pins: Vec<Fingerprint>,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedCertificate {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = fingerprint(end_entity);
-        if self.pins.contains(&got) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "the server certificate's SHA-256 {got} matches no tls.pin_sha256"
-            )))
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-/// `tls.insecure_skip_verify: true`: any certificate (the handshake is still signed).
-#[derive(Debug)]
-struct AnyCertificate {
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
     }
 }
 
@@ -629,12 +424,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fingerprint_formats_like_openssl() {
-        let f = fingerprint(b"abc");
-        assert_eq!(
-            f.to_string(),
-            "ba:78:16:bf:8f:01:cf:ea:41:41:40:de:5d:ae:22:23:b0:03:61:a3:96:17:7a:9c:b4:10:ff:61:f2:00:15:ad"
-        );
-        assert_eq!(Fingerprint::parse(&f.to_string()).unwrap(), f);
+    fn reply_text_keeps_the_code() {
+        let r =
+            suppaftp::types::Response::new(Status::FileUnavailable, b"550 No such file".to_vec());
+        assert_eq!(reply_text(&r), "550 No such file");
+        let r = suppaftp::types::Response::new(Status::FileUnavailable, b"No such file".to_vec());
+        assert_eq!(reply_text(&r), "550 No such file");
     }
 }

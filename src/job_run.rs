@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::config::{Direction, Job};
-use crate::ftps::{Session, TlsContext};
+use crate::ftps::Session;
 use crate::ledger::{JobRecord, Ledger, Outcome, PathFailure, RunCounts};
 use crate::plan::{plan, Action, PlanOptions, SyncPlan, SyncedEntry};
 use crate::scan::{local_path, remote_path, scan_local, scan_remote, Scan};
 use crate::snapshot::Entry;
+use crate::tls::TlsContext;
 use crate::transfer::{self, ByteCounter};
 
 /// The ledger, shared by the run's tasks; writes happen on the coordinating task only.
@@ -147,7 +148,6 @@ pub async fn run_job(job: &Job, ledger: &SharedLedger, opts: &RunOptions) -> Run
 
     let result = execute_run(job, ledger, opts, &mut report).await;
     if let Err(e) = result {
-        tracing::error!(job = %job.name, "{e}");
         report.error = Some(e);
         report.outcome = Outcome::Failed;
     } else if report.failures.is_empty() {

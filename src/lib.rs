@@ -14,4 +14,5 @@ pub mod loopback;
 pub mod plan;
 pub mod scan;
 pub mod snapshot;
+pub mod tls;
 pub mod transfer;

@@ -115,7 +115,9 @@ fn init_logging(format: LogFormat, verbose: u8, default: &str) {
                 1 => "info",
                 _ => "debug",
             };
-            EnvFilter::new(format!("ferrysync={level},libunftp=error,unftp_sbe_fs=error,warn"))
+            EnvFilter::new(format!(
+                "ferrysync={level},libunftp=error,unftp_sbe_fs=error,warn"
+            ))
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

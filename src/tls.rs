@@ -1,0 +1,349 @@
+//! TLS for FTPS: the client configuration (trust store, CA file, pins, client certificates),
+//! and the stream type every control and data connection uses.
+//!
+//! Every connection gets a TLS client configuration of its own. The session cache lives in that
+//! configuration, and servers such as vsftpd (`require_ssl_reuse=YES`) accept a data connection
+//! only if it resumes the TLS session of *its own* control connection: a cache shared by several
+//! parallel connections would hand one connection's session to another's data channel.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::Digest;
+use suppaftp::tokio::{AsyncTlsConnector, TokioTlsStream};
+use suppaftp::{FtpError, FtpResult};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::config::{Fingerprint, TlsOptions};
+
+/// TLS material loaded once per run; [`TlsContext::connector`] makes a fresh client
+/// configuration (and so a fresh session cache) for each connection.
+pub struct TlsContext {
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<dyn ServerCertVerifier>,
+    client_auth: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
+}
+
+impl TlsContext {
+    pub fn new(opts: &TlsOptions) -> Result<TlsContext, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let algs = provider.signature_verification_algorithms;
+        let verifier: Arc<dyn ServerCertVerifier> = if opts.insecure_skip_verify {
+            Arc::new(AnyCertificate { algs })
+        } else if !opts.pins.is_empty() {
+            Arc::new(PinnedCertificate {
+                pins: opts.pins.clone(),
+                algs,
+            })
+        } else {
+            let mut roots = RootCertStore::empty();
+            match &opts.ca_file {
+                Some(ca) => {
+                    let certs = read_certs(ca)?;
+                    for c in certs {
+                        roots
+                            .add(c)
+                            .map_err(|e| format!("tls.ca_file {}: {e}", ca.display()))?;
+                    }
+                }
+                None => {
+                    let found = rustls_native_certs::load_native_certs();
+                    for c in found.certs {
+                        let _ = roots.add(c);
+                    }
+                    if roots.is_empty() {
+                        return Err("the system trust store is empty (install ca-certificates) and no tls.ca_file or tls.pin_sha256 is set".into());
+                    }
+                }
+            }
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| format!("TLS verifier: {e}"))?
+        };
+        let client_auth = match (&opts.client_cert, &opts.client_key) {
+            (Some(cert), Some(key)) => {
+                let certs = read_certs(cert)?;
+                let pem = std::fs::read(key)
+                    .map_err(|e| format!("tls.client_key {}: {e}", key.display()))?;
+                let key = rustls_pemfile::private_key(&mut pem.as_slice())
+                    .map_err(|e| format!("tls.client_key {}: {e}", key.display()))?
+                    .ok_or_else(|| {
+                        format!(
+                            "tls.client_key {}: no private key in the file",
+                            key.display()
+                        )
+                    })?;
+                Some((certs, Arc::new(key)))
+            }
+            _ => None,
+        };
+        Ok(TlsContext {
+            provider,
+            verifier,
+            client_auth,
+        })
+    }
+
+    /// A connector with a fresh client configuration: one per FTP connection.
+    pub fn connector(&self) -> Result<TlsConnector, String> {
+        let builder = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(self.verifier.clone());
+        let mut config = match &self.client_auth {
+            Some((certs, key)) => builder
+                .with_client_auth_cert(certs.clone(), key.clone_key())
+                .map_err(|e| format!("client certificate: {e}"))?,
+            None => builder.with_no_client_auth(),
+        };
+        config.resumption = rustls::client::Resumption::in_memory_sessions(16);
+        Ok(TlsConnector(tokio_rustls::TlsConnector::from(Arc::new(
+            config,
+        ))))
+    }
+}
+
+fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no PEM certificate in the file",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// SHA-256 of a DER certificate, as `tls.pin_sha256` spells it.
+pub fn fingerprint(cert: &[u8]) -> Fingerprint {
+    Fingerprint(sha2::Sha256::digest(cert).into())
+}
+
+/// `tls.pin_sha256`: accept exactly the pinned certificates, whoever signed them.
+#[derive(Debug)]
+struct PinnedCertificate {
+    pins: Vec<Fingerprint>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = fingerprint(end_entity);
+        if self.pins.contains(&got) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the server certificate's SHA-256 {got} matches no tls.pin_sha256"
+            )))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// `tls.insecure_skip_verify: true`: any certificate (the handshake is still signed).
+#[derive(Debug)]
+struct AnyCertificate {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// Opens TLS on control and data connections (suppaftp keeps it for the data connections).
+pub struct TlsConnector(tokio_rustls::TlsConnector);
+
+impl std::fmt::Debug for TlsConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsConnector")
+    }
+}
+
+#[async_trait::async_trait]
+impl AsyncTlsConnector for TlsConnector {
+    type Stream = FlushingTlsStream;
+
+    async fn connect(&self, domain: &str, stream: TcpStream) -> FtpResult<FlushingTlsStream> {
+        let name = ServerName::try_from(domain.to_string())
+            .map_err(|e| FtpError::SecureError(format!("server name {domain}: {e}")))?;
+        self.0
+            .connect(name, stream)
+            .await
+            .map(|inner| FlushingTlsStream {
+                inner,
+                unflushed: false,
+            })
+            .map_err(|e| FtpError::SecureError(e.to_string()))
+    }
+}
+
+/// A TLS stream whose writes reach the socket without an explicit flush.
+///
+/// suppaftp writes each command with `write_all` and never flushes. tokio-rustls accepts the
+/// bytes into its TLS buffer and returns success even when the socket was not writable at that
+/// moment, so a command can sit in the buffer while both sides wait for each other: seen as a
+/// LIST that vsftpd never received, under parallel load. Here every write is followed by a
+/// flush, and a flush that could not finish is retried on the next read or write, whose waker
+/// then also wakes on writability.
+#[derive(Debug)]
+pub struct FlushingTlsStream {
+    inner: tokio_rustls::client::TlsStream<TcpStream>,
+    unflushed: bool,
+}
+
+impl FlushingTlsStream {
+    fn poll_pending_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.unflushed {
+            match Pin::new(&mut self.inner).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for FlushingTlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        // Pending here only registers interest in writability; reading goes on regardless.
+        if let Poll::Ready(Err(e)) = this.poll_pending_flush(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for FlushingTlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Poll::Ready(Err(e)) = this.poll_pending_flush(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let n = match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        this.unflushed = true;
+        if let Poll::Ready(Err(e)) = this.poll_pending_flush(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        this.unflushed = false;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl TokioTlsStream for FlushingTlsStream {
+    type InnerStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+    fn tcp_stream(self) -> FtpResult<TcpStream> {
+        Ok(self.inner.into_inner().0)
+    }
+
+    fn get_ref(&self) -> &TcpStream {
+        self.inner.get_ref().0
+    }
+
+    fn mut_ref(&mut self) -> &mut Self::InnerStream {
+        &mut self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_formats_like_openssl() {
+        let f = fingerprint(b"abc");
+        assert_eq!(
+            f.to_string(),
+            "ba:78:16:bf:8f:01:cf:ea:41:41:40:de:5d:ae:22:23:b0:03:61:a3:96:17:7a:9c:b4:10:ff:61:f2:00:15:ad"
+        );
+        assert_eq!(Fingerprint::parse(&f.to_string()).unwrap(), f);
+    }
+}

@@ -1,0 +1,398 @@
+//! The fluent harness of the integration tests: a real FTPS server (the in-process loopback
+//! server, or vsftpd started by tests/servers/vsftpd.sh), a sandbox with a local tree, job files
+//! and a ledger, and helpers to run the `ferrysync` binary and inspect both sides
+//! independently of it (the server's files are read from its disk, or fetched with curl).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+/// Where a test's FTPS server comes from.
+pub struct Server {
+    pub kind: &'static str,
+    pub port: u16,
+    pub user: String,
+    pub password_file: PathBuf,
+    pub ca: PathBuf,
+    /// The directory on disk that the server shows as `/`.
+    pub root: PathBuf,
+    /// Keeps the loopback server's runtime (and temp dir) alive.
+    _runtime: Option<tokio::runtime::Runtime>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// The in-process FTPS server (libunftp), explicit TLS, a fresh certificate.
+    pub fn loopback() -> Server {
+        Self::loopback_with(true)
+    }
+
+    /// A loopback server speaking plain FTP only.
+    pub fn loopback_plain() -> Server {
+        Self::loopback_with(false)
+    }
+
+    fn loopback_with(tls: bool) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let root = dir.path().join("root");
+        let password = "loopback-secret-123".to_string();
+        let server = rt
+            .block_on(ferrysync::loopback::start(
+                ferrysync::loopback::LoopbackOptions {
+                    root: root.clone(),
+                    cert_dir: dir.path().join("tls"),
+                    user: "tester".into(),
+                    password: password.clone(),
+                    port: None,
+                    tls,
+                },
+            ))
+            .unwrap();
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, &password).unwrap();
+        Server {
+            kind: "loopback",
+            port: server.port,
+            user: "tester".into(),
+            password_file,
+            ca: server.cert_pem_path.clone(),
+            root,
+            _runtime: Some(rt),
+            _dir: Some(dir),
+        }
+    }
+
+    /// vsftpd as started by tests/servers/vsftpd.sh (`source DIR/env`). `None` (and a note on
+    /// stderr) when it is not running, unless FERRYSYNC_REQUIRE_VSFTPD=1, as in CI, where a
+    /// missing server fails the test instead of skipping it.
+    pub fn vsftpd() -> Option<Server> {
+        let var = |k: &str| std::env::var(format!("FERRYSYNC_VSFTPD_{k}")).ok();
+        let Some(port) = var("PORT") else {
+            assert!(
+                std::env::var("FERRYSYNC_REQUIRE_VSFTPD").as_deref() != Ok("1"),
+                "FERRYSYNC_REQUIRE_VSFTPD=1 but FERRYSYNC_VSFTPD_PORT is not set: start tests/servers/vsftpd.sh"
+            );
+            eprintln!("skipped: vsftpd is not running (bash tests/servers/vsftpd.sh start DIR; source DIR/env)");
+            return None;
+        };
+        Some(Server {
+            kind: "vsftpd",
+            port: port.parse().unwrap(),
+            user: var("USER").unwrap(),
+            password_file: var("PASSWORD_FILE").unwrap().into(),
+            ca: var("CA").unwrap().into(),
+            root: var("ROOT").unwrap().into(),
+            _runtime: None,
+            _dir: None,
+        })
+    }
+
+    pub fn password(&self) -> String {
+        std::fs::read_to_string(&self.password_file)
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Creates `path` (relative to the server root) and its parents, owned like the root, so
+    /// the server's user can change it.
+    pub fn put(&self, rel: &str, content: &[u8]) {
+        let p = self.root.join(rel);
+        self.mkdirs(p.parent().unwrap());
+        std::fs::write(&p, content).unwrap();
+        self.chown(&p);
+    }
+
+    pub fn mkdirs(&self, dir: &Path) {
+        let mut missing = Vec::new();
+        let mut d = dir.to_path_buf();
+        while !d.exists() {
+            missing.push(d.clone());
+            d = d.parent().unwrap().to_path_buf();
+        }
+        for m in missing.iter().rev() {
+            std::fs::create_dir(m).unwrap();
+            self.chown(m);
+        }
+    }
+
+    fn chown(&self, p: &Path) {
+        let meta = std::fs::metadata(&self.root).unwrap();
+        let _ = std::os::unix::fs::chown(p, Some(meta.uid()), Some(meta.gid()));
+    }
+}
+
+/// One file or directory of a tree, for comparing trees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Dir,
+    File(blake3::Hash, u64),
+}
+
+/// Reads a tree from disk: relative path -> node. Temporary files are included, so a
+/// leftover `.name.ferrysync-part` shows up as a difference.
+pub fn read_tree(root: &Path) -> BTreeMap<String, Node> {
+    fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Node>) {
+        let Ok(rd) = std::fs::read_dir(root.join(rel)) else {
+            return;
+        };
+        for e in rd {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().to_string();
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                out.insert(child.clone(), Node::Dir);
+                walk(root, &child, out);
+            } else {
+                let bytes = std::fs::read(e.path()).unwrap();
+                out.insert(child, Node::File(blake3::hash(&bytes), bytes.len() as u64));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, "", &mut out);
+    out
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A test's own local tree, job directory, ledger and remote directory.
+pub struct Sandbox<'a> {
+    pub server: &'a Server,
+    pub dir: tempfile::TempDir,
+    pub local: PathBuf,
+    pub jobs: PathBuf,
+    pub state: PathBuf,
+    /// The remote directory of the job, e.g. `/t-3-push`.
+    pub remote_dir: String,
+}
+
+/// The result of one `ferrysync` invocation.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+    pub fn text(&self) -> String {
+        format!(
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Run {
+        assert_eq!(self.code, code, "{}", self.text());
+        self
+    }
+    #[track_caller]
+    pub fn expect_output(&self, needle: &str) -> &Run {
+        assert!(
+            self.stdout.contains(needle) || self.stderr.contains(needle),
+            "expected {needle:?} in the output:\n{}",
+            self.text()
+        );
+        self
+    }
+}
+
+impl<'a> Sandbox<'a> {
+    pub fn new(server: &'a Server, name: &str) -> Sandbox<'a> {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("local");
+        let jobs = dir.path().join("jobs");
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::create_dir_all(&jobs).unwrap();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let remote_dir = format!("/t-{}-{n}-{name}", std::process::id());
+        Sandbox {
+            server,
+            state: dir.path().join("state/ledger.db"),
+            dir,
+            local,
+            jobs,
+            remote_dir,
+        }
+    }
+
+    /// The job file text for this sandbox, with `extra` YAML lines appended.
+    pub fn job_yaml(&self, extra: &str) -> String {
+        format!(
+            "local: {local}\nremote:\n  host: 127.0.0.1\n  port: {port}\n  path: {path}\n  user: {user}\n  password_file: {pw}\n  tls:\n    ca_file: {ca}\n{extra}",
+            local = self.local.display(),
+            port = self.server.port,
+            path = self.remote_dir,
+            user = self.server.user,
+            pw = self.server.password_file.display(),
+            ca = self.server.ca.display(),
+        )
+    }
+
+    /// Writes `jobs/NAME.yaml` from raw text.
+    pub fn write_job(&self, name: &str, text: &str) -> &Self {
+        std::fs::write(self.jobs.join(format!("{name}.yaml")), text).unwrap();
+        self
+    }
+
+    /// Writes `jobs/NAME.yaml` for this sandbox with `extra` options.
+    pub fn job(&self, name: &str, extra: &str) -> &Self {
+        self.write_job(name, &self.job_yaml(extra))
+    }
+
+    pub fn ferrysync(&self, args: &[&str]) -> Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferrysync"))
+            .args(args)
+            .env("FERRYSYNC_JOBS", &self.jobs)
+            .env("FERRYSYNC_STATE", &self.state)
+            .env_remove("FERRYSYNC_LOG")
+            .output()
+            .unwrap();
+        Run::from(out)
+    }
+
+    pub fn sync(&self, job: &str) -> Run {
+        self.ferrysync(&["sync", job])
+    }
+
+    /// The latest run of `job` from `history --json`.
+    pub fn last_run(&self, job: &str) -> Value {
+        let run = self.ferrysync(&["history", job, "--limit", "1", "--json"]);
+        run.expect_code(0);
+        let v: Value = serde_json::from_str(&run.stdout).unwrap();
+        v[0].clone()
+    }
+
+    /// (files_up, files_down, files_deleted, files_failed) of the latest run.
+    pub fn counts(&self, job: &str) -> (u64, u64, u64, u64) {
+        let r = self.last_run(job);
+        let n = |k: &str| r[k].as_u64().unwrap();
+        (
+            n("files_up"),
+            n("files_down"),
+            n("files_deleted"),
+            n("files_failed"),
+        )
+    }
+
+    pub fn write_local(&self, rel: &str, content: &[u8]) {
+        let p = self.local.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    /// The job's remote directory on the server's disk.
+    pub fn remote_root(&self) -> PathBuf {
+        self.server
+            .root
+            .join(self.remote_dir.trim_start_matches('/'))
+    }
+
+    pub fn local_tree(&self) -> BTreeMap<String, Node> {
+        read_tree(&self.local)
+    }
+
+    pub fn remote_tree(&self) -> BTreeMap<String, Node> {
+        read_tree(&self.remote_root())
+    }
+
+    /// Puts a file into the job's remote directory (as the server's user).
+    pub fn put_remote(&self, rel: &str, content: &[u8]) {
+        self.server.put(
+            &format!("{}/{rel}", self.remote_dir.trim_start_matches('/')),
+            content,
+        );
+    }
+
+    /// Fetches a remote file with curl over FTPS, a client independent of ferrysync.
+    pub fn curl_get(&self, rel: &str) -> Vec<u8> {
+        let url = format!(
+            "ftp://localhost:{}{}/{}",
+            self.server.port,
+            self.remote_dir,
+            rel.split('/')
+                .map(percent_encode)
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        let out = Command::new("curl")
+            .args(["--silent", "--show-error", "--ssl-reqd", "--cacert"])
+            .arg(&self.server.ca)
+            .arg("--user")
+            .arg(format!("{}:{}", self.server.user, self.server.password()))
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A tree of `files` files spread over nested directories, with empty files, an empty
+/// directory, names with spaces and UTF-8, and binary content (CR, LF, NUL bytes).
+pub fn populate(root: &Path, files: usize) {
+    for i in 0..files {
+        let dir = match i % 5 {
+            0 => String::new(),
+            1 => format!("dir {}", i % 7),
+            2 => format!("dir {}/sub-{}", i % 7, i % 3),
+            3 => format!("données/ünïcode {}", i % 4),
+            _ => format!("a/b/c/d/e/f/g/h{}", i % 2),
+        };
+        let name = if i % 11 == 0 {
+            format!("file {i}.bin")
+        } else {
+            format!("f{i}.dat")
+        };
+        let content: Vec<u8> = if i % 13 == 0 {
+            Vec::new()
+        } else {
+            (0..(i * 37 % 4096 + 1))
+                .map(|k| ((k * 31 + i) % 256) as u8)
+                .collect()
+        };
+        let p = root.join(&dir).join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    std::fs::create_dir_all(root.join("empty dir/nested empty")).unwrap();
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need (vsftpd, lftp, curl,
+# openssl from Debian's packages), starts vsftpd with explicit FTPS on 127.0.0.1, runs every
+# unit and integration test against the in-process server and vsftpd, and stops vsftpd again,
+# also when a test fails. Needs root (apt-get, a local test user for vsftpd).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v curl >/dev/null || ! command -v openssl >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl openssl ca-certificates >/dev/null
+fi
+
+work=$(mktemp -d /tmp/ferrysync-tests.XXXXXX)
+cleanup() {
+  bash tests/servers/vsftpd.sh stop "$work/vsftpd" || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+mkdir -p "$work/vsftpd"
+VSFTPD_PORT=${VSFTPD_PORT:-2990} bash tests/servers/vsftpd.sh start "$work/vsftpd"
+# shellcheck disable=SC1091
+source "$work/vsftpd/env"
+export FERRYSYNC_REQUIRE_VSFTPD=1
+
+cargo build --all-targets
+cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"

@@ -1,0 +1,447 @@
+//! Integration tests: the `ferrysync` binary against real FTPS servers on 127.0.0.1. Every
+//! scenario runs against the in-process loopback server, and against vsftpd when
+//! tests/servers/vsftpd.sh has started it (CI sets FERRYSYNC_REQUIRE_VSFTPD=1 so it cannot be
+//! skipped there). No test mocks the FTP protocol.
+
+mod harness;
+
+use harness::{populate, Node, Sandbox, Server};
+
+/// Runs each scenario once per server kind.
+macro_rules! against_servers {
+    ($($name:ident),* $(,)?) => {
+        mod loopback {
+            $( #[test] fn $name() { super::scenarios::$name(&super::Server::loopback()); } )*
+        }
+        mod vsftpd {
+            $( #[test] fn $name() { if let Some(s) = super::Server::vsftpd() { super::scenarios::$name(&s); } } )*
+        }
+    };
+}
+
+against_servers!(
+    push_tree_then_nothing_then_one_change_then_deletes,
+    pull_tree_then_nothing_then_one_change_then_deletes,
+    wrong_password_changes_nothing,
+    wrong_pin_changes_nothing,
+    untrusted_certificate_changes_nothing,
+    max_delete_refuses_before_any_change,
+    dry_run_changes_nothing,
+    binary_files_survive_byte_for_byte,
+);
+
+mod scenarios {
+    use super::*;
+
+    fn without_remote_temp_files(s: &Sandbox) {
+        let leftovers: Vec<String> = s
+            .remote_tree()
+            .keys()
+            .filter(|k| k.ends_with(".ferrysync-part"))
+            .cloned()
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "temporary files left on the server: {leftovers:?}"
+        );
+    }
+
+    pub fn push_tree_then_nothing_then_one_change_then_deletes(server: &Server) {
+        let s = Sandbox::new(server, "push");
+        populate(&s.local, 1000);
+        s.job("mirror", "direction: push\nmode: mirror\ntransfers: 4\n");
+        let files = s
+            .local_tree()
+            .values()
+            .filter(|n| matches!(n, Node::File(..)))
+            .count() as u64;
+        assert_eq!(files, 1000);
+
+        // 1. The first run sends the whole tree, empty files and directories included.
+        s.sync("mirror").expect_code(0);
+        assert_eq!(s.remote_tree(), s.local_tree());
+        assert_eq!(s.counts("mirror"), (1000, 0, 0, 0));
+        without_remote_temp_files(&s);
+
+        // 2. Nothing changed: nothing is sent.
+        s.sync("mirror").expect_code(0);
+        assert_eq!(s.counts("mirror"), (0, 0, 0, 0));
+
+        // 3. One modified file: exactly one upload, checked with an independent client.
+        s.write_local("dir 1/f1.dat", b"changed content");
+        s.sync("mirror").expect_code(0);
+        assert_eq!(s.counts("mirror"), (1, 0, 0, 0));
+        assert_eq!(s.curl_get("dir 1/f1.dat"), b"changed content");
+        assert_eq!(s.remote_tree(), s.local_tree());
+
+        // 4. A touched file with the same content is recorded, not sent.
+        let p = s.local.join("f5.dat");
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
+            .unwrap();
+        s.sync("mirror").expect_code(0);
+        assert_eq!(s.counts("mirror"), (0, 0, 0, 0));
+
+        // 5. A deleted file: copy mode keeps the remote one, mirror mode deletes it.
+        std::fs::remove_file(s.local.join("f10.dat")).unwrap();
+        s.job("mirror", "direction: push\nmode: copy\n");
+        s.sync("mirror").expect_code(0);
+        assert_eq!(s.counts("mirror"), (0, 0, 0, 0));
+        assert!(s.remote_root().join("f10.dat").exists());
+        s.job("mirror", "direction: push\nmode: mirror\n");
+        s.sync("mirror").expect_code(0);
+        assert_eq!(s.counts("mirror"), (0, 0, 1, 0));
+        assert!(!s.remote_root().join("f10.dat").exists());
+        assert_eq!(s.remote_tree(), s.local_tree());
+    }
+
+    pub fn pull_tree_then_nothing_then_one_change_then_deletes(server: &Server) {
+        let s = Sandbox::new(server, "pull");
+        let source = tempfile::tempdir().unwrap();
+        populate(source.path(), 1000);
+        for (rel, node) in harness::read_tree(source.path()) {
+            match node {
+                Node::Dir => server.mkdirs(&s.remote_root().join(&rel)),
+                Node::File(..) => {
+                    s.put_remote(&rel, &std::fs::read(source.path().join(&rel)).unwrap())
+                }
+            }
+        }
+        server.mkdirs(&s.remote_root());
+        s.job("mirror", "direction: pull\nmode: mirror\ntransfers: 3\n");
+
+        s.sync("mirror").expect_code(0);
+        assert_eq!(s.local_tree(), s.remote_tree());
+        assert_eq!(s.counts("mirror"), (0, 1000, 0, 0));
+
+        s.sync("mirror").expect_code(0);
+        assert_eq!(s.counts("mirror"), (0, 0, 0, 0));
+
+        // A changed remote file (new size, so even minute-precise listings see it).
+        s.put_remote("dir 2/sub-2/f2.dat", b"new remote content");
+        s.sync("mirror").expect_code(0);
+        assert_eq!(s.counts("mirror"), (0, 1, 0, 0));
+        assert_eq!(
+            std::fs::read(s.local.join("dir 2/sub-2/f2.dat")).unwrap(),
+            b"new remote content"
+        );
+
+        std::fs::remove_file(s.remote_root().join("f15.dat")).unwrap();
+        s.job("mirror", "direction: pull\nmode: copy\n");
+        s.sync("mirror").expect_code(0);
+        assert_eq!(s.counts("mirror"), (0, 0, 0, 0));
+        assert!(s.local.join("f15.dat").exists());
+        s.job("mirror", "direction: pull\nmode: mirror\n");
+        s.sync("mirror").expect_code(0);
+        assert_eq!(s.counts("mirror"), (0, 0, 1, 0));
+        assert!(!s.local.join("f15.dat").exists());
+        assert_eq!(s.local_tree(), s.remote_tree());
+    }
+
+    pub fn wrong_password_changes_nothing(server: &Server) {
+        let s = Sandbox::new(server, "badpw");
+        s.write_local("a.txt", b"a");
+        let bad = s.dir.path().join("bad-password");
+        std::fs::write(&bad, "not-the-password").unwrap();
+        let yaml = s.job_yaml("").replace(
+            &server.password_file.display().to_string(),
+            &bad.display().to_string(),
+        );
+        s.write_job("j", &yaml);
+        let run = s.sync("j");
+        run.expect_code(1).expect_output("login as");
+        assert!(
+            !run.stdout.contains("not-the-password") && !run.stderr.contains("not-the-password"),
+            "password leaked:\n{}",
+            run.text()
+        );
+        assert!(!s.remote_root().exists());
+        let status = s.ferrysync(&["status", "--json"]);
+        assert!(!status.stdout.contains("not-the-password"));
+        assert!(
+            status.stdout.contains("\"outcome\": \"failed\""),
+            "{}",
+            status.text()
+        );
+    }
+
+    pub fn wrong_pin_changes_nothing(server: &Server) {
+        let s = Sandbox::new(server, "badpin");
+        s.write_local("a.txt", b"a");
+        let pin = ["00"; 32].join(":");
+        s.job(
+            "j",
+            &format!("    pin_sha256: \"{pin}\"\n").replace("    pin", "    pin"),
+        );
+        // The pin goes under remote.tls, after ca_file.
+        let yaml = s
+            .job_yaml("")
+            .replace("  tls:\n", &format!("  tls:\n    pin_sha256: \"{pin}\"\n"));
+        s.write_job("j", &yaml);
+        s.sync("j")
+            .expect_code(1)
+            .expect_output("matches no tls.pin_sha256");
+        assert!(!s.remote_root().exists());
+
+        // The right pin (of the server's certificate) works.
+        let pem = std::fs::read(&server.ca).unwrap();
+        let der = rustls_pemfile_certs(&pem);
+        let good = ferrysync::tls::fingerprint(&der).to_string();
+        if server.kind == "loopback" {
+            let yaml = s.job_yaml("").replace(
+                &format!("    ca_file: {}\n", server.ca.display()),
+                &format!("    pin_sha256: \"{good}\"\n"),
+            );
+            s.write_job("j", &yaml);
+            s.sync("j").expect_code(0);
+            assert!(s.remote_root().join("a.txt").exists());
+        }
+    }
+
+    fn rustls_pemfile_certs(pem: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(pem);
+        let body: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("-----END"))
+            .collect();
+        base64_decode(&body)
+    }
+
+    fn base64_decode(s: &str) -> Vec<u8> {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = Vec::new();
+        let (mut acc, mut bits) = (0u32, 0);
+        for c in s.bytes().filter(|c| *c != b'=') {
+            let v = T.iter().position(|t| *t == c).unwrap() as u32;
+            acc = (acc << 6) | v;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+                acc &= (1 << bits) - 1;
+            }
+        }
+        out
+    }
+
+    pub fn untrusted_certificate_changes_nothing(server: &Server) {
+        let s = Sandbox::new(server, "untrusted");
+        s.write_local("a.txt", b"a");
+        // No ca_file: the system trust store does not know the test CA.
+        let yaml = s.job_yaml("").replace(
+            &format!("  tls:\n    ca_file: {}\n", server.ca.display()),
+            "",
+        );
+        s.write_job("j", &yaml);
+        s.sync("j")
+            .expect_code(1)
+            .expect_output("UnknownIssuer")
+            .expect_output("tls.ca_file");
+        assert!(!s.remote_root().exists());
+    }
+
+    pub fn max_delete_refuses_before_any_change(server: &Server) {
+        let s = Sandbox::new(server, "maxdel");
+        for i in 0..10 {
+            s.write_local(&format!("f{i}"), format!("{i}").as_bytes());
+        }
+        s.job("j", "max_delete: 30%\n");
+        s.sync("j").expect_code(0);
+        for i in 0..5 {
+            std::fs::remove_file(s.local.join(format!("f{i}"))).unwrap();
+        }
+        s.write_local("new", b"n");
+        let before = s.remote_tree();
+        s.sync("j")
+            .expect_code(1)
+            .expect_output("refusing to delete 5 of 10 files");
+        assert_eq!(
+            s.remote_tree(),
+            before,
+            "nothing may change when deletes are refused"
+        );
+        s.job("j", "max_delete: 5\n");
+        s.sync("j").expect_code(0);
+        assert_eq!(s.remote_tree(), s.local_tree());
+    }
+
+    pub fn dry_run_changes_nothing(server: &Server) {
+        let s = Sandbox::new(server, "dry");
+        s.write_local("x/a.txt", b"a");
+        s.job("j", "");
+        let run = s.ferrysync(&["sync", "j", "--dry-run"]);
+        run.expect_code(0)
+            .expect_output("upload   x/a.txt")
+            .expect_output("nothing was changed");
+        assert!(!s.remote_root().join("x").exists());
+        let hist = s.ferrysync(&["history", "j", "--json"]);
+        assert_eq!(
+            hist.stdout.trim(),
+            "[]",
+            "a dry run leaves no trace in the ledger"
+        );
+    }
+
+    pub fn binary_files_survive_byte_for_byte(server: &Server) {
+        let s = Sandbox::new(server, "binary");
+        let mut data = Vec::new();
+        for i in 0..(3 << 20) {
+            data.push(match i % 7 {
+                0 => b'\r',
+                1 => b'\n',
+                2 => 0,
+                _ => (i * 131 % 251) as u8,
+            });
+        }
+        s.write_local("bin/data.bin", &data);
+        s.job("up", "");
+        s.sync("up").expect_code(0);
+        assert_eq!(s.curl_get("bin/data.bin"), data);
+        let back = Sandbox::new(server, "binary-back");
+        let yaml = back
+            .job_yaml("direction: pull\n")
+            .replace(&back.remote_dir, &s.remote_dir);
+        back.write_job("down", &yaml);
+        back.sync("down").expect_code(0);
+        assert_eq!(
+            std::fs::read(back.local.join("bin/data.bin")).unwrap(),
+            data
+        );
+    }
+}
+
+// ---- scenarios that need a particular server ----
+
+#[test]
+fn a_server_without_tls_is_refused() {
+    let server = Server::loopback_plain();
+    let s = Sandbox::new(&server, "plain");
+    s.write_local("a", b"a");
+    s.job("j", "");
+    s.sync("j")
+        .expect_code(1)
+        .expect_output("does not offer FTPS")
+        .expect_output("never falls back");
+    assert!(!s.remote_root().exists());
+}
+
+#[test]
+fn plaintext_needs_opt_in_and_then_works() {
+    let server = Server::loopback_plain();
+    let s = Sandbox::new(&server, "plain-ok");
+    s.write_local("a", b"a");
+    let yaml = s
+        .job_yaml("")
+        .replace("  tls:\n", "  security: none\n  tls:\n");
+    s.write_job("j", &yaml);
+    s.sync("j").expect_code(2).expect_output("allow_plaintext");
+    s.write_job(
+        "j",
+        &yaml.replace(
+            "  security: none\n",
+            "  security: none\n  allow_plaintext: true\n",
+        ),
+    );
+    s.sync("j").expect_code(0);
+    assert_eq!(s.remote_tree(), s.local_tree());
+}
+
+#[test]
+fn hostile_remote_names_are_refused_and_the_rest_syncs() {
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "hostile");
+    s.put_remote("good.txt", b"good");
+    s.put_remote("evil\\..\\..\\x", b"evil");
+    s.job("j", "direction: pull\n");
+    s.sync("j")
+        .expect_code(1)
+        .expect_output("refusing remote entry")
+        .expect_output("path separator");
+    assert_eq!(std::fs::read(s.local.join("good.txt")).unwrap(), b"good");
+    let local: Vec<String> = s.local_tree().into_keys().collect();
+    assert_eq!(local, ["good.txt"]);
+}
+
+#[test]
+fn check_reports_file_line_and_column() {
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "check");
+    s.job(
+        "good",
+        "schedule: \"*/15 * * * 1-5\"\ntimezone: Europe/Amsterdam\n",
+    );
+    s.ferrysync(&["check"])
+        .expect_code(0)
+        .expect_output("ok   good");
+    s.job("bad", "schedule: \"*/15 * * * 1-5\"\ntransfer: 4\n");
+    let run = s.ferrysync(&["check"]);
+    run.expect_code(2)
+        .expect_output(&format!("{}:11:1:", s.jobs.join("bad.yaml").display()))
+        .expect_output("transfer");
+    s.job("bad", "schedule: \"99 * * * *\"\n");
+    s.ferrysync(&["check"])
+        .expect_code(2)
+        .expect_output("bad.yaml:10:1:");
+    s.write_job("bad", "local: [unclosed\n");
+    s.ferrysync(&["check"])
+        .expect_code(2)
+        .expect_output("bad.yaml:");
+    // `sync` of a bad job is a configuration error too.
+    s.ferrysync(&["sync", "bad"]).expect_code(2);
+}
+
+#[test]
+fn status_json_has_the_documented_fields() {
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "status");
+    s.write_local("a", b"abc");
+    s.job("j", "schedule: \"0 3 * * *\"\ntimezone: UTC\n");
+    s.sync("j").expect_code(0);
+    let run = s.ferrysync(&["status", "--json"]);
+    run.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let job = &v["jobs"][0];
+    for key in [
+        "name",
+        "direction",
+        "local",
+        "remote",
+        "schedule",
+        "timezone",
+        "next_run",
+        "last_success",
+        "synced_files",
+        "last_run",
+    ] {
+        assert!(
+            job.get(key).is_some(),
+            "status --json lacks {key}: {}",
+            run.stdout
+        );
+    }
+    assert_eq!(job["synced_files"], 1);
+    assert!(job["next_run"].as_str().unwrap().ends_with("T03:00:00Z"));
+    let last = &job["last_run"];
+    for key in [
+        "id",
+        "trigger",
+        "started_at",
+        "ended_at",
+        "outcome",
+        "files_up",
+        "bytes_up",
+        "files_down",
+        "bytes_down",
+        "files_deleted",
+        "files_failed",
+        "error",
+        "failures",
+    ] {
+        assert!(last.get(key).is_some(), "last_run lacks {key}");
+    }
+    assert_eq!(last["outcome"], "ok");
+    assert_eq!(last["bytes_up"], 3);
+    s.ferrysync(&["status", "nosuchjob"]).expect_code(2);
+}
