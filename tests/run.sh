@@ -14,14 +14,21 @@ fi
 work=$(mktemp -d /tmp/ferrysync-tests.XXXXXX)
 cleanup() {
   bash tests/servers/vsftpd.sh stop "$work/vsftpd" || true
+  bash tests/servers/vsftpd.sh stop "$work/vsftpd-implicit" || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 mkdir -p "$work/vsftpd"
 VSFTPD_PORT=${VSFTPD_PORT:-2990} bash tests/servers/vsftpd.sh start "$work/vsftpd"
+mkdir -p "$work/vsftpd-implicit"
+VSFTPD_IMPLICIT=YES VSFTPD_PORT=2991 VSFTPD_PASV_MIN=40100 VSFTPD_PASV_MAX=40199 \
+  VSFTPD_USER=ferrysync-implicit VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_IMPLICIT \
+  bash tests/servers/vsftpd.sh start "$work/vsftpd-implicit"
 # shellcheck disable=SC1091
 source "$work/vsftpd/env"
+# shellcheck disable=SC1091
+source "$work/vsftpd-implicit/env"
 export FERRYSYNC_REQUIRE_VSFTPD=1
 
 cargo build --all-targets

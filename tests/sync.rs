@@ -315,6 +315,29 @@ mod scenarios {
 // ---- scenarios that need a particular server ----
 
 #[test]
+fn implicit_ftps_push_and_pull_with_vsftpd() {
+    let Some(server) = Server::vsftpd_implicit() else {
+        return;
+    };
+    let s = Sandbox::new(&server, "implicit");
+    populate(&s.local, 50);
+    s.job("up", "");
+    s.sync("up").expect_code(0);
+    assert_eq!(s.remote_tree(), s.local_tree());
+    s.sync("up").expect_code(0);
+    assert_eq!(s.counts("up"), (0, 0, 0, 0));
+    let back = Sandbox::new(&server, "implicit-back");
+    back.write_job(
+        "down",
+        &back
+            .job_yaml("direction: pull\n")
+            .replace(&back.remote_dir, &s.remote_dir),
+    );
+    back.sync("down").expect_code(0);
+    assert_eq!(back.local_tree(), s.local_tree());
+}
+
+#[test]
 fn a_server_without_tls_is_refused() {
     let server = Server::loopback_plain();
     let s = Sandbox::new(&server, "plain");
@@ -334,7 +357,7 @@ fn plaintext_needs_opt_in_and_then_works() {
     s.write_local("a", b"a");
     let yaml = s
         .job_yaml("")
-        .replace("  tls:\n", "  security: none\n  tls:\n");
+        .replace("  security: explicit\n", "  security: none\n");
     s.write_job("j", &yaml);
     s.sync("j").expect_code(2).expect_output("allow_plaintext");
     s.write_job(

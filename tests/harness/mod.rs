@@ -16,6 +16,8 @@ use serde_json::Value;
 /// Where a test's FTPS server comes from.
 pub struct Server {
     pub kind: &'static str,
+    /// `explicit` or `implicit`.
+    pub security: &'static str,
     pub port: u16,
     pub user: String,
     pub password_file: PathBuf,
@@ -63,6 +65,7 @@ impl Server {
         std::fs::write(&password_file, &password).unwrap();
         Server {
             kind: "loopback",
+            security: "explicit",
             port: server.port,
             user: "tester".into(),
             password_file,
@@ -77,17 +80,27 @@ impl Server {
     /// stderr) when it is not running, unless FERRYSYNC_REQUIRE_VSFTPD=1, as in CI, where a
     /// missing server fails the test instead of skipping it.
     pub fn vsftpd() -> Option<Server> {
-        let var = |k: &str| std::env::var(format!("FERRYSYNC_VSFTPD_{k}")).ok();
+        Self::from_env("FERRYSYNC_VSFTPD", "explicit")
+    }
+
+    /// vsftpd with implicit FTPS (`VSFTPD_IMPLICIT=YES VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_IMPLICIT`).
+    pub fn vsftpd_implicit() -> Option<Server> {
+        Self::from_env("FERRYSYNC_VSFTPD_IMPLICIT", "implicit")
+    }
+
+    fn from_env(prefix: &str, security: &'static str) -> Option<Server> {
+        let var = |k: &str| std::env::var(format!("{prefix}_{k}")).ok();
         let Some(port) = var("PORT") else {
             assert!(
                 std::env::var("FERRYSYNC_REQUIRE_VSFTPD").as_deref() != Ok("1"),
-                "FERRYSYNC_REQUIRE_VSFTPD=1 but FERRYSYNC_VSFTPD_PORT is not set: start tests/servers/vsftpd.sh"
+                "FERRYSYNC_REQUIRE_VSFTPD=1 but {prefix}_PORT is not set: start tests/servers/vsftpd.sh"
             );
             eprintln!("skipped: vsftpd is not running (bash tests/servers/vsftpd.sh start DIR; source DIR/env)");
             return None;
         };
         Some(Server {
             kind: "vsftpd",
+            security,
             port: port.parse().unwrap(),
             user: var("USER").unwrap(),
             password_file: var("PASSWORD_FILE").unwrap().into(),
@@ -242,9 +255,10 @@ impl<'a> Sandbox<'a> {
     /// The job file text for this sandbox, with `extra` YAML lines appended.
     pub fn job_yaml(&self, extra: &str) -> String {
         format!(
-            "local: {local}\nremote:\n  host: 127.0.0.1\n  port: {port}\n  path: {path}\n  user: {user}\n  password_file: {pw}\n  tls:\n    ca_file: {ca}\n{extra}",
+            "local: {local}\nremote:\n  host: 127.0.0.1\n  port: {port}\n  security: {security}\n  path: {path}\n  user: {user}\n  password_file: {pw}\n  tls:\n    ca_file: {ca}\n{extra}",
             local = self.local.display(),
             port = self.server.port,
+            security = self.server.security,
             path = self.remote_dir,
             user = self.server.user,
             pw = self.server.password_file.display(),

@@ -13,6 +13,8 @@
 #   VSFTPD_PASV_MIN   first passive data port (default 40000)
 #   VSFTPD_PASV_MAX   last passive data port (default 40099)
 #   VSFTPD_USER       local Unix user for the tests (default ferrysync-test)
+#   VSFTPD_IMPLICIT   YES for implicit FTPS (TLS from the first byte), default NO
+#   VSFTPD_ENV_PREFIX prefix of the variables in DIR/env (default FERRYSYNC_VSFTPD)
 set -euo pipefail
 
 PROG=${0##*/}
@@ -265,6 +267,8 @@ rsa_private_key_file=$dir/server.key
 force_local_logins_ssl=YES
 force_local_data_ssl=YES
 require_ssl_reuse=YES
+# VSFTPD_IMPLICIT=YES: TLS from the first byte (implicit FTPS) instead of AUTH TLS.
+implicit_ssl=${VSFTPD_IMPLICIT:-NO}
 ssl_sslv2=NO
 ssl_sslv3=NO
 ssl_tlsv1=NO
@@ -363,6 +367,8 @@ cmd_start() {
       die "vsftpd exited during startup (config $dir/vsftpd.conf)"
     fi
     if port_open "$port"; then
+      # An implicit-TLS server greets only after a handshake: an open port is enough there.
+      [[ ${VSFTPD_IMPLICIT:-NO} == YES ]] && { code=220; break; }
       code=$(greeting_code "$port")
       [[ $code == 220 ]] && break
     fi
@@ -375,16 +381,17 @@ cmd_start() {
   fi
 
   {
-    printf 'export FERRYSYNC_VSFTPD_HOST=127.0.0.1\n'
-    printf 'export FERRYSYNC_VSFTPD_PORT=%s\n' "$port"
-    printf 'export FERRYSYNC_VSFTPD_USER=%s\n' "$FTP_USER"
-    printf 'export FERRYSYNC_VSFTPD_PASSWORD_FILE=%s\n' "$dir/password"
-    printf 'export FERRYSYNC_VSFTPD_CA=%s\n' "$dir/ca.pem"
-    printf 'export FERRYSYNC_VSFTPD_ROOT=%s\n' "$home"
-    printf 'export FERRYSYNC_VSFTPD_LOG=%s\n' "$dir/vsftpd.log"
+    local p=${VSFTPD_ENV_PREFIX:-FERRYSYNC_VSFTPD}
+    printf 'export %s_HOST=127.0.0.1\n' "$p"
+    printf 'export %s_PORT=%s\n' "$p" "$port"
+    printf 'export %s_USER=%s\n' "$p" "$FTP_USER"
+    printf 'export %s_PASSWORD_FILE=%s\n' "$p" "$dir/password"
+    printf 'export %s_CA=%s\n' "$p" "$dir/ca.pem"
+    printf 'export %s_ROOT=%s\n' "$p" "$home"
+    printf 'export %s_LOG=%s\n' "$p" "$dir/vsftpd.log"
   } >"$dir/env"
-  log "vsftpd (pid $pid) is serving explicit FTPS on 127.0.0.1:$port as user $FTP_USER, root $home"
-  log "source $dir/env to get FERRYSYNC_VSFTPD_* variables"
+  log "vsftpd (pid $pid) is serving $([[ ${VSFTPD_IMPLICIT:-NO} == YES ]] && echo implicit || echo explicit) FTPS on 127.0.0.1:$port as user $FTP_USER, root $home"
+  log "source $dir/env to get ${VSFTPD_ENV_PREFIX:-FERRYSYNC_VSFTPD}_* variables"
 }
 
 cmd_stop() {
