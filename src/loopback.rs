@@ -90,6 +90,9 @@ pub async fn start(opts: LoopbackOptions) -> anyhow::Result<LoopbackServer> {
         Some(p) => p,
         None => free_port()?,
     };
+    // Fails here, with an error, if the root cannot be opened; the per-connection copies
+    // below can then only fail if the folder is removed while the server runs.
+    unftp_sbe_fs::Filesystem::new(opts.root.clone())?;
     let root = opts.root.clone();
     let auth = Arc::new(PasswordCheck {
         user: opts.user.clone(),

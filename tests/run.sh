@@ -12,6 +12,7 @@ if ! command -v curl >/dev/null || ! command -v openssl >/dev/null; then
 fi
 
 work=$(mktemp -d /tmp/ferrysync-tests.XXXXXX)
+chmod 711 "$work" # the vsftpd users must reach their home directories below it
 cleanup() {
   bash tests/servers/vsftpd.sh stop "$work/vsftpd" || true
   bash tests/servers/vsftpd.sh stop "$work/vsftpd-implicit" || true

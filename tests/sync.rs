@@ -391,6 +391,8 @@ fn hostile_remote_names_are_refused_and_the_rest_syncs() {
 fn check_reports_file_line_and_column() {
     let server = Server::loopback();
     let s = Sandbox::new(&server, "check");
+    // Lines of the generated part of a job file; the options under test follow it.
+    let base = s.job_yaml("").lines().count();
     s.job(
         "good",
         "schedule: \"*/15 * * * 1-5\"\ntimezone: Europe/Amsterdam\n",
@@ -401,12 +403,16 @@ fn check_reports_file_line_and_column() {
     s.job("bad", "schedule: \"*/15 * * * 1-5\"\ntransfer: 4\n");
     let run = s.ferrysync(&["check"]);
     run.expect_code(2)
-        .expect_output(&format!("{}:11:1:", s.jobs.join("bad.yaml").display()))
+        .expect_output(&format!(
+            "{}:{}:1:",
+            s.jobs.join("bad.yaml").display(),
+            base + 2
+        ))
         .expect_output("transfer");
     s.job("bad", "schedule: \"99 * * * *\"\n");
     s.ferrysync(&["check"])
         .expect_code(2)
-        .expect_output("bad.yaml:10:1:");
+        .expect_output(&format!("bad.yaml:{}:1:", base + 1));
     s.write_job("bad", "local: [unclosed\n");
     s.ferrysync(&["check"])
         .expect_code(2)
