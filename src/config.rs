@@ -113,6 +113,49 @@ impl fmt::Display for MaxDelete {
     }
 }
 
+/// How often a transfer or listing is retried after a transient failure (a dropped
+/// connection, a timeout, a 4xx reply), and how long the backoff may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `n + 1` (n from 0): 1 s doubling up to `max_delay`, with
+    /// ±25% jitter so parallel connections do not retry in lockstep.
+    pub fn delay(&self, n: u32) -> Duration {
+        let base = Duration::from_secs(1).saturating_mul(1u32 << n.min(16));
+        base.min(self.max_delay)
+            .mul_f64(0.75 + fastrand::f64() * 0.5)
+    }
+}
+
+/// `retries` as written: `retries: 5` or `retries: {attempts: 5, max_delay: 30s}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRetries {
+    Attempts(u32),
+    Full(RawRetryPolicy),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetryPolicy {
+    attempts: Option<u32>,
+    max_delay: Option<String>,
+}
+
 /// `max_delete` as written: a number or a string such as `25%`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -272,14 +315,38 @@ struct RawJob {
     schedule: Option<String>,
     timezone: Option<String>,
     #[serde(default)]
-    watch: bool,
+    watch: RawWatch,
     debounce: Option<String>,
     poll: Option<String>,
     include: Option<PatternList>,
     exclude: Option<PatternList>,
     transfers: Option<u16>,
     max_delete: Option<RawMaxDelete>,
+    retries: Option<RawRetries>,
+    #[serde(default)]
+    catch_up: bool,
 }
+
+/// `watch:` as written: `true`/`false`, or `poll` for folders where inotify sees nothing.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawWatch {
+    Flag(bool),
+    Text(String),
+}
+
+impl Default for RawWatch {
+    fn default() -> Self {
+        RawWatch::Flag(false)
+    }
+}
+
+/// How long the agent waits for a watched folder to be quiet, at least and at most.
+pub const DEBOUNCE_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
+
+/// The poll watcher's interval when `watch: poll` has no `poll:`.
+pub const DEFAULT_WATCH_POLL: Duration = Duration::from_secs(30);
 
 fn default_direction() -> Direction {
     Direction::Push
@@ -387,12 +454,19 @@ pub struct Job {
     pub mode: SyncMode,
     pub schedule: Option<Schedule>,
     pub timezone: Option<chrono_tz::Tz>,
+    /// `watch: true` or `watch: poll`: the agent syncs soon after local changes.
     pub watch: bool,
+    /// `watch: poll`: the local tree is polled at this interval (the job's `poll:`, default
+    /// 30s) instead of watched with inotify; `poll:` then does not start runs by itself.
+    pub watch_poll: Option<Duration>,
     pub debounce: Duration,
     pub poll: Option<Duration>,
+    /// `catch_up: true`: a scheduled time missed while the agent was down runs at start-up.
+    pub catch_up: bool,
     pub filter: PathFilter,
     pub transfers: usize,
     pub max_delete: Option<MaxDelete>,
+    pub retries: RetryPolicy,
     /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
     /// every run's log so they are never forgotten.
     pub warnings: Vec<String>,
@@ -620,7 +694,17 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
             format!("transfers: {transfers} is outside 1..64"),
         ));
     }
-    if raw.watch && raw.direction == Direction::Pull {
+    let (watch, watch_by_polling) = match &raw.watch {
+        RawWatch::Flag(b) => (*b, false),
+        RawWatch::Text(t) if t.trim() == "poll" => (true, true),
+        RawWatch::Text(t) => {
+            return Err(fail(
+                &["watch"],
+                format!("watch: `{t}` is neither true, false nor poll"),
+            ))
+        }
+    };
+    if watch && raw.direction == Direction::Pull {
         return Err(fail(
             &["watch"],
             "watch: true watches the local folder, which only makes sense for direction: push; pull jobs use poll".into(),
@@ -659,12 +743,49 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
             Some(parse_max_delete(&t).map_err(|e| fail(&["max_delete"], e))?)
         }
     };
+    let retries = match raw.retries {
+        None => RetryPolicy::default(),
+        Some(RawRetries::Attempts(attempts)) => RetryPolicy {
+            attempts,
+            ..RetryPolicy::default()
+        },
+        Some(RawRetries::Full(r)) => RetryPolicy {
+            attempts: r.attempts.unwrap_or(RetryPolicy::default().attempts),
+            max_delay: match &r.max_delay {
+                Some(d) => parse_duration("retries.max_delay", d)
+                    .map_err(|e| fail(&["retries", "max_delay"], e))?,
+                None => RetryPolicy::default().max_delay,
+            },
+        },
+    };
+    if !(1..=100).contains(&retries.attempts) {
+        return Err(fail(
+            &["retries"],
+            format!("retries: {} attempts is outside 1..100", retries.attempts),
+        ));
+    }
     if poll.is_some_and(|d| d < Duration::from_secs(1)) {
         return Err(fail(
             &["poll"],
             "poll: the interval must be at least 1s".into(),
         ));
     }
+    if !(DEBOUNCE_RANGE.0..=DEBOUNCE_RANGE.1).contains(&debounce) {
+        return Err(fail(
+            &["debounce"],
+            format!(
+                "debounce: {} is outside 100ms..1h",
+                humantime::format_duration(debounce)
+            ),
+        ));
+    }
+    if raw.catch_up && schedule.is_none() {
+        return Err(fail(
+            &["catch_up"],
+            "catch_up: true catches up missed scheduled times, but the job has no schedule".into(),
+        ));
+    }
+    let watch_poll = watch_by_polling.then(|| poll.unwrap_or(DEFAULT_WATCH_POLL));
 
     Ok(Job {
         name,
@@ -683,12 +804,15 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
         mode: raw.mode,
         schedule,
         timezone,
-        watch: raw.watch,
+        watch,
+        watch_poll,
         debounce,
         poll,
+        catch_up: raw.catch_up,
         filter,
         transfers: usize::from(transfers),
         max_delete,
+        retries,
         warnings,
     })
 }
@@ -890,6 +1014,25 @@ mod tests {
     }
 
     #[test]
+    fn retries_forms_and_backoff() {
+        assert_eq!(parse(GOOD).unwrap().retries, RetryPolicy::default());
+        let job = parse(&format!("{GOOD}retries: 2\n")).unwrap();
+        assert_eq!(job.retries.attempts, 2);
+        let job = parse(&format!("{GOOD}retries:\n  attempts: 8\n  max_delay: 5s\n")).unwrap();
+        assert_eq!(
+            job.retries,
+            RetryPolicy {
+                attempts: 8,
+                max_delay: Duration::from_secs(5)
+            }
+        );
+        assert!(job.retries.delay(10) <= Duration::from_millis(6250));
+        assert!(job.retries.delay(0) >= Duration::from_millis(750));
+        assert!(parse(&format!("{GOOD}retries: 0\n")).is_err());
+        assert!(parse(&format!("{GOOD}retries:\n  tries: 3\n")).is_err());
+    }
+
+    #[test]
     fn max_delete_forms() {
         let job = parse(&format!("{GOOD}max_delete: 25%\n")).unwrap();
         assert_eq!(job.max_delete, Some(MaxDelete::Percent(25.0)));
@@ -908,6 +1051,27 @@ mod tests {
         assert!(!f.includes_file("a.txt"));
         assert!(f.excludes("skip"));
         assert!(f.excludes("d/b.tmp"));
+    }
+
+    #[test]
+    fn watch_forms_debounce_and_catch_up() {
+        let job = parse(&format!("{GOOD}watch: true\n")).unwrap();
+        assert!(job.watch && job.watch_poll.is_none());
+        let job = parse(&format!("{GOOD}watch: poll\npoll: 10s\n")).unwrap();
+        assert_eq!(job.watch_poll, Some(Duration::from_secs(10)));
+        let job = parse(&format!("{GOOD}watch: poll\n")).unwrap();
+        assert_eq!(job.watch_poll, Some(DEFAULT_WATCH_POLL));
+        let e = parse(&format!("{GOOD}watch: sometimes\n")).unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        let e = parse(&format!("{GOOD}direction: pull\nwatch: poll\n")).unwrap_err();
+        assert!(e.reason.contains("push"), "{e}");
+        assert!(parse(&format!("{GOOD}debounce: 0s\n")).is_err());
+        assert!(parse(&format!("{GOOD}debounce: 2h\n")).is_err());
+        let e = parse(&format!("{GOOD}catch_up: true\n")).unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        let job = parse(&format!("{GOOD}schedule: \"@daily\"\ncatch_up: true\n")).unwrap();
+        assert!(job.catch_up);
+        assert!(!parse(GOOD).unwrap().catch_up);
     }
 
     #[test]

@@ -68,6 +68,22 @@ pub enum FtpsError {
 }
 
 impl FtpsError {
+    /// Whether trying again later may succeed: connections refused, reset or timed out, and
+    /// 4xx replies (421 too many connections, 425/426 data connection trouble, 450/451).
+    /// Login, certificate and 5xx failures are permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FtpsError::Connect { .. }
+            | FtpsError::Connection { .. }
+            | FtpsError::Timeout { .. } => true,
+            FtpsError::Reply { code, .. } => (400..500).contains(code),
+            FtpsError::Setup { .. }
+            | FtpsError::Tls { .. }
+            | FtpsError::NoTls { .. }
+            | FtpsError::Login { .. } => false,
+        }
+    }
+
     /// The server's reply code, if the error is a reply.
     pub fn code(&self) -> Option<u32> {
         match self {
@@ -361,6 +377,13 @@ impl Session {
             Box::pin(async move { f.custom_command(cmd, &[Status::File]).await.map(|_| ()) })
         })
         .await
+    }
+
+    /// Makes the next STOR or RETR start at byte `offset` (REST).
+    pub async fn restart_at(&mut self, path: &str, offset: u64) -> Result<(), FtpsError> {
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+        self.step("REST", path, |f| Box::pin(f.resume_transfer(offset)))
+            .await
     }
 
     /// Opens a STOR to `path`; write the bytes, then [`Session::finish`].

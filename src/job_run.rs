@@ -11,11 +11,11 @@ use tokio::sync::mpsc;
 use crate::config::{Direction, Job};
 use crate::ftps::Session;
 use crate::ledger::{JobRecord, Ledger, Outcome, PathFailure, RunCounts};
-use crate::plan::{plan, Action, PlanOptions, SyncPlan, SyncedEntry};
+use crate::plan::{plan, Action, PlanOptions, SyncPlan};
 use crate::scan::{local_path, remote_path, scan_local, scan_remote, Scan};
 use crate::snapshot::Entry;
 use crate::tls::TlsContext;
-use crate::transfer::{self, ByteCounter};
+use crate::transfer::{self, ByteCounter, TransferContext, Transferred};
 
 /// The ledger, shared by the run's tasks; writes happen on the coordinating task only.
 pub type SharedLedger = Arc<Mutex<Ledger>>;
@@ -95,7 +95,7 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-fn lock(ledger: &SharedLedger) -> std::sync::MutexGuard<'_, Ledger> {
+pub fn lock(ledger: &SharedLedger) -> std::sync::MutexGuard<'_, Ledger> {
     // A panic while holding the lock cannot leave SQLite inconsistent; keep going.
     ledger.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -127,6 +127,17 @@ pub async fn run_job(job: &Job, ledger: &SharedLedger, opts: &RunOptions) -> Run
         error: None,
         plan: None,
         elapsed: Duration::ZERO,
+    };
+    // One run of a job at a time, across processes; held until the report is returned. A run
+    // left `running` in the ledger can only be a dead process's once the lock is ours.
+    let state_path = lock(ledger).path().to_path_buf();
+    let _job_lock = match crate::lock::JobLock::acquire(&state_path, &job.name) {
+        Ok(l) => l,
+        Err(e) => {
+            report.error = Some(e.to_string());
+            report.elapsed = started.elapsed();
+            return report;
+        }
     };
     let run_id = if opts.dry_run {
         None
@@ -196,11 +207,6 @@ async fn execute_run(
         }
     }
 
-    let mut session = Session::connect(&job.remote, &tls)
-        .await
-        .map_err(|e| e.to_string())?;
-    tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
-
     let local_root = job.local.clone();
     let filter = job.filter.clone();
     let view_for_scan = view.clone();
@@ -211,12 +217,12 @@ async fn execute_run(
             Ok(Scan::default())
         }
     });
-    let remote_scan = scan_remote(&mut session, &job.remote.path, &job.filter).await;
+    let remote_scan = connect_and_list(job, &tls).await;
     let local_scan = local_scan
         .await
         .map_err(|e| format!("local scan: {e}"))?
         .map_err(|e| format!("cannot read local directory {}: {e}", job.local.display()))?;
-    let remote_scan = remote_scan.map_err(|e| e.to_string())?;
+    let (mut session, remote_scan) = remote_scan?;
     if remote_scan.root_missing && job.direction == Direction::Pull {
         return Err(format!(
             "remote directory {} does not exist on {}",
@@ -258,6 +264,11 @@ async fn execute_run(
     if remote_scan.root_missing {
         make_remote_root(&mut session, &job.remote.path).await?;
     }
+    let dest_temps = match job.direction {
+        Direction::Push => &remote_scan.temps,
+        Direction::Pull => &local_scan.temps,
+    };
+    clean_up_temps(job, ledger, &mut session, &the_plan, dest_temps).await;
 
     // 1. Directories, parents first.
     for a in &the_plan.actions {
@@ -362,6 +373,80 @@ async fn execute_run(
     Ok(())
 }
 
+/// Drops journal entries of transfers this run will not resume (their source is gone or no
+/// longer needs sending) and deletes temporary files on the destination that no journal entry
+/// accounts for, such as those of a run that was killed before its journal write.
+async fn clean_up_temps(
+    job: &Job,
+    ledger: &SharedLedger,
+    session: &mut Session,
+    plan: &SyncPlan,
+    dest_temps: &[String],
+) {
+    let transferring: std::collections::HashSet<&str> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Upload { path, .. } | Action::Download { path, .. } => Some(path.as_str()),
+            _ => None,
+        })
+        .collect();
+    let journal = match lock(ledger).journal(&job.name) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::warn!("cannot read the transfer journal: {e}");
+            return;
+        }
+    };
+    let mut keep = std::collections::HashSet::new();
+    for j in journal {
+        if transferring.contains(j.path.as_str()) {
+            keep.insert(j.temp_name);
+        } else if let Err(e) = lock(ledger).journal_end(&job.name, &j.path) {
+            tracing::warn!("cannot update the transfer journal: {e}");
+        }
+    }
+    for temp in dest_temps.iter().filter(|t| !keep.contains(*t)) {
+        let removed = match job.direction {
+            Direction::Push => session
+                .delete_file(&remote_path(&job.remote.path, temp))
+                .await
+                .map_err(|e| e.to_string()),
+            Direction::Pull => {
+                std::fs::remove_file(local_path(&job.local, temp)).map_err(|e| e.to_string())
+            }
+        };
+        match removed {
+            Ok(()) => tracing::info!(path = %temp, "removed a leftover temporary file"),
+            Err(e) => tracing::warn!(path = %temp, "cannot remove a leftover temporary file: {e}"),
+        }
+    }
+}
+
+/// Connects and lists the remote tree, retrying transient failures with backoff.
+async fn connect_and_list(job: &Job, tls: &TlsContext) -> Result<(Session, Scan), String> {
+    let mut attempt = 0;
+    loop {
+        let listed = match Session::connect(&job.remote, tls).await {
+            Ok(mut session) => {
+                tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
+                match scan_remote(&mut session, &job.remote.path, &job.filter).await {
+                    Ok(scan) => return Ok((session, scan)),
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        if !listed.is_transient() || attempt + 1 >= job.retries.attempts {
+            return Err(listed.to_string());
+        }
+        let wait = job.retries.delay(attempt);
+        tracing::warn!(attempt, "retrying in {:.1}s: {listed}", wait.as_secs_f64());
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+    }
+}
+
 async fn make_remote_root(session: &mut Session, root: &str) -> Result<(), String> {
     let mut prefix = String::new();
     for part in root.split('/').filter(|p| !p.is_empty()) {
@@ -377,7 +462,7 @@ async fn make_remote_root(session: &mut Session, root: &str) -> Result<(), Strin
         .map_err(|e| format!("cannot create remote directory {root}: {e}"))
 }
 
-type Done = (String, Result<(SyncedEntry, u64), String>);
+type Done = (String, Result<Transferred, String>);
 
 /// Runs the transfers on up to `job.transfers` connections; returns a live connection for
 /// the deletes that follow, if one is left.
@@ -412,8 +497,9 @@ async fn transfer_all(
             tx.clone(),
             counter.clone(),
         );
+        let ledger = ledger.clone();
         handles.push(tokio::spawn(async move {
-            transfer_worker(&job, &tls, session, &queue, &tx, &counter).await
+            transfer_worker(&job, &ledger, &tls, session, &queue, &tx, &counter).await
         }));
     }
     drop(tx);
@@ -427,8 +513,9 @@ async fn transfer_all(
                 let Some((path, result)) = msg else { break };
                 done_files += 1;
                 match result {
-                    Ok((entry, bytes)) => {
-                        match lock(ledger).record(&job.name, &path, &entry) {
+                    Ok(done) => {
+                        let bytes = done.bytes_moved;
+                        match lock(ledger).commit_transfer(&job.name, &path, &done.entry) {
                             Ok(()) => match job.direction {
                                 Direction::Push => { report.counts.files_up += 1; report.counts.bytes_up += bytes; }
                                 Direction::Pull => { report.counts.files_down += 1; report.counts.bytes_down += bytes; }
@@ -480,47 +567,68 @@ fn lock_queue<T>(q: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     q.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Takes files from the queue until it is empty. A transient failure (dropped connection,
+/// timeout, 4xx) is retried with backoff on a fresh connection, resuming from the bytes already
+/// transferred; a permanent one fails that path and the worker goes on with the next.
 async fn transfer_worker(
     job: &Job,
+    ledger: &SharedLedger,
     tls: &TlsContext,
     mut session: Option<Session>,
     queue: &Mutex<VecDeque<(String, Entry)>>,
     tx: &mpsc::UnboundedSender<Done>,
     counter: &ByteCounter,
 ) -> Option<Session> {
+    let ctx = TransferContext {
+        job,
+        ledger,
+        counter,
+    };
     loop {
-        if session.is_none() {
-            if lock_queue(queue).is_empty() {
-                return None;
-            }
-            match Session::connect(&job.remote, tls).await {
-                Ok(s) => session = Some(s),
-                Err(e) => {
-                    tracing::warn!("extra connection refused: {e}");
-                    return None;
-                }
-            }
-        }
-        let s = session.as_mut()?;
         let next = lock_queue(queue).pop_front();
         let Some((path, source)) = next else {
             return session;
         };
-        let result = match job.direction {
-            Direction::Push => {
-                transfer::upload(s, &job.local, &job.remote.path, &path, &source, counter).await
-            }
-            Direction::Pull => {
-                transfer::download(s, &job.local, &job.remote.path, &path, &source, counter).await
-            }
-        };
-        let result = match result {
-            Ok(entry) => Ok((entry.clone(), entry.size)),
-            Err(e) => {
-                if e.breaks_connection() {
-                    session = None;
+        let mut attempt = 0;
+        let result = loop {
+            if session.is_none() {
+                match Session::connect(&job.remote, tls).await {
+                    Ok(s) => session = Some(s),
+                    Err(e) if e.is_transient() && attempt + 1 < job.retries.attempts => {
+                        tracing::warn!(path = %path, attempt, "reconnecting: {e}");
+                        tokio::time::sleep(job.retries.delay(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        // This worker cannot get a connection: give the file back to the queue
+                        // for the others, unless none of them is left to take it.
+                        tracing::warn!("connection refused: {e}");
+                        lock_queue(queue).push_front((path, source));
+                        return None;
+                    }
                 }
-                Err(e.to_string())
+            }
+            let Some(s) = session.as_mut() else { continue };
+            let outcome = match job.direction {
+                Direction::Push => transfer::upload(s, &ctx, &path, &source).await,
+                Direction::Pull => transfer::download(s, &ctx, &path, &source).await,
+            };
+            match outcome {
+                Ok(done) => break Ok(done),
+                Err(e) => {
+                    if e.breaks_connection() {
+                        session = None;
+                    }
+                    if e.is_transient() && attempt + 1 < job.retries.attempts {
+                        let wait = job.retries.delay(attempt);
+                        tracing::warn!(path = %path, attempt, "retrying in {:.1}s: {e}", wait.as_secs_f64());
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    break Err(e.to_string());
+                }
             }
         };
         if tx.send((path, result)).is_err() {

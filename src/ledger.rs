@@ -86,6 +86,9 @@ const MIGRATIONS: &[&str] = &[
         started_at INTEGER NOT NULL,
         PRIMARY KEY (job, path)
     ) WITHOUT ROWID;",
+    // 2 (agent): poll runs that found nothing to do are counted, not kept in the history.
+    "ALTER TABLE jobs ADD COLUMN polls INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN last_poll_at INTEGER;",
 ];
 
 /// How a run ended.
@@ -151,6 +154,23 @@ pub struct RunRecord {
     pub counts: RunCounts,
     pub error: Option<String>,
     pub failures: Vec<PathFailure>,
+}
+
+/// A transfer in flight, as journaled before it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    pub path: String,
+    /// `push` or `pull`.
+    pub direction: String,
+    /// The temporary name (in the target's directory) the bytes go to.
+    pub temp_name: String,
+    /// Size and mtime (ns) of the source when the transfer started.
+    pub size: u64,
+    pub mtime: i64,
+    /// BLAKE3 of the source, where known (local sources).
+    pub hash: Option<blake3::Hash>,
+    /// Bytes confirmed on the destination at the last checkpoint.
+    pub offset: u64,
 }
 
 /// What the ledger knows of a job's configuration, kept for `status`.
@@ -491,6 +511,110 @@ impl Ledger {
             .map_err(self.err())
     }
 
+    /// Journals a transfer before its first byte moves, so that a later run can resume it.
+    pub fn journal_begin(&self, job: &str, j: &JournalEntry) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "INSERT INTO transfers (job, path, direction, temp_name, size, mtime, blake3, offset, started_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(job, path) DO UPDATE SET direction = ?3, temp_name = ?4, size = ?5,
+                    mtime = ?6, blake3 = ?7, offset = ?8, started_at = ?9",
+                params![
+                    job,
+                    j.path,
+                    j.direction,
+                    j.temp_name,
+                    j.size as i64,
+                    j.mtime,
+                    j.hash.map(|h| h.to_hex().to_string()),
+                    j.offset as i64,
+                    now_unix()
+                ],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Records how many bytes of a journaled transfer are safely on the destination.
+    pub fn journal_checkpoint(
+        &self,
+        job: &str,
+        path: &str,
+        offset: u64,
+    ) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "UPDATE transfers SET offset = ?3 WHERE job = ?1 AND path = ?2",
+                params![job, path, offset as i64],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    pub fn journal_end(&self, job: &str, path: &str) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "DELETE FROM transfers WHERE job = ?1 AND path = ?2",
+                params![job, path],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// The journal entry of one path, if its transfer was started and not committed.
+    pub fn journal_entry(
+        &self,
+        job: &str,
+        path: &str,
+    ) -> Result<Option<JournalEntry>, LedgerError> {
+        Ok(self.journal(job)?.into_iter().find(|j| j.path == path))
+    }
+
+    /// The ledger file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every transfer of `job` that was started and not committed.
+    pub fn journal(&self, job: &str) -> Result<Vec<JournalEntry>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT path, direction, temp_name, size, mtime, blake3, offset FROM transfers WHERE job = ?1",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([job], |r| {
+                Ok(JournalEntry {
+                    path: r.get(0)?,
+                    direction: r.get(1)?,
+                    temp_name: r.get(2)?,
+                    size: r.get::<_, i64>(3)? as u64,
+                    mtime: r.get(4)?,
+                    hash: r
+                        .get::<_, Option<String>>(5)?
+                        .and_then(|h| blake3::Hash::from_hex(h).ok()),
+                    offset: r.get::<_, i64>(6)? as u64,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// A transfer is committed (renamed into place): its path is recorded and its journal
+    /// entry dropped, in one transaction.
+    pub fn commit_transfer(
+        &mut self,
+        job: &str,
+        path: &str,
+        entry: &SyncedEntry,
+    ) -> Result<(), LedgerError> {
+        self.batch(|l| {
+            l.record(job, path, entry)?;
+            l.journal_end(job, path)
+        })
+    }
+
     /// Runs `f` inside one transaction, so a batch of ledger writes costs one commit.
     pub fn batch<T>(
         &mut self,
@@ -510,6 +634,54 @@ impl Ledger {
             }
         }
     }
+
+    // The agent (src/agent.rs).
+
+    /// A `poll` run that changed nothing and failed nothing leaves no row in the history: if
+    /// the newest run of `job` is one, it is removed and counted in `jobs.polls` (and
+    /// `jobs.last_poll_at`) instead. Returns whether it was.
+    pub fn fold_idle_poll(&mut self, job: &str) -> Result<bool, LedgerError> {
+        self.batch(|l| {
+            let idle: Option<(i64, i64)> = l
+                .conn
+                .query_row(
+                    "SELECT id, started_at FROM runs
+                     WHERE id = (SELECT max(id) FROM runs WHERE job = ?1)
+                       AND trigger = 'poll' AND outcome = 'ok' AND files_up = 0
+                       AND files_down = 0 AND files_deleted = 0 AND files_failed = 0",
+                    [job],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(l.err())?;
+            let Some((id, started_at)) = idle else {
+                return Ok(false);
+            };
+            l.conn
+                .execute("DELETE FROM runs WHERE id = ?1", [id])
+                .map_err(l.err())?;
+            l.conn
+                .execute(
+                    "UPDATE jobs SET polls = polls + 1, last_poll_at = ?2 WHERE name = ?1",
+                    params![job, started_at],
+                )
+                .map_err(l.err())?;
+            Ok(true)
+        })
+    }
+
+    /// How many idle polls were folded by [`Ledger::fold_idle_poll`], and when the last began.
+    pub fn polls(&self, job: &str) -> Result<(u64, Option<i64>), LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT polls, last_poll_at FROM jobs WHERE name = ?1",
+                [job],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?)),
+            )
+            .optional()
+            .map(|o| o.unwrap_or((0, None)))
+            .map_err(self.err())
+    }
 }
 
 #[cfg(test)]
@@ -522,7 +694,7 @@ mod tests {
             mtime: 1_700_000_000_000_000_000 + i64::from(n),
             hash: blake3::hash(&[n]),
             remote_size: u64::from(n),
-            remote_mtime: if n % 2 == 0 { Some(5) } else { None },
+            remote_mtime: if n.is_multiple_of(2) { Some(5) } else { None },
         }
     }
 
@@ -582,6 +754,79 @@ mod tests {
         assert_eq!(l.close_abandoned_runs("j").unwrap(), 1);
         assert_eq!(l.runs("j", 1).unwrap()[0].id, c);
         assert_eq!(l.runs("j", 1).unwrap()[0].outcome, Outcome::Failed);
+    }
+
+    #[test]
+    fn journal_survives_until_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(&dir.path().join("s.db")).unwrap();
+        let j = JournalEntry {
+            path: "big.bin".into(),
+            direction: "pull".into(),
+            temp_name: ".big.bin.ferrysync-part".into(),
+            size: 100,
+            mtime: 7,
+            hash: None,
+            offset: 0,
+        };
+        l.journal_begin("j", &j).unwrap();
+        l.journal_checkpoint("j", "big.bin", 40).unwrap();
+        assert_eq!(
+            l.journal("j").unwrap(),
+            vec![JournalEntry {
+                offset: 40,
+                ..j.clone()
+            }]
+        );
+        l.commit_transfer("j", "big.bin", &entry(9)).unwrap();
+        assert!(l.journal("j").unwrap().is_empty());
+        assert_eq!(l.entries("j").unwrap()["big.bin"], entry(9));
+    }
+
+    #[test]
+    fn idle_polls_are_counted_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(&dir.path().join("s.db")).unwrap();
+        l.upsert_job(&JobRecord {
+            name: "j".into(),
+            direction: "pull".into(),
+            local: "/l".into(),
+            remote: "h:21/".into(),
+            schedule: None,
+            timezone: None,
+        })
+        .unwrap();
+        let busy = l.begin_run("j", "poll").unwrap();
+        let counts = RunCounts {
+            files_down: 1,
+            ..Default::default()
+        };
+        l.finish_run(busy, Outcome::Ok, &counts, None, &[]).unwrap();
+        assert!(
+            !l.fold_idle_poll("j").unwrap(),
+            "a poll that downloaded stays"
+        );
+        let idle = l.begin_run("j", "poll").unwrap();
+        l.finish_run(idle, Outcome::Ok, &RunCounts::default(), None, &[])
+            .unwrap();
+        assert!(l.fold_idle_poll("j").unwrap());
+        assert_eq!(l.runs("j", 10).unwrap().len(), 1);
+        assert_eq!(l.polls("j").unwrap().0, 1);
+        let failed = l.begin_run("j", "poll").unwrap();
+        l.finish_run(
+            failed,
+            Outcome::Failed,
+            &RunCounts::default(),
+            Some("x"),
+            &[],
+        )
+        .unwrap();
+        assert!(!l.fold_idle_poll("j").unwrap(), "a failed poll stays");
+        let manual = l.begin_run("j", "manual").unwrap();
+        l.finish_run(manual, Outcome::Ok, &RunCounts::default(), None, &[])
+            .unwrap();
+        assert!(!l.fold_idle_poll("j").unwrap(), "only polls are folded");
+        assert_eq!(l.runs("j", 10).unwrap().len(), 3);
     }
 
     #[test]

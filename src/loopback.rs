@@ -3,6 +3,7 @@
 //! `cargo test` needs nothing installed. It is a real FTPS server: AUTH TLS, PBSZ/PROT,
 //! password login, passive data connections over TLS.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -77,8 +78,20 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// The ports [`start`] opens passive (data) connections on.
+pub const DEFAULT_PASSIVE_PORTS: RangeInclusive<u16> = 30000..=39999;
+
 /// Starts a server on the current tokio runtime and returns once it accepts connections.
 pub async fn start(opts: LoopbackOptions) -> anyhow::Result<LoopbackServer> {
+    start_with_passive_ports(opts, DEFAULT_PASSIVE_PORTS).await
+}
+
+/// [`start`], with passive (data) connections on `passive_ports` instead of
+/// [`DEFAULT_PASSIVE_PORTS`] (the tests' fault proxy listens on every port of the range).
+pub async fn start_with_passive_ports(
+    opts: LoopbackOptions,
+    passive_ports: RangeInclusive<u16>,
+) -> anyhow::Result<LoopbackServer> {
     std::fs::create_dir_all(&opts.root)?;
     std::fs::create_dir_all(&opts.cert_dir)?;
     let cert = make_cert()?;
@@ -105,7 +118,7 @@ pub async fn start(opts: LoopbackOptions) -> anyhow::Result<LoopbackServer> {
         auth,
     )
     .greeting("ferrysync loopback FTPS server")
-    .passive_ports(30000..=39999)
+    .passive_ports(passive_ports)
     .idle_session_timeout(600);
     if opts.tls {
         builder = builder

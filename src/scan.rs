@@ -26,6 +26,8 @@ pub struct Scan {
     pub hashed: u64,
     /// Remote scan: the job's remote directory does not exist yet.
     pub root_missing: bool,
+    /// Temporary files of transfers (`.NAME.ferrysync-part`), relative paths.
+    pub temps: Vec<String>,
 }
 
 pub fn system_time_ns(t: SystemTime) -> i64 {
@@ -104,10 +106,11 @@ pub fn scan_local(root: &Path, filter: &PathFilter, ledger: &LedgerView) -> std:
                 });
                 continue;
             };
+            let rel = snapshot::join(&rel_dir, &name);
             if is_temp_name(&name) {
+                scan.temps.push(rel);
                 continue;
             }
-            let rel = snapshot::join(&rel_dir, &name);
             let meta = match entry.metadata() {
                 Ok(m) => m,
                 Err(e) => {
@@ -219,10 +222,13 @@ pub async fn scan_remote(
                 });
                 continue;
             }
+            let rel = snapshot::join(&rel_dir, &name);
             if is_temp_name(&name) {
+                if file.is_file() {
+                    scan.temps.push(rel);
+                }
                 continue;
             }
-            let rel = snapshot::join(&rel_dir, &name);
             if file.is_symlink() {
                 tracing::warn!(path = %rel, "skipping remote symbolic link");
             } else if file.is_directory() {

@@ -1,20 +1,31 @@
-//! Moving the bytes of one file, safely: an upload goes to a temporary name in the target's own
-//! remote directory and is renamed into place only when complete and verified; a download goes
-//! to a temporary file beside its target, is fsynced and then renamed. BLAKE3 is computed from
-//! the bytes as they stream, never by reading the file a second time.
+//! Moving the bytes of one file, safely and resumably: an upload goes to a temporary name in
+//! the target's own remote directory and is renamed into place only when complete and
+//! verified; a download goes to a temporary file beside its target, is fsynced and then
+//! renamed. Each transfer is journaled in the ledger before its first byte, with checkpoints,
+//! so that after a crash or a dropped connection the next attempt continues from the bytes
+//! already on the destination (REST) instead of from zero. BLAKE3 is computed from the bytes
+//! as they stream (plus, on resume, the part already transferred).
 
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::config::{Direction, Job};
 use crate::ftps::{FtpsError, Session, OP_TIMEOUT};
+use crate::job_run::SharedLedger;
+use crate::ledger::JournalEntry;
 use crate::plan::SyncedEntry;
 use crate::scan::{local_path, remote_path, system_time_ns};
 use crate::snapshot::{temp_name, Entry};
 
 const CHUNK: usize = 256 * 1024;
+/// A checkpoint is written after this many bytes or this much time, whichever comes first.
+const CHECKPOINT_BYTES: u64 = 8 << 20;
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -29,6 +40,15 @@ pub enum TransferError {
     },
     #[error("{0}")]
     Verify(String),
+    /// The data connection ended before the whole file arrived.
+    #[error("{path}: the transfer ended after {got} of {expected} bytes")]
+    Short {
+        path: String,
+        got: u64,
+        expected: u64,
+    },
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 impl TransferError {
@@ -37,7 +57,19 @@ impl TransferError {
         matches!(
             self,
             TransferError::Ftps(FtpsError::Connection { .. } | FtpsError::Timeout { .. })
+                | TransferError::Short { .. }
         )
+    }
+
+    /// Whether trying again (after a pause, on a fresh connection if needed) may succeed:
+    /// dropped connections, timeouts and 4xx replies; not 5xx replies (530 login, 550
+    /// permission, 553 name) nor local disk errors.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TransferError::Ftps(e) => e.is_transient(),
+            TransferError::Short { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -54,11 +86,70 @@ impl ByteCounter {
     }
 }
 
+/// What a finished transfer leaves for the ledger and the run's counters.
+#[derive(Debug, Clone)]
+pub struct Transferred {
+    pub entry: SyncedEntry,
+    /// Bytes that crossed the network in this attempt (less than the size after a resume).
+    pub bytes_moved: u64,
+    pub resumed_from: u64,
+}
+
+/// What a transfer needs besides the connection.
+pub struct TransferContext<'a> {
+    pub job: &'a Job,
+    pub ledger: &'a SharedLedger,
+    pub counter: &'a ByteCounter,
+}
+
+impl TransferContext<'_> {
+    fn journal_entry(&self, path: &str) -> Result<Option<JournalEntry>, TransferError> {
+        Ok(crate::job_run::lock(self.ledger).journal_entry(&self.job.name, path)?)
+    }
+    fn journal_begin(&self, j: &JournalEntry) -> Result<(), TransferError> {
+        Ok(crate::job_run::lock(self.ledger).journal_begin(&self.job.name, j)?)
+    }
+    fn checkpoint(&self, path: &str, offset: u64) -> Result<(), TransferError> {
+        Ok(crate::job_run::lock(self.ledger).journal_checkpoint(&self.job.name, path, offset)?)
+    }
+}
+
+/// Decides when the next journal checkpoint is due.
+struct Checkpoints {
+    last_bytes: u64,
+    last_time: Instant,
+}
+
+impl Checkpoints {
+    fn new(at: u64) -> Self {
+        Checkpoints {
+            last_bytes: at,
+            last_time: Instant::now(),
+        }
+    }
+    fn due(&mut self, at: u64) -> bool {
+        if at - self.last_bytes >= CHECKPOINT_BYTES || self.last_time.elapsed() >= CHECKPOINT_EVERY
+        {
+            self.last_bytes = at;
+            self.last_time = Instant::now();
+            true
+        } else {
+            false
+        }
+    }
+}
+
 fn split_parent(rel: &str) -> (&str, &str) {
     match rel.rfind('/') {
         Some(i) => (&rel[..i], &rel[i + 1..]),
         None => ("", rel),
     }
+}
+
+/// The temporary path (relative to the job's root) of `rel`.
+pub fn temp_rel(rel: &str) -> String {
+    let (parent, name) = split_parent(rel);
+    crate::snapshot::join(parent, &temp_name(name))
 }
 
 async fn timed<T>(
@@ -86,52 +177,119 @@ async fn timed<T>(
     }
 }
 
-/// Uploads `rel` from `local_root` to `remote_root`; returns the ledger record to write.
+/// BLAKE3 state over the first `len` bytes of a file (the part a resumed transfer keeps).
+fn hash_prefix(path: &Path, len: u64) -> std::io::Result<blake3::Hasher> {
+    let mut hasher = blake3::Hasher::new();
+    let f = std::fs::File::open(path)?;
+    let copied = std::io::copy(&mut f.take(len), &mut hasher)?;
+    if copied != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("expected {len} bytes, found {copied}"),
+        ));
+    }
+    Ok(hasher)
+}
+
+/// Uploads `rel`; returns what the ledger must record once the caller commits it.
 pub async fn upload(
     session: &mut Session,
-    local_root: &Path,
-    remote_root: &str,
+    ctx: &TransferContext<'_>,
     rel: &str,
     source: &Entry,
-    counter: &ByteCounter,
-) -> Result<SyncedEntry, TransferError> {
-    let (parent, name) = split_parent(rel);
-    let final_path = remote_path(remote_root, rel);
-    let temp_path = remote_path(
-        remote_root,
-        &crate::snapshot::join(parent, &temp_name(name)),
-    );
-    let local = local_path(local_root, rel);
+) -> Result<Transferred, TransferError> {
+    let job = ctx.job;
+    let final_path = remote_path(&job.remote.path, rel);
+    let temp = temp_rel(rel);
+    let temp_path = remote_path(&job.remote.path, &temp);
+    let local = local_path(&job.local, rel);
     let local_err = |action, source| TransferError::Local {
         path: local.display().to_string(),
         action,
         source,
     };
-    let mut file = tokio::fs::File::open(&local)
-        .await
-        .map_err(|e| local_err("open", e))?;
 
-    let mut stream = session.store(&temp_path).await?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut sent = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .await
-            .map_err(|e| local_err("read", e))?;
-        if n == 0 {
-            break;
+    // Resume only the same transfer of the same unchanged file, from what the server holds.
+    let journal = ctx.journal_entry(rel)?;
+    let same = journal.as_ref().is_some_and(|j| {
+        j.direction == Direction::Push.to_string()
+            && j.temp_name == temp
+            && j.size == source.size
+            && j.mtime == source.mtime
+            && j.hash == source.hash
+    });
+    let mut offset = 0;
+    if same {
+        if let Ok(on_server) = session.size(&temp_path).await {
+            if on_server <= source.size {
+                offset = on_server;
+            }
         }
-        hasher.update(&buf[..n]);
-        timed(session, "STOR", &temp_path, stream.write_all(&buf[..n])).await?;
-        sent += n as u64;
-        counter.add(n as u64);
+    } else {
+        ctx.journal_begin(&JournalEntry {
+            path: rel.to_string(),
+            direction: Direction::Push.to_string(),
+            temp_name: temp.clone(),
+            size: source.size,
+            mtime: source.mtime,
+            hash: source.hash,
+            offset: 0,
+        })?;
     }
-    session.finish("STOR", &temp_path, stream).await?;
 
+    let (mut hasher, file) = {
+        let local = local.clone();
+        tokio::task::spawn_blocking(
+            move || -> std::io::Result<(blake3::Hasher, std::fs::File)> {
+                let hasher = if offset > 0 {
+                    hash_prefix(&local, offset)?
+                } else {
+                    blake3::Hasher::new()
+                };
+                let mut f = std::fs::File::open(&local)?;
+                f.seek(SeekFrom::Start(offset))?;
+                Ok((hasher, f))
+            },
+        )
+        .await
+        .map_err(|e| local_err("read", std::io::Error::other(e)))?
+        .map_err(|e| local_err("read", e))?
+    };
+    let mut file = tokio::fs::File::from_std(file);
+    if offset > 0 {
+        tracing::info!(path = rel, offset, "resuming upload");
+    }
+
+    let mut sent = 0u64;
+    if offset < source.size || source.size == 0 {
+        if offset > 0 {
+            session.restart_at(&temp_path, offset).await?;
+        }
+        let mut stream = session.store(&temp_path).await?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut checkpoints = Checkpoints::new(offset);
+        loop {
+            let n = file
+                .read(&mut buf)
+                .await
+                .map_err(|e| local_err("read", e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            timed(session, "STOR", &temp_path, stream.write_all(&buf[..n])).await?;
+            sent += n as u64;
+            ctx.counter.add(n as u64);
+            if checkpoints.due(offset + sent) {
+                ctx.checkpoint(rel, offset + sent)?;
+            }
+        }
+        session.finish("STOR", &temp_path, stream).await?;
+    }
+
+    let total = offset + sent;
     let hash = hasher.finalize();
-    if Some(hash) != source.hash || sent != source.size {
+    if Some(hash) != source.hash || total != source.size {
         let _ = session.delete_file(&temp_path).await;
         return Err(TransferError::Verify(format!(
             "{rel}: the local file changed while it was being uploaded; it will be sent again by the next run"
@@ -139,10 +297,10 @@ pub async fn upload(
     }
     if session.features.size {
         let remote_size = session.size(&temp_path).await?;
-        if remote_size != sent {
+        if remote_size != total {
             let _ = session.delete_file(&temp_path).await;
             return Err(TransferError::Verify(format!(
-                "{rel}: the server stored {remote_size} bytes of {sent}; the upload was discarded"
+                "{rel}: the server stored {remote_size} bytes of {total}; the upload was discarded"
             )));
         }
     }
@@ -155,47 +313,106 @@ pub async fn upload(
             tracing::warn!("cannot preserve the modification time: {e}");
         }
     }
-    Ok(SyncedEntry {
-        size: sent,
-        mtime: source.mtime,
-        hash,
-        remote_size: sent,
-        remote_mtime: None,
+    Ok(Transferred {
+        entry: SyncedEntry {
+            size: total,
+            mtime: source.mtime,
+            hash,
+            remote_size: total,
+            remote_mtime: None,
+        },
+        bytes_moved: sent,
+        resumed_from: offset,
     })
 }
 
-/// Downloads `rel` from `remote_root` into `local_root`; returns the ledger record to write.
+/// Downloads `rel`; returns what the ledger must record once the caller commits it.
 pub async fn download(
     session: &mut Session,
-    local_root: &Path,
-    remote_root: &str,
+    ctx: &TransferContext<'_>,
     rel: &str,
     source: &Entry,
-    counter: &ByteCounter,
-) -> Result<SyncedEntry, TransferError> {
-    let (parent, name) = split_parent(rel);
-    let remote = remote_path(remote_root, rel);
-    let final_path = local_path(local_root, rel);
-    let temp_path = local_path(local_root, &crate::snapshot::join(parent, &temp_name(name)));
+) -> Result<Transferred, TransferError> {
+    let job = ctx.job;
+    let remote = remote_path(&job.remote.path, rel);
+    let final_path = local_path(&job.local, rel);
+    let temp = temp_rel(rel);
+    let temp_path = local_path(&job.local, &temp);
     let local_err = |action, source| TransferError::Local {
         path: final_path.display().to_string(),
         action,
         source,
     };
 
-    let mut stream = session.retrieve(&remote).await?;
-    let mut file = match tokio::fs::File::create(&temp_path).await {
-        Ok(f) => f,
-        Err(e) => {
-            drop(stream);
-            return Err(local_err("create a temporary file", e));
-        }
+    // Resume from the bytes both on disk and confirmed by the last checkpoint (the checkpoint
+    // follows an fsync, so those bytes survive even a power cut).
+    let journal = ctx.journal_entry(rel)?;
+    let kept = journal
+        .filter(|j| {
+            j.direction == Direction::Pull.to_string()
+                && j.temp_name == temp
+                && j.size == source.size
+                && j.mtime == source.mtime
+        })
+        .map(|j| {
+            let on_disk = std::fs::metadata(&temp_path).map(|m| m.len()).unwrap_or(0);
+            on_disk.min(j.offset)
+        });
+    let offset = kept.unwrap_or(0);
+    if kept.is_none() {
+        ctx.journal_begin(&JournalEntry {
+            path: rel.to_string(),
+            direction: Direction::Pull.to_string(),
+            temp_name: temp.clone(),
+            size: source.size,
+            mtime: source.mtime,
+            hash: None,
+            offset: 0,
+        })?;
+    }
+    let (mut hasher, file) = {
+        let temp_path = temp_path.clone();
+        tokio::task::spawn_blocking(
+            move || -> std::io::Result<(blake3::Hasher, std::fs::File)> {
+                let f = std::fs::File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&temp_path)?;
+                f.set_len(offset)?;
+                let hasher = if offset > 0 {
+                    hash_prefix(&temp_path, offset)?
+                } else {
+                    blake3::Hasher::new()
+                };
+                let mut f = f;
+                f.seek(SeekFrom::Start(offset))?;
+                Ok((hasher, f))
+            },
+        )
+        .await
+        .map_err(|e| local_err("open the temporary file", std::io::Error::other(e)))?
+        .map_err(|e| local_err("open the temporary file", e))?
     };
-    let mut hasher = blake3::Hasher::new();
+    let mut file = tokio::fs::File::from_std(file);
+    if offset > 0 {
+        tracing::info!(path = rel, offset, "resuming download");
+        session.restart_at(&remote, offset).await?;
+    }
+
+    let mut stream = session.retrieve(&remote).await?;
     let mut buf = vec![0u8; CHUNK];
     let mut received = 0u64;
+    let mut checkpoints = Checkpoints::new(offset);
     loop {
-        let n = timed(session, "RETR", &remote, stream.read(&mut buf)).await?;
+        let n = match timed(session, "RETR", &remote, stream.read(&mut buf)).await {
+            Ok(n) => n,
+            Err(e) => {
+                // What arrived is kept for the next attempt; only checkpointed bytes count.
+                let _ = file.flush().await;
+                return Err(e);
+            }
+        };
         if n == 0 {
             break;
         }
@@ -205,14 +422,28 @@ pub async fn download(
             return Err(local_err("write", e));
         }
         received += n as u64;
-        counter.add(n as u64);
+        ctx.counter.add(n as u64);
+        if checkpoints.due(offset + received) {
+            file.flush().await.map_err(|e| local_err("write", e))?;
+            file.sync_data().await.map_err(|e| local_err("sync", e))?;
+            ctx.checkpoint(rel, offset + received)?;
+        }
     }
     session.finish("RETR", &remote, stream).await?;
+    let total = offset + received;
     file.flush().await.map_err(|e| local_err("write", e))?;
+    if total < source.size {
+        file.sync_data().await.map_err(|e| local_err("sync", e))?;
+        ctx.checkpoint(rel, total)?;
+        return Err(TransferError::Short {
+            path: rel.to_string(),
+            got: total,
+            expected: source.size,
+        });
+    }
     let file = file.into_std().await;
-    let mtime = std::time::UNIX_EPOCH
-        + std::time::Duration::from_nanos(u64::try_from(source.mtime).unwrap_or(0));
-    let temp = temp_path.clone();
+    let mtime =
+        std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(source.mtime).unwrap_or(0));
     let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         file.set_modified(mtime)?;
         file.sync_all()
@@ -220,7 +451,7 @@ pub async fn download(
     .await
     .map_err(|e| local_err("sync", std::io::Error::other(e)))?;
     synced.map_err(|e| local_err("sync", e))?;
-    tokio::fs::rename(&temp, &final_path)
+    tokio::fs::rename(&temp_path, &final_path)
         .await
         .map_err(|e| local_err("rename into place", e))?;
     if let Some(dir) = final_path.parent() {
@@ -232,11 +463,15 @@ pub async fn download(
     let meta = tokio::fs::metadata(&final_path)
         .await
         .map_err(|e| local_err("stat", e))?;
-    Ok(SyncedEntry {
-        size: received,
-        mtime: meta.modified().map(system_time_ns).unwrap_or(source.mtime),
-        hash: hasher.finalize(),
-        remote_size: source.size,
-        remote_mtime: Some(source.mtime),
+    Ok(Transferred {
+        entry: SyncedEntry {
+            size: total,
+            mtime: meta.modified().map(system_time_ns).unwrap_or(source.mtime),
+            hash: hasher.finalize(),
+            remote_size: source.size,
+            remote_mtime: Some(source.mtime),
+        },
+        bytes_moved: received,
+        resumed_from: offset,
     })
 }

@@ -1,0 +1,261 @@
+//! Crash safety: `kill -9` of ferrysync in the middle of a 256 MiB upload or download, then a
+//! new run. The file must end up identical (checked with an independent hash), the new run must
+//! resume instead of starting over, no half file may ever be visible under the final name
+//! (a watcher thread polls for it during the whole test), and the ledger must pass
+//! `PRAGMA integrity_check` after the kill.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Sandbox, Server};
+
+const SIZE: u64 = 256 << 20;
+
+/// 256 MiB of bytes that are not all alike (so a misplaced block changes the hash).
+pub fn write_big_file(path: &Path) -> blake3::Hash {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut hasher = blake3::Hasher::new();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut block = vec![0u8; 1 << 20];
+    for i in 0..(SIZE >> 20) {
+        for (k, b) in block.iter_mut().enumerate() {
+            *b = ((k as u64).wrapping_mul(2654435761) >> 7) as u8 ^ i as u8;
+        }
+        std::io::Write::write_all(&mut f, &block).unwrap();
+        hasher.update(&block);
+    }
+    std::io::Write::flush(&mut f).unwrap();
+    hasher.finalize()
+}
+
+fn hash_of(path: &Path) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(std::fs::File::open(path).unwrap())
+        .unwrap();
+    hasher.finalize()
+}
+
+/// Polls `final_path` until stopped: it may be absent or complete, never partial.
+pub struct HalfFileWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<u64>>>,
+}
+
+impl HalfFileWatch {
+    pub fn start(final_path: PathBuf, full_size: u64) -> HalfFileWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut bad = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(m) = std::fs::metadata(&final_path) {
+                    if m.len() != full_size {
+                        bad.push(m.len());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            bad
+        });
+        HalfFileWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    #[track_caller]
+    pub fn assert_never_half(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let bad = self.thread.take().unwrap().join().unwrap();
+        assert!(
+            bad.is_empty(),
+            "a partial file was visible under its final name, sizes {bad:?}"
+        );
+    }
+}
+
+fn spawn_sync(s: &Sandbox, job: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ferrysync"))
+        .args(["sync", job, "--quiet"])
+        .env("FERRYSYNC_JOBS", &s.jobs)
+        .env("FERRYSYNC_STATE", &s.state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `path` holds at least `bytes`, then kills `child` with SIGKILL; returns the
+/// size of `path` once the kill is done.
+fn kill_when_grown(child: &mut Child, path: &Path, bytes: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if len >= bytes {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "ferrysync ended ({status}) before the kill point; {len} bytes in {}",
+                path.display()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the transfer did not reach {bytes} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // let the server write what it received
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+#[track_caller]
+fn assert_ledger_intact(s: &Sandbox) {
+    let db = rusqlite::Connection::open(&s.state).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
+fn temp_of(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.ferrysync-part"))
+}
+
+pub fn kill_during_upload_then_resume(server: &Server) {
+    let s = Sandbox::new(server, "kill-up");
+    let expected = write_big_file(&s.local.join("big/blob.bin"));
+    s.job("up", "transfers: 1\n");
+    // The directory exists on the server before the watch starts.
+    server.mkdirs(&s.remote_root().join("big"));
+    let final_path = s.remote_root().join("big/blob.bin");
+    let watch = HalfFileWatch::start(final_path.clone(), SIZE);
+
+    let mut child = spawn_sync(&s, "up");
+    let on_server = kill_when_grown(
+        &mut child,
+        &temp_of(&s.remote_root().join("big"), "blob.bin"),
+        SIZE * 2 / 5,
+    );
+    assert!(
+        !final_path.exists(),
+        "the killed upload is visible under its final name"
+    );
+    assert_ledger_intact(&s);
+
+    let started = Instant::now();
+    s.sync("up").expect_code(0);
+    let run = s.last_run("up");
+    let resent = run["bytes_up"].as_u64().unwrap() + on_server;
+    eprintln!(
+        "[{}] kill -9 at {on_server} of {SIZE} bytes; the next run sent {} bytes in {:.2}s; {} bytes in all ({:.1}% re-sent)",
+        server.kind,
+        run["bytes_up"],
+        started.elapsed().as_secs_f64(),
+        resent,
+        (resent as f64 - SIZE as f64) * 100.0 / SIZE as f64
+    );
+    watch.assert_never_half();
+    assert_eq!(
+        hash_of(&final_path),
+        expected,
+        "the resumed upload differs from the source"
+    );
+    assert!(
+        resent < SIZE + SIZE / 10,
+        "more than 10% was sent again: {resent} bytes for {SIZE}"
+    );
+    assert!(!temp_of(&s.remote_root().join("big"), "blob.bin").exists());
+}
+
+pub fn kill_during_download_then_resume(server: &Server) {
+    let s = Sandbox::new(server, "kill-down");
+    let source = tempfile::tempdir().unwrap();
+    let expected = write_big_file(&source.path().join("blob.bin"));
+    server.mkdirs(&s.remote_root().join("big"));
+    std::fs::rename(
+        source.path().join("blob.bin"),
+        s.remote_root().join("big/blob.bin"),
+    )
+    .or_else(|_| {
+        std::fs::copy(
+            source.path().join("blob.bin"),
+            s.remote_root().join("big/blob.bin"),
+        )
+        .map(|_| ())
+    })
+    .unwrap();
+    s.job("down", "direction: pull\ntransfers: 1\n");
+    std::fs::create_dir_all(s.local.join("big")).unwrap();
+    let final_path = s.local.join("big/blob.bin");
+    let watch = HalfFileWatch::start(final_path.clone(), SIZE);
+
+    let mut child = spawn_sync(&s, "down");
+    let on_disk = kill_when_grown(
+        &mut child,
+        &temp_of(&s.local.join("big"), "blob.bin"),
+        SIZE / 2,
+    );
+    assert!(
+        !final_path.exists(),
+        "the killed download is visible under its final name"
+    );
+    assert_ledger_intact(&s);
+
+    let started = Instant::now();
+    s.sync("down").expect_code(0);
+    let run = s.last_run("down");
+    let total = run["bytes_down"].as_u64().unwrap() + on_disk;
+    eprintln!(
+        "[{}] kill -9 at {on_disk} of {SIZE} bytes; the next run fetched {} bytes in {:.2}s; {} bytes in all ({:.1}% re-sent)",
+        server.kind,
+        run["bytes_down"],
+        started.elapsed().as_secs_f64(),
+        total,
+        (total as f64 - SIZE as f64) * 100.0 / SIZE as f64
+    );
+    watch.assert_never_half();
+    assert_eq!(
+        hash_of(&final_path),
+        expected,
+        "the resumed download differs from the source"
+    );
+    assert!(
+        total < SIZE + SIZE / 10,
+        "more than 10% was fetched again: {total} bytes for {SIZE}"
+    );
+    assert!(!temp_of(&s.local.join("big"), "blob.bin").exists());
+}
+
+mod loopback {
+    #[test]
+    fn kill_during_upload_then_resume() {
+        super::kill_during_upload_then_resume(&super::Server::loopback());
+    }
+    #[test]
+    fn kill_during_download_then_resume() {
+        super::kill_during_download_then_resume(&super::Server::loopback());
+    }
+}
+
+mod vsftpd {
+    #[test]
+    fn kill_during_upload_then_resume() {
+        if let Some(s) = super::Server::vsftpd() {
+            super::kill_during_upload_then_resume(&s);
+        }
+    }
+    #[test]
+    fn kill_during_download_then_resume() {
+        if let Some(s) = super::Server::vsftpd() {
+            super::kill_during_download_then_resume(&s);
+        }
+    }
+}
