@@ -236,6 +236,21 @@ impl Session {
             other => connect_error(other),
         })?;
 
+        {
+            // A long data transfer leaves the control connection idle for minutes, and NAT
+            // gateways and firewalls drop idle connections. TCP keepalives keep it open without
+            // a NOOP, whose reply some servers (vsftpd) would only send after the transfer,
+            // where it would be taken for the transfer's own reply. No Nagle delay on commands.
+            let control = ftp.get_ref().await;
+            let sock = socket2::SockRef::from(&*control);
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(60))
+                .with_interval(Duration::from_secs(15));
+            if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+                tracing::debug!("cannot enable TCP keepalive: {e}");
+            }
+            let _ = control.set_nodelay(true);
+        }
         let features = match tokio::time::timeout(OP_TIMEOUT, ftp.feat()).await {
             Ok(Ok(f)) => {
                 let has = |k: &str| f.keys().any(|key| key.eq_ignore_ascii_case(k));

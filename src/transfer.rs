@@ -419,6 +419,10 @@ pub async fn download(
         hasher.update(&buf[..n]);
         if let Err(e) = file.write_all(&buf[..n]).await {
             drop(stream);
+            // A full disk: keep what was written for a later resume.
+            if file.sync_data().await.is_ok() {
+                let _ = ctx.checkpoint(rel, offset + received);
+            }
             return Err(local_err("write", e));
         }
         received += n as u64;

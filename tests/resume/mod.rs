@@ -139,6 +139,17 @@ pub fn kill_during_upload_then_resume(server: &Server) {
     let watch = HalfFileWatch::start(final_path.clone(), SIZE);
 
     let mut child = spawn_sync(&s, "up");
+    // While it runs, a second process is refused and told who holds the job.
+    let temp = temp_of(&s.remote_root().join("big"), "blob.bin");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&temp).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    s.sync("up")
+        .expect_code(1)
+        .expect_output("already running")
+        .expect_output(&format!("pid {}", child.id()));
     let on_server = kill_when_grown(
         &mut child,
         &temp_of(&s.remote_root().join("big"), "blob.bin"),
@@ -258,4 +269,83 @@ mod vsftpd {
             super::kill_during_download_then_resume(&s);
         }
     }
+}
+
+/// A pull onto a full local disk (a small tmpfs): the file fails with the OS error, nothing
+/// appears under its final name, the ledger does not record it, and once there is room the
+/// next run resumes from the bytes kept instead of starting over. Needs root (mount); skipped
+/// where mounting is not allowed.
+#[test]
+fn full_local_disk_keeps_the_partial_download_for_later() {
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "diskfull");
+    let mount = s.dir.path().join("small-disk");
+    std::fs::create_dir_all(&mount).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .is_ok_and(|st| st.success());
+    if !mounted {
+        assert!(
+            std::env::var("FERRYSYNC_REQUIRE_VSFTPD").as_deref() != Ok("1"),
+            "CI runs as root and must be able to mount a tmpfs for this test"
+        );
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+
+    let big: Vec<u8> = (0..(10u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    s.put_remote("big.bin", &big);
+    s.put_remote("a-small.txt", b"fits");
+    let yaml = s.job_yaml("direction: pull\ntransfers: 1\n").replace(
+        &format!("local: {}", s.local.display()),
+        &format!("local: {}", mount.display()),
+    );
+    s.write_job("j", &yaml);
+
+    s.sync("j")
+        .expect_code(1)
+        .expect_output("big.bin")
+        .expect_output("No space left");
+    assert!(
+        !mount.join("big.bin").exists(),
+        "a partial file under its final name"
+    );
+    assert_eq!(std::fs::read(mount.join("a-small.txt")).unwrap(), b"fits");
+    let kept = std::fs::metadata(temp_of(&mount, "big.bin"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(kept > 0, "the partial download was not kept");
+    let status = s.ferrysync(&["status", "j", "--json"]);
+    assert!(
+        status.stdout.contains("\"synced_files\": 1"),
+        "{}",
+        status.text()
+    );
+
+    // More room (tmpfs keeps its files on remount): the next run resumes.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=32m"])
+        .arg(&mount)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    s.sync("j").expect_code(0);
+    assert_eq!(std::fs::read(mount.join("big.bin")).unwrap(), big);
+    let fetched = s.last_run("j")["bytes_down"].as_u64().unwrap();
+    assert!(
+        fetched < big.len() as u64,
+        "the download started over ({fetched} bytes fetched)"
+    );
+    assert!(!temp_of(&mount, "big.bin").exists());
 }
