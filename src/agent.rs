@@ -1,128 +1,718 @@
 //! The agent behind `ferrysync run`: triggers each job on its cron schedule (in the job's time
-//! zone) and its poll interval, one run per job at a time, until SIGTERM or Ctrl-C.
+//! zone), on local changes (`watch`), and on its poll interval; one run per job at a time,
+//! at most `max_runs` jobs at once; reloads job files on SIGHUP; stops gracefully on SIGTERM.
+//!
+//! Every job has one runner task that owns its runs, fed by trigger tasks (cron, watch, poll)
+//! through a channel. Triggers that arrive while a run is in progress wait in the channel and
+//! are coalesced into exactly one follow-up run.
+//!
+//! Schedules and DST: a schedule names wall-clock times in the job's zone, and each wall-clock
+//! time fires at most once. A time that does not exist (the hour skipped when clocks spring
+//! forward) fires at the moment the clocks jump, i.e. 02:30 fires at 03:00 (several skipped
+//! times fire once, together). A time that exists twice (the hour repeated when clocks fall
+//! back) fires on its first occurrence only. See [`next_fire`].
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use tokio::sync::watch;
+use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
 
-use crate::config::{Job, Schedule};
+use crate::config::{Direction, Job, Schedule};
 use crate::job_run::{run_job, RunOptions, SharedLedger};
+use crate::ledger::{JobRecord, Ledger, Outcome, RunCounts};
 
-/// The next time `schedule` fires strictly after `after`, in `tz` (the machine's zone if none).
+/// The default number of jobs that may run at the same time.
+pub const DEFAULT_MAX_RUNS: usize = 4;
+
+/// The longest a cron task sleeps before looking at the wall clock again (suspend, clock steps).
+const CLOCK_CHECK: Duration = Duration::from_secs(30);
+
+/// The next time `schedule` fires strictly after `after`, in `tz` (the machine's zone if none),
+/// following the DST rule in the module documentation.
 pub fn next_fire(
     schedule: &Schedule,
     tz: Option<chrono_tz::Tz>,
     after: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
     match tz {
-        Some(tz) => schedule
-            .cron
-            .find_next_occurrence(&after.with_timezone(&tz), false)
-            .ok()
-            .map(|t| t.with_timezone(&Utc)),
-        None => schedule
-            .cron
-            .find_next_occurrence(&after.with_timezone(&chrono::Local), false)
-            .ok()
-            .map(|t| t.with_timezone(&Utc)),
+        Some(tz) => next_fire_in(schedule, &tz, after),
+        None => next_fire_in(schedule, &chrono::Local, after),
     }
 }
 
-/// When a job should run next and why.
-fn next_trigger(
-    job: &Job,
+fn next_fire_in<Z: TimeZone>(
+    schedule: &Schedule,
+    tz: &Z,
+    after: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    // Search wall-clock times with croner on naive times (presented as UTC, which has no DST),
+    // then map each to an instant in the zone ourselves.
+    let mut wall = after.with_timezone(tz).naive_local();
+    for _ in 0..1000 {
+        wall = schedule
+            .cron
+            .find_next_occurrence(&Utc.from_utc_datetime(&wall), false)
+            .ok()?
+            .naive_utc();
+        let instant = match tz.from_local_datetime(&wall) {
+            LocalResult::Single(t) => t.with_timezone(&Utc),
+            // The repeated hour: the first occurrence; the second is skipped below.
+            LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
+            // The skipped hour: the end of the gap.
+            LocalResult::None => end_of_gap(tz, wall)?,
+        };
+        if instant > after {
+            return Some(instant);
+        }
+    }
+    None
+}
+
+/// The first valid instant after a wall-clock time that does not exist in `tz`: the moment
+/// the clocks jump (gaps start and end on whole minutes in every zone in use).
+fn end_of_gap<Z: TimeZone>(tz: &Z, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
+    (1..=24 * 60).find_map(|m| {
+        tz.from_local_datetime(&(wall + chrono::Duration::minutes(m)))
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+    })
+}
+
+/// `catch_up`: the first scheduled time after the job's last run, if it has already passed.
+pub fn missed_fire(
+    schedule: &Schedule,
+    tz: Option<chrono_tz::Tz>,
+    last_run: DateTime<Utc>,
     now: DateTime<Utc>,
-    last_poll: DateTime<Utc>,
-) -> Option<(DateTime<Utc>, &'static str)> {
-    let cron = job
-        .schedule
-        .as_ref()
-        .and_then(|s| next_fire(s, job.timezone, now))
-        .map(|t| (t, "schedule"));
-    let poll = job
-        .poll
-        .and_then(|p| chrono::Duration::from_std(p).ok())
-        .map(|p| (last_poll + p, "poll"));
-    match (cron, poll) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+) -> Option<DateTime<Utc>> {
+    next_fire(schedule, tz, last_run).filter(|t| *t <= now)
+}
+
+/// What starts a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Trigger {
+    Poll,
+    Watch,
+    /// A watched job's first run: changes made while nobody watched.
+    Startup,
+    Schedule,
+    CatchUp,
+}
+
+impl Trigger {
+    /// The run's `trigger` in the history.
+    pub fn label(self) -> &'static str {
+        match self {
+            Trigger::Poll => "poll",
+            Trigger::Watch => "watch",
+            Trigger::Startup => "startup",
+            Trigger::Schedule => "schedule",
+            Trigger::CatchUp => "catch_up",
+        }
     }
 }
 
-/// Runs every job's triggers until `stop` turns true; returns once in-flight runs have ended.
-pub async fn run_agent(jobs: Vec<Job>, ledger: SharedLedger, stop: watch::Receiver<bool>) {
-    let mut tasks = Vec::new();
-    for job in jobs {
+/// Settings of the agent as a whole.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The jobs directory, re-read by [`Agent::reload`].
+    pub jobs_dir: PathBuf,
+    /// Jobs that may run at the same time.
+    pub max_runs: usize,
+}
+
+/// The tasks of one started job.
+struct JobTasks {
+    /// The job file's text when it was started, to see whether a reload changed it.
+    source: String,
+    stop: watch::Sender<bool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+/// The running agent.
+pub struct Agent {
+    ledger: SharedLedger,
+    opts: AgentOptions,
+    limit: Arc<Semaphore>,
+    jobs: BTreeMap<String, JobTasks>,
+    /// One lock per job name, kept across reloads: an old version of a job finishing its run
+    /// and the new version never run at the same time.
+    run_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Tasks of removed or replaced jobs, finishing their in-flight runs.
+    retired: Vec<JoinHandle<()>>,
+}
+
+fn lock(ledger: &SharedLedger) -> std::sync::MutexGuard<'_, Ledger> {
+    ledger.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn record(job: &Job) -> JobRecord {
+    JobRecord {
+        name: job.name.clone(),
+        direction: job.direction.to_string(),
+        local: job.local.display().to_string(),
+        remote: format!("{}:{}{}", job.remote.host, job.remote.port, job.remote.path),
+        schedule: job.schedule.as_ref().map(|s| s.expr.clone()),
+        timezone: job.timezone.map(|t| t.name().to_string()),
+    }
+}
+
+/// Waits until `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+impl Agent {
+    /// Starts `jobs` (already validated); `catch_up` jobs whose scheduled time passed while the
+    /// agent was down run once now.
+    pub fn start(jobs: Vec<Job>, ledger: SharedLedger, opts: AgentOptions) -> Agent {
+        let mut agent = Agent {
+            ledger,
+            limit: Arc::new(Semaphore::new(opts.max_runs.max(1))),
+            opts,
+            jobs: BTreeMap::new(),
+            run_locks: HashMap::new(),
+            retired: Vec::new(),
+        };
+        for job in jobs {
+            let source = std::fs::read_to_string(&job.file).unwrap_or_default();
+            agent.start_job(job, source, true);
+        }
+        agent
+    }
+
+    /// Names of the started jobs.
+    pub fn job_names(&self) -> Vec<String> {
+        self.jobs.keys().cloned().collect()
+    }
+
+    fn start_job(&mut self, job: Job, source: String, at_startup: bool) {
+        let name = job.name.clone();
+        if let Err(e) = lock(&self.ledger).upsert_job(&record(&job)) {
+            tracing::error!(job = %name, "cannot record the job in the ledger: {e}");
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (tx, rx) = mpsc::unbounded_channel::<Trigger>();
+        let job = Arc::new(job);
+        let mut handles = Vec::new();
+        let mut triggers = Vec::new();
+
+        if let Some(schedule) = job.schedule.clone() {
+            triggers.push(format!("schedule {}", schedule.expr));
+            if job.catch_up && at_startup {
+                self.catch_up(&job, &schedule, &tx);
+            }
+            handles.push(tokio::spawn(cron_task(
+                job.clone(),
+                schedule,
+                tx.clone(),
+                stop_rx.clone(),
+            )));
+        }
         if job.watch {
-            tracing::warn!(job = %job.name, "watch: true is not supported by this version yet; the job runs on its schedule and poll interval only");
+            triggers.push("watch".into());
+            // What changed while nobody watched is only found by a full run.
+            let _ = tx.send(Trigger::Startup);
+            let (job, tx, stop) = (job.clone(), tx.clone(), stop_rx.clone());
+            handles.push(tokio::spawn(async move {
+                crate::watch::watch_job(&job, stop, |fire| {
+                    tracing::info!(job = %job.name, events = fire.events, rescan = fire.rescan, "local changes settled");
+                    tx.send(Trigger::Watch).is_ok()
+                })
+                .await
+            }));
         }
-        if job.schedule.is_none() && job.poll.is_none() {
-            tracing::info!(job = %job.name, "no schedule or poll: runs only through `ferrysync sync`");
-            continue;
+        if let (Some(every), None) = (job.poll, job.watch_poll) {
+            triggers.push(format!("poll {}", humantime::format_duration(every)));
+            handles.push(tokio::spawn(poll_task(
+                job.clone(),
+                every,
+                tx.clone(),
+                stop_rx.clone(),
+            )));
         }
-        let (ledger, mut stop) = (ledger.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut last_poll = Utc::now();
-            loop {
-                let now = Utc::now();
-                let Some((when, trigger)) = next_trigger(&job, now, last_poll) else {
-                    tracing::warn!(job = %job.name, "the schedule never fires again");
-                    return;
-                };
-                tracing::info!(job = %job.name, next = %when.to_rfc3339(), trigger, "waiting");
-                let wait = (when - now).to_std().unwrap_or(Duration::ZERO);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.changed() => return,
+        drop(tx);
+        if triggers.is_empty() {
+            tracing::info!(job = %name, "no schedule, watch or poll: runs only through `ferrysync sync`");
+        } else {
+            tracing::info!(job = %name, triggers = %triggers.join(", "), "job started");
+            let run_lock = self.run_locks.entry(name.clone()).or_default().clone();
+            handles.push(tokio::spawn(runner(
+                job,
+                self.ledger.clone(),
+                rx,
+                self.limit.clone(),
+                run_lock,
+                stop_rx,
+            )));
+        }
+        self.jobs.insert(
+            name,
+            JobTasks {
+                source,
+                stop: stop_tx,
+                handles,
+            },
+        );
+    }
+
+    fn catch_up(&self, job: &Job, schedule: &Schedule, tx: &mpsc::UnboundedSender<Trigger>) {
+        let last = match lock(&self.ledger).runs(&job.name, 1) {
+            Ok(runs) => runs.first().map(|r| r.started_at),
+            Err(e) => {
+                tracing::error!(job = %job.name, "catch_up: cannot read the history: {e}");
+                return;
+            }
+        };
+        let Some(last) = last.and_then(|t| DateTime::from_timestamp(t, 0)) else {
+            tracing::info!(job = %job.name, "catch_up: the job has never run; nothing to catch up");
+            return;
+        };
+        if let Some(missed) = missed_fire(schedule, job.timezone, last, Utc::now()) {
+            tracing::info!(job = %job.name, missed = %missed.to_rfc3339(), "catch_up: a scheduled run was missed while the agent was down; running it now");
+            let _ = tx.send(Trigger::CatchUp);
+        }
+    }
+
+    fn stop_job(&mut self, name: &str) {
+        if let Some(t) = self.jobs.remove(name) {
+            let _ = t.stop.send(true);
+            self.retired.extend(t.handles);
+        }
+        self.retired.retain(|h| !h.is_finished());
+    }
+
+    /// Re-reads the jobs directory: new files start, changed files restart (an in-flight run of
+    /// the old version finishes first), removed files stop. An invalid file is reported and the
+    /// previous version of its job, if any, keeps running.
+    pub fn reload(&mut self) {
+        let dir = self.opts.jobs_dir.clone();
+        let files = match job_files(&dir) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), "reload: cannot read the jobs directory: {e}; nothing changed");
+                return;
+            }
+        };
+        let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let (mut started, mut restarted, mut kept_old) = (0, 0, 0);
+        for file in files {
+            let Some(name) = file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            if let Some(other) = seen.get(&name) {
+                tracing::error!(file = %file.display(), "reload: job `{name}` is also defined by {}; ignored", other.display());
+                continue;
+            }
+            seen.insert(name.clone(), file.clone());
+            let source = match std::fs::read_to_string(&file) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(file = %file.display(), "reload: cannot read: {e}");
+                    kept_old += usize::from(self.jobs.contains_key(&name));
+                    continue;
                 }
-                if *stop.borrow() {
-                    return;
+            };
+            if self.jobs.get(&name).is_some_and(|t| t.source == source) {
+                continue;
+            }
+            match crate::config::parse_job(&file, &source) {
+                Ok(job) => {
+                    if self.jobs.contains_key(&name) {
+                        self.stop_job(&name);
+                        restarted += 1;
+                    } else {
+                        started += 1;
+                    }
+                    self.start_job(job, source, false);
                 }
-                if trigger == "poll" {
-                    last_poll = when;
-                }
-                let opts = RunOptions {
-                    trigger: trigger.to_string(),
-                    dry_run: false,
-                    progress: false,
-                };
-                let report = run_job(&job, &ledger, &opts).await;
-                tracing::info!(job = %job.name, "{}", report.summary());
-                if trigger == "poll" {
-                    last_poll = Utc::now();
+                Err(e) => {
+                    if self.jobs.contains_key(&name) {
+                        kept_old += 1;
+                        tracing::error!(
+                            "reload: {e}; the previous version of job `{name}` keeps running"
+                        );
+                    } else {
+                        tracing::error!("reload: {e}; job `{name}` not started");
+                    }
                 }
             }
-        }));
+        }
+        let removed: Vec<String> = self
+            .jobs
+            .keys()
+            .filter(|n| !seen.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in &removed {
+            tracing::info!(job = %name, "reload: job file removed; stopping the job");
+            self.stop_job(name);
+        }
+        tracing::info!(
+            started,
+            restarted,
+            stopped = removed.len(),
+            kept_old,
+            "jobs reloaded"
+        );
     }
-    for t in tasks {
-        let _ = t.await;
+
+    /// Stops triggering, lets in-flight runs finish for at most `grace`, and returns whether
+    /// they all did.
+    pub async fn shutdown(mut self, grace: Duration) -> bool {
+        let names: Vec<String> = self.jobs.keys().cloned().collect();
+        for n in names {
+            self.stop_job(&n);
+        }
+        let all = futures_join(std::mem::take(&mut self.retired));
+        match tokio::time::timeout(grace, all).await {
+            Ok(()) => true,
+            Err(_) => {
+                tracing::warn!(
+                    "runs still in progress after {}s; stopping anyway (their temporary files are resumed or replaced by the next run)",
+                    grace.as_secs()
+                );
+                false
+            }
+        }
+    }
+}
+
+async fn futures_join(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+/// `*.yaml` and `*.yml` files of `dir`, in name order.
+fn job_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if (ext == "yaml" || ext == "yml") && p.is_file() {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The runs of one job, one at a time; triggers that arrive during a run make one more run.
+async fn runner(
+    job: Arc<Job>,
+    ledger: SharedLedger,
+    mut rx: mpsc::UnboundedReceiver<Trigger>,
+    limit: Arc<Semaphore>,
+    run_lock: Arc<tokio::sync::Mutex<()>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => return,
+            t = rx.recv() => match t {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        let _slot = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => return,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let _one = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => return,
+            g = run_lock.clone().lock_owned() => g,
+        };
+        // Everything that arrived until now is served by this run.
+        let mut trigger = first;
+        while let Ok(t) = rx.try_recv() {
+            trigger = trigger.max(t);
+        }
+        let opts = RunOptions {
+            trigger: trigger.label().to_string(),
+            dry_run: false,
+            progress: false,
+        };
+        let report = run_job(&job, &ledger, &opts).await;
+        let idle = report.outcome == Outcome::Ok
+            && report.counts == RunCounts::default()
+            && report.failures.is_empty();
+        if trigger == Trigger::Poll && idle {
+            match lock(&ledger).fold_idle_poll(&job.name) {
+                Ok(_) => tracing::debug!(job = %job.name, "poll: nothing changed"),
+                Err(e) => tracing::warn!(job = %job.name, "poll: cannot fold the idle run: {e}"),
+            }
+        } else if report.outcome == Outcome::Ok {
+            tracing::info!(job = %job.name, trigger = trigger.label(), "{}", report.summary());
+        } else {
+            tracing::warn!(job = %job.name, trigger = trigger.label(), "{}", report.summary());
+        }
+    }
+}
+
+/// Sends a `schedule` trigger at each fire time of the job's schedule.
+async fn cron_task(
+    job: Arc<Job>,
+    schedule: Schedule,
+    tx: mpsc::UnboundedSender<Trigger>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut after = Utc::now();
+    loop {
+        let Some(when) = next_fire(&schedule, job.timezone, after) else {
+            tracing::warn!(job = %job.name, schedule = %schedule.expr, "the schedule never fires again");
+            return;
+        };
+        tracing::debug!(job = %job.name, next = %when.to_rfc3339(), "next scheduled run");
+        // Sleep in slices and look at the wall clock each time: the monotonic clock that
+        // timers use stands still while the machine is suspended.
+        loop {
+            let now = Utc::now();
+            if now >= when {
+                break;
+            }
+            let wait = (when - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(CLOCK_CHECK);
+            tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        if tx.send(Trigger::Schedule).is_err() {
+            return;
+        }
+        // Times missed by a clock step or a suspend fire once, not once each.
+        after = when.max(Utc::now());
+    }
+}
+
+/// Sends a `poll` trigger at start-up and then every `every`.
+async fn poll_task(
+    job: Arc<Job>,
+    every: Duration,
+    tx: mpsc::UnboundedSender<Trigger>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if job.direction == Direction::Push {
+        // A push job's `poll` is a plain interval; pull jobs look at the remote at once.
+        tick.tick().await;
+    }
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        if tx.send(Trigger::Poll).is_err() {
+            return;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+    }
+
+    /// Every fire time in [from, to).
+    fn fires(expr: &str, tz: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let s = Schedule::parse(expr).unwrap();
+        let tz: chrono_tz::Tz = tz.parse().unwrap();
+        let mut out = Vec::new();
+        let mut after = from - chrono::Duration::seconds(1);
+        while let Some(t) = next_fire(&s, Some(tz), after) {
+            if t >= to {
+                break;
+            }
+            out.push(t);
+            after = t;
+        }
+        out
+    }
 
     #[test]
     fn weekdays_follow_crontab_numbering() {
         // 2026-11-28 is a Saturday: `1-5` (Monday to Friday) next fires on Monday the 30th.
         let s = Schedule::parse("0 9 * * 1-5").unwrap();
-        let after = Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap();
+        let after = utc(2026, 11, 28, 12, 0);
         let next = next_fire(&s, Some(chrono_tz::UTC), after).unwrap();
-        assert_eq!(next, Utc.with_ymd_and_hms(2026, 11, 30, 9, 0, 0).unwrap());
+        assert_eq!(next, utc(2026, 11, 30, 9, 0));
     }
 
     #[test]
     fn schedules_run_in_the_job_time_zone() {
         let s = Schedule::parse("30 2 * * *").unwrap();
         let tz: chrono_tz::Tz = "Europe/Amsterdam".parse().unwrap();
-        let after = Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap();
         // 02:30 in Amsterdam in winter (UTC+1) is 01:30 UTC.
         assert_eq!(
-            next_fire(&s, Some(tz), after).unwrap(),
-            Utc.with_ymd_and_hms(2026, 11, 29, 1, 30, 0).unwrap()
+            next_fire(&s, Some(tz), utc(2026, 11, 28, 12, 0)).unwrap(),
+            utc(2026, 11, 29, 1, 30)
         );
+    }
+
+    #[test]
+    fn shorthands() {
+        let after = utc(2026, 5, 4, 10, 17);
+        let hourly = Schedule::parse("@hourly").unwrap();
+        assert_eq!(
+            next_fire(&hourly, Some(chrono_tz::UTC), after).unwrap(),
+            utc(2026, 5, 4, 11, 0)
+        );
+        let daily = Schedule::parse("@daily").unwrap();
+        let tz: chrono_tz::Tz = "Europe/Amsterdam".parse().unwrap();
+        // Midnight in Amsterdam in summer (UTC+2) is 22:00 UTC the day before.
+        assert_eq!(
+            next_fire(&daily, Some(tz), after).unwrap(),
+            utc(2026, 5, 4, 22, 0)
+        );
+    }
+
+    #[test]
+    fn spring_forward_a_skipped_time_fires_once_when_the_clocks_jump() {
+        // 2026-03-29, Amsterdam: 02:00 CET becomes 03:00 CEST (01:00 UTC); 02:30 never exists.
+        let day = (utc(2026, 3, 28, 23, 0), utc(2026, 3, 29, 22, 0));
+        assert_eq!(
+            fires("30 2 * * *", "Europe/Amsterdam", day.0, day.1),
+            vec![utc(2026, 3, 29, 1, 0)]
+        );
+        // The days around it are untouched: 01:30 UTC (CET) before, 00:30 UTC (CEST) after.
+        assert_eq!(
+            fires(
+                "30 2 * * *",
+                "Europe/Amsterdam",
+                utc(2026, 3, 27, 23, 0),
+                day.0
+            ),
+            vec![utc(2026, 3, 28, 1, 30)]
+        );
+        assert_eq!(
+            fires(
+                "30 2 * * *",
+                "Europe/Amsterdam",
+                day.1,
+                utc(2026, 3, 30, 22, 0)
+            ),
+            vec![utc(2026, 3, 30, 0, 30)]
+        );
+        // Every quarter hour: 02:00..02:45 collapse into one fire at 03:00 CEST.
+        let q = fires(
+            "*/15 * * * *",
+            "Europe/Amsterdam",
+            utc(2026, 3, 29, 0, 30),
+            utc(2026, 3, 29, 1, 31),
+        );
+        assert_eq!(
+            q,
+            vec![
+                utc(2026, 3, 29, 0, 30),
+                utc(2026, 3, 29, 0, 45),
+                utc(2026, 3, 29, 1, 0),
+                utc(2026, 3, 29, 1, 15),
+                utc(2026, 3, 29, 1, 30),
+            ]
+        );
+        // Another zone, another date: New York, 2026-03-08, 02:00 EST -> 03:00 EDT (07:00 UTC).
+        assert_eq!(
+            fires(
+                "30 2 * * *",
+                "America/New_York",
+                utc(2026, 3, 8, 5, 0),
+                utc(2026, 3, 9, 5, 0)
+            ),
+            vec![utc(2026, 3, 8, 7, 0)]
+        );
+    }
+
+    #[test]
+    fn fall_back_a_repeated_time_fires_once_on_its_first_occurrence() {
+        // 2026-10-25, Amsterdam: 03:00 CEST becomes 02:00 CET; 02:30 happens at 00:30 UTC
+        // (CEST) and again at 01:30 UTC (CET). It fires at the first only.
+        let day = (utc(2026, 10, 24, 22, 0), utc(2026, 10, 25, 23, 0));
+        assert_eq!(
+            fires("30 2 * * *", "Europe/Amsterdam", day.0, day.1),
+            vec![utc(2026, 10, 25, 0, 30)]
+        );
+        // Asked from inside the repeated hour (a run that went on past 02:00 CET), the
+        // answer is tomorrow, never a time in the past.
+        let s = Schedule::parse("30 2 * * *").unwrap();
+        let tz: chrono_tz::Tz = "Europe/Amsterdam".parse().unwrap();
+        let inside = utc(2026, 10, 25, 1, 10); // 02:10 CET, second pass
+        assert_eq!(
+            next_fire(&s, Some(tz), inside).unwrap(),
+            utc(2026, 10, 26, 1, 30)
+        );
+        // Hourly: 02:00 fires once (CEST), then 03:00 CET; 24 fires in the 25-hour day.
+        let h = fires("0 * * * *", "Europe/Amsterdam", day.0, day.1);
+        assert_eq!(h.len(), 24, "{h:?}");
+        assert!(h.contains(&utc(2026, 10, 25, 0, 0)));
+        assert!(!h.contains(&utc(2026, 10, 25, 1, 0)));
+        assert!(h.contains(&utc(2026, 10, 25, 2, 0)));
+        // New York, 2026-11-01: 01:30 happens at 05:30 UTC (EDT) and 06:30 UTC (EST).
+        assert_eq!(
+            fires(
+                "30 1 * * *",
+                "America/New_York",
+                utc(2026, 11, 1, 4, 0),
+                utc(2026, 11, 2, 4, 0)
+            ),
+            vec![utc(2026, 11, 1, 5, 30)]
+        );
+    }
+
+    #[test]
+    fn fires_are_strictly_increasing_through_a_year() {
+        let all = fires(
+            "*/30 * * * *",
+            "Europe/Amsterdam",
+            utc(2026, 1, 1, 0, 0),
+            utc(2027, 1, 1, 0, 0),
+        );
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        // Each wall-clock time once: 365 days * 48, except in spring, where 02:00, 02:30 and
+        // 03:00 are one fire at 03:00 CEST. The repeated autumn hour adds nothing.
+        assert_eq!(all.len(), 365 * 48 - 2);
+    }
+
+    #[test]
+    fn catch_up_finds_a_time_missed_since_the_last_run() {
+        let s = Schedule::parse("0 6 * * *").unwrap();
+        let tz = Some(chrono_tz::UTC);
+        // Last run yesterday 06:00; the agent comes back today at 09:00: 06:00 was missed.
+        let last = utc(2026, 5, 3, 6, 0);
+        assert_eq!(
+            missed_fire(&s, tz, last, utc(2026, 5, 4, 9, 0)),
+            Some(utc(2026, 5, 4, 6, 0))
+        );
+        // Back at 05:00: nothing missed yet.
+        assert_eq!(missed_fire(&s, tz, last, utc(2026, 5, 4, 5, 0)), None);
+    }
+
+    #[test]
+    fn the_strongest_trigger_names_a_coalesced_run() {
+        assert_eq!(Trigger::Poll.max(Trigger::Watch), Trigger::Watch);
+        assert_eq!(Trigger::Schedule.max(Trigger::Poll), Trigger::Schedule);
+        assert_eq!(Trigger::CatchUp.label(), "catch_up");
     }
 }

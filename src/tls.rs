@@ -35,10 +35,10 @@ impl TlsContext {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let algs = provider.signature_verification_algorithms;
         let verifier: Arc<dyn ServerCertVerifier> = if opts.insecure_skip_verify {
-            Arc::new(AnyCertificate { algs })
+            Arc::new(PinnedCertificate { pins: None, algs })
         } else if !opts.pins.is_empty() {
             Arc::new(PinnedCertificate {
-                pins: opts.pins.clone(),
+                pins: Some(opts.pins.clone()),
                 algs,
             })
         } else {
@@ -132,10 +132,12 @@ pub fn fingerprint(cert: &[u8]) -> Fingerprint {
     Fingerprint(sha2::Sha256::digest(cert).into())
 }
 
-/// `tls.pin_sha256`: accept exactly the pinned certificates, whoever signed them.
+/// `tls.pin_sha256` (accept exactly the pinned certificates, whoever signed them) and
+/// `tls.insecure_skip_verify` (accept any, `pins: None`). The handshake signature is checked
+/// either way, so the peer holds the certificate's key.
 #[derive(Debug)]
 struct PinnedCertificate {
-    pins: Vec<Fingerprint>,
+    pins: Option<Vec<Fingerprint>>,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -148,52 +150,17 @@ impl ServerCertVerifier for PinnedCertificate {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(pins) = &self.pins else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let got = fingerprint(end_entity);
-        if self.pins.contains(&got) {
+        if pins.contains(&got) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
                 "the server certificate's SHA-256 {got} matches no tls.pin_sha256"
             )))
         }
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-/// `tls.insecure_skip_verify: true`: any certificate (the handshake is still signed).
-#[derive(Debug)]
-struct AnyCertificate {
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
         &self,

@@ -191,6 +191,38 @@ fn hash_prefix(path: &Path, len: u64) -> std::io::Result<blake3::Hasher> {
     Ok(hasher)
 }
 
+/// Opens `path` positioned at `offset`, with the BLAKE3 state of the bytes before it, on a
+/// blocking thread. `for_writing` opens (creating) the temporary file of a download and cuts it
+/// to `offset`; otherwise the file is the source of an upload.
+async fn open_at(
+    path: std::path::PathBuf,
+    offset: u64,
+    for_writing: bool,
+) -> std::io::Result<(blake3::Hasher, tokio::fs::File)> {
+    tokio::task::spawn_blocking(move || {
+        let mut f = if for_writing {
+            let f = std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            f.set_len(offset)?;
+            f
+        } else {
+            std::fs::File::open(&path)?
+        };
+        let hasher = if offset > 0 {
+            hash_prefix(&path, offset)?
+        } else {
+            blake3::Hasher::new()
+        };
+        f.seek(SeekFrom::Start(offset))?;
+        Ok((hasher, tokio::fs::File::from_std(f)))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 /// Uploads `rel`; returns what the ledger must record once the caller commits it.
 pub async fn upload(
     session: &mut Session,
@@ -237,25 +269,9 @@ pub async fn upload(
         })?;
     }
 
-    let (mut hasher, file) = {
-        let local = local.clone();
-        tokio::task::spawn_blocking(
-            move || -> std::io::Result<(blake3::Hasher, std::fs::File)> {
-                let hasher = if offset > 0 {
-                    hash_prefix(&local, offset)?
-                } else {
-                    blake3::Hasher::new()
-                };
-                let mut f = std::fs::File::open(&local)?;
-                f.seek(SeekFrom::Start(offset))?;
-                Ok((hasher, f))
-            },
-        )
+    let (mut hasher, mut file) = open_at(local.clone(), offset, false)
         .await
-        .map_err(|e| local_err("read", std::io::Error::other(e)))?
-        .map_err(|e| local_err("read", e))?
-    };
-    let mut file = tokio::fs::File::from_std(file);
+        .map_err(|e| local_err("read", e))?;
     if offset > 0 {
         tracing::info!(path = rel, offset, "resuming upload");
     }
@@ -370,31 +386,9 @@ pub async fn download(
             offset: 0,
         })?;
     }
-    let (mut hasher, file) = {
-        let temp_path = temp_path.clone();
-        tokio::task::spawn_blocking(
-            move || -> std::io::Result<(blake3::Hasher, std::fs::File)> {
-                let f = std::fs::File::options()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&temp_path)?;
-                f.set_len(offset)?;
-                let hasher = if offset > 0 {
-                    hash_prefix(&temp_path, offset)?
-                } else {
-                    blake3::Hasher::new()
-                };
-                let mut f = f;
-                f.seek(SeekFrom::Start(offset))?;
-                Ok((hasher, f))
-            },
-        )
+    let (mut hasher, mut file) = open_at(temp_path.clone(), offset, true)
         .await
-        .map_err(|e| local_err("open the temporary file", std::io::Error::other(e)))?
-        .map_err(|e| local_err("open the temporary file", e))?
-    };
-    let mut file = tokio::fs::File::from_std(file);
+        .map_err(|e| local_err("open the temporary file", e))?;
     if offset > 0 {
         tracing::info!(path = rel, offset, "resuming download");
         session.restart_at(&remote, offset).await?;

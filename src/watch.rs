@@ -182,7 +182,11 @@ impl Burst {
 
 /// Watches `job.local` until `stop` turns true, calling `fire` once per settled burst of
 /// changes. `fire` returns false when nobody listens any more, which ends the watch too.
-pub async fn watch_job(job: &Job, mut stop: watch::Receiver<bool>, mut fire: impl FnMut(Fire) -> bool) {
+pub async fn watch_job(
+    job: &Job,
+    mut stop: watch::Receiver<bool>,
+    mut fire: impl FnMut(Fire) -> bool,
+) {
     let how = match job.watch_poll {
         Some(p) => format!("polling every {}", humantime::format_duration(p)),
         None => "inotify".to_string(),
@@ -291,7 +295,10 @@ mod tests {
         s.insert("/fresh".into(), Some((3, now - Duration::from_millis(500))));
         assert!(!settled(&s, now, Duration::from_secs(2)));
         s.insert("/fresh".into(), Some((3, now + Duration::from_secs(60))));
-        assert!(!settled(&s, now, Duration::from_secs(2)), "a future mtime is not settled");
+        assert!(
+            !settled(&s, now, Duration::from_secs(2)),
+            "a future mtime is not settled"
+        );
     }
 
     #[test]
@@ -305,13 +312,18 @@ mod tests {
         assert!(is_change(&EventKind::Access(AccessKind::Close(
             AccessMode::Write
         ))));
-        assert!(is_change(&EventKind::Create(notify::event::CreateKind::File)));
+        assert!(is_change(&EventKind::Create(
+            notify::event::CreateKind::File
+        )));
         assert!(is_change(&EventKind::Other));
     }
 
     #[test]
     fn the_settle_bound_is_generous_but_finite() {
         assert_eq!(max_settle(Duration::from_secs(1)), Duration::from_secs(60));
-        assert_eq!(max_settle(Duration::from_secs(10)), Duration::from_secs(300));
+        assert_eq!(
+            max_settle(Duration::from_secs(10)),
+            Duration::from_secs(300)
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! tests/servers/vsftpd.sh has started it (CI sets FERRYSYNC_REQUIRE_VSFTPD=1 so it cannot be
 //! skipped there). No test mocks the FTP protocol.
 
+mod agent;
 mod harness;
 mod resume;
 
@@ -554,7 +555,7 @@ mod fault_proxy_selftest {
         eprintln!("{}", run.text());
         let target = s.remote_root().join("dir/big.bin");
         if run.code != 0 {
-            run.expect_code(1).expect_output("dir/big.bin");
+            run.expect_code(1).expect_output("failed: dir/big.bin: ");
         }
         no_half_file(&target, &data);
 
@@ -594,7 +595,7 @@ mod fault_proxy_selftest {
         eprintln!("{}", run.text());
         let target = s.remote_root().join("big.bin");
         if run.code != 0 {
-            run.expect_code(1).expect_output("big.bin");
+            run.expect_code(1).expect_output("failed: big.bin: ");
         }
         no_half_file(&target, &data);
 

@@ -1,40 +1,73 @@
-//! `ferrysync run`: the agent, until SIGTERM or Ctrl-C.
+//! `ferrysync run`: the agent, until SIGTERM or SIGINT; SIGHUP re-reads the job files.
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::{runtime, CmdResult, Failure, JobsArg, StateArg};
+use crate::agent::{Agent, AgentOptions, DEFAULT_MAX_RUNS};
 use crate::ledger::Ledger;
 
-/// Run the agent: schedules and polls until SIGTERM.
+/// Run the agent: schedules, watches and polls until SIGTERM (SIGHUP reloads the job files).
 #[derive(Debug, clap::Args)]
 pub struct RunCmd {
     #[command(flatten)]
     jobs: JobsArg,
     #[command(flatten)]
     state: StateArg,
+    /// Jobs that may run at the same time (one run per job at a time in any case).
+    #[arg(long, env = "FERRYSYNC_MAX_RUNS", default_value_t = DEFAULT_MAX_RUNS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    max_runs: u16,
+    /// On SIGTERM, how long running jobs may take to finish before the agent exits anyway.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    stop_timeout: Duration,
 }
 
 impl RunCmd {
     pub fn execute(self) -> CmdResult {
         let jobs = crate::config::load_jobs(&self.jobs.dir)?;
         let ledger = Arc::new(Mutex::new(Ledger::open(&self.state.path)?));
-        tracing::info!(jobs = jobs.len(), state = %self.state.path.display(), "ferrysync agent starting");
-        runtime()?.block_on(async move {
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .map_err(|e| Failure::run(format!("cannot watch SIGTERM: {e}")))?;
-            let agent = tokio::spawn(crate::agent::run_agent(jobs, ledger, rx));
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            tracing::info!("stopping: waiting for running jobs to finish");
-            let _ = tx.send(true);
-            let _ = agent.await;
-            tracing::info!("stopped");
+        let rt = runtime()?;
+        let result = rt.block_on(async move {
+            let listen = |kind: SignalKind, name: &str| {
+                signal(kind).map_err(|e| Failure::run(format!("cannot watch {name}: {e}")))
+            };
+            let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
+            let mut int = listen(SignalKind::interrupt(), "SIGINT")?;
+            let mut hup = listen(SignalKind::hangup(), "SIGHUP")?;
+            tracing::info!(jobs = jobs.len(), state = %self.state.path.display(), "ferrysync agent starting");
+            let mut agent = Agent::start(
+                jobs,
+                ledger,
+                AgentOptions {
+                    jobs_dir: self.jobs.dir.clone(),
+                    max_runs: usize::from(self.max_runs),
+                },
+            );
+            tracing::info!(jobs = %agent.job_names().join(" "), "agent ready");
+            let signal = loop {
+                tokio::select! {
+                    _ = term.recv() => break "SIGTERM",
+                    _ = int.recv() => break "SIGINT",
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading job files from {}", self.jobs.dir.display());
+                        agent.reload();
+                    }
+                }
+            };
+            tracing::info!(
+                "{signal}: stopping; running jobs may finish for up to {}",
+                humantime::format_duration(self.stop_timeout)
+            );
+            let clean = agent.shutdown(self.stop_timeout).await;
+            tracing::info!(clean, "stopped");
             Ok(ExitCode::SUCCESS)
-        })
+        });
+        // Blocking work still going (a scan of a huge tree) must not hold the exit.
+        rt.shutdown_timeout(Duration::from_secs(2));
+        result
     }
 }

@@ -82,20 +82,11 @@ struct StatusJson {
     jobs: Vec<JobStatus>,
 }
 
-/// The next time a cron schedule fires after now, in its time zone.
+/// The next time a cron schedule fires after now, in its time zone (the agent's DST rule).
 pub fn next_run(schedule: Option<&str>, timezone: Option<&str>) -> Option<String> {
-    let cron = crate::config::Schedule::parse(schedule?).ok()?.cron;
-    let now = chrono::Utc::now();
-    let next = match timezone.and_then(|t| t.parse::<chrono_tz::Tz>().ok()) {
-        Some(tz) => cron
-            .find_next_occurrence(&now.with_timezone(&tz), false)
-            .ok()?
-            .with_timezone(&chrono::Utc),
-        None => cron
-            .find_next_occurrence(&now.with_timezone(&chrono::Local), false)
-            .ok()?
-            .with_timezone(&chrono::Utc),
-    };
+    let schedule = crate::config::Schedule::parse(schedule?).ok()?;
+    let tz = timezone.and_then(|t| t.parse::<chrono_tz::Tz>().ok());
+    let next = crate::agent::next_fire(&schedule, tz, chrono::Utc::now())?;
     Some(iso_time(next.timestamp()))
 }
 
