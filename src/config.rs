@@ -277,6 +277,7 @@ struct RawRemote {
     tls: Option<RawTls>,
     #[serde(default)]
     allow_plaintext: bool,
+    timeout: Option<String>,
 }
 
 fn default_security() -> Security {
@@ -376,6 +377,8 @@ pub struct Remote {
     pub user: String,
     pub password: Secret,
     pub tls: TlsOptions,
+    /// How long one command, or one read or write on a data connection, may take.
+    pub timeout: Duration,
 }
 
 /// Include/exclude patterns, matched against `/`-separated paths relative to the job's root.
@@ -675,6 +678,18 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
     if r.security == Security::None {
         warnings.push("security: none: password and files travel in clear text".to_string());
     }
+    let timeout = match &r.timeout {
+        Some(t) => {
+            parse_duration("remote.timeout", t).map_err(|e| fail(&["remote", "timeout"], e))?
+        }
+        None => Duration::from_secs(60),
+    };
+    if timeout < Duration::from_secs(1) {
+        return Err(fail(
+            &["remote", "timeout"],
+            "remote.timeout must be at least 1s".into(),
+        ));
+    }
     let port = r.port.unwrap_or(match r.security {
         Security::Implicit => 990,
         _ => 21,
@@ -799,6 +814,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
             user: r.user,
             password,
             tls,
+            timeout,
         },
         direction: raw.direction,
         mode: raw.mode,

@@ -15,8 +15,6 @@ use crate::tls::{FlushingTlsStream, TlsContext};
 pub type FtpStream = ImplAsyncFtpStream<FlushingTlsStream>;
 pub type DataStream = TransferStream<FlushingTlsStream>;
 
-/// How long one command (or one read or write on a data connection) may take.
-pub const OP_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +118,8 @@ pub struct Session {
     pub features: Features,
     /// `user@host:port`, for errors and logs.
     pub server: String,
+    /// How long one command, or one read or write on a data connection, may take.
+    pub timeout: Duration,
 }
 
 fn timeout_err(server: &str, command: &'static str, path: &str, d: Duration) -> FtpsError {
@@ -134,6 +134,7 @@ fn timeout_err(server: &str, command: &'static str, path: &str, d: Duration) -> 
 impl Session {
     /// Connects, secures, logs in and prepares a connection for binary transfers.
     pub async fn connect(remote: &Remote, tls: &TlsContext) -> Result<Session, FtpsError> {
+        let op = remote.timeout;
         let server = format!("{}@{}:{}", remote.user, remote.host, remote.port);
         let setup = |reason: String| FtpsError::Setup {
             server: server.clone(),
@@ -181,17 +182,17 @@ impl Session {
                             server: server.clone(),
                             source,
                         })?;
-                let plain = tokio::time::timeout(OP_TIMEOUT, FtpStream::connect_with_stream(tcp))
+                let plain = tokio::time::timeout(op, FtpStream::connect_with_stream(tcp))
                     .await
-                    .map_err(|_| timeout_err(&server, "greeting", "", OP_TIMEOUT))?
+                    .map_err(|_| timeout_err(&server, "greeting", "", op))?
                     .map_err(connect_error)?;
                 if remote.security == Security::None {
                     plain
                 } else {
                     let connector = tls.connector().map_err(setup)?;
-                    tokio::time::timeout(OP_TIMEOUT, plain.into_secure(connector, &remote.host))
+                    tokio::time::timeout(op, plain.into_secure(connector, &remote.host))
                         .await
-                        .map_err(|_| timeout_err(&server, "AUTH TLS", "", OP_TIMEOUT))?
+                        .map_err(|_| timeout_err(&server, "AUTH TLS", "", op))?
                         .map_err(|e| match e {
                             FtpError::UnexpectedResponse(r) => FtpsError::NoTls {
                                 server: server.clone(),
@@ -212,9 +213,9 @@ impl Session {
                 .map_err(connect_error)?;
                 // suppaftp does not protect the data channel in implicit mode by itself.
                 for cmd in ["PBSZ 0", "PROT P"] {
-                    tokio::time::timeout(OP_TIMEOUT, ftp.custom_command(cmd, &[Status::CommandOk]))
+                    tokio::time::timeout(op, ftp.custom_command(cmd, &[Status::CommandOk]))
                         .await
-                        .map_err(|_| timeout_err(&server, "PROT", "", OP_TIMEOUT))?
+                        .map_err(|_| timeout_err(&server, "PROT", "", op))?
                         .map_err(&connect_error)?;
                 }
                 ftp
@@ -222,11 +223,11 @@ impl Session {
         };
 
         tokio::time::timeout(
-            OP_TIMEOUT,
+            op,
             ftp.login(remote.user.as_str(), remote.password.expose()),
         )
         .await
-        .map_err(|_| timeout_err(&server, "login", "", OP_TIMEOUT))?
+        .map_err(|_| timeout_err(&server, "login", "", op))?
         .map_err(|e| match e {
             FtpError::UnexpectedResponse(r) => FtpsError::Login {
                 server: server.clone(),
@@ -251,7 +252,7 @@ impl Session {
             }
             let _ = control.set_nodelay(true);
         }
-        let features = match tokio::time::timeout(OP_TIMEOUT, ftp.feat()).await {
+        let features = match tokio::time::timeout(op, ftp.feat()).await {
             Ok(Ok(f)) => {
                 let has = |k: &str| f.keys().any(|key| key.eq_ignore_ascii_case(k));
                 Features {
@@ -265,18 +266,19 @@ impl Session {
         };
         if features.utf8 {
             // Where offered, ask for UTF-8 names; servers that answer 5xx keep their default.
-            let _ = tokio::time::timeout(OP_TIMEOUT, ftp.opts("UTF8", Some("ON"))).await;
+            let _ = tokio::time::timeout(op, ftp.opts("UTF8", Some("ON"))).await;
         }
         // suppaftp defaults to ASCII, which rewrites line endings: every transfer is binary.
-        tokio::time::timeout(OP_TIMEOUT, ftp.transfer_type(FileType::Binary))
+        tokio::time::timeout(op, ftp.transfer_type(FileType::Binary))
             .await
-            .map_err(|_| timeout_err(&server, "TYPE I", "", OP_TIMEOUT))?
+            .map_err(|_| timeout_err(&server, "TYPE I", "", op))?
             .map_err(|e| map_err(&server, "TYPE I", "", e))?;
         ftp.set_mode(Mode::ExtendedPassive);
         Ok(Session {
             ftp,
             features,
             server,
+            timeout: op,
         })
     }
 
@@ -295,8 +297,8 @@ impl Session {
             Box<dyn std::future::Future<Output = Result<T, FtpError>> + Send + 'a>,
         >,
     ) -> Result<T, FtpsError> {
-        match tokio::time::timeout(OP_TIMEOUT, f(&mut self.ftp)).await {
-            Err(_) => Err(timeout_err(&self.server, command, path, OP_TIMEOUT)),
+        match tokio::time::timeout(self.timeout, f(&mut self.ftp)).await {
+            Err(_) => Err(timeout_err(&self.server, command, path, self.timeout)),
             Ok(r) => r.map_err(|e| self.err(command, path, e)),
         }
     }
@@ -334,8 +336,8 @@ impl Session {
             Box<dyn std::future::Future<Output = Result<T, FtpError>> + Send + 'a>,
         >,
     ) -> Result<T, FtpsError> {
-        match tokio::time::timeout(OP_TIMEOUT, f(&mut self.ftp)).await {
-            Err(_) => Err(timeout_err(&self.server, command, path, OP_TIMEOUT)),
+        match tokio::time::timeout(self.timeout, f(&mut self.ftp)).await {
+            Err(_) => Err(timeout_err(&self.server, command, path, self.timeout)),
             Ok(Err(FtpError::UnexpectedResponse(r)))
                 if matches!(r.status.code(), 500..=502)
                     && String::from_utf8_lossy(&r.body)
@@ -345,8 +347,8 @@ impl Session {
                 tracing::info!(server = %self.server, "EPSV refused, using PASV");
                 self.ftp.set_mode(Mode::Passive);
                 self.ftp.set_passive_nat_workaround(true);
-                match tokio::time::timeout(OP_TIMEOUT, f(&mut self.ftp)).await {
-                    Err(_) => Err(timeout_err(&self.server, command, path, OP_TIMEOUT)),
+                match tokio::time::timeout(self.timeout, f(&mut self.ftp)).await {
+                    Err(_) => Err(timeout_err(&self.server, command, path, self.timeout)),
                     Ok(r) => r.map_err(|e| self.err(command, path, e)),
                 }
             }
@@ -428,8 +430,8 @@ impl Session {
         path: &str,
         stream: DataStream,
     ) -> Result<(), FtpsError> {
-        match tokio::time::timeout(OP_TIMEOUT, stream.finish()).await {
-            Err(_) => Err(timeout_err(&self.server, command, path, OP_TIMEOUT)),
+        match tokio::time::timeout(self.timeout, stream.finish()).await {
+            Err(_) => Err(timeout_err(&self.server, command, path, self.timeout)),
             Ok(r) => r.map_err(|e| self.err(command, path, e)),
         }
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Direction, Job};
-use crate::ftps::{FtpsError, Session, OP_TIMEOUT};
+use crate::ftps::{FtpsError, Session};
 use crate::job_run::SharedLedger;
 use crate::ledger::JournalEntry;
 use crate::plan::SyncedEntry;
@@ -158,12 +158,12 @@ async fn timed<T>(
     path: &str,
     fut: impl std::future::Future<Output = std::io::Result<T>>,
 ) -> Result<T, TransferError> {
-    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+    match tokio::time::timeout(session.timeout, fut).await {
         Err(_) => Err(FtpsError::Timeout {
             server: session.server.clone(),
             command,
             path: path.to_string(),
-            secs: OP_TIMEOUT.as_secs(),
+            secs: session.timeout.as_secs(),
         }
         .into()),
         Ok(Err(e)) => Err(FtpsError::Connection {
@@ -402,8 +402,10 @@ pub async fn download(
         let n = match timed(session, "RETR", &remote, stream.read(&mut buf)).await {
             Ok(n) => n,
             Err(e) => {
-                // What arrived is kept for the next attempt; only checkpointed bytes count.
-                let _ = file.flush().await;
+                // What arrived is kept, made durable and checkpointed for the next attempt.
+                if file.flush().await.is_ok() && file.sync_data().await.is_ok() {
+                    let _ = ctx.checkpoint(rel, offset + received);
+                }
                 return Err(e);
             }
         };

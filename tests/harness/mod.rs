@@ -294,6 +294,12 @@ impl<'a> Sandbox<'a> {
         self.ferrysync(&["sync", job])
     }
 
+    /// The latest run of `job` as text, for assertion messages.
+    pub fn text_of_last_run(&self, job: &str) -> String {
+        self.ferrysync(&["history", job, "--limit", "1", "--json"])
+            .stdout
+    }
+
     /// The latest run of `job` from `history --json`.
     pub fn last_run(&self, job: &str) -> Value {
         let run = self.ferrysync(&["history", job, "--limit", "1", "--json"]);

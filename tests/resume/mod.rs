@@ -349,3 +349,166 @@ fn full_local_disk_keeps_the_partial_download_for_later() {
     );
     assert!(!temp_of(&mount, "big.bin").exists());
 }
+
+/// A 256 MiB transfer whose data connection is cut at 40% and again at 80% of the file (via
+/// the fault proxy): the same run retries, resumes from the bytes already on the destination,
+/// and completes with identical bytes, having sent less than 10% twice.
+fn cut_twice(server: &Server, proxy: &crate::harness::fault_proxy::FaultProxy, push: bool) {
+    use crate::harness::fault_proxy::{Conn, Fault};
+    let name = if push { "cut-up" } else { "cut-down" };
+    let s = Sandbox::new(server, name);
+    let expected;
+    let (final_path, temp) = if push {
+        expected = write_big_file(&s.local.join("big/blob.bin"));
+        server.mkdirs(&s.remote_root().join("big"));
+        let dir = s.remote_root().join("big");
+        (dir.join("blob.bin"), temp_of(&dir, "blob.bin"))
+    } else {
+        let source = tempfile::tempdir().unwrap();
+        expected = write_big_file(&source.path().join("blob.bin"));
+        server.mkdirs(&s.remote_root().join("big"));
+        std::fs::copy(
+            source.path().join("blob.bin"),
+            s.remote_root().join("big/blob.bin"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(s.local.join("big")).unwrap();
+        let dir = s.local.join("big");
+        (dir.join("blob.bin"), temp_of(&dir, "blob.bin"))
+    };
+    let extra = if push {
+        "transfers: 1\n"
+    } else {
+        "direction: pull\ntransfers: 1\n"
+    };
+    s.write_job("j", &proxy.job_yaml(&s, extra));
+    let watch = HalfFileWatch::start(final_path.clone(), SIZE);
+
+    // Cut the first data connection that reaches 40% of the file; once that has fired, arm
+    // the same cut again: the resumed connection starts near 40%, so it dies near 80%.
+    let step = SIZE * 2 / 5;
+    proxy.set_data_fault(Fault::cut(Conn::First, step));
+    let started = Instant::now();
+    let child = spawn_sync(&s, "j");
+    assert!(
+        proxy.wait_fired(1, Duration::from_secs(120)),
+        "the first cut did not happen"
+    );
+    proxy.set_data_fault(Fault::cut(Conn::First, step));
+    let out = child.wait_with_output().unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "the run did not survive the cuts: {}",
+        s.text_of_last_run("j")
+    );
+    assert_eq!(
+        proxy.fired().len(),
+        2,
+        "both cuts must have happened: {:?}",
+        proxy.fired()
+    );
+    let moved = if push {
+        proxy.data_bytes_to_server()
+    } else {
+        proxy.data_bytes_to_client()
+    };
+    eprintln!(
+        "[{}] {} 256 MiB cut at 40% and 80%: {moved} bytes through the data connections for {SIZE} ({:.1}% re-sent), {:.2}s",
+        server.kind,
+        if push { "upload" } else { "download" },
+        (moved as f64 - SIZE as f64) * 100.0 / SIZE as f64,
+        elapsed.as_secs_f64()
+    );
+    watch.assert_never_half();
+    assert_eq!(hash_of(&final_path), expected);
+    assert!(!temp.exists());
+    assert!(
+        moved < SIZE + SIZE / 10,
+        "more than 10% was sent again: {moved} bytes for {SIZE}"
+    );
+}
+
+mod cuts {
+    use crate::harness::fault_proxy::{loopback_behind_proxy, FaultProxy};
+    use crate::harness::Server;
+
+    #[test]
+    fn loopback_upload_cut_at_40_and_80_percent() {
+        let (server, proxy) = loopback_behind_proxy();
+        super::cut_twice(&server, &proxy, true);
+    }
+    #[test]
+    fn loopback_download_cut_at_40_and_80_percent() {
+        let (server, proxy) = loopback_behind_proxy();
+        super::cut_twice(&server, &proxy, false);
+    }
+    #[test]
+    fn vsftpd_upload_cut_at_40_and_80_percent() {
+        if let Some(server) = Server::vsftpd() {
+            let proxy = FaultProxy::for_vsftpd(&server);
+            super::cut_twice(&server, &proxy, true);
+        }
+    }
+    #[test]
+    fn vsftpd_download_cut_at_40_and_80_percent() {
+        if let Some(server) = Server::vsftpd() {
+            let proxy = FaultProxy::for_vsftpd(&server);
+            super::cut_twice(&server, &proxy, false);
+        }
+    }
+}
+
+/// A data connection that stops moving (the fault proxy stalls it for good at 50%): the
+/// operation times out after `remote.timeout`, the same run reconnects and resumes, and the
+/// file arrives whole.
+fn stalled_data_connection_times_out_and_resumes(push: bool) {
+    use crate::harness::fault_proxy::{loopback_behind_proxy, Conn, Fault};
+    let (server, proxy) = loopback_behind_proxy();
+    let s = Sandbox::new(&server, if push { "stall-up" } else { "stall-down" });
+    let data: Vec<u8> = (0..(32u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 9) as u8)
+        .collect();
+    let final_path = if push {
+        s.write_local("blob.bin", &data);
+        s.remote_root().join("blob.bin")
+    } else {
+        s.put_remote("blob.bin", &data);
+        s.local.join("blob.bin")
+    };
+    let extra = if push { "" } else { "direction: pull\n" };
+    let yaml = proxy.job_yaml(&s, extra).replace(
+        "  security: explicit\n",
+        "  security: explicit\n  timeout: 2s\n",
+    );
+    s.write_job("j", &yaml);
+    let watch = HalfFileWatch::start(final_path.clone(), data.len() as u64);
+    proxy.set_data_fault(Fault::stall_forever(Conn::First, data.len() as u64 / 2));
+    let started = Instant::now();
+    s.sync("j").expect_code(0);
+    let elapsed = started.elapsed();
+    watch.assert_never_half();
+    assert_eq!(proxy.fired().len(), 1, "{:?}", proxy.fired());
+    assert_eq!(std::fs::read(&final_path).unwrap(), data);
+    let moved = if push {
+        proxy.data_bytes_to_server()
+    } else {
+        proxy.data_bytes_to_client()
+    };
+    assert!(
+        moved < data.len() as u64 * 11 / 10,
+        "{moved} bytes moved for {}",
+        data.len()
+    );
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
+}
+
+#[test]
+fn stalled_upload_times_out_and_resumes() {
+    stalled_data_connection_times_out_and_resumes(true);
+}
+
+#[test]
+fn stalled_download_times_out_and_resumes() {
+    stalled_data_connection_times_out_and_resumes(false);
+}
