@@ -110,6 +110,52 @@ pub struct Features {
     pub mfmt: bool,
     pub size: bool,
     pub utf8: bool,
+    /// How to ask the server for the SHA-256 of a file, if it can tell.
+    pub sha256: Option<Sha256Command>,
+}
+
+/// The server-side hash commands ferrysync can check a file with (SHA-256 only: BLAKE3 is
+/// not offered by servers, and MD5 and CRC32 are too weak to prove a resumed file whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sha256Command {
+    /// `HASH` (draft-bryan-ftpext-hash) with SHA-256 among its algorithms.
+    Hash,
+    /// `XSHA256 path` (ProFTPD mod_digest, some appliances).
+    XSha256,
+}
+
+impl Features {
+    /// Reads FEAT's answer: feature name -> optional parameters.
+    fn from_feat(f: &std::collections::HashMap<String, Option<String>>) -> Features {
+        let get = |k: &str| {
+            f.iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.clone().unwrap_or_default())
+        };
+        let sha256 =
+            if get("HASH").is_some_and(|algs| algs.to_ascii_uppercase().contains("SHA-256")) {
+                Some(Sha256Command::Hash)
+            } else if get("XSHA256").is_some() {
+                Some(Sha256Command::XSha256)
+            } else {
+                None
+            };
+        Features {
+            mlsd: get("MLSD").is_some() || get("MLST").is_some(),
+            mfmt: get("MFMT").is_some(),
+            size: get("SIZE").is_some(),
+            utf8: get("UTF8").is_some(),
+            sha256,
+        }
+    }
+}
+
+/// The first 64-hex-digit word of a hash reply (`213 SHA-256 0-99 <hex> name`, `250 <hex>`).
+fn sha256_in_reply(reply: &str) -> Option<[u8; 32]> {
+    let word = reply
+        .split_whitespace()
+        .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))?;
+    crate::config::Fingerprint::parse(word).ok().map(|f| f.0)
 }
 
 /// One logged-in connection.
@@ -253,15 +299,7 @@ impl Session {
             let _ = control.set_nodelay(true);
         }
         let features = match tokio::time::timeout(op, ftp.feat()).await {
-            Ok(Ok(f)) => {
-                let has = |k: &str| f.keys().any(|key| key.eq_ignore_ascii_case(k));
-                Features {
-                    mlsd: has("MLSD") || has("MLST"),
-                    mfmt: has("MFMT"),
-                    size: has("SIZE"),
-                    utf8: has("UTF8"),
-                }
-            }
+            Ok(Ok(f)) => Features::from_feat(&f),
             _ => Features::default(),
         };
         if features.utf8 {
@@ -396,6 +434,44 @@ impl Session {
         .await
     }
 
+    /// The server's SHA-256 of `path`, where it offers a hash command (see [`Features`]).
+    pub async fn remote_sha256(&mut self, path: &str) -> Result<Option<[u8; 32]>, FtpsError> {
+        let (cmd, expected) = match self.features.sha256 {
+            None => return Ok(None),
+            Some(Sha256Command::Hash) => {
+                // SHA-256 may not be the server's default algorithm: select it first.
+                self.step("OPTS HASH", path, |f| {
+                    Box::pin(async move {
+                        f.custom_command("OPTS HASH SHA-256", &[Status::CommandOk])
+                            .await
+                            .map(|_| ())
+                    })
+                })
+                .await?;
+                (format!("HASH {path}"), Status::File)
+            }
+            Some(Sha256Command::XSha256) => {
+                (format!("XSHA256 {path}"), Status::RequestedFileActionOk)
+            }
+        };
+        let reply = self
+            .step("HASH", path, |f| {
+                Box::pin(async move { f.custom_command(cmd, &[expected]).await })
+            })
+            .await?;
+        let text = String::from_utf8_lossy(&reply.body).to_string();
+        match sha256_in_reply(&text) {
+            Some(h) => Ok(Some(h)),
+            None => Err(FtpsError::Reply {
+                server: self.server.clone(),
+                command: "HASH",
+                path: path.to_string(),
+                code: reply.status.code(),
+                reply: format!("no SHA-256 in the reply `{}`", text.trim()),
+            }),
+        }
+    }
+
     /// Makes the next STOR or RETR start at byte `offset` (REST).
     pub async fn restart_at(&mut self, path: &str, offset: u64) -> Result<(), FtpsError> {
         let offset = usize::try_from(offset).unwrap_or(usize::MAX);
@@ -462,6 +538,32 @@ fn map_err(server: &str, command: &'static str, path: &str, e: FtpError) -> Ftps
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_features_and_replies() {
+        let feat = |pairs: &[(&str, Option<&str>)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        let f = Features::from_feat(&feat(&[
+            ("HASH", Some("SHA-1;SHA-256*;MD5")),
+            ("MLST", Some("type*;size*;")),
+        ]));
+        assert_eq!(f.sha256, Some(Sha256Command::Hash));
+        assert!(f.mlsd);
+        let f = Features::from_feat(&feat(&[("XSHA256", None), ("HASH", Some("MD5*"))]));
+        assert_eq!(f.sha256, Some(Sha256Command::XSha256));
+        assert_eq!(Features::from_feat(&feat(&[("XMD5", None)])).sha256, None);
+        let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(
+            sha256_in_reply(&format!("213 SHA-256 0-3 {hex} a b.txt")).unwrap()[0],
+            0xba
+        );
+        assert_eq!(sha256_in_reply(&format!("250 {hex}")).unwrap()[31], 0xad);
+        assert!(sha256_in_reply("213 SHA-256 0-3 zz a.txt").is_none());
+    }
 
     #[test]
     fn reply_text_keeps_the_code() {

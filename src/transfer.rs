@@ -223,6 +223,18 @@ async fn open_at(
     .map_err(std::io::Error::other)?
 }
 
+/// SHA-256 of a whole local file, on a blocking thread.
+async fn sha256_of(path: std::path::PathBuf) -> std::io::Result<[u8; 32]> {
+    tokio::task::spawn_blocking(move || {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        std::io::copy(&mut std::fs::File::open(&path)?, &mut hasher)?;
+        Ok(hasher.finalize().into())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 /// Uploads `rel`; returns what the ledger must record once the caller commits it.
 pub async fn upload(
     session: &mut Session,
@@ -318,6 +330,21 @@ pub async fn upload(
             return Err(TransferError::Verify(format!(
                 "{rel}: the server stored {remote_size} bytes of {total}; the upload was discarded"
             )));
+        }
+    }
+    if offset > 0 && session.features.sha256.is_some() {
+        // A resumed upload joined two sessions' bytes on the server: where the server can hash
+        // a file, compare its SHA-256 with the local file's before the rename.
+        let local_sha = sha256_of(local.clone())
+            .await
+            .map_err(|e| local_err("read", e))?;
+        if let Some(remote_sha) = session.remote_sha256(&temp_path).await? {
+            if remote_sha != local_sha {
+                let _ = session.delete_file(&temp_path).await;
+                return Err(TransferError::Verify(format!(
+                    "{rel}: the server's SHA-256 of the resumed upload differs from the local file; the upload was discarded and starts over next time"
+                )));
+            }
         }
     }
     session.rename(&temp_path, &final_path).await?;
