@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::{Direction, Job, Schedule};
-use crate::job_run::{run_job, RunOptions, SharedLedger};
-use crate::ledger::{JobRecord, Ledger, Outcome, RunCounts};
+use crate::job_run::{job_record, lock, run_job, RunOptions, SharedLedger};
+use crate::ledger::{Outcome, RunCounts};
 
 /// The default number of jobs that may run at the same time.
 pub const DEFAULT_MAX_RUNS: usize = 4;
@@ -146,21 +146,6 @@ pub struct Agent {
     retired: Vec<JoinHandle<()>>,
 }
 
-fn lock(ledger: &SharedLedger) -> std::sync::MutexGuard<'_, Ledger> {
-    ledger.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn record(job: &Job) -> JobRecord {
-    JobRecord {
-        name: job.name.clone(),
-        direction: job.direction.to_string(),
-        local: job.local.display().to_string(),
-        remote: format!("{}:{}{}", job.remote.host, job.remote.port, job.remote.path),
-        schedule: job.schedule.as_ref().map(|s| s.expr.clone()),
-        timezone: job.timezone.map(|t| t.name().to_string()),
-    }
-}
-
 /// Waits until `stop` turns true (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -192,7 +177,7 @@ impl Agent {
 
     fn start_job(&mut self, job: Job, source: String, at_startup: bool) {
         let name = job.name.clone();
-        if let Err(e) = lock(&self.ledger).upsert_job(&record(&job)) {
+        if let Err(e) = lock(&self.ledger).upsert_job(&job_record(&job)) {
             tracing::error!(job = %name, "cannot record the job in the ledger: {e}");
         }
         let (stop_tx, stop_rx) = watch::channel(false);

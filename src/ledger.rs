@@ -140,14 +140,34 @@ pub struct RunCounts {
     pub files_failed: u64,
 }
 
-/// One row of the run history.
+/// Unix seconds as `2026-11-28T15:40:01Z`, the form every time takes in JSON output.
+pub fn iso_time(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+fn serialize_iso<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&iso_time(*t))
+}
+
+fn serialize_iso_opt<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&iso_time(*t)),
+        None => s.serialize_none(),
+    }
+}
+
+/// One row of the run history, as `history --json` and `status --json` print it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
     pub id: i64,
     pub job: String,
     pub trigger: String,
-    /// Unix seconds.
+    /// Unix seconds (ISO 8601 UTC in JSON).
+    #[serde(serialize_with = "serialize_iso")]
     pub started_at: i64,
+    #[serde(serialize_with = "serialize_iso_opt")]
     pub ended_at: Option<i64>,
     pub outcome: Outcome,
     #[serde(flatten)]

@@ -16,6 +16,7 @@ chmod 711 "$work" # the vsftpd users must reach their home directories below it
 cleanup() {
   bash tests/servers/vsftpd.sh stop "$work/vsftpd" || true
   bash tests/servers/vsftpd.sh stop "$work/vsftpd-implicit" || true
+  bash tests/servers/proftpd.sh stop "$work/proftpd" || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -26,6 +27,10 @@ mkdir -p "$work/vsftpd-implicit"
 VSFTPD_IMPLICIT=YES VSFTPD_PORT=2991 VSFTPD_PASV_MIN=40100 VSFTPD_PASV_MAX=40199 \
   VSFTPD_USER=ferrysync-implicit VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_IMPLICIT \
   bash tests/servers/vsftpd.sh start "$work/vsftpd-implicit"
+mkdir -p "$work/proftpd"
+PROFTPD_PORT=2992 bash tests/servers/proftpd.sh start "$work/proftpd"
+# shellcheck disable=SC1091
+source "$work/proftpd/env"
 # shellcheck disable=SC1091
 source "$work/vsftpd/env"
 # shellcheck disable=SC1091

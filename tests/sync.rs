@@ -18,6 +18,9 @@ macro_rules! against_servers {
         mod vsftpd {
             $( #[test] fn $name() { if let Some(s) = super::Server::vsftpd() { super::scenarios::$name(&s); } } )*
         }
+        mod proftpd {
+            $( #[test] fn $name() { if let Some(s) = super::Server::proftpd() { super::scenarios::$name(&s); } } )*
+        }
     };
 }
 

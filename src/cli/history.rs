@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::status::RunJson;
-use super::{CmdResult, Failure, StateArg};
+use super::{iso_time, CmdResult, Failure, StateArg};
 use crate::job_run::human_bytes;
 use crate::ledger::Ledger;
 
@@ -24,11 +23,7 @@ pub struct HistoryCmd {
 impl HistoryCmd {
     pub fn execute(self) -> CmdResult {
         let ledger = Ledger::open(&self.state.path)?;
-        let runs: Vec<RunJson> = ledger
-            .runs(&self.job, self.limit)?
-            .into_iter()
-            .map(RunJson::from)
-            .collect();
+        let runs = ledger.runs(&self.job, self.limit)?;
         if self.json {
             println!(
                 "{}",
@@ -52,13 +47,17 @@ impl HistoryCmd {
             println!(
                 "{:>6} {:<21} {:<9} {:<8} {:>14} {:>14} {:>6} {:>6}",
                 r.id,
-                r.started_at,
+                iso_time(r.started_at),
                 r.trigger,
                 format!("{:?}", r.outcome).to_lowercase(),
-                format!("{} ({})", r.files_up, human_bytes(r.bytes_up)),
-                format!("{} ({})", r.files_down, human_bytes(r.bytes_down)),
-                r.files_deleted,
-                r.files_failed
+                format!("{} ({})", r.counts.files_up, human_bytes(r.counts.bytes_up)),
+                format!(
+                    "{} ({})",
+                    r.counts.files_down,
+                    human_bytes(r.counts.bytes_down)
+                ),
+                r.counts.files_deleted,
+                r.counts.files_failed
             );
             if let Some(e) = &r.error {
                 println!("       error: {e}");

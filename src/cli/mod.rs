@@ -160,9 +160,4 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::run(format!("cannot start the async runtime: {e}")))
 }
 
-/// Unix seconds as `2026-11-28T15:40:01Z`.
-pub fn iso_time(unix: i64) -> String {
-    chrono::DateTime::from_timestamp(unix, 0)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_else(|| unix.to_string())
-}
+pub use crate::ledger::iso_time;

@@ -35,45 +35,7 @@ pub struct JobStatus {
     pub last_success: Option<String>,
     /// Paths the ledger holds as synced.
     pub synced_files: u64,
-    pub last_run: Option<RunJson>,
-}
-
-/// A run in `status --json` and `history --json`.
-#[derive(Debug, Serialize)]
-pub struct RunJson {
-    pub id: i64,
-    pub trigger: String,
-    pub started_at: String,
-    pub ended_at: Option<String>,
-    pub outcome: crate::ledger::Outcome,
-    pub files_up: u64,
-    pub bytes_up: u64,
-    pub files_down: u64,
-    pub bytes_down: u64,
-    pub files_deleted: u64,
-    pub files_failed: u64,
-    pub error: Option<String>,
-    pub failures: Vec<crate::ledger::PathFailure>,
-}
-
-impl From<RunRecord> for RunJson {
-    fn from(r: RunRecord) -> Self {
-        RunJson {
-            id: r.id,
-            trigger: r.trigger,
-            started_at: iso_time(r.started_at),
-            ended_at: r.ended_at.map(iso_time),
-            outcome: r.outcome,
-            files_up: r.counts.files_up,
-            bytes_up: r.counts.bytes_up,
-            files_down: r.counts.files_down,
-            bytes_down: r.counts.bytes_down,
-            files_deleted: r.counts.files_deleted,
-            files_failed: r.counts.files_failed,
-            error: r.error,
-            failures: r.failures,
-        }
-    }
+    pub last_run: Option<RunRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,11 +67,7 @@ impl StatusCmd {
         }
         let mut out = Vec::new();
         for j in jobs {
-            let last_run = ledger
-                .runs(&j.name, 1)?
-                .into_iter()
-                .next()
-                .map(RunJson::from);
+            let last_run = ledger.runs(&j.name, 1)?.into_iter().next();
             out.push(JobStatus {
                 next_run: next_run(j.schedule.as_deref(), j.timezone.as_deref()),
                 last_success: ledger.last_success(&j.name)?.map(iso_time),
@@ -145,12 +103,12 @@ impl StatusCmd {
         for j in &out {
             let (when, outcome, up, down, del, failed) = match &j.last_run {
                 Some(r) => (
-                    r.started_at.clone(),
+                    iso_time(r.started_at),
                     format!("{:?}", r.outcome).to_lowercase(),
-                    r.files_up,
-                    r.files_down,
-                    r.files_deleted,
-                    r.files_failed,
+                    r.counts.files_up,
+                    r.counts.files_down,
+                    r.counts.files_deleted,
+                    r.counts.files_failed,
                 ),
                 None => ("never".into(), "-".into(), 0, 0, 0, 0),
             };

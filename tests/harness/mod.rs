@@ -85,6 +85,13 @@ impl Server {
         Self::from_env("FERRYSYNC_VSFTPD", "explicit")
     }
 
+    /// ProFTPD (mod_tls, MLSD, HASH) as started by tests/servers/proftpd.sh.
+    pub fn proftpd() -> Option<Server> {
+        let mut s = Self::from_env("FERRYSYNC_PROFTPD", "explicit")?;
+        s.kind = "proftpd";
+        Some(s)
+    }
+
     /// vsftpd with implicit FTPS (`VSFTPD_IMPLICIT=YES VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_IMPLICIT`).
     pub fn vsftpd_implicit() -> Option<Server> {
         Self::from_env("FERRYSYNC_VSFTPD_IMPLICIT", "implicit")

@@ -512,3 +512,61 @@ fn stalled_upload_times_out_and_resumes() {
 fn stalled_download_times_out_and_resumes() {
     stalled_data_connection_times_out_and_resumes(false);
 }
+
+mod proftpd {
+    #[test]
+    fn kill_during_upload_then_resume() {
+        if let Some(s) = super::Server::proftpd() {
+            super::kill_during_upload_then_resume(&s);
+        }
+    }
+    #[test]
+    fn kill_during_download_then_resume() {
+        if let Some(s) = super::Server::proftpd() {
+            super::kill_during_download_then_resume(&s);
+        }
+    }
+}
+
+/// ProFTPD offers HASH: a resumed upload is checked with the server's SHA-256 before the
+/// rename. Bytes damaged on the server while no one watched (here: overwritten after the kill)
+/// are caught, the temporary file is discarded, and the next run sends the file again whole.
+#[test]
+fn a_damaged_partial_upload_is_caught_by_the_server_hash() {
+    let Some(server) = Server::proftpd() else {
+        return;
+    };
+    let s = Sandbox::new(&server, "hash");
+    let expected = write_big_file(&s.local.join("blob.bin"));
+    s.job("up", "transfers: 1\n");
+    server.mkdirs(&s.remote_root());
+    let temp = temp_of(&s.remote_root(), "blob.bin");
+    let final_path = s.remote_root().join("blob.bin");
+    let mut child = spawn_sync(&s, "up");
+    kill_when_grown(&mut child, &temp, SIZE / 4);
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::File::options().write(true).open(&temp).unwrap();
+        f.seek(std::io::SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(&[0u8; 4096]).unwrap();
+    }
+
+    s.sync("up")
+        .expect_code(1)
+        .expect_output("SHA-256")
+        .expect_output("differs");
+    assert!(
+        !final_path.exists(),
+        "a damaged file was renamed into place"
+    );
+    assert!(!temp.exists(), "the damaged temporary file was kept");
+    let log = std::fs::read_to_string(std::env::var("FERRYSYNC_PROFTPD_LOG").unwrap()).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("HASH") && l.contains(".blob.bin.ferrysync-part")),
+        "ProFTPD's log shows no HASH of the temporary file"
+    );
+
+    s.sync("up").expect_code(0);
+    assert_eq!(hash_of(&final_path), expected);
+}

@@ -1,0 +1,534 @@
+#!/usr/bin/env bash
+# Start/stop a throw-away ProFTPD with FTPS (AUTH TLS, or implicit) on 127.0.0.1
+# for ferrysync's integration tests. Must run as root (Debian 12 / ProFTPD 1.3.8).
+#
+#   bash tests/servers/proftpd.sh start DIR   # fetch if needed, configure, start
+#   bash tests/servers/proftpd.sh stop  DIR   # stop the proftpd started for DIR
+#
+# After `start`, `source DIR/env` exports FERRYSYNC_PROFTPD_{HOST,PORT,USER,
+# PASSWORD_FILE,CA,ROOT,LOG}. See tests/servers/README.md.
+#
+# ProFTPD is never installed as a package: proftpd-core conflicts with vsftpd
+# (both provide ftp-server). The script `apt-get download`s proftpd-core and
+# proftpd-mod-crypto (which holds mod_tls.so), unpacks them with `dpkg -x` into
+# a cache folder that later runs reuse, and apt-get installs only the shared
+# libraries they need.
+#
+# Environment overrides:
+#   PROFTPD_PORT          control port (default: 2131, or the next free port up to 2199)
+#   PROFTPD_PASV_MIN      first passive data port (default 40200)
+#   PROFTPD_PASV_MAX      last passive data port (default 40299)
+#   PROFTPD_USER          Unix account that owns the files (default ferrysync-proftpd)
+#   PROFTPD_IMPLICIT      YES for implicit FTPS (TLS from the first byte), default NO
+#   PROFTPD_TLS_PROTOCOLS TLSProtocol value (default "TLSv1.2"; e.g. "TLSv1.2 TLSv1.3")
+#   PROFTPD_ENV_PREFIX    prefix of the variables in DIR/env (default FERRYSYNC_PROFTPD)
+#   PROFTPD_CACHE_DIR     where the unpacked packages are kept
+#                         (default /var/cache/ferrysync-tests/proftpd)
+set -euo pipefail
+
+PROG=${0##*/}
+FTP_USER=${PROFTPD_USER:-ferrysync-proftpd}
+PASV_MIN=${PROFTPD_PASV_MIN:-40200}
+PASV_MAX=${PROFTPD_PASV_MAX:-40299}
+IMPLICIT=${PROFTPD_IMPLICIT:-NO}
+TLS_PROTOCOLS=${PROFTPD_TLS_PROTOCOLS:-TLSv1.2}
+CACHE_DIR=${PROFTPD_CACHE_DIR:-/var/cache/ferrysync-tests/proftpd}
+PACKAGES=(proftpd-core proftpd-mod-crypto) # mod_tls.so is in proftpd-mod-crypto
+START_TIMEOUT=10                           # seconds to wait for the control port
+STOP_TIMEOUT=5                             # seconds to wait for processes to exit after SIGTERM
+APT_TIMEOUT=300                            # seconds for one apt-get download/install
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
+
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+
+usage() {
+  cat >&2 <<EOF
+usage: bash $0 start DIR   (fetch, configure and start proftpd; writes DIR/env)
+       bash $0 stop DIR    (stop the proftpd started for DIR; never fails)
+EOF
+  exit 2
+}
+
+# ---------------------------------------------------------------- helpers
+
+# Succeeds if something accepts TCP connections on 127.0.0.1:$1.
+port_open() {
+  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+# Prints the first 3 bytes the server sends on 127.0.0.1:$1 (the FTP greeting code).
+greeting_code() {
+  timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && head -c3 <&3" 2>/dev/null || true
+}
+
+# Succeeds if PID $1 is a live proftpd process. A zombie does not count: it
+# has exited, and whoever adopted it (PID 1) may take seconds to reap it.
+is_proftpd_pid() {
+  local stat
+  [[ -n ${1:-} && -r /proc/$1/comm ]] && [[ $(cat "/proc/$1/comm" 2>/dev/null) == proftpd ]] &&
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) && [[ ${stat##*) } != Z* ]]
+}
+
+# PIDs of every process belonging to the proftpd instance of config $1:
+# the ones whose session id is the recorded PID (we start it with setsid; the
+# session children it forks stay in that session) and the ones whose command
+# line still names our config file.
+instance_pids() {
+  local conf=$1 sid=${2:-} p stat rest cmd _state _ppid _pgrp session
+  for p in /proc/[0-9]*; do
+    p=${p#/proc/}
+    [[ $p == "$$" ]] && continue
+    if [[ -n $sid ]] && stat=$(cat "/proc/$p/stat" 2>/dev/null); then
+      rest=${stat##*) } # fields after "(comm) "
+      read -r _state _ppid _pgrp session _ <<<"$rest"
+      if [[ $session == "$sid" ]] && is_proftpd_pid "$p"; then echo "$p"; continue; fi
+    fi
+    cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline") || continue
+    if [[ $cmd == *"$conf"* ]] && is_proftpd_pid "$p"; then echo "$p"; fi
+  done
+}
+
+stop_instance() {
+  local dir=$1 pidfile=$1/proftpd.pid conf=$1/proftpd.conf pid="" i
+  local -a pids
+  [[ -f $pidfile ]] && pid=$(tr -dc '0-9' <"$pidfile")
+  is_proftpd_pid "$pid" || pid=""
+  mapfile -t pids < <(instance_pids "$conf" "$pid")
+  if ((${#pids[@]} == 0)); then
+    rm -f "$pidfile"
+    return 0
+  fi
+  log "stopping proftpd for $dir (pids: ${pids[*]})"
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+    mapfile -t pids < <(instance_pids "$conf" "$pid")
+    ((${#pids[@]} == 0)) && break
+    sleep 0.1
+  done
+  if ((${#pids[@]} > 0)); then
+    log "still running after ${STOP_TIMEOUT}s, sending SIGKILL to: ${pids[*]}"
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    sleep 0.2
+  fi
+  rm -f "$pidfile"
+  return 0
+}
+
+APT_UPDATED=0
+apt_update_once() {
+  ((APT_UPDATED)) && return 0
+  log "apt-get update"
+  timeout "$APT_TIMEOUT" apt-get -o DPkg::Lock::Timeout=120 update -q >&2 || die "apt-get update failed"
+  APT_UPDATED=1
+}
+
+# apt-get install of the named packages (only ones that are not installed yet:
+# naming an installed package would upgrade it). Retries once after an update.
+apt_install() {
+  local p missing=()
+  for p in "$@"; do
+    [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null) == ii* ]] || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  log "installing missing packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! timeout "$APT_TIMEOUT" apt-get -o DPkg::Lock::Timeout=120 install -y -q --no-install-recommends "${missing[@]}" >&2; then
+    ((APT_UPDATED)) && die "apt-get install ${missing[*]} failed"
+    apt_update_once
+    timeout "$APT_TIMEOUT" apt-get -o DPkg::Lock::Timeout=120 install -y -q --no-install-recommends "${missing[@]}" >&2 ||
+      die "apt-get install ${missing[*]} failed"
+  fi
+}
+
+install_tools() {
+  local missing=() b
+  command -v lftp >/dev/null || missing+=(lftp)
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v flock >/dev/null || missing+=(util-linux)
+  command -v dpkg-deb >/dev/null || missing+=(dpkg)
+  ((${#missing[@]})) && apt_install "${missing[@]}"
+  for b in lftp openssl flock dpkg-deb; do
+    command -v "$b" >/dev/null || die "$b still not found after apt-get install"
+  done
+}
+
+# The shared library packages named in the Depends of the .deb files $@
+# (first alternative of each, without version), one a line.
+lib_depends() {
+  local deb
+  for deb in "$@"; do
+    dpkg-deb -f "$deb" Depends
+  done | tr ',' '\n' | sed -E 's/\|.*//; s/\(.*\)//; s/:any//; s/[[:space:]]//g' |
+    grep -E '^lib[a-z0-9.+-]+$' | grep -v '^libpam-runtime$' | sort -u
+}
+
+# Lists the shared libraries that $ROOT's proftpd binary or modules cannot find.
+missing_libs() {
+  local f
+  for f in "$ROOT/usr/sbin/proftpd" "$ROOT/usr/lib/proftpd/mod_tls.so" "$ROOT/usr/lib/proftpd/mod_digest.so"; do
+    [[ -e $f ]] || { echo "${f##*/}(file)"; continue; }
+    ldd "$f" 2>/dev/null | awk '/not found/ {print $1}'
+  done | sort -u
+}
+
+# Makes $CACHE_DIR/root hold an unpacked proftpd-core + proftpd-mod-crypto whose
+# binary runs. Sets ROOT. Serialised with flock so parallel starts do not race.
+fetch_proftpd() {
+  local tmp deb lock_fd missing
+  mkdir -p "$CACHE_DIR"
+  exec {lock_fd}>"$CACHE_DIR/.lock"
+  flock -w "$APT_TIMEOUT" "$lock_fd" || die "timed out waiting for the lock on $CACHE_DIR"
+  ROOT=$CACHE_DIR/root
+  if [[ ! -f $ROOT/.ferrysync-complete || ! -x $ROOT/usr/sbin/proftpd ||
+    ! -f $ROOT/usr/lib/proftpd/mod_tls.so || ! -f $ROOT/usr/lib/proftpd/mod_digest.so ]]; then
+    log "downloading ${PACKAGES[*]} into $CACHE_DIR (not installing: they conflict with vsftpd)"
+    rm -rf "$ROOT" "$CACHE_DIR"/tmp.*
+    tmp=$(mktemp -d "$CACHE_DIR/tmp.XXXXXX")
+    chmod 0755 "$tmp"
+    # apt-get download drops privileges to _apt, which must be able to write here.
+    getent passwd _apt >/dev/null && chown _apt "$tmp"
+    if ! (cd "$tmp" && timeout "$APT_TIMEOUT" apt-get download -q "${PACKAGES[@]}" >&2); then
+      apt_update_once
+      (cd "$tmp" && timeout "$APT_TIMEOUT" apt-get download -q "${PACKAGES[@]}" >&2) ||
+        { rm -rf "$tmp"; die "apt-get download ${PACKAGES[*]} failed"; }
+    fi
+    mkdir "$tmp/root"
+    for deb in "$tmp"/*.deb; do
+      dpkg -x "$deb" "$tmp/root" || { rm -rf "$tmp"; die "dpkg -x $deb failed"; }
+    done
+    lib_depends "$tmp"/*.deb >"$tmp/root/.ferrysync-libdeps"
+    (cd "$tmp" && ls -1 -- *.deb) >"$tmp/root/.ferrysync-complete"
+    mv "$tmp/root" "$ROOT"
+    rm -rf "$tmp"
+  fi
+  # The libraries proftpd links against (libhiredis0.14, libmemcached11, ...)
+  # are not all on a fresh Debian 12: install the missing ones.
+  missing=$(missing_libs)
+  if [[ -n $missing ]]; then
+    log "proftpd needs missing libraries: ${missing//$'\n'/ }"
+    local -a deps
+    mapfile -t deps <"$ROOT/.ferrysync-libdeps"
+    ((${#deps[@]})) && apt_install "${deps[@]}"
+    missing=$(missing_libs)
+    [[ -z $missing ]] || die "libraries still missing for $ROOT/usr/sbin/proftpd: ${missing//$'\n'/ }"
+  fi
+  exec {lock_fd}>&-
+  if [[ -d $ROOT/usr/lib/x86_64-linux-gnu ]]; then
+    export LD_LIBRARY_PATH="$ROOT/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+  "$ROOT/usr/sbin/proftpd" -v >/dev/null 2>&1 || die "$ROOT/usr/sbin/proftpd does not run (try: rm -rf $CACHE_DIR)"
+}
+
+# Creates DIR/ca.pem (+ca.key) and DIR/server.pem/server.key unless valid ones exist.
+make_certs() {
+  local dir=$1
+  if [[ -s $dir/ca.pem && -s $dir/ca.key && -s $dir/server.pem && -s $dir/server.key ]] &&
+    openssl x509 -in "$dir/ca.pem" -noout -checkend 86400 >/dev/null 2>&1 &&
+    openssl x509 -in "$dir/server.pem" -noout -checkend 86400 >/dev/null 2>&1 &&
+    openssl verify -CAfile "$dir/ca.pem" "$dir/server.pem" >/dev/null 2>&1 &&
+    [[ $(openssl x509 -in "$dir/server.pem" -noout -pubkey 2>/dev/null) == \
+      "$(openssl pkey -in "$dir/server.key" -pubout 2>/dev/null)" ]]; then
+    return 0
+  fi
+  log "generating throw-away CA and server certificate in $dir"
+  local tmp
+  tmp=$(mktemp -d "$dir/.certs.XXXXXX")
+  (
+    umask 077
+    cat >"$tmp/ca.cnf" <<'EOF'
+[req]
+distinguished_name = dn
+prompt = no
+x509_extensions = v3_ca
+[dn]
+CN = ferrysync throw-away test CA
+[v3_ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+EOF
+    cat >"$tmp/server.ext" <<'EOF'
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+EOF
+    openssl req -x509 -config "$tmp/ca.cnf" -newkey rsa:2048 -nodes -sha256 -days 365 \
+      -keyout "$tmp/ca.key" -out "$tmp/ca.pem" 2>"$tmp/openssl.err"
+    openssl req -new -newkey rsa:2048 -nodes -sha256 -subj "/CN=localhost" \
+      -keyout "$tmp/server.key" -out "$tmp/server.csr" 2>>"$tmp/openssl.err"
+    openssl x509 -req -sha256 -days 365 -in "$tmp/server.csr" \
+      -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -set_serial "0x$(openssl rand -hex 8)" \
+      -extfile "$tmp/server.ext" -out "$tmp/server.pem" 2>>"$tmp/openssl.err"
+    openssl verify -CAfile "$tmp/ca.pem" "$tmp/server.pem" >/dev/null
+  ) || { cat "$tmp/openssl.err" >&2 2>/dev/null || true; rm -rf "$tmp"; die "certificate generation failed"; }
+  chmod 0644 "$tmp/ca.pem" "$tmp/server.pem"
+  chmod 0600 "$tmp/ca.key" "$tmp/server.key"
+  mv -f "$tmp/ca.pem" "$tmp/ca.key" "$tmp/server.pem" "$tmp/server.key" "$dir/"
+  rm -rf "$tmp"
+}
+
+# Ensures the local account that owns the uploaded files exists (no password,
+# no shell: it never logs in through PAM), that $2 is its home, and writes the
+# mod_auth_file user/group files that proftpd authenticates against, with the
+# random password kept (without newline) in DIR/password.
+make_user() {
+  local dir=$1 home=$2 pw hash uid gid
+  [[ $FTP_USER != root ]] || die "refusing to use root as the FTP test user"
+  if ! getent passwd "$FTP_USER" >/dev/null; then
+    log "creating user $FTP_USER"
+    useradd --system --user-group --no-create-home --home-dir "$home" --shell /usr/sbin/nologin \
+      --comment "ferrysync ProFTPD test user" "$FTP_USER" || die "useradd $FTP_USER failed"
+  fi
+  uid=$(id -u "$FTP_USER") gid=$(id -g "$FTP_USER")
+  ((uid != 0)) || die "user $FTP_USER has uid 0"
+  mkdir -p "$home"
+  chown "$uid:$gid" "$home"
+  chmod 0755 "$home"
+  if [[ ! -s $dir/password ]]; then
+    (umask 077 && openssl rand -hex 16 | tr -d '\n' >"$dir/password")
+  fi
+  chmod 0600 "$dir/password"
+  pw=$(cat "$dir/password")
+  hash=$(printf '%s' "$pw" | openssl passwd -6 -stdin) || die "openssl passwd failed"
+  (
+    umask 077
+    printf '%s:%s:%s:%s:ferrysync ProFTPD test user:%s:/usr/sbin/nologin\n' \
+      "$FTP_USER" "$hash" "$uid" "$gid" "$home" >"$dir/ftpd.passwd"
+    printf '%s:x:%s:\n' "$(id -gn "$FTP_USER")" "$gid" >"$dir/ftpd.group"
+  )
+  # The chroot/home must be reachable and writable by the user itself.
+  runuser -u "$FTP_USER" -- test -w "$home" -a -x "$home" ||
+    die "user $FTP_USER cannot write to $home; every parent directory of DIR must be world-traversable (o+x)"
+}
+
+pick_port() {
+  local p
+  if [[ -n ${PROFTPD_PORT:-} ]]; then
+    if ! [[ $PROFTPD_PORT =~ ^[0-9]{1,5}$ ]] || ((PROFTPD_PORT < 1 || PROFTPD_PORT > 65535)); then
+      die "PROFTPD_PORT must be a TCP port number, got '$PROFTPD_PORT'"
+    fi
+    port_open "$PROFTPD_PORT" && die "port $PROFTPD_PORT (PROFTPD_PORT) is already in use on 127.0.0.1"
+    echo "$PROFTPD_PORT"
+    return
+  fi
+  for ((p = 2131; p < 2200; p++)); do
+    port_open "$p" || { echo "$p"; return; }
+  done
+  die "no free port in 2131-2199; set PROFTPD_PORT"
+}
+
+write_conf() {
+  local dir=$1 port=$2 home=$3 conf=$1/proftpd.conf tls_options="EnableDiags"
+  [[ $IMPLICIT == YES ]] && tls_options+=" UseImplicitSSL"
+  cat >"$conf" <<EOF
+# Generated by tests/servers/proftpd.sh -- throw-away FTPS server for tests.
+ServerName "ferrysync test ProFTPD"
+ServerType standalone
+DefaultServer on
+DefaultAddress 127.0.0.1
+# Bind 127.0.0.1 only (without this a standalone server binds the wildcard).
+SocketBindTight on
+UseIPv6 off
+Port $port
+PassivePorts $PASV_MIN $PASV_MAX
+User nobody
+Group nogroup
+Umask 022
+MaxInstances 50
+PidFile $dir/proftpd.pid
+ScoreboardFile $dir/proftpd.scoreboard
+UseReverseDNS off
+WtmpLog off
+TimesGMT on
+<IfModule mod_ident.c>
+  IdentLookups off
+</IfModule>
+<IfModule mod_delay.c>
+  DelayEngine off
+</IfModule>
+<IfModule mod_ctrls.c>
+  ControlsEngine off
+</IfModule>
+
+ModulePath $ROOT/usr/lib/proftpd
+<IfModule mod_dso.c>
+  LoadModule mod_tls.c
+  LoadModule mod_digest.c
+</IfModule>
+
+# Users come from DIR/ftpd.passwd only (no PAM, no /etc/shadow).
+AuthOrder mod_auth_file.c
+AuthUserFile $dir/ftpd.passwd
+AuthGroupFile $dir/ftpd.group
+RequireValidShell off
+<IfModule mod_auth_pam.c>
+  AuthPAM off
+</IfModule>
+DefaultRoot ~
+AllowOverwrite on
+AllowStoreRestart on
+
+# With -n, proftpd writes its messages to stderr, which the script appends
+# to this same file.
+SystemLog $dir/proftpd.log
+LogFormat ferrysync "%{%Y-%m-%d %H:%M:%S}t %a %u \"%r\" %s \"%S\" %b"
+ExtendedLog $dir/ftp.log ALL ferrysync
+TransferLog $dir/xferlog.log
+
+<IfModule mod_tls.c>
+  TLSEngine on
+  TLSRequired on
+  # PROFTPD_TLS_PROTOCOLS. TLSv1.2 by default: with TLS 1.3, ProFTPD 1.3.8
+  # rejects the second data connection of rustls clients.
+  TLSProtocol $TLS_PROTOCOLS
+  TLSRSACertificateFile $dir/server.pem
+  TLSRSACertificateKeyFile $dir/server.key
+  TLSCACertificateFile $dir/ca.pem
+  TLSVerifyClient off
+  TLSRenegotiate none
+  # Data connections must reuse the control connection's TLS session (the
+  # default: NoSessionReuseRequired is deliberately not set).
+  TLSOptions $tls_options
+  TLSLog $dir/tls.log
+</IfModule>
+
+<IfModule mod_digest.c>
+  DigestEngine on
+  DigestAlgorithms all
+  # Never answer HASH from a cache: tests rewrite files within the same second.
+  DigestCache off
+</IfModule>
+EOF
+  chmod 0600 "$conf"
+}
+
+print_failure_logs() {
+  local dir=$1 f
+  for f in "$dir/proftpd.log" "$dir/tls.log"; do
+    if [[ -s $f ]]; then
+      log "---- last lines of $f ----"
+      tail -n 30 "$f" >&2
+    fi
+  done
+}
+
+# ---------------------------------------------------------------- commands
+
+cmd_start() {
+  local dir=$1 port home pid i code f
+  [[ $(id -u) == 0 ]] || die "must run as root (it installs packages, creates a user and starts proftpd)"
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd -P)
+  [[ $dir =~ ^/[A-Za-z0-9._/+-]+$ ]] ||
+    die "DIR must be a path without spaces or special characters (got '$dir')"
+
+  if ! [[ $PASV_MIN =~ ^[0-9]{4,5}$ && $PASV_MAX =~ ^[0-9]{4,5}$ ]] ||
+    ((PASV_MIN > PASV_MAX || PASV_MAX > 65535)); then
+    die "bad passive port range PROFTPD_PASV_MIN=$PASV_MIN PROFTPD_PASV_MAX=$PASV_MAX"
+  fi
+  [[ $FTP_USER =~ ^[a-z_][a-z0-9_-]{0,30}$ ]] || die "bad PROFTPD_USER '$FTP_USER'"
+  [[ $IMPLICIT == YES || $IMPLICIT == NO ]] || die "PROFTPD_IMPLICIT must be YES or NO, got '$IMPLICIT'"
+  [[ $TLS_PROTOCOLS =~ ^(TLSv1(\.[123])?|ALL)([[:space:]]+(TLSv1(\.[123])?|ALL))*$ ]] ||
+    die "bad PROFTPD_TLS_PROTOCOLS '$TLS_PROTOCOLS' (e.g. \"TLSv1.2 TLSv1.3\")"
+
+  install_tools
+  fetch_proftpd
+
+  # Idempotent: a proftpd already started for this DIR is restarted.
+  stop_instance "$dir"
+  rm -f "$dir/env" # only a successful start writes it
+
+  chmod 0711 "$dir" # the FTP user must be able to traverse DIR to reach its home
+  home=$dir/home/ftp-root
+  mkdir -p "$dir/home"
+  chmod 0711 "$dir/home"
+
+  make_certs "$dir"
+  make_user "$dir" "$home"
+  port=$(pick_port)
+  write_conf "$dir" "$port" "$home"
+
+  local check
+  if ! check=$("$ROOT/usr/sbin/proftpd" -t -c "$dir/proftpd.conf" 2>&1); then
+    printf '%s\n' "$check" >&2
+    die "proftpd rejects the generated config $dir/proftpd.conf"
+  fi
+
+  # Fresh logs for this run; keep the previous run's next to them.
+  for f in proftpd.log ftp.log tls.log xferlog.log; do
+    [[ -s $dir/$f ]] && mv -f "$dir/$f" "$dir/$f.old"
+    : >"$dir/$f"
+  done
+  rm -f "$dir/proftpd.scoreboard" "$dir/proftpd.scoreboard.lck"
+  # setsid: own session, so `stop` can find every process of this instance.
+  # The subshell is not a process-group leader, so setsid execs without forking
+  # and $! is proftpd's own PID. -n: stay in the foreground (no daemon fork).
+  (
+    # Do not hand the caller's extra file descriptors (e.g. CI pipes) to the daemon.
+    for fd in "/proc/$BASHPID/fd/"*; do
+      fd=${fd##*/}
+      if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    exec setsid "$ROOT/usr/sbin/proftpd" -n -c "$dir/proftpd.conf" </dev/null >>"$dir/proftpd.log" 2>&1
+  ) &
+  pid=$!
+  echo "$pid" >"$dir/proftpd.pid"
+
+  code=""
+  for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      print_failure_logs "$dir"
+      rm -f "$dir/proftpd.pid"
+      die "proftpd exited during startup (config $dir/proftpd.conf)"
+    fi
+    if port_open "$port"; then
+      # An implicit-TLS server greets only after a handshake: an open port is enough there.
+      [[ $IMPLICIT == YES ]] && { code=220; break; }
+      code=$(greeting_code "$port")
+      [[ $code == 220 ]] && break
+    fi
+    sleep 0.1
+  done
+  if [[ $code != 220 ]]; then
+    print_failure_logs "$dir"
+    stop_instance "$dir"
+    die "proftpd did not answer '220' on 127.0.0.1:$port within ${START_TIMEOUT}s"
+  fi
+  # proftpd rewrites its PidFile with the same PID; make sure it is ours.
+  echo "$pid" >"$dir/proftpd.pid"
+
+  {
+    local p=${PROFTPD_ENV_PREFIX:-FERRYSYNC_PROFTPD}
+    printf 'export %s_HOST=127.0.0.1\n' "$p"
+    printf 'export %s_PORT=%s\n' "$p" "$port"
+    printf 'export %s_USER=%s\n' "$p" "$FTP_USER"
+    printf 'export %s_PASSWORD_FILE=%s\n' "$p" "$dir/password"
+    printf 'export %s_CA=%s\n' "$p" "$dir/ca.pem"
+    printf 'export %s_ROOT=%s\n' "$p" "$home"
+    printf 'export %s_LOG=%s\n' "$p" "$dir/ftp.log"
+  } >"$dir/env"
+  log "proftpd (pid $pid) is serving $([[ $IMPLICIT == YES ]] && echo implicit || echo explicit) FTPS ($TLS_PROTOCOLS) on 127.0.0.1:$port as user $FTP_USER, root $home"
+  log "source $dir/env to get ${PROFTPD_ENV_PREFIX:-FERRYSYNC_PROFTPD}_* variables"
+}
+
+cmd_stop() {
+  local dir=$1
+  if [[ ! -d $dir ]]; then
+    log "$dir does not exist; nothing to stop"
+    return 0
+  fi
+  dir=$(cd "$dir" && pwd -P)
+  stop_instance "$dir" || true
+  log "proftpd for $dir is stopped"
+}
+
+[[ $# == 2 && -n $2 ]] || usage
+case $1 in
+start) cmd_start "$2" ;;
+stop) cmd_stop "$2" || true ;;
+*) usage ;;
+esac
