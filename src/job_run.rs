@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Direction, Job};
 use crate::ftps::Session;
-use crate::ledger::{JobRecord, Ledger, Outcome, PathFailure, RunCounts};
+use crate::ledger::{JobRecord, Ledger, Outcome, PathFailure, RunCounts, RunProgress};
 use crate::plan::{plan, Action, PlanOptions, SyncPlan};
 use crate::scan::{local_path, remote_path, scan_local, scan_remote, Scan};
 use crate::snapshot::Entry;
@@ -41,6 +41,8 @@ pub struct RunReport {
     /// The plan (kept for `--dry-run`).
     pub plan: Option<SyncPlan>,
     pub elapsed: Duration,
+    /// The run's row in the history (none for a dry run).
+    pub run_id: Option<i64>,
 }
 
 impl RunReport {
@@ -127,6 +129,7 @@ pub async fn run_job(job: &Job, ledger: &SharedLedger, opts: &RunOptions) -> Run
         error: None,
         plan: None,
         elapsed: Duration::ZERO,
+        run_id: None,
     };
     // One run of a job at a time, across processes; held until the report is returned. A run
     // left `running` in the ledger can only be a dead process's once the lock is ours.
@@ -157,6 +160,7 @@ pub async fn run_job(job: &Job, ledger: &SharedLedger, opts: &RunOptions) -> Run
         }
     };
 
+    report.run_id = run_id;
     let result = execute_run(job, ledger, opts, &mut report).await;
     if let Err(e) = result {
         report.error = Some(e);
@@ -507,6 +511,7 @@ async fn transfer_all(
     let show = opts.progress && std::io::stderr().is_terminal();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut done_files = 0u64;
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             msg = rx.recv() => {
@@ -529,7 +534,22 @@ async fn transfer_all(
                     }
                 }
             }
-            _ = tick.tick(), if show => {
+            _ = tick.tick() => {
+                ticks += 1;
+                if let (Some(id), 0) = (report.run_id, ticks % 4) {
+                    let progress = RunProgress {
+                        files_done: done_files,
+                        files_total: total_files,
+                        bytes_done: counter.get(),
+                        bytes_total: total_bytes,
+                    };
+                    if let Err(e) = lock(ledger).set_progress(id, &progress) {
+                        tracing::debug!("cannot publish progress: {e}");
+                    }
+                }
+                if !show {
+                    continue;
+                }
                 eprint!("\r{}: {done_files}/{total_files} files, {} of {}    ", job.name, human_bytes(counter.get()), human_bytes(total_bytes));
             }
         }

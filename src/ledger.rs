@@ -89,7 +89,18 @@ const MIGRATIONS: &[&str] = &[
     // 2 (agent): poll runs that found nothing to do are counted, not kept in the history.
     "ALTER TABLE jobs ADD COLUMN polls INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN last_poll_at INTEGER;",
+    // 3: live progress of a running run, for `status`.
+    "ALTER TABLE runs ADD COLUMN progress TEXT;",
 ];
+
+/// How far a running run has got (null once it has ended).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RunProgress {
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -174,6 +185,8 @@ pub struct RunRecord {
     pub counts: RunCounts,
     pub error: Option<String>,
     pub failures: Vec<PathFailure>,
+    /// While the run is going: its transfers so far.
+    pub progress: Option<RunProgress>,
 }
 
 /// A transfer in flight, as journaled before it started.
@@ -446,7 +459,7 @@ impl Ledger {
             .execute(
                 "UPDATE runs SET ended_at = ?2, outcome = ?3, files_up = ?4, bytes_up = ?5,
                     files_down = ?6, bytes_down = ?7, files_deleted = ?8, files_failed = ?9,
-                    error = ?10, failures = ?11 WHERE id = ?1",
+                    error = ?10, failures = ?11, progress = NULL WHERE id = ?1",
                 params![
                     id,
                     now_unix(),
@@ -465,13 +478,25 @@ impl Ledger {
             .map_err(self.err())
     }
 
+    /// Publishes the progress of a running run.
+    pub fn set_progress(&self, id: i64, p: &RunProgress) -> Result<(), LedgerError> {
+        let text = serde_json::to_string(p).unwrap_or_default();
+        self.conn
+            .execute(
+                "UPDATE runs SET progress = ?2 WHERE id = ?1",
+                params![id, text],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
     /// The latest `limit` runs of `job`, newest first.
     pub fn runs(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT id, job, trigger, started_at, ended_at, outcome, files_up, bytes_up,
-                        files_down, bytes_down, files_deleted, files_failed, error, failures
+                        files_down, bytes_down, files_deleted, files_failed, error, failures, progress
                  FROM runs WHERE job = ?1 ORDER BY id DESC LIMIT ?2",
             )
             .map_err(self.err())?;
@@ -495,6 +520,9 @@ impl Ledger {
                     },
                     error: r.get(12)?,
                     failures: serde_json::from_str(&failures).unwrap_or_default(),
+                    progress: r
+                        .get::<_, Option<String>>(14)?
+                        .and_then(|p| serde_json::from_str(&p).ok()),
                 })
             })
             .map_err(self.err())?;

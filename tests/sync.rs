@@ -168,6 +168,13 @@ mod scenarios {
             "{}",
             status.text()
         );
+        let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+        assert_eq!(v["jobs"][0]["state"], "failing");
+        assert_eq!(v["jobs"][0]["consecutive_failures"], 1);
+        assert!(v["jobs"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("login as"));
     }
 
     pub fn wrong_pin_changes_nothing(server: &Server) {
@@ -439,6 +446,9 @@ fn status_json_has_the_documented_fields() {
     let job = &v["jobs"][0];
     for key in [
         "name",
+        "state",
+        "consecutive_failures",
+        "last_error",
         "direction",
         "local",
         "remote",

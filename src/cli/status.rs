@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::{iso_time, CmdResult, Failure, StateArg};
-use crate::ledger::{Ledger, RunRecord};
+use crate::job_run::human_bytes;
+use crate::ledger::{Ledger, Outcome, RunRecord};
 
 /// Show what each job did and will do next.
 #[derive(Debug, clap::Args)]
@@ -24,6 +25,13 @@ pub struct StatusCmd {
 #[derive(Debug, Serialize)]
 pub struct JobStatus {
     pub name: String,
+    /// `running` (a run has started and not ended), `failing` (the latest run ended `failed`
+    /// or `partial`) or `idle`.
+    pub state: &'static str,
+    /// Runs in a row, newest first, that ended `failed` or `partial`.
+    pub consecutive_failures: u64,
+    /// The error of the latest run that had one (the run's own, or its first failed path).
+    pub last_error: Option<String>,
     pub direction: String,
     pub local: String,
     pub remote: String,
@@ -68,7 +76,28 @@ impl StatusCmd {
         let mut out = Vec::new();
         for j in jobs {
             let last_run = ledger.runs(&j.name, 1)?.into_iter().next();
+            let recent = ledger.runs(&j.name, 50)?;
+            let finished = recent.iter().filter(|r| r.outcome != Outcome::Running);
+            let consecutive_failures = finished
+                .clone()
+                .take_while(|r| matches!(r.outcome, Outcome::Failed | Outcome::Partial))
+                .count() as u64;
+            let last_error = finished.clone().find_map(|r| {
+                r.error.clone().or_else(|| {
+                    r.failures
+                        .first()
+                        .map(|f| format!("{}: {}", f.path, f.error))
+                })
+            });
+            let state = match (recent.first().map(|r| r.outcome), consecutive_failures) {
+                (Some(Outcome::Running), _) => "running",
+                (_, n) if n > 0 => "failing",
+                _ => "idle",
+            };
             out.push(JobStatus {
+                state,
+                consecutive_failures,
+                last_error,
                 next_run: next_run(j.schedule.as_deref(), j.timezone.as_deref()),
                 last_success: ledger.last_success(&j.name)?.map(iso_time),
                 synced_files: ledger.entry_count(&j.name)?,
@@ -97,8 +126,8 @@ impl StatusCmd {
             return Ok(ExitCode::SUCCESS);
         }
         println!(
-            "{:<20} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  NEXT RUN",
-            "JOB", "DIR", "LAST RUN", "OUTCOME", "UP", "DOWN", "DEL", "FAILED", "FILES"
+            "{:<20} {:<8} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  NEXT RUN",
+            "JOB", "STATE", "DIR", "LAST RUN", "OUTCOME", "UP", "DOWN", "DEL", "FAILED", "FILES"
         );
         for j in &out {
             let (when, outcome, up, down, del, failed) = match &j.last_run {
@@ -113,8 +142,9 @@ impl StatusCmd {
                 None => ("never".into(), "-".into(), 0, 0, 0, 0),
             };
             println!(
-                "{:<20} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  {}",
+                "{:<20} {:<8} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  {}",
                 j.name,
+                j.state,
                 j.direction,
                 when,
                 outcome,
@@ -125,6 +155,18 @@ impl StatusCmd {
                 j.synced_files,
                 j.next_run.as_deref().unwrap_or("-")
             );
+            if let Some(p) = j.last_run.as_ref().and_then(|r| r.progress.as_ref()) {
+                println!(
+                    "  progress: {}/{} files, {} of {}",
+                    p.files_done,
+                    p.files_total,
+                    human_bytes(p.bytes_done),
+                    human_bytes(p.bytes_total)
+                );
+            }
+            if j.consecutive_failures > 1 {
+                println!("  {} runs in a row have failed", j.consecutive_failures);
+            }
             if let Some(r) = &j.last_run {
                 if let Some(e) = &r.error {
                     println!("  error: {e}");

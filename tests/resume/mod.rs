@@ -150,6 +150,27 @@ pub fn kill_during_upload_then_resume(server: &Server) {
         .expect_code(1)
         .expect_output("already running")
         .expect_output(&format!("pid {}", child.id()));
+    // `status` reads the ledger while the run writes it, and shows its live progress.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = s.ferrysync(&["status", "up", "--json"]);
+        out.expect_code(0);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let job = &v["jobs"][0];
+        let progress = &job["last_run"]["progress"];
+        if progress["bytes_done"].as_u64().unwrap_or(0) > 0 {
+            assert_eq!(job["state"], "running", "{}", out.stdout);
+            assert_eq!(progress["files_total"], 1);
+            assert_eq!(progress["bytes_total"].as_u64(), Some(SIZE));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no live progress in status: {}",
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let on_server = kill_when_grown(
         &mut child,
         &temp_of(&s.remote_root().join("big"), "blob.bin"),
