@@ -536,7 +536,7 @@ async fn transfer_all(
             }
             _ = tick.tick() => {
                 ticks += 1;
-                if let (Some(id), 0) = (report.run_id, ticks % 4) {
+                if let (Some(id), 1) = (report.run_id, ticks % 4) {
                     let progress = RunProgress {
                         files_done: done_files,
                         files_total: total_files,

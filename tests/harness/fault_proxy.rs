@@ -740,41 +740,8 @@ pub fn loopback_behind_proxy() -> (Server, FaultProxy) {
     let first = LOOPBACK_BLOCKS_START + block * LOOPBACK_BLOCK;
     let range = first..=first + LOOPBACK_BLOCK - 1;
 
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let root = dir.path().join("root");
-    let password = "loopback-secret-123".to_string();
-    let started = rt
-        .block_on(ferrysync::loopback::start_with_passive_ports(
-            ferrysync::loopback::LoopbackOptions {
-                root: root.clone(),
-                cert_dir: dir.path().join("tls"),
-                user: "tester".into(),
-                password: password.clone(),
-                port: None,
-                tls: true,
-            },
-            range.clone(),
-        ))
-        .unwrap();
-    let password_file = dir.path().join("password");
-    std::fs::write(&password_file, &password).unwrap();
-    let server = Server {
-        kind: "loopback",
-        security: "explicit",
-        port: started.port,
-        user: "tester".into(),
-        password_file,
-        ca: started.cert_pem_path.clone(),
-        root,
-        _runtime: Some(rt),
-        _dir: Some(dir),
-    };
+    let server = Server::loopback_on(range.clone());
     let mut proxy = FaultProxy::start(server.port, range);
-    proxy.pin = Some(ferrysync::tls::fingerprint(&started.cert.der).to_string());
+    proxy.pin = Some(pin_sha256(&server));
     (server, proxy)
 }

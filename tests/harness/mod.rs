@@ -34,15 +34,20 @@ pub struct Server {
 impl Server {
     /// The in-process FTPS server (libunftp), explicit TLS, a fresh certificate.
     pub fn loopback() -> Server {
-        Self::loopback_with(true)
+        Self::loopback_with(true, ferrysync::loopback::DEFAULT_PASSIVE_PORTS)
+    }
+
+    /// The loopback server with its data connections on `passive_ports`.
+    pub fn loopback_on(passive_ports: std::ops::RangeInclusive<u16>) -> Server {
+        Self::loopback_with(true, passive_ports)
     }
 
     /// A loopback server speaking plain FTP only.
     pub fn loopback_plain() -> Server {
-        Self::loopback_with(false)
+        Self::loopback_with(false, ferrysync::loopback::DEFAULT_PASSIVE_PORTS)
     }
 
-    fn loopback_with(tls: bool) -> Server {
+    fn loopback_with(tls: bool, passive_ports: std::ops::RangeInclusive<u16>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -52,7 +57,7 @@ impl Server {
         let root = dir.path().join("root");
         let password = "loopback-secret-123".to_string();
         let server = rt
-            .block_on(ferrysync::loopback::start(
+            .block_on(ferrysync::loopback::start_with_passive_ports(
                 ferrysync::loopback::LoopbackOptions {
                     root: root.clone(),
                     cert_dir: dir.path().join("tls"),
@@ -61,6 +66,7 @@ impl Server {
                     port: None,
                     tls,
                 },
+                passive_ports,
             ))
             .unwrap();
         let password_file = dir.path().join("password");

@@ -150,27 +150,6 @@ pub fn kill_during_upload_then_resume(server: &Server) {
         .expect_code(1)
         .expect_output("already running")
         .expect_output(&format!("pid {}", child.id()));
-    // `status` reads the ledger while the run writes it, and shows its live progress.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = s.ferrysync(&["status", "up", "--json"]);
-        out.expect_code(0);
-        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        let job = &v["jobs"][0];
-        let progress = &job["last_run"]["progress"];
-        if progress["bytes_done"].as_u64().unwrap_or(0) > 0 {
-            assert_eq!(job["state"], "running", "{}", out.stdout);
-            assert_eq!(progress["files_total"], 1);
-            assert_eq!(progress["bytes_total"].as_u64(), Some(SIZE));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no live progress in status: {}",
-            out.stdout
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let on_server = kill_when_grown(
         &mut child,
         &temp_of(&s.remote_root().join("big"), "blob.bin"),
@@ -506,7 +485,35 @@ fn stalled_data_connection_times_out_and_resumes(push: bool) {
     let watch = HalfFileWatch::start(final_path.clone(), data.len() as u64);
     proxy.set_data_fault(Fault::stall_forever(Conn::First, data.len() as u64 / 2));
     let started = Instant::now();
-    s.sync("j").expect_code(0);
+    let child = spawn_sync(&s, "j");
+    assert!(
+        proxy.wait_fired(1, Duration::from_secs(60)),
+        "the stall did not happen"
+    );
+    // During the stall, `status` reads the ledger while the run holds it, and shows the
+    // run's live progress.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = s.ferrysync(&["status", "j", "--json"]);
+        out.expect_code(0);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let job = &v["jobs"][0];
+        let progress = &job["last_run"]["progress"];
+        if progress["bytes_done"].as_u64().unwrap_or(0) > 0 {
+            assert_eq!(job["state"], "running", "{}", out.stdout);
+            assert_eq!(progress["files_total"], 1);
+            assert_eq!(progress["bytes_total"].as_u64(), Some(data.len() as u64));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no live progress in status: {}",
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", s.text_of_last_run("j"));
     let elapsed = started.elapsed();
     watch.assert_never_half();
     assert_eq!(proxy.fired().len(), 1, "{:?}", proxy.fired());

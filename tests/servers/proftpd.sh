@@ -41,6 +41,8 @@ export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+# shellcheck source=tests/servers/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat >&2 <<EOF
@@ -52,15 +54,7 @@ EOF
 
 # ---------------------------------------------------------------- helpers
 
-# Succeeds if something accepts TCP connections on 127.0.0.1:$1.
-port_open() {
-  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
-}
 
-# Prints the first 3 bytes the server sends on 127.0.0.1:$1 (the FTP greeting code).
-greeting_code() {
-  timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && head -c3 <&3" 2>/dev/null || true
-}
 
 # Succeeds if PID $1 is a live proftpd process. A zombie does not count: it
 # has exited, and whoever adopted it (PID 1) may take seconds to reap it.
@@ -220,56 +214,6 @@ fetch_proftpd() {
   "$ROOT/usr/sbin/proftpd" -v >/dev/null 2>&1 || die "$ROOT/usr/sbin/proftpd does not run (try: rm -rf $CACHE_DIR)"
 }
 
-# Creates DIR/ca.pem (+ca.key) and DIR/server.pem/server.key unless valid ones exist.
-make_certs() {
-  local dir=$1
-  if [[ -s $dir/ca.pem && -s $dir/ca.key && -s $dir/server.pem && -s $dir/server.key ]] &&
-    openssl x509 -in "$dir/ca.pem" -noout -checkend 86400 >/dev/null 2>&1 &&
-    openssl x509 -in "$dir/server.pem" -noout -checkend 86400 >/dev/null 2>&1 &&
-    openssl verify -CAfile "$dir/ca.pem" "$dir/server.pem" >/dev/null 2>&1 &&
-    [[ $(openssl x509 -in "$dir/server.pem" -noout -pubkey 2>/dev/null) == \
-      "$(openssl pkey -in "$dir/server.key" -pubout 2>/dev/null)" ]]; then
-    return 0
-  fi
-  log "generating throw-away CA and server certificate in $dir"
-  local tmp
-  tmp=$(mktemp -d "$dir/.certs.XXXXXX")
-  (
-    umask 077
-    cat >"$tmp/ca.cnf" <<'EOF'
-[req]
-distinguished_name = dn
-prompt = no
-x509_extensions = v3_ca
-[dn]
-CN = ferrysync throw-away test CA
-[v3_ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-EOF
-    cat >"$tmp/server.ext" <<'EOF'
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid, issuer
-EOF
-    openssl req -x509 -config "$tmp/ca.cnf" -newkey rsa:2048 -nodes -sha256 -days 365 \
-      -keyout "$tmp/ca.key" -out "$tmp/ca.pem" 2>"$tmp/openssl.err"
-    openssl req -new -newkey rsa:2048 -nodes -sha256 -subj "/CN=localhost" \
-      -keyout "$tmp/server.key" -out "$tmp/server.csr" 2>>"$tmp/openssl.err"
-    openssl x509 -req -sha256 -days 365 -in "$tmp/server.csr" \
-      -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -set_serial "0x$(openssl rand -hex 8)" \
-      -extfile "$tmp/server.ext" -out "$tmp/server.pem" 2>>"$tmp/openssl.err"
-    openssl verify -CAfile "$tmp/ca.pem" "$tmp/server.pem" >/dev/null
-  ) || { cat "$tmp/openssl.err" >&2 2>/dev/null || true; rm -rf "$tmp"; die "certificate generation failed"; }
-  chmod 0644 "$tmp/ca.pem" "$tmp/server.pem"
-  chmod 0600 "$tmp/ca.key" "$tmp/server.key"
-  mv -f "$tmp/ca.pem" "$tmp/ca.key" "$tmp/server.pem" "$tmp/server.key" "$dir/"
-  rm -rf "$tmp"
-}
 
 # Ensures the local account that owns the uploaded files exists (no password,
 # no shell: it never logs in through PAM), that $2 is its home, and writes the
@@ -305,21 +249,6 @@ make_user() {
     die "user $FTP_USER cannot write to $home; every parent directory of DIR must be world-traversable (o+x)"
 }
 
-pick_port() {
-  local p
-  if [[ -n ${PROFTPD_PORT:-} ]]; then
-    if ! [[ $PROFTPD_PORT =~ ^[0-9]{1,5}$ ]] || ((PROFTPD_PORT < 1 || PROFTPD_PORT > 65535)); then
-      die "PROFTPD_PORT must be a TCP port number, got '$PROFTPD_PORT'"
-    fi
-    port_open "$PROFTPD_PORT" && die "port $PROFTPD_PORT (PROFTPD_PORT) is already in use on 127.0.0.1"
-    echo "$PROFTPD_PORT"
-    return
-  fi
-  for ((p = 2131; p < 2200; p++)); do
-    port_open "$p" || { echo "$p"; return; }
-  done
-  die "no free port in 2131-2199; set PROFTPD_PORT"
-}
 
 write_conf() {
   local dir=$1 port=$2 home=$3 conf=$1/proftpd.conf tls_options="EnableDiags"
@@ -449,7 +378,7 @@ cmd_start() {
 
   make_certs "$dir"
   make_user "$dir" "$home"
-  port=$(pick_port)
+  port=$(pick_port PROFTPD_PORT 2131)
   write_conf "$dir" "$port" "$home"
 
   local check

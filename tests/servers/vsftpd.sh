@@ -27,6 +27,8 @@ export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+# shellcheck source=tests/servers/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat >&2 <<EOF
@@ -38,15 +40,7 @@ EOF
 
 # ---------------------------------------------------------------- helpers
 
-# Succeeds if something accepts TCP connections on 127.0.0.1:$1.
-port_open() {
-  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
-}
 
-# Prints the first 3 bytes the server sends on 127.0.0.1:$1 (the FTP greeting code).
-greeting_code() {
-  timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && head -c3 <&3" 2>/dev/null || true
-}
 
 is_vsftpd_pid() {
   [[ -n ${1:-} && -r /proc/$1/comm ]] && [[ $(cat "/proc/$1/comm" 2>/dev/null) == vsftpd ]]
@@ -120,54 +114,6 @@ install_packages() {
   fi
 }
 
-# Creates DIR/ca.pem (+ca.key) and DIR/server.pem/server.key unless valid ones exist.
-make_certs() {
-  local dir=$1
-  if [[ -s $dir/ca.pem && -s $dir/ca.key && -s $dir/server.pem && -s $dir/server.key ]] &&
-    openssl x509 -in "$dir/ca.pem" -noout -checkend 86400 >/dev/null 2>&1 &&
-    openssl x509 -in "$dir/server.pem" -noout -checkend 86400 >/dev/null 2>&1 &&
-    openssl verify -CAfile "$dir/ca.pem" "$dir/server.pem" >/dev/null 2>&1; then
-    return 0
-  fi
-  log "generating throw-away CA and server certificate in $dir"
-  local tmp
-  tmp=$(mktemp -d "$dir/.certs.XXXXXX")
-  (
-    umask 077
-    cat >"$tmp/ca.cnf" <<'EOF'
-[req]
-distinguished_name = dn
-prompt = no
-x509_extensions = v3_ca
-[dn]
-CN = ferrysync throw-away test CA
-[v3_ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-EOF
-    cat >"$tmp/server.ext" <<'EOF'
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid, issuer
-EOF
-    openssl req -x509 -config "$tmp/ca.cnf" -newkey rsa:2048 -nodes -sha256 -days 365 \
-      -keyout "$tmp/ca.key" -out "$tmp/ca.pem" 2>"$tmp/openssl.err"
-    openssl req -new -newkey rsa:2048 -nodes -sha256 -subj "/CN=localhost" \
-      -keyout "$tmp/server.key" -out "$tmp/server.csr" 2>>"$tmp/openssl.err"
-    openssl x509 -req -sha256 -days 365 -in "$tmp/server.csr" \
-      -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -set_serial "0x$(openssl rand -hex 8)" \
-      -extfile "$tmp/server.ext" -out "$tmp/server.pem" 2>>"$tmp/openssl.err"
-    openssl verify -CAfile "$tmp/ca.pem" "$tmp/server.pem" >/dev/null
-  ) || { cat "$tmp/openssl.err" >&2 2>/dev/null || true; rm -rf "$tmp"; die "certificate generation failed"; }
-  chmod 0644 "$tmp/ca.pem" "$tmp/server.pem"
-  chmod 0600 "$tmp/ca.key" "$tmp/server.key"
-  mv -f "$tmp/ca.pem" "$tmp/ca.key" "$tmp/server.pem" "$tmp/server.key" "$dir/"
-  rm -rf "$tmp"
-}
 
 # Ensures the local test user exists, has a bash login shell and $2 as home,
 # and a random password stored (without newline) in DIR/password.
@@ -204,21 +150,6 @@ make_user() {
     die "user $FTP_USER cannot write to $home; every parent directory of DIR must be world-traversable (o+x)"
 }
 
-pick_port() {
-  local p
-  if [[ -n ${VSFTPD_PORT:-} ]]; then
-    if ! [[ $VSFTPD_PORT =~ ^[0-9]{1,5}$ ]] || ((VSFTPD_PORT < 1 || VSFTPD_PORT > 65535)); then
-      die "VSFTPD_PORT must be a TCP port number, got '$VSFTPD_PORT'"
-    fi
-    port_open "$VSFTPD_PORT" && die "port $VSFTPD_PORT (VSFTPD_PORT) is already in use on 127.0.0.1"
-    echo "$VSFTPD_PORT"
-    return
-  fi
-  for ((p = 2121; p < 2200; p++)); do
-    port_open "$p" || { echo "$p"; return; }
-  done
-  die "no free port in 2121-2199; set VSFTPD_PORT"
-}
 
 # Succeeds if the vsftpd binary knows the config option $2.
 has_option() {
@@ -335,7 +266,7 @@ cmd_start() {
 
   make_certs "$dir"
   make_user "$dir" "$home"
-  port=$(pick_port)
+  port=$(pick_port VSFTPD_PORT 2121)
   write_conf "$dir" "$port" "$home" "$bin"
 
   # Fresh logs for this run; keep the previous run's next to them.

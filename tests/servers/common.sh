@@ -1,0 +1,82 @@
+# Shared by the test-server scripts in this folder (sourced, not run): ports and throw-away
+# certificates. The sourcing script defines log() and die().
+
+# Succeeds if something accepts TCP connections on 127.0.0.1:$1.
+port_open() {
+  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+# Prints the first 3 bytes the server sends on 127.0.0.1:$1 (the FTP greeting code).
+greeting_code() {
+  timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && head -c3 <&3" 2>/dev/null || true
+}
+
+# Creates DIR/ca.pem (+ca.key) and DIR/server.pem/server.key unless valid ones exist.
+make_certs() {
+  local dir=$1
+  if [[ -s $dir/ca.pem && -s $dir/ca.key && -s $dir/server.pem && -s $dir/server.key ]] &&
+    openssl x509 -in "$dir/ca.pem" -noout -checkend 86400 >/dev/null 2>&1 &&
+    openssl x509 -in "$dir/server.pem" -noout -checkend 86400 >/dev/null 2>&1 &&
+    openssl verify -CAfile "$dir/ca.pem" "$dir/server.pem" >/dev/null 2>&1 &&
+    [[ $(openssl x509 -in "$dir/server.pem" -noout -pubkey 2>/dev/null) == \
+      "$(openssl pkey -in "$dir/server.key" -pubout 2>/dev/null)" ]]; then
+    return 0
+  fi
+  log "generating throw-away CA and server certificate in $dir"
+  local tmp
+  tmp=$(mktemp -d "$dir/.certs.XXXXXX")
+  (
+    umask 077
+    cat >"$tmp/ca.cnf" <<'EOF'
+[req]
+distinguished_name = dn
+prompt = no
+x509_extensions = v3_ca
+[dn]
+CN = ferrysync throw-away test CA
+[v3_ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+EOF
+    cat >"$tmp/server.ext" <<'EOF'
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+EOF
+    openssl req -x509 -config "$tmp/ca.cnf" -newkey rsa:2048 -nodes -sha256 -days 365 \
+      -keyout "$tmp/ca.key" -out "$tmp/ca.pem" 2>"$tmp/openssl.err"
+    openssl req -new -newkey rsa:2048 -nodes -sha256 -subj "/CN=localhost" \
+      -keyout "$tmp/server.key" -out "$tmp/server.csr" 2>>"$tmp/openssl.err"
+    openssl x509 -req -sha256 -days 365 -in "$tmp/server.csr" \
+      -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -set_serial "0x$(openssl rand -hex 8)" \
+      -extfile "$tmp/server.ext" -out "$tmp/server.pem" 2>>"$tmp/openssl.err"
+    openssl verify -CAfile "$tmp/ca.pem" "$tmp/server.pem" >/dev/null
+  ) || { cat "$tmp/openssl.err" >&2 2>/dev/null || true; rm -rf "$tmp"; die "certificate generation failed"; }
+  chmod 0644 "$tmp/ca.pem" "$tmp/server.pem"
+  chmod 0600 "$tmp/ca.key" "$tmp/server.key"
+  mv -f "$tmp/ca.pem" "$tmp/ca.key" "$tmp/server.pem" "$tmp/server.key" "$dir/"
+  rm -rf "$tmp"
+}
+
+# Prints the port to listen on: $1 names the variable that may set it, $2 is the first port
+# tried otherwise (up to 2199).
+pick_port() {
+  local var=$1 first=$2 p
+  local want=${!var:-}
+  if [[ -n $want ]]; then
+    if ! [[ $want =~ ^[0-9]{1,5}$ ]] || ((want < 1 || want > 65535)); then
+      die "$var must be a TCP port number, got '$want'"
+    fi
+    port_open "$want" && die "port $want ($var) is already in use on 127.0.0.1"
+    echo "$want"
+    return
+  fi
+  for ((p = first; p < 2200; p++)); do
+    port_open "$p" || { echo "$p"; return; }
+  done
+  die "no free port in $first-2199; set $var"
+}
