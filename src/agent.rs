@@ -431,6 +431,9 @@ async fn runner(
             trigger: trigger.label().to_string(),
             dry_run: false,
             progress: false,
+            // SIGTERM: files in flight stop at their next checkpoint, the run is recorded
+            // as interrupted, and the next start resumes them.
+            stop: Some(stop.clone()),
         };
         let report = run_job(&job, &ledger, &opts).await;
         let idle = report.outcome == Outcome::Ok

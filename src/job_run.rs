@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::config::{Direction, Job};
 use crate::ftps::Session;
@@ -27,6 +28,15 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Show a progress line on stderr (only when it is a terminal).
     pub progress: bool,
+    /// Turns true when the run must stop (SIGTERM, Ctrl-C): no new file is started, and files
+    /// in flight stop at their next checkpoint, to be resumed by the next run.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl RunOptions {
+    pub fn stop_requested(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| *s.borrow())
+    }
 }
 
 /// What a run did.
@@ -43,6 +53,8 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// The run's row in the history (none for a dry run).
     pub run_id: Option<i64>,
+    /// The run stopped on request before its end.
+    pub interrupted: bool,
 }
 
 impl RunReport {
@@ -57,6 +69,7 @@ impl RunReport {
                 Outcome::Partial => "finished with failures",
                 Outcome::Failed => "FAILED",
                 Outcome::Running => "running",
+                Outcome::Interrupted => "interrupted (the next run resumes)",
             },
             c.files_up,
             human_bytes(c.bytes_up),
@@ -115,9 +128,12 @@ pub fn job_record(job: &Job) -> JobRecord {
 
 /// Runs `job` once.
 pub async fn run_job(job: &Job, ledger: &SharedLedger, opts: &RunOptions) -> RunReport {
-    let started = Instant::now();
     let span = tracing::info_span!("run", job = %job.name, trigger = %opts.trigger);
-    let _enter = span.enter();
+    run_job_in_span(job, ledger, opts).instrument(span).await
+}
+
+async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) -> RunReport {
+    let started = Instant::now();
     for w in &job.warnings {
         tracing::warn!(job = %job.name, "{w}");
     }
@@ -130,6 +146,7 @@ pub async fn run_job(job: &Job, ledger: &SharedLedger, opts: &RunOptions) -> Run
         plan: None,
         elapsed: Duration::ZERO,
         run_id: None,
+        interrupted: false,
     };
     // One run of a job at a time, across processes; held until the report is returned. A run
     // left `running` in the ledger can only be a dead process's once the lock is ours.
@@ -165,6 +182,8 @@ pub async fn run_job(job: &Job, ledger: &SharedLedger, opts: &RunOptions) -> Run
     if let Err(e) = result {
         report.error = Some(e);
         report.outcome = Outcome::Failed;
+    } else if report.interrupted {
+        report.outcome = Outcome::Interrupted;
     } else if report.failures.is_empty() {
         report.outcome = Outcome::Ok;
     } else {
@@ -305,7 +324,20 @@ async fn execute_run(
             _ => None,
         })
         .collect();
+    if opts.stop_requested() {
+        report.interrupted = true;
+        session.quit().await;
+        return Ok(());
+    }
     let session = transfer_all(job, ledger, opts, &tls, session, work, report).await;
+    if opts.stop_requested() {
+        // Deletes and ledger-only updates wait for a run that sees the whole transfer set.
+        report.interrupted = true;
+        if let Some(s) = session {
+            s.quit().await;
+        }
+        return Ok(());
+    }
 
     // 3. Deletes, files then directories deepest first; 4. ledger-only updates.
     let mut session = session;
@@ -466,7 +498,13 @@ async fn make_remote_root(session: &mut Session, root: &str) -> Result<(), Strin
         .map_err(|e| format!("cannot create remote directory {root}: {e}"))
 }
 
-type Done = (String, Result<Transferred, String>);
+/// What a worker tells the coordinator about one file.
+enum WorkerNews {
+    Started(String),
+    /// What the transfer left for the ledger, or why it failed (`None`: stopped on request,
+    /// not a failure).
+    Done(String, Result<Transferred, Option<String>>),
+}
 
 /// Runs the transfers on up to `job.transfers` connections; returns a live connection for
 /// the deletes that follow, if one is left.
@@ -487,24 +525,23 @@ async fn transfer_all(
     let workers = job.transfers.min(work.len()).max(1);
     let queue = Arc::new(Mutex::new(work));
     let counter = ByteCounter::default();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<WorkerNews>();
     let job = Arc::new(job.clone());
 
     let mut handles = Vec::new();
     let mut first = Some(first);
     for i in 0..workers {
         let session = if i == 0 { first.take() } else { None };
-        let (job, tls, queue, tx, counter) = (
-            job.clone(),
-            tls.clone(),
-            queue.clone(),
-            tx.clone(),
-            counter.clone(),
-        );
-        let ledger = ledger.clone();
-        handles.push(tokio::spawn(async move {
-            transfer_worker(&job, &ledger, &tls, session, &queue, &tx, &counter).await
-        }));
+        let pool = WorkerPool {
+            job: job.clone(),
+            ledger: ledger.clone(),
+            tls: tls.clone(),
+            queue: queue.clone(),
+            tx: tx.clone(),
+            counter: counter.clone(),
+            stop: opts.stop.clone(),
+        };
+        handles.push(tokio::spawn(transfer_worker(pool, session)));
     }
     drop(tx);
 
@@ -512,10 +549,19 @@ async fn transfer_all(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut done_files = 0u64;
     let mut ticks = 0u64;
+    let mut in_flight = std::collections::BTreeSet::new();
     loop {
         tokio::select! {
             msg = rx.recv() => {
-                let Some((path, result)) = msg else { break };
+                let (path, result) = match msg {
+                    None => break,
+                    Some(WorkerNews::Started(path)) => {
+                        in_flight.insert(path);
+                        continue;
+                    }
+                    Some(WorkerNews::Done(path, result)) => (path, result),
+                };
+                in_flight.remove(&path);
                 done_files += 1;
                 match result {
                     Ok(done) => {
@@ -528,10 +574,11 @@ async fn transfer_all(
                             Err(e) => report.failures.push(PathFailure { path, error: e.to_string() }),
                         }
                     }
-                    Err(error) => {
+                    Err(Some(error)) => {
                         tracing::warn!(path = %path, "{error}");
                         report.failures.push(PathFailure { path, error });
                     }
+                    Err(None) => tracing::info!(path = %path, "stopped at a checkpoint"),
                 }
             }
             _ = tick.tick() => {
@@ -542,6 +589,7 @@ async fn transfer_all(
                         files_total: total_files,
                         bytes_done: counter.get(),
                         bytes_total: total_bytes,
+                        current: in_flight.iter().cloned().collect(),
                     };
                     if let Err(e) = lock(ledger).set_progress(id, &progress) {
                         tracing::debug!("cannot publish progress: {e}");
@@ -572,8 +620,12 @@ async fn transfer_all(
             }
         }
     }
-    // Whatever no worker could take (every connection lost) fails with a reason.
+    // Whatever no worker could take (every connection lost) fails with a reason; after a stop
+    // request it is simply left for the next run.
     let left: Vec<(String, Entry)> = lock_queue(&queue).drain(..).collect();
+    if opts.stop_requested() {
+        return survivor;
+    }
     for (path, _) in left {
         report.failures.push(PathFailure {
             path,
@@ -590,25 +642,43 @@ fn lock_queue<T>(q: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Takes files from the queue until it is empty. A transient failure (dropped connection,
 /// timeout, 4xx) is retried with backoff on a fresh connection, resuming from the bytes already
 /// transferred; a permanent one fails that path and the worker goes on with the next.
-async fn transfer_worker(
-    job: &Job,
-    ledger: &SharedLedger,
-    tls: &TlsContext,
-    mut session: Option<Session>,
-    queue: &Mutex<VecDeque<(String, Entry)>>,
-    tx: &mpsc::UnboundedSender<Done>,
-    counter: &ByteCounter,
-) -> Option<Session> {
+/// What every transfer worker of a run shares.
+struct WorkerPool {
+    job: Arc<Job>,
+    ledger: SharedLedger,
+    tls: Arc<TlsContext>,
+    queue: Arc<Mutex<VecDeque<(String, Entry)>>>,
+    tx: mpsc::UnboundedSender<WorkerNews>,
+    counter: ByteCounter,
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+async fn transfer_worker(pool: WorkerPool, mut session: Option<Session>) -> Option<Session> {
+    let WorkerPool {
+        job,
+        ledger,
+        tls,
+        queue,
+        tx,
+        counter,
+        stop,
+    } = &pool;
+    let (job, tls) = (job.as_ref(), tls.as_ref());
     let ctx = TransferContext {
         job,
         ledger,
         counter,
+        stop: stop.as_ref(),
     };
     loop {
+        if ctx.stop.is_some_and(|s| *s.borrow()) {
+            return session;
+        }
         let next = lock_queue(queue).pop_front();
         let Some((path, source)) = next else {
             return session;
         };
+        let _ = tx.send(WorkerNews::Started(path.clone()));
         let mut attempt = 0;
         let result = loop {
             if session.is_none() {
@@ -630,9 +700,18 @@ async fn transfer_worker(
                 }
             }
             let Some(s) = session.as_mut() else { continue };
+            let span = tracing::info_span!("transfer", path = %path, attempt);
             let outcome = match job.direction {
-                Direction::Push => transfer::upload(s, &ctx, &path, &source).await,
-                Direction::Pull => transfer::download(s, &ctx, &path, &source).await,
+                Direction::Push => {
+                    transfer::upload(s, &ctx, &path, &source)
+                        .instrument(span)
+                        .await
+                }
+                Direction::Pull => {
+                    transfer::download(s, &ctx, &path, &source)
+                        .instrument(span)
+                        .await
+                }
             };
             match outcome {
                 Ok(done) => break Ok(done),
@@ -647,11 +726,14 @@ async fn transfer_worker(
                         attempt += 1;
                         continue;
                     }
-                    break Err(e.to_string());
+                    if matches!(e, transfer::TransferError::Interrupted(_)) {
+                        break Err(None);
+                    }
+                    break Err(Some(e.to_string()));
                 }
             }
         };
-        if tx.send((path, result)).is_err() {
+        if tx.send(WorkerNews::Done(path, result)).is_err() {
             return session;
         }
     }

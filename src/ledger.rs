@@ -100,6 +100,9 @@ pub struct RunProgress {
     pub files_total: u64,
     pub bytes_done: u64,
     pub bytes_total: u64,
+    /// The files being transferred now.
+    #[serde(default)]
+    pub current: Vec<String>,
 }
 
 /// How a run ended.
@@ -112,6 +115,8 @@ pub enum Outcome {
     Partial,
     /// The run could not do its work (connection, refused plan, ...).
     Failed,
+    /// Stopped on request (SIGTERM, Ctrl-C) at a checkpoint; the next run resumes.
+    Interrupted,
 }
 
 impl Outcome {
@@ -121,6 +126,7 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Partial => "partial",
             Outcome::Failed => "failed",
+            Outcome::Interrupted => "interrupted",
         }
     }
     fn parse(s: &str) -> Outcome {
@@ -128,6 +134,7 @@ impl Outcome {
             "ok" => Outcome::Ok,
             "partial" => Outcome::Partial,
             "running" => Outcome::Running,
+            "interrupted" => Outcome::Interrupted,
             _ => Outcome::Failed,
         }
     }

@@ -49,6 +49,9 @@ pub enum TransferError {
     },
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    /// Stopped on request at a checkpoint; the journal lets the next run resume.
+    #[error("{0}: stopped at a checkpoint on request")]
+    Interrupted(String),
 }
 
 impl TransferError {
@@ -100,9 +103,14 @@ pub struct TransferContext<'a> {
     pub job: &'a Job,
     pub ledger: &'a SharedLedger,
     pub counter: &'a ByteCounter,
+    /// Turns true when the run must stop at the next checkpoint.
+    pub stop: Option<&'a tokio::sync::watch::Receiver<bool>>,
 }
 
 impl TransferContext<'_> {
+    fn stop_requested(&self) -> bool {
+        self.stop.is_some_and(|s| *s.borrow())
+    }
     fn journal_entry(&self, path: &str) -> Result<Option<JournalEntry>, TransferError> {
         Ok(crate::job_run::lock(self.ledger).journal_entry(&self.job.name, path)?)
     }
@@ -310,6 +318,11 @@ pub async fn upload(
             ctx.counter.add(n as u64);
             if checkpoints.due(offset + sent) {
                 ctx.checkpoint(rel, offset + sent)?;
+                if ctx.stop_requested() {
+                    // The server keeps what it received; the next run resumes from its SIZE.
+                    drop(stream);
+                    return Err(TransferError::Interrupted(rel.to_string()));
+                }
             }
         }
         session.finish("STOR", &temp_path, stream).await?;
@@ -454,6 +467,10 @@ pub async fn download(
             file.flush().await.map_err(|e| local_err("write", e))?;
             file.sync_data().await.map_err(|e| local_err("sync", e))?;
             ctx.checkpoint(rel, offset + received)?;
+            if ctx.stop_requested() {
+                drop(stream);
+                return Err(TransferError::Interrupted(rel.to_string()));
+            }
         }
     }
     session.finish("RETR", &remote, stream).await?;

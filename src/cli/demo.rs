@@ -139,7 +139,12 @@ impl DemoCmd {
 
             let job = crate::config::find_job(&jobs_dir, &self.job)?;
             let ledger = Arc::new(Mutex::new(Ledger::open(&self.state.path)?));
-            let opts = RunOptions { trigger: "demo".into(), dry_run: false, progress: true };
+            let opts = RunOptions {
+                trigger: "demo".into(),
+                dry_run: false,
+                progress: true,
+                stop: None,
+            };
             let report = run_job(&job, &ledger, &opts).await;
             println!("{}", report.summary());
             let mut tree = Vec::new();

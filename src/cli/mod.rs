@@ -123,6 +123,13 @@ fn init_logging(format: LogFormat, verbose: u8, default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
+        // Under systemd the journal stamps every line itself (JOURNAL_STREAM is set for
+        // services whose stderr goes to the journal): no second timestamp.
+        LogFormat::Text if std::env::var_os("JOURNAL_STREAM").is_some() => builder
+            .with_target(false)
+            .without_time()
+            .with_ansi(false)
+            .init(),
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
     }

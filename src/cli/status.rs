@@ -77,7 +77,10 @@ impl StatusCmd {
         for j in jobs {
             let last_run = ledger.runs(&j.name, 1)?.into_iter().next();
             let recent = ledger.runs(&j.name, 50)?;
-            let finished = recent.iter().filter(|r| r.outcome != Outcome::Running);
+            // Interrupted runs (a stop on request) are neither successes nor failures.
+            let finished = recent
+                .iter()
+                .filter(|r| !matches!(r.outcome, Outcome::Running | Outcome::Interrupted));
             let consecutive_failures = finished
                 .clone()
                 .take_while(|r| matches!(r.outcome, Outcome::Failed | Outcome::Partial))
@@ -163,6 +166,9 @@ impl StatusCmd {
                     human_bytes(p.bytes_done),
                     human_bytes(p.bytes_total)
                 );
+                for f in &p.current {
+                    println!("  transferring: {f}");
+                }
             }
             if j.consecutive_failures > 1 {
                 println!("  {} runs in a row have failed", j.consecutive_failures);

@@ -30,12 +30,34 @@ impl SyncCmd {
     pub fn execute(self) -> CmdResult {
         let job = crate::config::find_job(&self.jobs.dir, &self.job)?;
         let ledger = Arc::new(Mutex::new(Ledger::open(&self.state.path)?));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let opts = RunOptions {
             trigger: "manual".into(),
             dry_run: self.dry_run,
             progress: !self.quiet && std::io::stderr().is_terminal(),
+            stop: Some(stop_rx),
         };
-        let report = runtime()?.block_on(run_job(&job, &ledger, &opts));
+        let report = runtime()?.block_on(async {
+            // Ctrl-C or SIGTERM: stop at the next checkpoint; the next run resumes.
+            tokio::spawn(async move {
+                let term = async {
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(mut s) => {
+                            s.recv().await;
+                        }
+                        Err(_) => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term => {}
+                }
+                eprintln!("ferrysync: stopping at the next checkpoint (the next run resumes)");
+                let _ = stop_tx.send(true);
+            });
+            run_job(&job, &ledger, &opts).await
+        });
         if let Some(plan) = &report.plan {
             for a in &plan.actions {
                 let line = match a {
@@ -70,6 +92,10 @@ impl SyncCmd {
             Outcome::Ok => Ok(ExitCode::SUCCESS),
             _ => Err(Failure::run(match &report.error {
                 Some(e) => format!("job {} failed: {e}", job.name),
+                None if report.outcome == Outcome::Interrupted => format!(
+                    "job {} was interrupted; the next run resumes where it stopped",
+                    job.name
+                ),
                 None => format!("job {}: {} paths failed", job.name, report.failures.len()),
             })),
         }

@@ -503,6 +503,7 @@ fn stalled_data_connection_times_out_and_resumes(push: bool) {
             assert_eq!(job["state"], "running", "{}", out.stdout);
             assert_eq!(progress["files_total"], 1);
             assert_eq!(progress["bytes_total"].as_u64(), Some(data.len() as u64));
+            assert_eq!(progress["current"][0], "blob.bin", "{}", out.stdout);
             break;
         }
         assert!(
@@ -597,4 +598,45 @@ fn a_damaged_partial_upload_is_caught_by_the_server_hash() {
 
     s.sync("up").expect_code(0);
     assert_eq!(hash_of(&final_path), expected);
+}
+
+/// SIGTERM to `ferrysync sync` during a 256 MiB upload: the transfer stops at its next
+/// checkpoint, the run is recorded as interrupted (exit 1), nothing appears under the final
+/// name, and the next run resumes instead of starting over.
+#[test]
+fn sigterm_stops_at_a_checkpoint_and_the_next_run_resumes() {
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "sigterm");
+    let expected = write_big_file(&s.local.join("blob.bin"));
+    s.job("up", "transfers: 1\n");
+    server.mkdirs(&s.remote_root());
+    let temp = temp_of(&s.remote_root(), "blob.bin");
+    let final_path = s.remote_root().join("blob.bin");
+    let child = spawn_sync(&s, "up");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&temp).map(|m| m.len()).unwrap_or(0) < SIZE / 10 {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let sent_at = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        sent_at.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        sent_at.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let run = s.last_run("up");
+    assert_eq!(run["outcome"], "interrupted", "{run}");
+    assert!(!final_path.exists());
+    assert_ledger_intact(&s);
+
+    s.sync("up").expect_code(0);
+    assert_eq!(hash_of(&final_path), expected);
+    let sent = s.last_run("up")["bytes_up"].as_u64().unwrap();
+    assert!(sent < SIZE, "the next run started over ({sent} bytes)");
 }
