@@ -259,6 +259,7 @@ struct RawTls {
     insecure_skip_verify: bool,
     client_cert: Option<PathBuf>,
     client_key: Option<PathBuf>,
+    max_version: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -359,6 +360,8 @@ fn default_mode() -> SyncMode {
 /// TLS settings of a validated job; paths are absolute.
 #[derive(Debug, Clone, Default)]
 pub struct TlsOptions {
+    /// `max_version: "1.2"`: never offer TLS 1.3 (servers whose session reuse fails with it).
+    pub tls12_only: bool,
     pub ca_file: Option<PathBuf>,
     pub pins: Vec<Fingerprint>,
     pub insecure_skip_verify: bool,
@@ -645,7 +648,18 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
                         }
                     }
                 };
+            let tls12_only = match t.max_version.as_deref().map(str::trim) {
+                None | Some("1.3") => false,
+                Some("1.2") => true,
+                Some(other) => {
+                    return Err(fail(
+                        &["remote", "tls", "max_version"],
+                        format!("remote.tls.max_version: `{other}` is not \"1.2\" or \"1.3\""),
+                    ))
+                }
+            };
             let opts = TlsOptions {
+                tls12_only,
                 ca_file: check_file(&t.ca_file, "ca_file")?,
                 pins: t
                     .pin_sha256
@@ -1046,6 +1060,21 @@ mod tests {
         assert!(job.retries.delay(0) >= Duration::from_millis(750));
         assert!(parse(&format!("{GOOD}retries: 0\n")).is_err());
         assert!(parse(&format!("{GOOD}retries:\n  tries: 3\n")).is_err());
+    }
+
+    #[test]
+    fn tls_max_version() {
+        let text = "local: /x\nremote:\n  host: h\n  user: u\n  password: p\n  tls:\n    max_version: \"1.2\"\n";
+        assert!(parse(text).unwrap().remote.tls.tls12_only);
+        assert!(
+            !parse(&text.replace("1.2", "1.3"))
+                .unwrap()
+                .remote
+                .tls
+                .tls12_only
+        );
+        let e = parse(&text.replace("1.2", "1.1")).unwrap_err();
+        assert_eq!(e.line, 7, "{e}");
     }
 
     #[test]

@@ -459,6 +459,15 @@ async fn clean_up_temps(
     }
 }
 
+/// After a 425 on a TLS 1.3 data connection, the run's next connections use TLS 1.2.
+fn note_tls12_fallback(tls: &TlsContext) {
+    if tls.fall_back_to_tls12() {
+        tracing::warn!(
+            "the server refused a TLS 1.3 data connection (425): it needs the control connection's TLS session, which TLS 1.3 tickets cannot give more than twice; this run now uses TLS 1.2 (set remote.tls.max_version: \"1.2\" to start there)"
+        );
+    }
+}
+
 /// Connects and lists the remote tree, retrying transient failures with backoff.
 async fn connect_and_list(job: &Job, tls: &TlsContext) -> Result<(Session, Scan), String> {
     let mut attempt = 0;
@@ -473,6 +482,9 @@ async fn connect_and_list(job: &Job, tls: &TlsContext) -> Result<(Session, Scan)
             }
             Err(e) => e,
         };
+        if listed.code() == Some(425) {
+            note_tls12_fallback(tls);
+        }
         if !listed.is_transient() || attempt + 1 >= job.retries.attempts {
             return Err(listed.to_string());
         }
@@ -716,6 +728,9 @@ async fn transfer_worker(pool: WorkerPool, mut session: Option<Session>) -> Opti
             match outcome {
                 Ok(done) => break Ok(done),
                 Err(e) => {
+                    if matches!(e, transfer::TransferError::Ftps(ref f) if f.code() == Some(425)) {
+                        note_tls12_fallback(tls);
+                    }
                     if e.breaks_connection() {
                         session = None;
                     }

@@ -7,6 +7,7 @@
 //! parallel connections would hand one connection's session to another's data channel.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -28,6 +29,11 @@ pub struct TlsContext {
     provider: Arc<CryptoProvider>,
     verifier: Arc<dyn ServerCertVerifier>,
     client_auth: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
+    /// Offer TLS 1.2 only: from `tls.max_version: "1.2"`, or set during a run by
+    /// [`TlsContext::fall_back_to_tls12`].
+    tls12_only: Arc<AtomicBool>,
+    /// Some connection of this run negotiated TLS 1.3.
+    used_tls13: Arc<AtomicBool>,
 }
 
 impl TlsContext {
@@ -90,13 +96,21 @@ impl TlsContext {
             provider,
             verifier,
             client_auth,
+            tls12_only: Arc::new(AtomicBool::new(opts.tls12_only)),
+            used_tls13: Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// A connector with a fresh client configuration: one per FTP connection.
     pub fn connector(&self) -> Result<TlsConnector, String> {
+        let versions: &[&rustls::SupportedProtocolVersion] =
+            if self.tls12_only.load(Ordering::Relaxed) {
+                &[&rustls::version::TLS12]
+            } else {
+                rustls::DEFAULT_VERSIONS
+            };
         let builder = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .map_err(|e| format!("TLS: {e}"))?
             .dangerous()
             .with_custom_certificate_verifier(self.verifier.clone());
@@ -107,9 +121,20 @@ impl TlsContext {
             None => builder.with_no_client_auth(),
         };
         config.resumption = rustls::client::Resumption::in_memory_sessions(16);
-        Ok(TlsConnector(tokio_rustls::TlsConnector::from(Arc::new(
-            config,
-        ))))
+        Ok(TlsConnector {
+            inner: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            used_tls13: self.used_tls13.clone(),
+        })
+    }
+
+    /// A data connection was refused with 425. With TLS 1.3 that is what servers such as
+    /// ProFTPD answer once the control connection's session tickets are used up: rustls hands
+    /// out each TLS 1.3 ticket once (they cannot be copied), the server issues two per
+    /// handshake, and a data connection resumed from any other ticket is not "the control
+    /// connection's session" to the server. TLS 1.2 session IDs can be resumed again and
+    /// again. Returns true if this call switched the run's new connections to TLS 1.2.
+    pub fn fall_back_to_tls12(&self) -> bool {
+        self.used_tls13.load(Ordering::Relaxed) && !self.tls12_only.swap(true, Ordering::Relaxed)
     }
 }
 
@@ -184,7 +209,10 @@ impl ServerCertVerifier for PinnedCertificate {
 }
 
 /// Opens TLS on control and data connections (suppaftp keeps it for the data connections).
-pub struct TlsConnector(tokio_rustls::TlsConnector);
+pub struct TlsConnector {
+    inner: tokio_rustls::TlsConnector,
+    used_tls13: Arc<AtomicBool>,
+}
 
 impl std::fmt::Debug for TlsConnector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -199,14 +227,18 @@ impl AsyncTlsConnector for TlsConnector {
     async fn connect(&self, domain: &str, stream: TcpStream) -> FtpResult<FlushingTlsStream> {
         let name = ServerName::try_from(domain.to_string())
             .map_err(|e| FtpError::SecureError(format!("server name {domain}: {e}")))?;
-        self.0
+        let inner = self
+            .inner
             .connect(name, stream)
             .await
-            .map(|inner| FlushingTlsStream {
-                inner,
-                unflushed: false,
-            })
-            .map_err(|e| FtpError::SecureError(e.to_string()))
+            .map_err(|e| FtpError::SecureError(e.to_string()))?;
+        if inner.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            self.used_tls13.store(true, Ordering::Relaxed);
+        }
+        Ok(FlushingTlsStream {
+            inner,
+            unflushed: false,
+        })
     }
 }
 

@@ -55,12 +55,16 @@ pub enum TransferError {
 }
 
 impl TransferError {
-    /// Whether the connection is in an unknown state and must be replaced before reuse.
+    /// Whether the connection is in an unknown state and must be replaced before reuse (425,
+    /// "cannot open data connection", included: a fresh connection may well succeed).
     pub fn breaks_connection(&self) -> bool {
         matches!(
             self,
-            TransferError::Ftps(FtpsError::Connection { .. } | FtpsError::Timeout { .. })
-                | TransferError::Short { .. }
+            TransferError::Ftps(
+                FtpsError::Connection { .. }
+                    | FtpsError::Timeout { .. }
+                    | FtpsError::Reply { code: 425, .. }
+            ) | TransferError::Short { .. }
         )
     }
 

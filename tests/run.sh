@@ -17,6 +17,7 @@ cleanup() {
   bash tests/servers/vsftpd.sh stop "$work/vsftpd" || true
   bash tests/servers/vsftpd.sh stop "$work/vsftpd-implicit" || true
   bash tests/servers/proftpd.sh stop "$work/proftpd" || true
+  bash tests/servers/proftpd.sh stop "$work/proftpd13" || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -29,8 +30,14 @@ VSFTPD_IMPLICIT=YES VSFTPD_PORT=2991 VSFTPD_PASV_MIN=40100 VSFTPD_PASV_MAX=40199
   bash tests/servers/vsftpd.sh start "$work/vsftpd-implicit"
 mkdir -p "$work/proftpd"
 PROFTPD_PORT=2992 bash tests/servers/proftpd.sh start "$work/proftpd"
+mkdir -p "$work/proftpd13"
+PROFTPD_TLS_PROTOCOLS="TLSv1.2 TLSv1.3" PROFTPD_PORT=2993 PROFTPD_PASV_MIN=40300 \
+  PROFTPD_PASV_MAX=40399 PROFTPD_USER=ferrysync-proftpd13 PROFTPD_ENV_PREFIX=FERRYSYNC_PROFTPD13 \
+  bash tests/servers/proftpd.sh start "$work/proftpd13"
 # shellcheck disable=SC1091
 source "$work/proftpd/env"
+# shellcheck disable=SC1091
+source "$work/proftpd13/env"
 # shellcheck disable=SC1091
 source "$work/vsftpd/env"
 # shellcheck disable=SC1091

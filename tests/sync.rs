@@ -326,6 +326,35 @@ mod scenarios {
 
 // ---- scenarios that need a particular server ----
 
+/// ProFTPD with TLS 1.3 refuses data connections once the control connection's two session
+/// tickets are used (425). The run falls back to TLS 1.2, says so, and completes; with
+/// `tls.max_version: "1.2"` it starts there and meets no 425 at all.
+#[test]
+fn proftpd_with_tls13_falls_back_to_tls12() {
+    let Some(server) = Server::proftpd_tls13() else {
+        return;
+    };
+    let s = Sandbox::new(&server, "tls13");
+    for i in 0..40 {
+        s.write_local(&format!("d/f{i}"), format!("{i}").as_bytes());
+    }
+    s.job("j", "transfers: 2\n");
+    s.sync("j").expect_code(0).expect_output("now uses TLS 1.2");
+    assert_eq!(s.remote_tree(), s.local_tree());
+    assert_eq!(s.counts("j"), (40, 0, 0, 0));
+
+    let capped = Sandbox::new(&server, "tls12");
+    populate(&capped.local, 40);
+    let yaml = capped
+        .job_yaml("transfers: 2\n")
+        .replace("  tls:\n", "  tls:\n    max_version: \"1.2\"\n");
+    capped.write_job("j", &yaml);
+    let run = capped.sync("j");
+    run.expect_code(0);
+    assert!(!run.stderr.contains("425"), "{}", run.text());
+    assert_eq!(capped.remote_tree(), capped.local_tree());
+}
+
 #[test]
 fn implicit_ftps_push_and_pull_with_vsftpd() {
     let Some(server) = Server::vsftpd_implicit() else {

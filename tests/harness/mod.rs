@@ -98,6 +98,14 @@ impl Server {
         Some(s)
     }
 
+    /// ProFTPD offering TLS 1.2 and 1.3 (`PROFTPD_TLS_PROTOCOLS="TLSv1.2 TLSv1.3"`,
+    /// `PROFTPD_ENV_PREFIX=FERRYSYNC_PROFTPD13`).
+    pub fn proftpd_tls13() -> Option<Server> {
+        let mut s = Self::from_env("FERRYSYNC_PROFTPD13", "explicit")?;
+        s.kind = "proftpd";
+        Some(s)
+    }
+
     /// vsftpd with implicit FTPS (`VSFTPD_IMPLICIT=YES VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_IMPLICIT`).
     pub fn vsftpd_implicit() -> Option<Server> {
         Self::from_env("FERRYSYNC_VSFTPD_IMPLICIT", "implicit")

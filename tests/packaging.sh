@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# The Debian package: builds it with cargo-deb (packaging/build-deb.sh, which installs cargo-deb
+# when missing), then checks its contents and control data, runs the packaged binary, verifies
+# the packaged unit with `systemd-analyze verify`, and (as root, where no ferrysync is installed)
+# installs, removes and purges it with dpkg to exercise the maintainer scripts.
+#   bash tests/packaging.sh
+# FERRYSYNC_PACKAGING_INSTALL=0 skips the dpkg install cycle (it adds a `ferrysync` system user
+# to this machine, which purge leaves in place by design).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+passed=0
+failed=0
+pass() {
+  passed=$((passed + 1))
+  echo "ok   $1"
+}
+fail() {
+  failed=$((failed + 1))
+  echo "FAIL $1" >&2
+}
+# check NAME COMMAND...: one counted check.
+check() {
+  local name=$1
+  shift
+  if "$@"; then pass "$name"; else fail "$name"; fi
+}
+finish() {
+  echo "packaging: $passed passed, $failed failed"
+  [[ $failed == 0 ]]
+}
+
+# Tools: systemd-analyze (package systemd) and shellcheck, from Debian's packages when missing.
+missing=()
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+if ((${#missing[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+work=$(mktemp -d /tmp/ferrysync-packaging.XXXXXX)
+installed_by_us=
+cleanup() {
+  if [[ -n $installed_by_us ]]; then dpkg --purge ferrysync >/dev/null 2>&1 || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+
+# 1. Build.
+if bash packaging/build-deb.sh --output "$work/" >"$work/build.log" 2>&1; then
+  pass "cargo deb builds the package"
+else
+  tail -40 "$work/build.log" >&2
+  fail "cargo deb builds the package"
+  finish
+  exit 1
+fi
+shopt -s nullglob
+debs=("$work"/ferrysync_*.deb)
+shopt -u nullglob
+if [[ ${#debs[@]} != 1 ]]; then
+  fail "exactly one ferrysync_*.deb in the output (found ${#debs[@]})"
+  finish
+  exit 1
+fi
+deb=${debs[0]}
+echo "     $(basename "$deb"): $(du -h "$deb" | cut -f1)"
+
+# 2. Contents (dpkg-deb -c) and control data (dpkg-deb -I).
+dpkg-deb -c "$deb" | awk '{print $1, $NF}' >"$work/contents"
+dpkg-deb -I "$deb" >"$work/info"
+dpkg-deb -f "$deb" Depends >"$work/depends"
+has_file() { grep -qxF -- "$1 $2" "$work/contents"; }
+check "binary /usr/bin/ferrysync, mode 755" has_file -rwxr-xr-x ./usr/bin/ferrysync
+check "unit /lib/systemd/system/ferrysync.service" has_file -rw-r--r-- ./lib/systemd/system/ferrysync.service
+check "doc /usr/share/doc/ferrysync/README.md" has_file -rw-r--r-- ./usr/share/doc/ferrysync/README.md
+check "doc example /usr/share/doc/ferrysync/examples/example.yaml" \
+  has_file -rw-r--r-- ./usr/share/doc/ferrysync/examples/example.yaml
+check "example job /etc/ferrysync/jobs/example.yaml.disabled" \
+  has_file -rw-r--r-- ./etc/ferrysync/jobs/example.yaml.disabled
+check "no *.yaml/*.yml in /etc/ferrysync/jobs (the agent would load it)" \
+  bash -c '! grep -qE "^[^ ]+ \./etc/ferrysync/jobs/.*\.ya?ml$" "$1"' _ "$work/contents"
+check "the example job is a conffile" \
+  bash -c 'dpkg-deb --ctrl-tarfile "$1" | tar -xO ./conffiles | grep -qxF /etc/ferrysync/jobs/example.yaml.disabled' _ "$deb"
+for s in postinst prerm postrm; do
+  check "maintainer script $s in the control archive" grep -qE "^ +[0-9]+ bytes, +[0-9]+ lines +\* +$s " "$work/info"
+done
+check "Depends: ca-certificates" grep -qE '(^|, )ca-certificates(,|$| )' "$work/depends"
+check "Depends: adduser (postinst uses it)" grep -qE '(^|, )adduser(,|$| )' "$work/depends"
+check "Package ferrysync, version $version" \
+  bash -c '[[ $(dpkg-deb -f "$1" Package) == ferrysync && $(dpkg-deb -f "$1" Version) == "$2"-* ]]' _ "$deb" "$version"
+
+# 3. The maintainer scripts as packaged: the ones in packaging/debian/, valid sh, and none of them
+# enables or starts the service (an upgrade's `try-restart` only restarts a running agent).
+mkdir "$work/control"
+dpkg-deb -e "$deb" "$work/control"
+for s in postinst prerm postrm; do
+  check "$s is packaging/debian/$s, executable" \
+    bash -c 'cmp -s "$1" "$2" && [[ -x $1 ]]' _ "$work/control/$s" "packaging/debian/$s"
+done
+check "maintainer scripts pass shellcheck -s sh" \
+  shellcheck -s sh "$work/control/postinst" "$work/control/prerm" "$work/control/postrm"
+check "maintainer scripts never enable or start the service" \
+  bash -c '! grep -nE "systemctl[^#]*[[:space:]](enable|start|restart|reenable|--now)([[:space:]]|$)|deb-systemd-(invoke|helper)" "$@"' _ \
+  "$work/control/postinst" "$work/control/prerm" "$work/control/postrm"
+
+# 4. The packaged binary runs.
+root="$work/root"
+dpkg-deb -x "$deb" "$root"
+bin="$root/usr/bin/ferrysync"
+check "ferrysync --version prints ferrysync $version" \
+  bash -c '[[ $("$1" --version) == "ferrysync $2" ]]' _ "$bin" "$version"
+# As installed, /etc/ferrysync/jobs holds no job: the example is ignored under its .disabled name.
+check "check --jobs /etc/ferrysync/jobs (as packaged): no job files, exit 0" \
+  bash -c 'out=$("$1" check --jobs "$2") && grep -q "no job files" <<<"$out"' _ "$bin" "$root/etc/ferrysync/jobs"
+# Enabled the documented way (copied to a .yaml name, password in the environment), it is valid.
+mkdir "$work/jobs"
+cp "$root/etc/ferrysync/jobs/example.yaml.disabled" "$work/jobs/partner.yaml"
+check "check --jobs accepts the example job once copied to partner.yaml" \
+  bash -c 'out=$(PARTNER_PASS=secret "$1" check --jobs "$2") && echo "$out" && grep -q "^ok   partner " <<<"$out"' \
+  _ "$bin" "$work/jobs"
+
+# 5. The packaged unit passes `systemd-analyze verify` with no message at all (unknown keys are
+# only warnings there). Verify resolves ExecStart= on this machine, so it sees a copy of the
+# unit whose /usr/bin/ferrysync is the extracted binary; nothing else is changed.
+mkdir "$work/unit"
+sed "s#/usr/bin/ferrysync#$bin#g" "$root/lib/systemd/system/ferrysync.service" >"$work/unit/ferrysync.service"
+check "the packaged unit is packaging/ferrysync.service" \
+  cmp -s "$root/lib/systemd/system/ferrysync.service" packaging/ferrysync.service
+check "systemd-analyze verify ferrysync.service: no errors, no warnings" \
+  bash -c 'out=$(systemd-analyze verify "$1" 2>&1) && [[ -z $out ]] || { echo "$out" >&2; false; }' _ "$work/unit/ferrysync.service"
+
+# 6. Install, remove and purge with dpkg: the maintainer scripts on a real system.
+if [[ ${FERRYSYNC_PACKAGING_INSTALL:-1} == 0 ]]; then
+  echo "     dpkg install cycle skipped (FERRYSYNC_PACKAGING_INSTALL=0)"
+elif [[ $(id -u) != 0 ]]; then
+  echo "     dpkg install cycle skipped (needs root)"
+elif dpkg-query -W -f='${Status}' ferrysync 2>/dev/null | grep -q installed || [[ -e /usr/bin/ferrysync ]]; then
+  echo "     dpkg install cycle skipped (ferrysync is already installed on this machine)"
+elif ! dpkg-query -W -f='${Status}\n' adduser ca-certificates 2>/dev/null | grep -c '^install ok installed$' | grep -qx 2; then
+  echo "     dpkg install cycle skipped (adduser or ca-certificates is not installed)"
+else
+  installed_by_us=1
+  wants=/etc/systemd/system/multi-user.target.wants/ferrysync.service
+  check "dpkg -i installs the package" dpkg -i "$deb"
+  check "postinst created the ferrysync system user and group" \
+    bash -c 'getent group ferrysync >/dev/null && [[ $(id -u ferrysync) -lt 1000 && $(id -gn ferrysync) == ferrysync ]]'
+  check "/var/lib/ferrysync: ferrysync:ferrysync, mode 750" \
+    bash -c '[[ $(stat -c "%U:%G %a" /var/lib/ferrysync) == "ferrysync:ferrysync 750" ]]'
+  check "/etc/ferrysync/jobs: root:ferrysync, mode 750" \
+    bash -c '[[ $(stat -c "%U:%G %a" /etc/ferrysync/jobs) == "root:ferrysync 750" ]]'
+  check "the service is not enabled" test ! -e "$wants"
+  check "the installed agent checks the installed jobs directory" /usr/bin/ferrysync check --jobs /etc/ferrysync/jobs
+  touch /var/lib/ferrysync/ferrysync.db
+  check "dpkg -r removes the package" dpkg -r ferrysync
+  check "remove keeps the state and the example conffile" \
+    test -f /var/lib/ferrysync/ferrysync.db -a -f /etc/ferrysync/jobs/example.yaml.disabled -a ! -e /usr/bin/ferrysync
+  check "purge keeps a non-empty /var/lib/ferrysync" \
+    bash -c 'dpkg -P ferrysync >/dev/null && [[ -f /var/lib/ferrysync/ferrysync.db ]]'
+  rm -f /var/lib/ferrysync/ferrysync.db
+  dpkg -i "$deb" >/dev/null
+  check "purge removes an empty /var/lib/ferrysync and the conffile, keeps the user" \
+    bash -c 'dpkg -P ferrysync >/dev/null && [[ ! -e /var/lib/ferrysync && ! -e /etc/ferrysync/jobs/example.yaml.disabled ]] && getent passwd ferrysync >/dev/null'
+  installed_by_us=
+fi
+
+finish
