@@ -202,12 +202,21 @@ impl Session {
             server: server.clone(),
             hint: if reason.contains("UnknownIssuer") || reason.contains("NotValidForName") {
                 " (set remote.tls.ca_file to the CA that signed the server's certificate, or pin it with remote.tls.pin_sha256)"
+            } else if reason.contains("CertificateRequired") {
+                " (the server requires a client certificate: set remote.tls.client_cert and remote.tls.client_key)"
+            } else if reason.contains("BadCertificate") || reason.contains("UnknownCA") {
+                " (the server refused the client certificate)"
             } else {
                 ""
             },
             reason,
         };
         let connect_error = |e: FtpError| match e {
+            // With TLS 1.3 the server's verdict on a client certificate arrives as an alert
+            // after the client's side of the handshake: still a TLS failure, not a network one.
+            FtpError::ConnectionError(source) if source.to_string().contains("fatal alert") => {
+                tls_error(source.to_string())
+            }
             FtpError::ConnectionError(source) => FtpsError::Connect {
                 server: server.clone(),
                 source,

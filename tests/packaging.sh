@@ -81,47 +81,51 @@ check "doc example /usr/share/doc/ferrysync/examples/example.yaml" \
   has_file -rw-r--r-- ./usr/share/doc/ferrysync/examples/example.yaml
 check "example job /etc/ferrysync/jobs/example.yaml.disabled" \
   has_file -rw-r--r-- ./etc/ferrysync/jobs/example.yaml.disabled
-check "no *.yaml/*.yml in /etc/ferrysync/jobs (the agent would load it)" \
-  bash -c '! grep -qE "^[^ ]+ \./etc/ferrysync/jobs/.*\.ya?ml$" "$1"' _ "$work/contents"
-check "the example job is a conffile" \
-  bash -c 'dpkg-deb --ctrl-tarfile "$1" | tar -xO ./conffiles | grep -qxF /etc/ferrysync/jobs/example.yaml.disabled' _ "$deb"
+no_job_in_etc() { ! grep -qE '^[^ ]+ \./etc/ferrysync/jobs/.*\.ya?ml$' "$work/contents"; }
+check "no *.yaml/*.yml in /etc/ferrysync/jobs (the agent would load it)" no_job_in_etc
+is_conffile() { dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qxF "$1"; }
+check "the example job is a conffile" is_conffile /etc/ferrysync/jobs/example.yaml.disabled
 for s in postinst prerm postrm; do
   check "maintainer script $s in the control archive" grep -qE "^ +[0-9]+ bytes, +[0-9]+ lines +\* +$s " "$work/info"
 done
 check "Depends: ca-certificates" grep -qE '(^|, )ca-certificates(,|$| )' "$work/depends"
 check "Depends: adduser (postinst uses it)" grep -qE '(^|, )adduser(,|$| )' "$work/depends"
-check "Package ferrysync, version $version" \
-  bash -c '[[ $(dpkg-deb -f "$1" Package) == ferrysync && $(dpkg-deb -f "$1" Version) == "$2"-* ]]' _ "$deb" "$version"
+name_version() { [[ $(dpkg-deb -f "$deb" Package) == ferrysync && $(dpkg-deb -f "$deb" Version) == "$version"-* ]]; }
+check "Package ferrysync, version $version" name_version
 
 # 3. The maintainer scripts as packaged: the ones in packaging/debian/, valid sh, and none of them
 # enables or starts the service (an upgrade's `try-restart` only restarts a running agent).
 mkdir "$work/control"
 dpkg-deb -e "$deb" "$work/control"
+same_executable() { cmp -s "$1" "$2" && [[ -x $1 ]]; }
 for s in postinst prerm postrm; do
-  check "$s is packaging/debian/$s, executable" \
-    bash -c 'cmp -s "$1" "$2" && [[ -x $1 ]]' _ "$work/control/$s" "packaging/debian/$s"
+  check "$s is packaging/debian/$s, executable" same_executable "$work/control/$s" "packaging/debian/$s"
 done
 check "maintainer scripts pass shellcheck -s sh" \
   shellcheck -s sh "$work/control/postinst" "$work/control/prerm" "$work/control/postrm"
+never_starts() {
+  ! grep -nE 'systemctl[^#]*[[:space:]](enable|start|restart|reenable|--now)([[:space:]]|$)|deb-systemd-(invoke|helper)' "$@"
+}
 check "maintainer scripts never enable or start the service" \
-  bash -c '! grep -nE "systemctl[^#]*[[:space:]](enable|start|restart|reenable|--now)([[:space:]]|$)|deb-systemd-(invoke|helper)" "$@"' _ \
-  "$work/control/postinst" "$work/control/prerm" "$work/control/postrm"
+  never_starts "$work/control/postinst" "$work/control/prerm" "$work/control/postrm"
 
 # 4. The packaged binary runs.
 root="$work/root"
 dpkg-deb -x "$deb" "$root"
 bin="$root/usr/bin/ferrysync"
-check "ferrysync --version prints ferrysync $version" \
-  bash -c '[[ $("$1" --version) == "ferrysync $2" ]]' _ "$bin" "$version"
+prints_version() { [[ $("$bin" --version) == "ferrysync $version" ]]; }
+check "ferrysync --version prints ferrysync $version" prints_version
 # As installed, /etc/ferrysync/jobs holds no job: the example is ignored under its .disabled name.
-check "check --jobs /etc/ferrysync/jobs (as packaged): no job files, exit 0" \
-  bash -c 'out=$("$1" check --jobs "$2") && grep -q "no job files" <<<"$out"' _ "$bin" "$root/etc/ferrysync/jobs"
+no_jobs() { local out; out=$("$bin" check --jobs "$1") && grep -q "no job files" <<<"$out"; }
+check "check --jobs /etc/ferrysync/jobs (as packaged): no job files, exit 0" no_jobs "$root/etc/ferrysync/jobs"
 # Enabled the documented way (copied to a .yaml name, password in the environment), it is valid.
 mkdir "$work/jobs"
 cp "$root/etc/ferrysync/jobs/example.yaml.disabled" "$work/jobs/partner.yaml"
-check "check --jobs accepts the example job once copied to partner.yaml" \
-  bash -c 'out=$(PARTNER_PASS=secret "$1" check --jobs "$2") && echo "$out" && grep -q "^ok   partner " <<<"$out"' \
-  _ "$bin" "$work/jobs"
+job_ok() {
+  local out
+  out=$(PARTNER_PASS=secret "$bin" check --jobs "$1") && echo "     $out" && grep -q "^ok   $2 " <<<"$out"
+}
+check "check --jobs accepts the example job once copied to partner.yaml" job_ok "$work/jobs" partner
 
 # 5. The packaged unit passes `systemd-analyze verify` with no message at all (unknown keys are
 # only warnings there). Verify resolves ExecStart= on this machine, so it sees a copy of the
@@ -130,40 +134,51 @@ mkdir "$work/unit"
 sed "s#/usr/bin/ferrysync#$bin#g" "$root/lib/systemd/system/ferrysync.service" >"$work/unit/ferrysync.service"
 check "the packaged unit is packaging/ferrysync.service" \
   cmp -s "$root/lib/systemd/system/ferrysync.service" packaging/ferrysync.service
-check "systemd-analyze verify ferrysync.service: no errors, no warnings" \
-  bash -c 'out=$(systemd-analyze verify "$1" 2>&1) && [[ -z $out ]] || { echo "$out" >&2; false; }' _ "$work/unit/ferrysync.service"
+verify_silent() {
+  local out rc=0
+  out=$(systemd-analyze verify "$1" 2>&1) || rc=$?
+  [[ -n $out ]] && echo "$out" >&2
+  [[ $rc == 0 && -z $out ]]
+}
+check "systemd-analyze verify ferrysync.service: no errors, no warnings" verify_silent "$work/unit/ferrysync.service"
 
 # 6. Install, remove and purge with dpkg: the maintainer scripts on a real system.
 if [[ ${FERRYSYNC_PACKAGING_INSTALL:-1} == 0 ]]; then
   echo "     dpkg install cycle skipped (FERRYSYNC_PACKAGING_INSTALL=0)"
 elif [[ $(id -u) != 0 ]]; then
   echo "     dpkg install cycle skipped (needs root)"
-elif dpkg-query -W -f='${Status}' ferrysync 2>/dev/null | grep -q installed || [[ -e /usr/bin/ferrysync ]]; then
-  echo "     dpkg install cycle skipped (ferrysync is already installed on this machine)"
+elif status=$(dpkg-query -W -f='${Status}' ferrysync 2>/dev/null) && [[ $status != *not-installed ]] ||
+  [[ -e /usr/bin/ferrysync ]]; then
+  echo "     dpkg install cycle skipped (a ferrysync package or /usr/bin/ferrysync is on this machine)"
 elif ! dpkg-query -W -f='${Status}\n' adduser ca-certificates 2>/dev/null | grep -c '^install ok installed$' | grep -qx 2; then
   echo "     dpkg install cycle skipped (adduser or ca-certificates is not installed)"
 else
   installed_by_us=1
   wants=/etc/systemd/system/multi-user.target.wants/ferrysync.service
-  check "dpkg -i installs the package" dpkg -i "$deb"
-  check "postinst created the ferrysync system user and group" \
-    bash -c 'getent group ferrysync >/dev/null && [[ $(id -u ferrysync) -lt 1000 && $(id -gn ferrysync) == ferrysync ]]'
-  check "/var/lib/ferrysync: ferrysync:ferrysync, mode 750" \
-    bash -c '[[ $(stat -c "%U:%G %a" /var/lib/ferrysync) == "ferrysync:ferrysync 750" ]]'
-  check "/etc/ferrysync/jobs: root:ferrysync, mode 750" \
-    bash -c '[[ $(stat -c "%U:%G %a" /etc/ferrysync/jobs) == "root:ferrysync 750" ]]'
+  quiet() { "$@" >/dev/null; }
+  system_user() {
+    getent group ferrysync >/dev/null && [[ $(id -u ferrysync) -lt 1000 && $(id -gn ferrysync) == ferrysync ]]
+  }
+  owner_mode() { [[ $(stat -c "%U:%G %a" "$1") == "$2" ]]; }
+  check "dpkg -i installs the package" quiet dpkg -i "$deb"
+  check "postinst created the ferrysync system user and group" system_user
+  check "/var/lib/ferrysync: ferrysync:ferrysync, mode 750" owner_mode /var/lib/ferrysync "ferrysync:ferrysync 750"
+  check "/etc/ferrysync/jobs: root:ferrysync, mode 750" owner_mode /etc/ferrysync/jobs "root:ferrysync 750"
   check "the service is not enabled" test ! -e "$wants"
   check "the installed agent checks the installed jobs directory" /usr/bin/ferrysync check --jobs /etc/ferrysync/jobs
   touch /var/lib/ferrysync/ferrysync.db
-  check "dpkg -r removes the package" dpkg -r ferrysync
+  check "dpkg -r removes the package" quiet dpkg -r ferrysync
   check "remove keeps the state and the example conffile" \
     test -f /var/lib/ferrysync/ferrysync.db -a -f /etc/ferrysync/jobs/example.yaml.disabled -a ! -e /usr/bin/ferrysync
-  check "purge keeps a non-empty /var/lib/ferrysync" \
-    bash -c 'dpkg -P ferrysync >/dev/null && [[ -f /var/lib/ferrysync/ferrysync.db ]]'
+  purge_keeps_state() { dpkg -P ferrysync >/dev/null && [[ -f /var/lib/ferrysync/ferrysync.db ]]; }
+  check "purge keeps a non-empty /var/lib/ferrysync" purge_keeps_state
   rm -f /var/lib/ferrysync/ferrysync.db
   dpkg -i "$deb" >/dev/null
-  check "purge removes an empty /var/lib/ferrysync and the conffile, keeps the user" \
-    bash -c 'dpkg -P ferrysync >/dev/null && [[ ! -e /var/lib/ferrysync && ! -e /etc/ferrysync/jobs/example.yaml.disabled ]] && getent passwd ferrysync >/dev/null'
+  purge_cleans() {
+    dpkg -P ferrysync >/dev/null && [[ ! -e /var/lib/ferrysync && ! -e /etc/ferrysync/jobs/example.yaml.disabled ]] &&
+      getent passwd ferrysync >/dev/null
+  }
+  check "purge removes an empty /var/lib/ferrysync and the conffile, keeps the user" purge_cleans
   installed_by_us=
 fi
 

@@ -16,6 +16,7 @@ chmod 711 "$work" # the vsftpd users must reach their home directories below it
 cleanup() {
   bash tests/servers/vsftpd.sh stop "$work/vsftpd" || true
   bash tests/servers/vsftpd.sh stop "$work/vsftpd-implicit" || true
+  bash tests/servers/vsftpd.sh stop "$work/vsftpd-cert" || true
   bash tests/servers/proftpd.sh stop "$work/proftpd" || true
   bash tests/servers/proftpd.sh stop "$work/proftpd13" || true
   rm -rf "$work"
@@ -28,12 +29,18 @@ mkdir -p "$work/vsftpd-implicit"
 VSFTPD_IMPLICIT=YES VSFTPD_PORT=2991 VSFTPD_PASV_MIN=40100 VSFTPD_PASV_MAX=40199 \
   VSFTPD_USER=ferrysync-implicit VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_IMPLICIT \
   bash tests/servers/vsftpd.sh start "$work/vsftpd-implicit"
+mkdir -p "$work/vsftpd-cert"
+VSFTPD_CLIENT_CERT=YES VSFTPD_PORT=2994 VSFTPD_PASV_MIN=40400 VSFTPD_PASV_MAX=40499 \
+  VSFTPD_USER=ferrysync-cert VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_CERT \
+  bash tests/servers/vsftpd.sh start "$work/vsftpd-cert"
 mkdir -p "$work/proftpd"
 PROFTPD_PORT=2992 bash tests/servers/proftpd.sh start "$work/proftpd"
 mkdir -p "$work/proftpd13"
 PROFTPD_TLS_PROTOCOLS="TLSv1.2 TLSv1.3" PROFTPD_PORT=2993 PROFTPD_PASV_MIN=40300 \
   PROFTPD_PASV_MAX=40399 PROFTPD_USER=ferrysync-proftpd13 PROFTPD_ENV_PREFIX=FERRYSYNC_PROFTPD13 \
   bash tests/servers/proftpd.sh start "$work/proftpd13"
+# shellcheck disable=SC1091
+source "$work/vsftpd-cert/env"
 # shellcheck disable=SC1091
 source "$work/proftpd/env"
 # shellcheck disable=SC1091

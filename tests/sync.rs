@@ -326,6 +326,37 @@ mod scenarios {
 
 // ---- scenarios that need a particular server ----
 
+/// vsftpd with `require_cert=YES` and `validate_cert=YES`: without a client certificate the
+/// handshake is refused with a clear, permanent error (no retries); with the one the test CA
+/// signed, the push works.
+#[test]
+fn client_certificate_authentication_with_vsftpd() {
+    let Some(server) = Server::vsftpd_client_cert() else {
+        return;
+    };
+    let s = Sandbox::new(&server, "clientcert");
+    populate(&s.local, 20);
+    s.job("nocert", "");
+    let started = std::time::Instant::now();
+    s.sync("nocert")
+        .expect_code(1)
+        .expect_output("requires a client certificate");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "a refused certificate was retried"
+    );
+    assert!(!s.remote_root().exists());
+
+    let certs = format!(
+        "  tls:\n    client_cert: {}\n    client_key: {}\n",
+        server.ca.with_file_name("client.pem").display(),
+        server.ca.with_file_name("client.key").display()
+    );
+    s.write_job("cert", &s.job_yaml("").replace("  tls:\n", &certs));
+    s.sync("cert").expect_code(0);
+    assert_eq!(s.remote_tree(), s.local_tree());
+}
+
 /// ProFTPD with TLS 1.3 refuses data connections once the control connection's two session
 /// tickets are used (425). The run falls back to TLS 1.2, says so, and completes; with
 /// `tls.max_version: "1.2"` it starts there and meets no 425 at all.

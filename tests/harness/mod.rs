@@ -106,6 +106,12 @@ impl Server {
         Some(s)
     }
 
+    /// vsftpd requiring a client certificate (`VSFTPD_CLIENT_CERT=YES`,
+    /// `VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_CERT`); its `client.pem`/`client.key` sit beside `ca`.
+    pub fn vsftpd_client_cert() -> Option<Server> {
+        Self::from_env("FERRYSYNC_VSFTPD_CERT", "explicit")
+    }
+
     /// vsftpd with implicit FTPS (`VSFTPD_IMPLICIT=YES VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_IMPLICIT`).
     pub fn vsftpd_implicit() -> Option<Server> {
         Self::from_env("FERRYSYNC_VSFTPD_IMPLICIT", "implicit")

@@ -80,3 +80,27 @@ pick_port() {
   done
   die "no free port in $first-2199; set $var"
 }
+
+# Writes DIR/client.pem and DIR/client.key: a client certificate (CN ferrysync-test-client)
+# signed by the CA of make_certs, for servers that authenticate clients by certificate.
+make_client_cert() {
+  local dir=$1
+  if [[ -s $dir/client.pem && -s $dir/client.key ]] &&
+    openssl verify -CAfile "$dir/ca.pem" "$dir/client.pem" >/dev/null 2>&1; then
+    return 0
+  fi
+  local tmp
+  tmp=$(mktemp -d "$dir/.client.XXXXXX")
+  (
+    umask 077
+    printf 'basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature, keyEncipherment\nextendedKeyUsage = clientAuth\n' >"$tmp/client.ext"
+    openssl req -new -newkey rsa:2048 -nodes -sha256 -subj "/CN=ferrysync-test-client" \
+      -keyout "$tmp/client.key" -out "$tmp/client.csr" 2>"$tmp/openssl.err"
+    openssl x509 -req -sha256 -days 365 -in "$tmp/client.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+      -set_serial "0x$(openssl rand -hex 8)" -extfile "$tmp/client.ext" -out "$tmp/client.pem" 2>>"$tmp/openssl.err"
+  ) || { cat "$tmp/openssl.err" >&2 2>/dev/null || true; rm -rf "$tmp"; die "client certificate generation failed"; }
+  chmod 0644 "$tmp/client.pem"
+  chmod 0600 "$tmp/client.key"
+  mv -f "$tmp/client.pem" "$tmp/client.key" "$dir/"
+  rm -rf "$tmp"
+}

@@ -14,6 +14,7 @@
 #   VSFTPD_PASV_MAX   last passive data port (default 40099)
 #   VSFTPD_USER       local Unix user for the tests (default ferrysync-test)
 #   VSFTPD_IMPLICIT   YES for implicit FTPS (TLS from the first byte), default NO
+#   VSFTPD_CLIENT_CERT YES to require a client certificate (DIR/client.pem, DIR/client.key)
 #   VSFTPD_ENV_PREFIX prefix of the variables in DIR/env (default FERRYSYNC_VSFTPD)
 set -euo pipefail
 
@@ -206,6 +207,11 @@ ssl_tlsv1=NO
 # Debian's vsftpd 3.0.3 default is DES-CBC3-SHA, which rustls does not offer.
 ssl_ciphers=HIGH
 debug_ssl=YES
+# VSFTPD_CLIENT_CERT=YES: clients must present a certificate signed by DIR/ca.pem (the tests'
+# DIR/client.pem is); without one, or with another, the TLS handshake is refused.
+require_cert=${VSFTPD_CLIENT_CERT:-NO}
+validate_cert=${VSFTPD_CLIENT_CERT:-NO}
+ca_certs_file=$dir/ca.pem
 
 xferlog_enable=YES
 dual_log_enable=YES
@@ -265,6 +271,7 @@ cmd_start() {
   mkdir -p /var/run/vsftpd/empty
 
   make_certs "$dir"
+  make_client_cert "$dir"
   make_user "$dir" "$home"
   port=$(pick_port VSFTPD_PORT 2121)
   write_conf "$dir" "$port" "$home" "$bin"
