@@ -221,6 +221,14 @@ impl Session {
                 server: server.clone(),
                 source,
             },
+            // A greeting other than 220, such as 421 "too many connections".
+            FtpError::UnexpectedResponse(r) => FtpsError::Reply {
+                server: server.clone(),
+                command: "connect",
+                path: String::new(),
+                code: r.status.code(),
+                reply: reply_text(&r),
+            },
             FtpError::SecureError(reason) => tls_error(reason),
             other => setup(other.to_string()),
         };

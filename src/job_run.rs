@@ -542,6 +542,7 @@ async fn transfer_all(
 
     let mut handles = Vec::new();
     let mut first = Some(first);
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(workers));
     for i in 0..workers {
         let session = if i == 0 { first.take() } else { None };
         let pool = WorkerPool {
@@ -552,6 +553,7 @@ async fn transfer_all(
             tx: tx.clone(),
             counter: counter.clone(),
             stop: opts.stop.clone(),
+            live: live.clone(),
         };
         handles.push(tokio::spawn(transfer_worker(pool, session)));
     }
@@ -663,6 +665,15 @@ struct WorkerPool {
     tx: mpsc::UnboundedSender<WorkerNews>,
     counter: ByteCounter,
     stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Workers still running: a server that refuses one more connection (421) lowers the
+    /// parallelism, unless this is the last worker.
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 async fn transfer_worker(pool: WorkerPool, mut session: Option<Session>) -> Option<Session> {
@@ -674,6 +685,7 @@ async fn transfer_worker(pool: WorkerPool, mut session: Option<Session>) -> Opti
         tx,
         counter,
         stop,
+        live,
     } = &pool;
     let (job, tls) = (job.as_ref(), tls.as_ref());
     let ctx = TransferContext {
@@ -696,6 +708,17 @@ async fn transfer_worker(pool: WorkerPool, mut session: Option<Session>) -> Opti
             if session.is_none() {
                 match Session::connect(&job.remote, tls).await {
                     Ok(s) => session = Some(s),
+                    Err(e)
+                        if e.code() == Some(421)
+                            && live.load(std::sync::atomic::Ordering::SeqCst) > 1 =>
+                    {
+                        // "Too many connections": go on with the connections already open.
+                        tracing::warn!(
+                            "the server refused one more connection, going on with fewer: {e}"
+                        );
+                        lock_queue(queue).push_front((path, source));
+                        return None;
+                    }
                     Err(e) if e.is_transient() && attempt + 1 < job.retries.attempts => {
                         tracing::warn!(path = %path, attempt, "reconnecting: {e}");
                         tokio::time::sleep(job.retries.delay(attempt)).await;

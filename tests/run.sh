@@ -17,6 +17,7 @@ cleanup() {
   bash tests/servers/vsftpd.sh stop "$work/vsftpd" || true
   bash tests/servers/vsftpd.sh stop "$work/vsftpd-implicit" || true
   bash tests/servers/vsftpd.sh stop "$work/vsftpd-cert" || true
+  bash tests/servers/vsftpd.sh stop "$work/vsftpd-limited" || true
   bash tests/servers/proftpd.sh stop "$work/proftpd" || true
   bash tests/servers/proftpd.sh stop "$work/proftpd13" || true
   rm -rf "$work"
@@ -33,6 +34,10 @@ mkdir -p "$work/vsftpd-cert"
 VSFTPD_CLIENT_CERT=YES VSFTPD_PORT=2994 VSFTPD_PASV_MIN=40400 VSFTPD_PASV_MAX=40499 \
   VSFTPD_USER=ferrysync-cert VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_CERT \
   bash tests/servers/vsftpd.sh start "$work/vsftpd-cert"
+mkdir -p "$work/vsftpd-limited"
+VSFTPD_MAX_PER_IP=2 VSFTPD_PORT=2989 VSFTPD_PASV_MIN=40500 VSFTPD_PASV_MAX=40599 \
+  VSFTPD_USER=ferrysync-limited VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_LIMITED \
+  bash tests/servers/vsftpd.sh start "$work/vsftpd-limited"
 mkdir -p "$work/proftpd"
 PROFTPD_PORT=2992 bash tests/servers/proftpd.sh start "$work/proftpd"
 mkdir -p "$work/proftpd13"
@@ -41,6 +46,8 @@ PROFTPD_TLS_PROTOCOLS="TLSv1.2 TLSv1.3" PROFTPD_PORT=2993 PROFTPD_PASV_MIN=40300
   bash tests/servers/proftpd.sh start "$work/proftpd13"
 # shellcheck disable=SC1091
 source "$work/vsftpd-cert/env"
+# shellcheck disable=SC1091
+source "$work/vsftpd-limited/env"
 # shellcheck disable=SC1091
 source "$work/proftpd/env"
 # shellcheck disable=SC1091

@@ -326,6 +326,22 @@ mod scenarios {
 
 // ---- scenarios that need a particular server ----
 
+/// A server that allows two connections per client answers the third and fourth with 421:
+/// the run goes on with two connections instead of failing.
+#[test]
+fn too_many_connections_lowers_the_parallelism() {
+    let Some(server) = Server::vsftpd_limited() else {
+        return;
+    };
+    let s = Sandbox::new(&server, "limited");
+    populate(&s.local, 60);
+    s.job("j", "transfers: 4\n");
+    s.sync("j")
+        .expect_code(0)
+        .expect_output("going on with fewer");
+    assert_eq!(s.remote_tree(), s.local_tree());
+}
+
 /// vsftpd with `require_cert=YES` and `validate_cert=YES`: without a client certificate the
 /// handshake is refused with a clear, permanent error (no retries); with the one the test CA
 /// signed, the push works.

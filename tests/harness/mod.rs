@@ -112,6 +112,12 @@ impl Server {
         Self::from_env("FERRYSYNC_VSFTPD_CERT", "explicit")
     }
 
+    /// vsftpd allowing two connections per client (`VSFTPD_MAX_PER_IP=2`,
+    /// `VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_LIMITED`).
+    pub fn vsftpd_limited() -> Option<Server> {
+        Self::from_env("FERRYSYNC_VSFTPD_LIMITED", "explicit")
+    }
+
     /// vsftpd with implicit FTPS (`VSFTPD_IMPLICIT=YES VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_IMPLICIT`).
     pub fn vsftpd_implicit() -> Option<Server> {
         Self::from_env("FERRYSYNC_VSFTPD_IMPLICIT", "implicit")
