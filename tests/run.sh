@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need (vsftpd, lftp, curl,
-# openssl from Debian's packages), starts vsftpd with explicit FTPS on 127.0.0.1, runs every
-# unit and integration test against the in-process server and vsftpd, and stops vsftpd again,
-# also when a test fails. Needs root (apt-get, a local test user for vsftpd).
+# openssl from Debian's packages; ProFTPD unpacked beside them), starts on 127.0.0.1, each on a
+# free port: vsftpd (explicit FTPS, require_ssl_reuse), vsftpd (implicit), vsftpd (client
+# certificate required), vsftpd (two connections per client), ProFTPD (TLS 1.2, HASH) and
+# ProFTPD (TLS 1.2 and 1.3); runs every unit and integration test against them and the
+# in-process server; and stops every server again, also when a test fails. Needs root
+# (apt-get, local test users, a tmpfs mount in one test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,23 +28,23 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$work/vsftpd"
-VSFTPD_PORT=${VSFTPD_PORT:-2990} bash tests/servers/vsftpd.sh start "$work/vsftpd"
+bash tests/servers/vsftpd.sh start "$work/vsftpd"
 mkdir -p "$work/vsftpd-implicit"
-VSFTPD_IMPLICIT=YES VSFTPD_PORT=2991 VSFTPD_PASV_MIN=40100 VSFTPD_PASV_MAX=40199 \
+VSFTPD_IMPLICIT=YES VSFTPD_PASV_MIN=40100 VSFTPD_PASV_MAX=40199 \
   VSFTPD_USER=ferrysync-implicit VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_IMPLICIT \
   bash tests/servers/vsftpd.sh start "$work/vsftpd-implicit"
 mkdir -p "$work/vsftpd-cert"
-VSFTPD_CLIENT_CERT=YES VSFTPD_PORT=2994 VSFTPD_PASV_MIN=40400 VSFTPD_PASV_MAX=40499 \
+VSFTPD_CLIENT_CERT=YES VSFTPD_PASV_MIN=40400 VSFTPD_PASV_MAX=40499 \
   VSFTPD_USER=ferrysync-cert VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_CERT \
   bash tests/servers/vsftpd.sh start "$work/vsftpd-cert"
 mkdir -p "$work/vsftpd-limited"
-VSFTPD_MAX_PER_IP=2 VSFTPD_PORT=2989 VSFTPD_PASV_MIN=40500 VSFTPD_PASV_MAX=40599 \
+VSFTPD_MAX_PER_IP=2 VSFTPD_PASV_MIN=40500 VSFTPD_PASV_MAX=40599 \
   VSFTPD_USER=ferrysync-limited VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_LIMITED \
   bash tests/servers/vsftpd.sh start "$work/vsftpd-limited"
 mkdir -p "$work/proftpd"
-PROFTPD_PORT=2992 bash tests/servers/proftpd.sh start "$work/proftpd"
+bash tests/servers/proftpd.sh start "$work/proftpd"
 mkdir -p "$work/proftpd13"
-PROFTPD_TLS_PROTOCOLS="TLSv1.2 TLSv1.3" PROFTPD_PORT=2993 PROFTPD_PASV_MIN=40300 \
+PROFTPD_TLS_PROTOCOLS="TLSv1.2 TLSv1.3" PROFTPD_PASV_MIN=40300 \
   PROFTPD_PASV_MAX=40399 PROFTPD_USER=ferrysync-proftpd13 PROFTPD_ENV_PREFIX=FERRYSYNC_PROFTPD13 \
   bash tests/servers/proftpd.sh start "$work/proftpd13"
 # shellcheck disable=SC1091
