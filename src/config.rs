@@ -327,6 +327,35 @@ struct RawJob {
     retries: Option<RawRetries>,
     #[serde(default)]
     catch_up: bool,
+    upload: Option<RawUpload>,
+}
+
+/// `upload:` options for servers with quirks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpload {
+    temp_name: Option<bool>,
+    verify: Option<String>,
+}
+
+/// How uploads reach their final name, and what is checked before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadOptions {
+    /// Upload to a temporary name and rename (default). `false` for servers that refuse
+    /// RNFR/RNTO: consumers may then see a partial file, and an interrupted upload starts over.
+    pub temp_name: bool,
+    /// Check the server's SIZE (and hash, on resume) before the rename (default). `false`
+    /// (`verify: none`) for write-only drop folders that refuse SIZE and reading back.
+    pub verify: bool,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            temp_name: true,
+            verify: true,
+        }
+    }
 }
 
 /// `watch:` as written: `true`/`false`, or `poll` for folders where inotify sees nothing.
@@ -473,6 +502,7 @@ pub struct Job {
     pub transfers: usize,
     pub max_delete: Option<MaxDelete>,
     pub retries: RetryPolicy,
+    pub upload: UploadOptions,
     /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
     /// every run's log so they are never forgotten.
     pub warnings: Vec<String>,
@@ -793,6 +823,35 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
             format!("retries: {} attempts is outside 1..100", retries.attempts),
         ));
     }
+    let upload = match raw.upload {
+        None => UploadOptions::default(),
+        Some(u) => {
+            let verify = match u.verify.as_deref() {
+                None | Some("size") => true,
+                Some("none") => false,
+                Some(other) => {
+                    return Err(fail(
+                        &["upload", "verify"],
+                        format!("upload.verify: `{other}` is not `size` or `none`"),
+                    ))
+                }
+            };
+            UploadOptions {
+                temp_name: u.temp_name.unwrap_or(true),
+                verify,
+            }
+        }
+    };
+    if !upload.temp_name {
+        warnings.push(
+            "upload.temp_name: false: files are written under their final name, so a consumer can see a partial file, and an interrupted upload starts over".to_string(),
+        );
+    }
+    if !upload.verify {
+        warnings.push(
+            "upload.verify: none: the size the server stored is not checked before a file counts as sent".to_string(),
+        );
+    }
     if poll.is_some_and(|d| d < Duration::from_secs(1)) {
         return Err(fail(
             &["poll"],
@@ -843,6 +902,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
         transfers: usize::from(transfers),
         max_delete,
         retries,
+        upload,
         warnings,
     })
 }

@@ -256,7 +256,12 @@ pub async fn upload(
 ) -> Result<Transferred, TransferError> {
     let job = ctx.job;
     let final_path = remote_path(&job.remote.path, rel);
-    let temp = temp_rel(rel);
+    // Without a temporary name the bytes go straight to the final name.
+    let temp = if job.upload.temp_name {
+        temp_rel(rel)
+    } else {
+        rel.to_string()
+    };
     let temp_path = remote_path(&job.remote.path, &temp);
     let local = local_path(&job.local, rel);
     let local_err = |action, source| TransferError::Local {
@@ -275,7 +280,7 @@ pub async fn upload(
             && j.hash == source.hash
     });
     let mut offset = 0;
-    if same {
+    if same && job.upload.temp_name && job.upload.verify {
         if let Ok(on_server) = session.size(&temp_path).await {
             if on_server <= source.size {
                 offset = on_server;
@@ -340,7 +345,7 @@ pub async fn upload(
             "{rel}: the local file changed while it was being uploaded; it will be sent again by the next run"
         )));
     }
-    if session.features.size {
+    if session.features.size && job.upload.verify {
         let remote_size = session.size(&temp_path).await?;
         if remote_size != total {
             let _ = session.delete_file(&temp_path).await;
@@ -349,7 +354,7 @@ pub async fn upload(
             )));
         }
     }
-    if offset > 0 && session.features.sha256.is_some() {
+    if offset > 0 && session.features.sha256.is_some() && job.upload.verify {
         // A resumed upload joined two sessions' bytes on the server: where the server can hash
         // a file, compare its SHA-256 with the local file's before the rename.
         let local_sha = sha256_of(local.clone())
@@ -364,7 +369,9 @@ pub async fn upload(
             }
         }
     }
-    session.rename(&temp_path, &final_path).await?;
+    if job.upload.temp_name {
+        session.rename(&temp_path, &final_path).await?;
+    }
     if session.features.mfmt {
         if let Err(e) = session
             .set_mtime(&final_path, source.mtime.div_euclid(1_000_000_000))

@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine: installs what the tests need (vsftpd, lftp, curl,
 # openssl from Debian's packages; ProFTPD unpacked beside them), starts on 127.0.0.1, each on a
 # free port: vsftpd (explicit FTPS, require_ssl_reuse), vsftpd (implicit), vsftpd (client
-# certificate required), vsftpd (two connections per client), ProFTPD (TLS 1.2, HASH) and
+# certificate required), vsftpd (two connections per client), vsftpd (a write-only drop
+# folder), ProFTPD (TLS 1.2, HASH) and
 # ProFTPD (TLS 1.2 and 1.3); runs every unit and integration test against them and the
 # in-process server; and stops every server again, also when a test fails. Needs root
 # (apt-get, local test users, a tmpfs mount in one test).
@@ -21,6 +22,7 @@ cleanup() {
   bash tests/servers/vsftpd.sh stop "$work/vsftpd-implicit" || true
   bash tests/servers/vsftpd.sh stop "$work/vsftpd-cert" || true
   bash tests/servers/vsftpd.sh stop "$work/vsftpd-limited" || true
+  bash tests/servers/vsftpd.sh stop "$work/vsftpd-drop" || true
   bash tests/servers/proftpd.sh stop "$work/proftpd" || true
   bash tests/servers/proftpd.sh stop "$work/proftpd13" || true
   rm -rf "$work"
@@ -41,6 +43,10 @@ mkdir -p "$work/vsftpd-limited"
 VSFTPD_MAX_PER_IP=2 VSFTPD_PASV_MIN=40500 VSFTPD_PASV_MAX=40599 \
   VSFTPD_USER=ferrysync-limited VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_LIMITED \
   bash tests/servers/vsftpd.sh start "$work/vsftpd-limited"
+mkdir -p "$work/vsftpd-drop"
+VSFTPD_CMDS_DENIED=RNFR,RNTO,SIZE,RETR VSFTPD_PASV_MIN=40600 VSFTPD_PASV_MAX=40699 \
+  VSFTPD_USER=ferrysync-drop VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_DROP \
+  bash tests/servers/vsftpd.sh start "$work/vsftpd-drop"
 mkdir -p "$work/proftpd"
 bash tests/servers/proftpd.sh start "$work/proftpd"
 mkdir -p "$work/proftpd13"
@@ -51,6 +57,8 @@ PROFTPD_TLS_PROTOCOLS="TLSv1.2 TLSv1.3" PROFTPD_PASV_MIN=40300 \
 source "$work/vsftpd-cert/env"
 # shellcheck disable=SC1091
 source "$work/vsftpd-limited/env"
+# shellcheck disable=SC1091
+source "$work/vsftpd-drop/env"
 # shellcheck disable=SC1091
 source "$work/proftpd/env"
 # shellcheck disable=SC1091

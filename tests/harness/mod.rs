@@ -118,6 +118,12 @@ impl Server {
         Self::from_env("FERRYSYNC_VSFTPD_LIMITED", "explicit")
     }
 
+    /// vsftpd as a write-only drop folder: RNFR, RNTO, SIZE and RETR refused
+    /// (`VSFTPD_CMDS_DENIED`, `VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_DROP`).
+    pub fn vsftpd_drop_folder() -> Option<Server> {
+        Self::from_env("FERRYSYNC_VSFTPD_DROP", "explicit")
+    }
+
     /// vsftpd with implicit FTPS (`VSFTPD_IMPLICIT=YES VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_IMPLICIT`).
     pub fn vsftpd_implicit() -> Option<Server> {
         Self::from_env("FERRYSYNC_VSFTPD_IMPLICIT", "implicit")

@@ -16,6 +16,7 @@
 #   VSFTPD_IMPLICIT   YES for implicit FTPS (TLS from the first byte), default NO
 #   VSFTPD_CLIENT_CERT YES to require a client certificate (DIR/client.pem, DIR/client.key)
 #   VSFTPD_MAX_PER_IP connections allowed per client address (default 0: unlimited)
+#   VSFTPD_CMDS_DENIED commands the server refuses (e.g. RNFR,RNTO,SIZE for a drop folder)
 #   VSFTPD_ENV_PREFIX prefix of the variables in DIR/env (default FERRYSYNC_VSFTPD)
 set -euo pipefail
 
@@ -184,6 +185,8 @@ secure_chroot_dir=$dir/empty
 mdtm_write=YES
 force_dot_files=YES
 hide_ids=NO
+# VSFTPD_CMDS_DENIED=RNFR,RNTO,SIZE: a write-only drop folder that refuses renames and reads.
+cmds_denied=${VSFTPD_CMDS_DENIED:-}
 # VSFTPD_MAX_PER_IP=N: a server that allows N connections per client (421 beyond).
 max_per_ip=${VSFTPD_MAX_PER_IP:-0}
 max_clients=0
