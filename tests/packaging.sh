@@ -165,7 +165,7 @@ else
   check "/var/lib/ferrysync: ferrysync:ferrysync, mode 750" owner_mode /var/lib/ferrysync "ferrysync:ferrysync 750"
   check "/etc/ferrysync/jobs: root:ferrysync, mode 750" owner_mode /etc/ferrysync/jobs "root:ferrysync 750"
   check "the service is not enabled" test ! -e "$wants"
-  check "the installed agent checks the installed jobs directory" /usr/bin/ferrysync check --jobs /etc/ferrysync/jobs
+  check "the installed agent checks the installed jobs directory" quiet /usr/bin/ferrysync check --jobs /etc/ferrysync/jobs
   touch /var/lib/ferrysync/ferrysync.db
   check "dpkg -r removes the package" quiet dpkg -r ferrysync
   check "remove keeps the state and the example conffile" \

@@ -71,3 +71,4 @@ export FERRYSYNC_REQUIRE_VSFTPD=1
 
 cargo build --all-targets
 cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
+bash tests/packaging.sh # the .deb (cargo-deb, release build): contents, unit, install cycle
