@@ -158,6 +158,18 @@ pub struct RunCounts {
     pub files_failed: u64,
 }
 
+/// A path as the path part of an SQLite `file:` URI.
+fn uri_path(path: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    abs.to_string_lossy()
+        .bytes()
+        .map(|b| match b {
+            b'?' | b'#' | b'%' | b' ' | 0x80..=0xff => format!("%{b:02X}"),
+            _ => (b as char).to_string(),
+        })
+        .collect()
+}
+
 /// Unix seconds as `2026-11-28T15:40:01Z`, the form every time takes in JSON output.
 pub fn iso_time(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
@@ -256,6 +268,75 @@ impl Ledger {
         ledger.configure()?;
         ledger.migrate()?;
         Ok(ledger)
+    }
+
+    /// Opens an existing ledger for reading only (`status`, `history`): no file is created
+    /// and nothing is written, so it works for any user who can read the ledger, also while
+    /// the agent writes it. `None` if there is no ledger yet.
+    pub fn open_read_only(path: &Path) -> Result<Option<Ledger>, LedgerError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let read_only = |immutable: bool| -> Result<(Ledger, i64), LedgerError> {
+            let err = |source| LedgerError::Sqlite {
+                path: path.to_path_buf(),
+                source,
+            };
+            let conn = if immutable {
+                let uri = format!("file:{}?immutable=1", uri_path(path));
+                Connection::open_with_flags(
+                    uri,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+                )
+                .map_err(err)?
+            } else {
+                Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .map_err(err)?
+            };
+            conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+            let ledger = Ledger {
+                conn,
+                path: path.to_path_buf(),
+            };
+            let version = ledger.schema_version()?;
+            Ok((ledger, version))
+        };
+        // A reader without write access to the ledger's directory cannot create the WAL index
+        // (-shm) that SQLite removes when the last writer closes. Then no writer is active and
+        // the file holds every committed change, so it is read as an immutable snapshot.
+        let wal = path.with_file_name(format!(
+            "{}-wal",
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        let (ledger, version) = match read_only(false) {
+            Err(LedgerError::Sqlite { source, .. })
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly)
+                    && !wal.exists() =>
+            {
+                read_only(true)?
+            }
+            other => other?,
+        };
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(LedgerError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                known,
+            });
+        }
+        if version < known {
+            return Err(LedgerError::Corrupt {
+                path: path.to_path_buf(),
+                what: format!(
+                    "schema version {version} is older than this ferrysync's ({known}); run `ferrysync sync` or the agent once to upgrade it"
+                ),
+            });
+        }
+        Ok(Some(ledger))
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
@@ -882,6 +963,28 @@ mod tests {
             .unwrap();
         assert!(!l.fold_idle_poll("j").unwrap(), "only polls are folded");
         assert_eq!(l.runs("j", 10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn read_only_opening_creates_nothing_and_reads_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a b/é.db");
+        assert!(Ledger::open_read_only(&path).unwrap().is_none());
+        assert!(!path.exists());
+        Ledger::open(&path)
+            .unwrap()
+            .record("j", "x", &entry(1))
+            .unwrap();
+        let l = Ledger::open_read_only(&path).unwrap().unwrap();
+        assert_eq!(l.entry_count("j").unwrap(), 1);
+        assert!(
+            l.record("j", "y", &entry(2)).is_err(),
+            "a read-only ledger accepted a write"
+        );
+        assert_eq!(
+            uri_path(Path::new("/t/a b/é?#%.db")),
+            "/t/a%20b/%C3%A9%3F%23%25.db"
+        );
     }
 
     #[test]

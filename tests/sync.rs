@@ -726,3 +726,52 @@ mod fault_proxy_selftest {
         assert_eq!(std::fs::read(&target).unwrap(), data);
     }
 }
+
+/// `status` and `history` only read the ledger: another user with read access to it gets the
+/// same answer, and a missing ledger is "nothing has run yet", not an error or a new file.
+#[test]
+fn status_works_for_a_reader_without_write_access() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "reader");
+    s.write_local("a", b"abc");
+    s.job("j", "");
+    let empty = s.ferrysync(&["status", "--json"]);
+    empty.expect_code(0);
+    assert!(!s.state.exists(), "status created a ledger");
+    s.sync("j").expect_code(0);
+
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if !is_root {
+        eprintln!("skipped the other-user part: not root");
+        return;
+    }
+    let state_dir = s.state.parent().unwrap();
+    for dir in [s.dir.path(), state_dir] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for f in std::fs::read_dir(state_dir).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(env!("CARGO_BIN_EXE_ferrysync"))
+        .args(["status", "j", "--json", "--state"])
+        .arg(&s.state)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status as nobody: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"outcome\": \"ok\""), "{stdout}");
+}

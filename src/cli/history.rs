@@ -22,8 +22,10 @@ pub struct HistoryCmd {
 
 impl HistoryCmd {
     pub fn execute(self) -> CmdResult {
-        let ledger = Ledger::open(&self.state.path)?;
-        let runs = ledger.runs(&self.job, self.limit)?;
+        let runs = match Ledger::open_read_only(&self.state.path)? {
+            Some(ledger) => ledger.runs(&self.job, self.limit)?,
+            None => Vec::new(),
+        };
         if self.json {
             println!(
                 "{}",

@@ -62,7 +62,30 @@ pub fn next_run(schedule: Option<&str>, timezone: Option<&str>) -> Option<String
 
 impl StatusCmd {
     pub fn execute(self) -> CmdResult {
-        let ledger = Ledger::open(&self.state.path)?;
+        let Some(ledger) = Ledger::open_read_only(&self.state.path)? else {
+            if let Some(name) = &self.job {
+                return Err(Failure::config(format!(
+                    "job `{name}` has never run (no ledger at {})",
+                    self.state.path.display()
+                )));
+            }
+            if self.json {
+                let doc = StatusJson {
+                    state: self.state.path.display().to_string(),
+                    jobs: Vec::new(),
+                };
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&doc).map_err(Failure::run)?
+                );
+            } else {
+                println!(
+                    "no job has run yet (no ledger at {})",
+                    self.state.path.display()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        };
         let mut jobs = ledger.jobs()?;
         if let Some(name) = &self.job {
             jobs.retain(|j| &j.name == name);
