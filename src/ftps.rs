@@ -352,7 +352,18 @@ impl Session {
             Box<dyn std::future::Future<Output = Result<T, FtpError>> + Send + 'a>,
         >,
     ) -> Result<T, FtpsError> {
-        match tokio::time::timeout(self.timeout, f(&mut self.ftp)).await {
+        let result = tokio::time::timeout(self.timeout, f(&mut self.ftp)).await;
+        self.outcome(command, path, result)
+    }
+
+    /// Maps a timed command's result: the timeout, or the server's reply, become [`FtpsError`].
+    fn outcome<T>(
+        &self,
+        command: &'static str,
+        path: &str,
+        result: Result<Result<T, FtpError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, FtpsError> {
+        match result {
             Err(_) => Err(timeout_err(&self.server, command, path, self.timeout)),
             Ok(r) => r.map_err(|e| self.err(command, path, e)),
         }
@@ -391,24 +402,18 @@ impl Session {
             Box<dyn std::future::Future<Output = Result<T, FtpError>> + Send + 'a>,
         >,
     ) -> Result<T, FtpsError> {
-        match tokio::time::timeout(self.timeout, f(&mut self.ftp)).await {
-            Err(_) => Err(timeout_err(&self.server, command, path, self.timeout)),
-            Ok(Err(FtpError::UnexpectedResponse(r)))
-                if matches!(r.status.code(), 500..=502)
-                    && String::from_utf8_lossy(&r.body)
-                        .to_ascii_uppercase()
-                        .contains("EPSV") =>
-            {
-                tracing::info!(server = %self.server, "EPSV refused, using PASV");
-                self.ftp.set_mode(Mode::Passive);
-                self.ftp.set_passive_nat_workaround(true);
-                match tokio::time::timeout(self.timeout, f(&mut self.ftp)).await {
-                    Err(_) => Err(timeout_err(&self.server, command, path, self.timeout)),
-                    Ok(r) => r.map_err(|e| self.err(command, path, e)),
-                }
-            }
-            Ok(r) => r.map_err(|e| self.err(command, path, e)),
+        let first = tokio::time::timeout(self.timeout, f(&mut self.ftp)).await;
+        let epsv_refused = matches!(&first, Ok(Err(FtpError::UnexpectedResponse(r)))
+            if matches!(r.status.code(), 500..=502)
+                && String::from_utf8_lossy(&r.body).to_ascii_uppercase().contains("EPSV"));
+        if !epsv_refused {
+            return self.outcome(command, path, first);
         }
+        tracing::info!(server = %self.server, "EPSV refused, using PASV");
+        self.ftp.set_mode(Mode::Passive);
+        self.ftp.set_passive_nat_workaround(true);
+        let second = tokio::time::timeout(self.timeout, f(&mut self.ftp)).await;
+        self.outcome(command, path, second)
     }
 
     pub async fn mkdir(&mut self, path: &str) -> Result<(), FtpsError> {
@@ -523,10 +528,8 @@ impl Session {
         path: &str,
         stream: DataStream,
     ) -> Result<(), FtpsError> {
-        match tokio::time::timeout(self.timeout, stream.finish()).await {
-            Err(_) => Err(timeout_err(&self.server, command, path, self.timeout)),
-            Ok(r) => r.map_err(|e| self.err(command, path, e)),
-        }
+        let result = tokio::time::timeout(self.timeout, stream.finish()).await;
+        self.outcome(command, path, result)
     }
 
     pub async fn quit(mut self) {
