@@ -1,5 +1,8 @@
+# shellcheck shell=bash
 # Shared by the test-server scripts in this folder (sourced, not run): ports and throw-away
-# certificates. The sourcing script defines log() and die().
+# certificates, and finding and stopping a server's processes. The sourcing script defines
+# log(), die(), DAEMON (the server's process name; its files are DIR/$DAEMON.pid and
+# DIR/$DAEMON.conf) and STOP_TIMEOUT.
 
 # Succeeds if something accepts TCP connections on 127.0.0.1:$1.
 port_open() {
@@ -103,4 +106,57 @@ make_client_cert() {
   chmod 0600 "$tmp/client.key"
   mv -f "$tmp/client.pem" "$tmp/client.key" "$dir/"
   rm -rf "$tmp"
+}
+
+# Succeeds if PID $1 is a live proftpd process. A zombie does not count: it
+# has exited, and whoever adopted it (PID 1) may take seconds to reap it.
+is_daemon_pid() {
+  local stat
+  [[ -n ${1:-} && -r /proc/$1/comm ]] && [[ $(cat "/proc/$1/comm" 2>/dev/null) == "$DAEMON" ]] &&
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) && [[ ${stat##*) } != Z* ]]
+}
+
+# PIDs of every process belonging to the $DAEMON instance of config $1:
+# the ones whose session id is the recorded PID (we start it with setsid; the
+# session children it forks stay in that session) and the ones whose command
+# line still names our config file.
+instance_pids() {
+  local conf=$1 sid=${2:-} p stat rest cmd _state _ppid _pgrp session
+  for p in /proc/[0-9]*; do
+    p=${p#/proc/}
+    [[ $p == "$$" ]] && continue
+    if [[ -n $sid ]] && stat=$(cat "/proc/$p/stat" 2>/dev/null); then
+      rest=${stat##*) } # fields after "(comm) "
+      read -r _state _ppid _pgrp session _ <<<"$rest"
+      if [[ $session == "$sid" ]] && is_daemon_pid "$p"; then echo "$p"; continue; fi
+    fi
+    cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline") || continue
+    if [[ $cmd == *"$conf"* ]] && is_daemon_pid "$p"; then echo "$p"; fi
+  done
+}
+
+stop_instance() {
+  local dir=$1 pidfile=$1/$DAEMON.pid conf=$1/$DAEMON.conf pid="" i
+  local -a pids
+  [[ -f $pidfile ]] && pid=$(tr -dc '0-9' <"$pidfile")
+  is_daemon_pid "$pid" || pid=""
+  mapfile -t pids < <(instance_pids "$conf" "$pid")
+  if ((${#pids[@]} == 0)); then
+    rm -f "$pidfile"
+    return 0
+  fi
+  log "stopping $DAEMON for $dir (pids: ${pids[*]})"
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+    mapfile -t pids < <(instance_pids "$conf" "$pid")
+    ((${#pids[@]} == 0)) && break
+    sleep 0.1
+  done
+  if ((${#pids[@]} > 0)); then
+    log "still running after ${STOP_TIMEOUT}s, sending SIGKILL to: ${pids[*]}"
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    sleep 0.2
+  fi
+  rm -f "$pidfile"
+  return 0
 }

@@ -35,12 +35,15 @@ TLS_PROTOCOLS=${PROFTPD_TLS_PROTOCOLS:-TLSv1.2}
 CACHE_DIR=${PROFTPD_CACHE_DIR:-/var/cache/ferrysync-tests/proftpd}
 PACKAGES=(proftpd-core proftpd-mod-crypto) # mod_tls.so is in proftpd-mod-crypto
 START_TIMEOUT=10                           # seconds to wait for the control port
+# shellcheck disable=SC2034 # STOP_TIMEOUT and DAEMON are read by common.sh
 STOP_TIMEOUT=5                             # seconds to wait for processes to exit after SIGTERM
 APT_TIMEOUT=300                            # seconds for one apt-get download/install
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+# shellcheck disable=SC2034
+DAEMON=proftpd
 # shellcheck source=tests/servers/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -56,58 +59,8 @@ EOF
 
 
 
-# Succeeds if PID $1 is a live proftpd process. A zombie does not count: it
-# has exited, and whoever adopted it (PID 1) may take seconds to reap it.
-is_proftpd_pid() {
-  local stat
-  [[ -n ${1:-} && -r /proc/$1/comm ]] && [[ $(cat "/proc/$1/comm" 2>/dev/null) == proftpd ]] &&
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) && [[ ${stat##*) } != Z* ]]
-}
 
-# PIDs of every process belonging to the proftpd instance of config $1:
-# the ones whose session id is the recorded PID (we start it with setsid; the
-# session children it forks stay in that session) and the ones whose command
-# line still names our config file.
-instance_pids() {
-  local conf=$1 sid=${2:-} p stat rest cmd _state _ppid _pgrp session
-  for p in /proc/[0-9]*; do
-    p=${p#/proc/}
-    [[ $p == "$$" ]] && continue
-    if [[ -n $sid ]] && stat=$(cat "/proc/$p/stat" 2>/dev/null); then
-      rest=${stat##*) } # fields after "(comm) "
-      read -r _state _ppid _pgrp session _ <<<"$rest"
-      if [[ $session == "$sid" ]] && is_proftpd_pid "$p"; then echo "$p"; continue; fi
-    fi
-    cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline") || continue
-    if [[ $cmd == *"$conf"* ]] && is_proftpd_pid "$p"; then echo "$p"; fi
-  done
-}
 
-stop_instance() {
-  local dir=$1 pidfile=$1/proftpd.pid conf=$1/proftpd.conf pid="" i
-  local -a pids
-  [[ -f $pidfile ]] && pid=$(tr -dc '0-9' <"$pidfile")
-  is_proftpd_pid "$pid" || pid=""
-  mapfile -t pids < <(instance_pids "$conf" "$pid")
-  if ((${#pids[@]} == 0)); then
-    rm -f "$pidfile"
-    return 0
-  fi
-  log "stopping proftpd for $dir (pids: ${pids[*]})"
-  kill -TERM "${pids[@]}" 2>/dev/null || true
-  for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-    mapfile -t pids < <(instance_pids "$conf" "$pid")
-    ((${#pids[@]} == 0)) && break
-    sleep 0.1
-  done
-  if ((${#pids[@]} > 0)); then
-    log "still running after ${STOP_TIMEOUT}s, sending SIGKILL to: ${pids[*]}"
-    kill -KILL "${pids[@]}" 2>/dev/null || true
-    sleep 0.2
-  fi
-  rm -f "$pidfile"
-  return 0
-}
 
 APT_UPDATED=0
 apt_update_once() {

@@ -25,11 +25,14 @@ FTP_USER=${VSFTPD_USER:-ferrysync-test}
 PASV_MIN=${VSFTPD_PASV_MIN:-40000}
 PASV_MAX=${VSFTPD_PASV_MAX:-40099}
 START_TIMEOUT=10 # seconds to wait for the control port
+# shellcheck disable=SC2034 # STOP_TIMEOUT and DAEMON are read by common.sh
 STOP_TIMEOUT=5   # seconds to wait for processes to exit after SIGTERM
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+# shellcheck disable=SC2034
+DAEMON=vsftpd
 # shellcheck source=tests/servers/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -45,53 +48,8 @@ EOF
 
 
 
-is_vsftpd_pid() {
-  [[ -n ${1:-} && -r /proc/$1/comm ]] && [[ $(cat "/proc/$1/comm" 2>/dev/null) == vsftpd ]]
-}
 
-# PIDs of every process belonging to the vsftpd instance of config $1:
-# the ones whose session id is the recorded PID (we start it with setsid) and
-# the ones whose command line names our config file (forked session children).
-instance_pids() {
-  local conf=$1 sid=${2:-} p stat rest cmd _state _ppid _pgrp session
-  for p in /proc/[0-9]*; do
-    p=${p#/proc/}
-    [[ $p == "$$" ]] && continue
-    if [[ -n $sid ]] && stat=$(cat "/proc/$p/stat" 2>/dev/null); then
-      rest=${stat##*) }            # fields after "(comm) "
-      read -r _state _ppid _pgrp session _ <<<"$rest"
-      if [[ $session == "$sid" ]] && is_vsftpd_pid "$p"; then echo "$p"; continue; fi
-    fi
-    cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline") || continue
-    if [[ $cmd == *"$conf"* ]] && is_vsftpd_pid "$p"; then echo "$p"; fi
-  done
-}
 
-stop_instance() {
-  local dir=$1 pidfile=$1/vsftpd.pid conf=$1/vsftpd.conf pid="" i
-  local -a pids
-  [[ -f $pidfile ]] && pid=$(tr -dc '0-9' <"$pidfile")
-  is_vsftpd_pid "$pid" || pid=""
-  mapfile -t pids < <(instance_pids "$conf" "$pid")
-  if ((${#pids[@]} == 0)); then
-    rm -f "$pidfile"
-    return 0
-  fi
-  log "stopping vsftpd for $dir (pids: ${pids[*]})"
-  kill -TERM "${pids[@]}" 2>/dev/null || true
-  for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-    mapfile -t pids < <(instance_pids "$conf" "$pid")
-    ((${#pids[@]} == 0)) && break
-    sleep 0.1
-  done
-  if ((${#pids[@]} > 0)); then
-    log "still running after ${STOP_TIMEOUT}s, sending SIGKILL to: ${pids[*]}"
-    kill -KILL "${pids[@]}" 2>/dev/null || true
-    sleep 0.2
-  fi
-  rm -f "$pidfile"
-  return 0
-}
 
 install_packages() {
   local missing=()
