@@ -160,3 +160,15 @@ stop_instance() {
   rm -f "$pidfile"
   return 0
 }
+
+# `stop DIR`: stops the server started for DIR; never fails.
+cmd_stop() {
+  local dir=$1
+  if [[ ! -d $dir ]]; then
+    log "$dir does not exist; nothing to stop"
+    return 0
+  fi
+  dir=$(cd "$dir" && pwd -P)
+  stop_instance "$dir" || true
+  log "$DAEMON for $dir is stopped"
+}

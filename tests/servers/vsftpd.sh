@@ -295,17 +295,6 @@ cmd_start() {
   log "source $dir/env to get ${VSFTPD_ENV_PREFIX:-FERRYSYNC_VSFTPD}_* variables"
 }
 
-cmd_stop() {
-  local dir=$1
-  if [[ ! -d $dir ]]; then
-    log "$dir does not exist; nothing to stop"
-    return 0
-  fi
-  dir=$(cd "$dir" && pwd -P)
-  stop_instance "$dir" || true
-  log "vsftpd for $dir is stopped"
-}
-
 [[ $# == 2 && -n $2 ]] || usage
 case $1 in
 start) cmd_start "$2" ;;
