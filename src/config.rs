@@ -279,6 +279,9 @@ struct RawRemote {
     #[serde(default)]
     allow_plaintext: bool,
     timeout: Option<String>,
+    #[serde(default)]
+    listing: Listing,
+    list_time_offset: Option<String>,
 }
 
 fn default_security() -> Security {
@@ -411,6 +414,31 @@ pub struct Remote {
     pub tls: TlsOptions,
     /// How long one command, or one read or write on a data connection, may take.
     pub timeout: Duration,
+    /// MLSD where offered, or always LIST.
+    pub listing: Listing,
+    /// The offset from UTC of the times the server's LIST shows.
+    pub list_time_offset: ListTimeOffset,
+}
+
+/// `remote.listing`: how directories are listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Listing {
+    /// MLSD where FEAT offers it (exact UTC times), LIST otherwise.
+    #[default]
+    Auto,
+    /// Always LIST: for servers whose MLSD is missing from FEAT, broken or slow.
+    List,
+}
+
+/// `remote.list_time_offset`: the zone of LIST times (MLSD and MDTM times are UTC by RFC 3659).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListTimeOffset {
+    /// Learnt in every run from one file's MDTM against its LIST time (so a daylight-saving
+    /// change on the server is followed); UTC where the server has no MDTM.
+    Auto,
+    /// Seconds east of UTC, from the job.
+    Fixed(i64),
 }
 
 /// Include/exclude patterns, matched against `/`-separated paths relative to the job's root.
@@ -734,6 +762,15 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
             "remote.timeout must be at least 1s".into(),
         ));
     }
+    let list_time_offset = match r.list_time_offset.as_deref().map(str::trim) {
+        None | Some("auto") => ListTimeOffset::Auto,
+        Some(t) => ListTimeOffset::Fixed(crate::listing::parse_offset(t).map_err(|e| {
+            fail(
+                &["remote", "list_time_offset"],
+                format!("remote.list_time_offset: {e} (or auto)"),
+            )
+        })?),
+    };
     let port = r.port.unwrap_or(match r.security {
         Security::Implicit => 990,
         _ => 21,
@@ -888,6 +925,8 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
             password,
             tls,
             timeout,
+            listing: r.listing,
+            list_time_offset,
         },
         direction: raw.direction,
         mode: raw.mode,
@@ -1135,6 +1174,22 @@ mod tests {
         );
         let e = parse(&text.replace("1.2", "1.1")).unwrap_err();
         assert_eq!(e.line, 7, "{e}");
+    }
+
+    #[test]
+    fn listing_and_list_time_offset() {
+        let job = parse(GOOD).unwrap();
+        assert_eq!(job.remote.listing, Listing::Auto);
+        assert_eq!(job.remote.list_time_offset, ListTimeOffset::Auto);
+        let text = format!("{GOOD}  listing: list\n  list_time_offset: \"+05:30\"\n");
+        let job = parse(&text).unwrap();
+        assert_eq!(job.remote.listing, Listing::List);
+        assert_eq!(job.remote.list_time_offset, ListTimeOffset::Fixed(19800));
+        let e = parse(&text.replace("+05:30", "Europe/Berlin")).unwrap_err();
+        assert_eq!((e.line, e.column), (7, 3), "{e}");
+        assert!(e.to_string().contains("list_time_offset"), "{e}");
+        let e = parse(&text.replace("listing: list", "listing: nlst")).unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
     }
 
     #[test]

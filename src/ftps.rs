@@ -9,7 +9,7 @@ use suppaftp::tokio::{ImplAsyncFtpStream, TransferStream};
 use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode, Status};
 
-use crate::config::{Remote, Security};
+use crate::config::{Listing, Remote, Security};
 use crate::tls::{FlushingTlsStream, TlsContext};
 
 pub type FtpStream = ImplAsyncFtpStream<FlushingTlsStream>;
@@ -108,6 +108,7 @@ fn reply_text(r: &suppaftp::types::Response) -> String {
 pub struct Features {
     pub mlsd: bool,
     pub mfmt: bool,
+    pub mdtm: bool,
     pub size: bool,
     pub utf8: bool,
     /// How to ask the server for the SHA-256 of a file, if it can tell.
@@ -143,6 +144,7 @@ impl Features {
         Features {
             mlsd: get("MLSD").is_some() || get("MLST").is_some(),
             mfmt: get("MFMT").is_some(),
+            mdtm: get("MDTM").is_some(),
             size: get("SIZE").is_some(),
             utf8: get("UTF8").is_some(),
             sha256,
@@ -315,10 +317,14 @@ impl Session {
             }
             let _ = control.set_nodelay(true);
         }
-        let features = match tokio::time::timeout(op, ftp.feat()).await {
+        let mut features = match tokio::time::timeout(op, ftp.feat()).await {
             Ok(Ok(f)) => Features::from_feat(&f),
             _ => Features::default(),
         };
+        if remote.listing == Listing::List {
+            // The job asks for LIST: for servers whose MLSD is broken or slow.
+            features.mlsd = false;
+        }
         if features.utf8 {
             // Where offered, ask for UTF-8 names; servers that answer 5xx keep their default.
             let _ = tokio::time::timeout(op, ftp.opts("UTF8", Some("ON"))).await;
@@ -442,6 +448,14 @@ impl Session {
         self.step("SIZE", path, |f| Box::pin(f.size(p)))
             .await
             .map(|n| n as u64)
+    }
+
+    /// A file's modification time from MDTM (UTC by RFC 3659), in nanoseconds since the epoch.
+    pub async fn mdtm(&mut self, path: &str) -> Result<i64, FtpsError> {
+        let p = path.to_string();
+        self.step("MDTM", path, |f| Box::pin(f.mdtm(p)))
+            .await
+            .map(|t| t.and_utc().timestamp().saturating_mul(1_000_000_000))
     }
 
     /// Sets a file's modification time with MFMT (only called where FEAT offers it).

@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::config::{Direction, Job};
 use crate::ftps::Session;
 use crate::ledger::{JobRecord, Ledger, Outcome, PathFailure, RunCounts, RunProgress};
-use crate::plan::{plan, Action, PlanOptions, SyncPlan};
+use crate::plan::{plan, Action, LedgerView, PlanOptions, SyncPlan};
 use crate::scan::{local_path, remote_path, scan_local, scan_remote, Scan};
 use crate::snapshot::Entry;
 use crate::tls::TlsContext;
@@ -240,7 +240,7 @@ async fn execute_run(
             Ok(Scan::default())
         }
     });
-    let remote_scan = connect_and_list(job, &tls).await;
+    let remote_scan = connect_and_list(job, &tls, &view).await;
     let local_scan = local_scan
         .await
         .map_err(|e| format!("local scan: {e}"))?
@@ -469,13 +469,25 @@ fn note_tls12_fallback(tls: &TlsContext) {
 }
 
 /// Connects and lists the remote tree, retrying transient failures with backoff.
-async fn connect_and_list(job: &Job, tls: &TlsContext) -> Result<(Session, Scan), String> {
+async fn connect_and_list(
+    job: &Job,
+    tls: &TlsContext,
+    view: &LedgerView,
+) -> Result<(Session, Scan), String> {
     let mut attempt = 0;
     loop {
         let listed = match Session::connect(&job.remote, tls).await {
             Ok(mut session) => {
                 tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
-                match scan_remote(&mut session, &job.remote.path, &job.filter).await {
+                match scan_remote(
+                    &mut session,
+                    &job.remote.path,
+                    &job.filter,
+                    view,
+                    job.remote.list_time_offset,
+                )
+                .await
+                {
                     Ok(scan) => return Ok((session, scan)),
                     Err(e) => e,
                 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod ftps;
 pub mod job_run;
 pub mod ledger;
+pub mod listing;
 pub mod lock;
 pub mod loopback;
 pub mod plan;

@@ -9,11 +9,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use suppaftp::list::ListParser;
-
-use crate::config::PathFilter;
+use crate::config::{ListTimeOffset, PathFilter};
 use crate::ftps::{FtpsError, Session};
 use crate::ledger::PathFailure;
+use crate::listing::{self, ListedKind, Precision};
 use crate::plan::LedgerView;
 use crate::snapshot::{self, check_remote_name, is_temp_name, Entry, Kind, Snapshot};
 
@@ -189,13 +188,18 @@ fn prune_dirs(snap: &mut Snapshot) {
     snap.retain(|path, e| e.kind == Kind::File || keep.contains(path));
 }
 
-/// Lists the remote tree under `root` (an absolute path), breadth first.
+/// Lists the remote tree under `root` (an absolute path), breadth first. `LIST` times are
+/// put in UTC (`offset`, learnt from MDTM when `Auto`) and, where they agree with the ledger's
+/// record at the listing's precision, replaced by the recorded time (see [`listing`]).
 pub async fn scan_remote(
     session: &mut Session,
     root: &str,
     filter: &PathFilter,
+    ledger: &LedgerView,
+    offset: ListTimeOffset,
 ) -> Result<Scan, FtpsError> {
     let mut scan = Scan::default();
+    let mut imprecise: Vec<(String, Precision)> = Vec::new();
     let mut queue = VecDeque::from([String::new()]);
     while let Some(rel_dir) = queue.pop_front() {
         let abs = remote_path(root, &rel_dir);
@@ -208,11 +212,11 @@ pub async fn scan_remote(
             Err(e) => return Err(e),
         };
         for line in lines {
-            let Some(file) = parse_listing_line(&line, mlsd) else {
+            let Some(file) = listing::parse_line(&line, mlsd) else {
                 continue;
             };
-            let name = file.name().to_string();
-            if file.is_directory() && (name == "." || name == "..") {
+            let name = file.name;
+            if file.kind == ListedKind::Dir && (name == "." || name == "..") {
                 continue;
             }
             if let Err(e) = check_remote_name(&abs, &name) {
@@ -224,31 +228,52 @@ pub async fn scan_remote(
             }
             let rel = snapshot::join(&rel_dir, &name);
             if is_temp_name(&name) {
-                if file.is_file() {
+                if file.kind == ListedKind::File {
                     scan.temps.push(rel);
                 }
                 continue;
             }
-            if file.is_symlink() {
-                tracing::warn!(path = %rel, "skipping remote symbolic link");
-            } else if file.is_directory() {
-                if filter.excludes(&rel) {
-                    continue;
+            match file.kind {
+                ListedKind::Symlink => tracing::warn!(path = %rel, "skipping remote symbolic link"),
+                ListedKind::Dir => {
+                    if filter.excludes(&rel) {
+                        continue;
+                    }
+                    scan.snapshot.insert(rel.clone(), Entry::dir());
+                    queue.push_back(rel);
                 }
-                scan.snapshot.insert(rel.clone(), Entry::dir());
-                queue.push_back(rel);
-            } else if file.is_file() {
-                if !filter.includes_file(&rel) {
-                    continue;
+                ListedKind::File => {
+                    if !filter.includes_file(&rel) {
+                        continue;
+                    }
+                    if file.precision != Precision::Exact {
+                        imprecise.push((rel.clone(), file.precision));
+                    }
+                    scan.snapshot.insert(
+                        rel,
+                        Entry {
+                            kind: Kind::File,
+                            size: file.size,
+                            mtime: file.mtime,
+                            hash: None,
+                        },
+                    );
                 }
-                scan.snapshot.insert(
-                    rel,
-                    Entry {
-                        kind: Kind::File,
-                        size: file.size() as u64,
-                        mtime: system_time_ns(file.modified()),
-                        hash: None,
-                    },
+            }
+        }
+    }
+    if !imprecise.is_empty() {
+        let offset = match offset {
+            ListTimeOffset::Fixed(secs) => secs,
+            ListTimeOffset::Auto => detect_list_offset(session, root, &scan, &imprecise).await,
+        };
+        for (rel, precision) in imprecise {
+            let recorded = ledger.get(&rel).and_then(|e| e.remote_mtime);
+            if let Some(e) = scan.snapshot.get_mut(&rel) {
+                e.mtime = listing::settle_time(
+                    listing::apply_offset(e.mtime, offset),
+                    precision,
+                    recorded,
                 );
             }
         }
@@ -259,29 +284,48 @@ pub async fn scan_remote(
     Ok(scan)
 }
 
-/// Parses one listing line; `None` for lines that describe no entry (`total 12`, MLSD's
-/// `cdir`/`pdir` facts) or that no parser understands (logged).
-fn parse_listing_line(line: &str, mlsd: bool) -> Option<suppaftp::list::File> {
-    let trimmed = line.trim_end_matches(['\r', '\n']);
-    if trimmed.is_empty() {
-        return None;
+/// The offset of the server's LIST times from UTC: one minute-precise file's LIST time against
+/// its MDTM. 0 (UTC, as vsftpd and most Unix servers list) when the server has no MDTM, no
+/// file is listed to the minute, or the answer makes no sense.
+async fn detect_list_offset(
+    session: &mut Session,
+    root: &str,
+    scan: &Scan,
+    imprecise: &[(String, Precision)],
+) -> i64 {
+    if !session.features.mdtm {
+        return 0;
     }
-    if mlsd {
-        let facts = trimmed.split(' ').next().unwrap_or("").to_ascii_lowercase();
-        if facts.contains("type=cdir") || facts.contains("type=pdir") {
-            return None;
+    let Some((rel, listed)) = imprecise.iter().find_map(|(rel, p)| {
+        (*p == Precision::Minute)
+            .then(|| scan.snapshot.get(rel).map(|e| (rel, e.mtime)))
+            .flatten()
+    }) else {
+        return 0;
+    };
+    match session.mdtm(&remote_path(root, rel)).await {
+        Ok(exact) => match listing::detect_offset(listed, exact) {
+            Some(0) => 0,
+            Some(secs) => {
+                tracing::info!(
+                    server = %session.server,
+                    "LIST times are UTC{}{:02}:{:02} (from the MDTM of {rel}); set remote.list_time_offset to fix it",
+                    if secs < 0 { '-' } else { '+' },
+                    secs.abs() / 3600,
+                    secs.abs() % 3600 / 60
+                );
+                secs
+            }
+            None => {
+                tracing::warn!(path = %rel, "the LIST and MDTM times of one file differ by more than 14 hours; reading LIST times as UTC");
+                0
+            }
+        },
+        Err(e) => {
+            tracing::debug!("MDTM for the LIST time offset failed: {e}");
+            0
         }
-        return ListParser::parse_mlsd(trimmed)
-            .map_err(|e| tracing::warn!(line = trimmed, "cannot parse MLSD line: {e}"))
-            .ok();
     }
-    if trimmed.starts_with("total ") {
-        return None;
-    }
-    ListParser::parse_posix(trimmed)
-        .or_else(|_| ListParser::parse_dos(trimmed))
-        .map_err(|e| tracing::warn!(line = trimmed, "cannot parse LIST line: {e}"))
-        .ok()
 }
 
 #[cfg(test)]
@@ -322,23 +366,6 @@ mod tests {
             s.snapshot["a b/ünï/f.txt"].hash,
             Some(blake3::hash(b"remembered"))
         );
-    }
-
-    #[test]
-    fn listing_lines_parse_and_skip_noise() {
-        let f = parse_listing_line(
-            "-rw-r--r--    1 1000     1000           12 Nov 28 15:38 a file.csv",
-            false,
-        )
-        .unwrap();
-        assert_eq!((f.name(), f.size(), f.is_file()), ("a file.csv", 12, true));
-        assert!(parse_listing_line("total 8", false).is_none());
-        let d = parse_listing_line("type=dir;modify=20201019151930; sub", true).unwrap();
-        assert!(d.is_directory());
-        assert!(parse_listing_line("type=cdir;modify=20201019151930; /inbound", true).is_none());
-        let f =
-            parse_listing_line("10-19-20  03:19PM                 1024 dos.txt", false).unwrap();
-        assert_eq!(f.name(), "dos.txt");
     }
 
     #[test]

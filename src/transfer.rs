@@ -18,6 +18,7 @@ use crate::config::{Direction, Job};
 use crate::ftps::{FtpsError, Session};
 use crate::job_run::SharedLedger;
 use crate::ledger::JournalEntry;
+use crate::listing::{self, Precision};
 use crate::plan::SyncedEntry;
 use crate::scan::{local_path, remote_path, system_time_ns};
 use crate::snapshot::{temp_name, Entry};
@@ -496,9 +497,22 @@ pub async fn download(
             expected: source.size,
         });
     }
+    // A LIST time is only minute- (or day-) precise: where the server has MDTM, the local
+    // file and the ledger get the exact second, if it lies in the window the listing showed.
+    let remote_mtime = if !session.features.mlsd && session.features.mdtm {
+        match session.mdtm(&remote).await {
+            Ok(exact) => listing::settle_time(source.mtime, Precision::Day, Some(exact)),
+            Err(e) => {
+                tracing::debug!(path = rel, "MDTM: {e}");
+                source.mtime
+            }
+        }
+    } else {
+        source.mtime
+    };
     let file = file.into_std().await;
     let mtime =
-        std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(source.mtime).unwrap_or(0));
+        std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(remote_mtime).unwrap_or(0));
     let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         file.set_modified(mtime)?;
         file.sync_all()
@@ -521,10 +535,10 @@ pub async fn download(
     Ok(Transferred {
         entry: SyncedEntry {
             size: total,
-            mtime: meta.modified().map(system_time_ns).unwrap_or(source.mtime),
+            mtime: meta.modified().map(system_time_ns).unwrap_or(remote_mtime),
             hash: hasher.finalize(),
             remote_size: source.size,
-            remote_mtime: Some(source.mtime),
+            remote_mtime: Some(remote_mtime),
         },
         bytes_moved: received,
         resumed_from: offset,

@@ -48,7 +48,8 @@ VSFTPD_CMDS_DENIED=RNFR,RNTO,SIZE,RETR VSFTPD_PASV_MIN=40600 VSFTPD_PASV_MAX=406
   VSFTPD_USER=ferrysync-drop VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_DROP \
   bash tests/servers/vsftpd.sh start "$work/vsftpd-drop"
 mkdir -p "$work/proftpd"
-bash tests/servers/proftpd.sh start "$work/proftpd"
+# LIST in the server's zone (UTC+3), MDTM and MLSD in UTC, as many servers do.
+PROFTPD_LIST_TZ="<+03>-3" bash tests/servers/proftpd.sh start "$work/proftpd"
 mkdir -p "$work/proftpd13"
 PROFTPD_TLS_PROTOCOLS="TLSv1.2 TLSv1.3" PROFTPD_PASV_MIN=40300 \
   PROFTPD_PASV_MAX=40399 PROFTPD_USER=ferrysync-proftpd13 PROFTPD_ENV_PREFIX=FERRYSYNC_PROFTPD13 \

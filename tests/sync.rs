@@ -435,6 +435,66 @@ fn proftpd_with_tls13_falls_back_to_tls12() {
     assert_eq!(capped.remote_tree(), capped.local_tree());
 }
 
+/// ProFTPD as tests/run.sh starts it (`PROFTPD_LIST_TZ="<+03>-3"`) lists times in UTC+3, as
+/// many servers do, while its MDTM and MLSD speak UTC. With `listing: list` ferrysync reads
+/// LIST, learns the offset from one file's MDTM, and gives pulled files their exact times; a
+/// re-run sees no change, also for a file old enough to be listed with only its year, and a
+/// same-size change a minute later is still seen.
+#[test]
+fn list_with_server_local_times_keeps_exact_mtimes() {
+    let Some(server) = Server::proftpd() else {
+        return;
+    };
+    if std::env::var("FERRYSYNC_PROFTPD_LIST_TZ").as_deref() != Ok("<+03>-3") {
+        eprintln!("skipped: ProFTPD was not started with PROFTPD_LIST_TZ=<+03>-3");
+        return;
+    }
+    let s = Sandbox::new(&server, "listtz");
+    let at = |secs: i64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+    let set_remote_mtime = |rel: &str, secs: i64| {
+        std::fs::File::options()
+            .write(true)
+            .open(s.remote_root().join(rel))
+            .unwrap()
+            .set_modified(at(secs))
+            .unwrap();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let recent = now - 3600 - now % 60 + 17;
+    let old = 1_709_287_207; // 2024-03-01 10:00:07 UTC
+    s.put_remote("recent.txt", b"recent");
+    s.put_remote("sub dir/old \u{fc}.txt", b"old");
+    set_remote_mtime("recent.txt", recent);
+    set_remote_mtime("sub dir/old \u{fc}.txt", old);
+    s.job("j", "  listing: list\ndirection: pull\n");
+    s.sync("j").expect_code(0);
+    assert_eq!(s.counts("j"), (0, 2, 0, 0));
+    let mtime = |rel: &str| {
+        std::fs::metadata(s.local.join(rel))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    assert_eq!(mtime("recent.txt"), at(recent));
+    assert_eq!(mtime("sub dir/old \u{fc}.txt"), at(old));
+
+    s.sync("j").expect_code(0);
+    assert_eq!(s.counts("j"), (0, 0, 0, 0), "{}", s.text_of_last_run("j"));
+
+    s.put_remote("recent.txt", b"RECENT");
+    set_remote_mtime("recent.txt", recent + 120);
+    s.sync("j").expect_code(0);
+    assert_eq!(s.counts("j"), (0, 1, 0, 0));
+    assert_eq!(
+        std::fs::read(s.local.join("recent.txt")).unwrap(),
+        b"RECENT"
+    );
+    assert_eq!(mtime("recent.txt"), at(recent + 120));
+}
+
 #[test]
 fn implicit_ftps_push_and_pull_with_vsftpd() {
     let Some(server) = Server::vsftpd_implicit() else {

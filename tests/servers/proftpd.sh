@@ -21,6 +21,8 @@
 #   PROFTPD_USER          Unix account that owns the files (default ferrysync-proftpd)
 #   PROFTPD_IMPLICIT      YES for implicit FTPS (TLS from the first byte), default NO
 #   PROFTPD_TLS_PROTOCOLS TLSProtocol value (default "TLSv1.2"; e.g. "TLSv1.2 TLSv1.3")
+#   PROFTPD_LIST_TZ       a POSIX TZ (e.g. "<+03>-3"): LIST shows times in that zone
+#                         (TimesGMT off), as many servers do; MDTM and MLSD stay UTC
 #   PROFTPD_ENV_PREFIX    prefix of the variables in DIR/env (default FERRYSYNC_PROFTPD)
 #   PROFTPD_CACHE_DIR     where the unpacked packages are kept
 #                         (default /var/cache/ferrysync-tests/proftpd)
@@ -32,6 +34,7 @@ PASV_MIN=${PROFTPD_PASV_MIN:-40200}
 PASV_MAX=${PROFTPD_PASV_MAX:-40299}
 IMPLICIT=${PROFTPD_IMPLICIT:-NO}
 TLS_PROTOCOLS=${PROFTPD_TLS_PROTOCOLS:-TLSv1.2}
+LIST_TZ=${PROFTPD_LIST_TZ:-}
 CACHE_DIR=${PROFTPD_CACHE_DIR:-/var/cache/ferrysync-tests/proftpd}
 PACKAGES=(proftpd-core proftpd-mod-crypto) # mod_tls.so is in proftpd-mod-crypto
 START_TIMEOUT=10                           # seconds to wait for the control port
@@ -225,7 +228,7 @@ PidFile $dir/proftpd.pid
 ScoreboardFile $dir/proftpd.scoreboard
 UseReverseDNS off
 WtmpLog off
-TimesGMT on
+TimesGMT $([[ -n $LIST_TZ ]] && echo off || echo on)
 <IfModule mod_ident.c>
   IdentLookups off
 </IfModule>
@@ -355,6 +358,7 @@ cmd_start() {
       fd=${fd##*/}
       if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
     done
+    if [[ -n $LIST_TZ ]]; then export TZ=$LIST_TZ; fi
     exec setsid "$ROOT/usr/sbin/proftpd" -n -c "$dir/proftpd.conf" </dev/null >>"$dir/proftpd.log" 2>&1
   ) &
   pid=$!
@@ -392,6 +396,7 @@ cmd_start() {
     printf 'export %s_CA=%s\n' "$p" "$dir/ca.pem"
     printf 'export %s_ROOT=%s\n' "$p" "$home"
     printf 'export %s_LOG=%s\n' "$p" "$dir/ftp.log"
+    printf 'export %s_LIST_TZ=%q\n' "$p" "$LIST_TZ"
   } >"$dir/env"
   log "proftpd (pid $pid) is serving $([[ $IMPLICIT == YES ]] && echo implicit || echo explicit) FTPS ($TLS_PROTOCOLS) on 127.0.0.1:$port as user $FTP_USER, root $home"
   log "source $dir/env to get ${PROFTPD_ENV_PREFIX:-FERRYSYNC_PROFTPD}_* variables"
