@@ -33,6 +33,7 @@ against_servers!(
     max_delete_refuses_before_any_change,
     dry_run_changes_nothing,
     binary_files_survive_byte_for_byte,
+    one_gib_file_push_then_pull,
 );
 
 mod scenarios {
@@ -321,6 +322,32 @@ mod scenarios {
             std::fs::read(back.local.join("bin/data.bin")).unwrap(),
             data
         );
+    }
+
+    /// A 1 GiB file up, then down into another tree: both copies hash like the source, and
+    /// the server's copy (read from its disk) too.
+    pub fn one_gib_file_push_then_pull(server: &Server) {
+        let (source, hash) = harness::gib_file();
+        let s = Sandbox::new(server, "gib");
+        std::fs::create_dir_all(s.local.join("big")).unwrap();
+        std::fs::hard_link(source, s.local.join("big/1 GiB.bin")).unwrap();
+        s.job("up", "transfers: 2\n");
+        s.sync("up").expect_code(0);
+        assert_eq!(s.counts("up"), (1, 0, 0, 0));
+        let remote = s.remote_root().join("big/1 GiB.bin");
+        assert_eq!(harness::hash_file(&remote), *hash);
+
+        let back = Sandbox::new(server, "gib-back");
+        let yaml = back
+            .job_yaml("direction: pull\n")
+            .replace(&back.remote_dir, &s.remote_dir);
+        back.write_job("down", &yaml);
+        back.sync("down").expect_code(0);
+        assert_eq!(back.counts("down"), (0, 1, 0, 0));
+        assert_eq!(harness::hash_file(&back.local.join("big/1 GiB.bin")), *hash);
+        // Two more GiB per server would add up: give the disk back now.
+        let _ = std::fs::remove_file(&remote);
+        let _ = std::fs::remove_file(back.local.join("big/1 GiB.bin"));
     }
 }
 

@@ -428,6 +428,49 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// `size` bytes (a multiple of 1 MiB) that are not all alike, so a misplaced block changes the
+/// hash; returns their BLAKE3.
+pub fn write_patterned_file(path: &Path, size: u64) -> blake3::Hash {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut hasher = blake3::Hasher::new();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut block = vec![0u8; 1 << 20];
+    for i in 0..(size >> 20) {
+        for (k, b) in block.iter_mut().enumerate() {
+            *b = ((k as u64).wrapping_mul(2654435761) >> 7) as u8 ^ i as u8;
+        }
+        std::io::Write::write_all(&mut f, &block).unwrap();
+        hasher.update(&block);
+    }
+    std::io::Write::flush(&mut f).unwrap();
+    hasher.finalize()
+}
+
+/// The BLAKE3 of a file on disk.
+pub fn hash_file(path: &Path) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(std::fs::File::open(path).unwrap())
+        .unwrap();
+    hasher.finalize()
+}
+
+/// One 1 GiB file for the whole test binary (written once, then hard-linked into each test's
+/// local tree): path and BLAKE3.
+pub fn gib_file() -> &'static (PathBuf, blake3::Hash) {
+    static FILE: std::sync::OnceLock<(PathBuf, blake3::Hash)> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("ferrysync-gib")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let path = dir.join("1GiB.bin");
+        let hash = write_patterned_file(&path, 1 << 30);
+        (path, hash)
+    })
+}
+
 /// A tree of `files` files spread over nested directories, with empty files, an empty
 /// directory, names with spaces and UTF-8, and binary content (CR, LF, NUL bytes).
 pub fn populate(root: &Path, files: usize) {

@@ -10,33 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Sandbox, Server};
+use crate::harness::{hash_file, Sandbox, Server};
 
 const SIZE: u64 = 256 << 20;
 
 /// 256 MiB of bytes that are not all alike (so a misplaced block changes the hash).
 pub fn write_big_file(path: &Path) -> blake3::Hash {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut hasher = blake3::Hasher::new();
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut block = vec![0u8; 1 << 20];
-    for i in 0..(SIZE >> 20) {
-        for (k, b) in block.iter_mut().enumerate() {
-            *b = ((k as u64).wrapping_mul(2654435761) >> 7) as u8 ^ i as u8;
-        }
-        std::io::Write::write_all(&mut f, &block).unwrap();
-        hasher.update(&block);
-    }
-    std::io::Write::flush(&mut f).unwrap();
-    hasher.finalize()
-}
-
-fn hash_of(path: &Path) -> blake3::Hash {
-    let mut hasher = blake3::Hasher::new();
-    hasher
-        .update_reader(std::fs::File::open(path).unwrap())
-        .unwrap();
-    hasher.finalize()
+    crate::harness::write_patterned_file(path, SIZE)
 }
 
 /// Polls `final_path` until stopped: it may be absent or complete, never partial.
@@ -175,7 +155,7 @@ pub fn kill_during_upload_then_resume(server: &Server) {
     );
     watch.assert_never_half();
     assert_eq!(
-        hash_of(&final_path),
+        hash_file(&final_path),
         expected,
         "the resumed upload differs from the source"
     );
@@ -234,7 +214,7 @@ pub fn kill_during_download_then_resume(server: &Server) {
     );
     watch.assert_never_half();
     assert_eq!(
-        hash_of(&final_path),
+        hash_file(&final_path),
         expected,
         "the resumed download differs from the source"
     );
@@ -421,7 +401,7 @@ fn cut_twice(server: &Server, proxy: &crate::harness::fault_proxy::FaultProxy, p
         elapsed.as_secs_f64()
     );
     watch.assert_never_half();
-    assert_eq!(hash_of(&final_path), expected);
+    assert_eq!(hash_file(&final_path), expected);
     assert!(!temp.exists());
     assert!(
         moved < SIZE + SIZE / 10,
@@ -597,7 +577,7 @@ fn a_damaged_partial_upload_is_caught_by_the_server_hash() {
     );
 
     s.sync("up").expect_code(0);
-    assert_eq!(hash_of(&final_path), expected);
+    assert_eq!(hash_file(&final_path), expected);
 }
 
 /// SIGTERM to `ferrysync sync` during a 256 MiB upload: the transfer stops at its next
@@ -636,7 +616,7 @@ fn sigterm_stops_at_a_checkpoint_and_the_next_run_resumes() {
     assert_ledger_intact(&s);
 
     s.sync("up").expect_code(0);
-    assert_eq!(hash_of(&final_path), expected);
+    assert_eq!(hash_file(&final_path), expected);
     let sent = s.last_run("up")["bytes_up"].as_u64().unwrap();
     assert!(sent < SIZE, "the next run started over ({sent} bytes)");
 }
