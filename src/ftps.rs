@@ -163,6 +163,8 @@ fn sha256_in_reply(reply: &str) -> Option<[u8; 32]> {
 /// One logged-in connection.
 pub struct Session {
     ftp: FtpStream,
+    /// Whether data connections can still resume the control connection's TLS session.
+    resumption: Option<std::sync::Arc<crate::tls::Resumption>>,
     pub features: Features,
     /// `user@host:port`, for errors and logs.
     pub server: String,
@@ -235,6 +237,7 @@ impl Session {
             other => setup(other.to_string()),
         };
 
+        let mut resumption = None;
         let mut ftp = match remote.security {
             Security::Explicit | Security::None => {
                 let tcp =
@@ -255,6 +258,7 @@ impl Session {
                     plain
                 } else {
                     let connector = tls.connector().map_err(setup)?;
+                    resumption = Some(connector.resumption());
                     tokio::time::timeout(op, plain.into_secure(connector, &remote.host))
                         .await
                         .map_err(|_| timeout_err(&server, "AUTH TLS", "", op))?
@@ -269,6 +273,7 @@ impl Session {
             }
             Security::Implicit => {
                 let connector = tls.connector().map_err(setup)?;
+                resumption = Some(connector.resumption());
                 let mut ftp = tokio::time::timeout(
                     CONNECT_TIMEOUT,
                     FtpStream::connect_secure_implicit(addr, connector, &remote.host),
@@ -337,10 +342,17 @@ impl Session {
         ftp.set_mode(Mode::ExtendedPassive);
         Ok(Session {
             ftp,
+            resumption,
             features,
             server,
             timeout: op,
         })
+    }
+
+    /// The control connection speaks TLS 1.3 and has no session ticket left: its next data
+    /// connection would need a full handshake, which servers requiring session reuse refuse.
+    pub fn data_resumption_exhausted(&self) -> bool {
+        self.resumption.as_ref().is_some_and(|r| r.exhausted())
     }
 
     fn err(&self, command: &'static str, path: &str, e: FtpError) -> FtpsError {

@@ -463,7 +463,7 @@ async fn clean_up_temps(
 fn note_tls12_fallback(tls: &TlsContext) {
     if tls.fall_back_to_tls12() {
         tracing::warn!(
-            "the server refused a TLS 1.3 data connection (425): it needs the control connection's TLS session, which TLS 1.3 tickets cannot give more than twice; this run now uses TLS 1.2 (set remote.tls.max_version: \"1.2\" to start there)"
+            "the server refused a TLS 1.3 data connection (425): it needs the control connection's TLS session, and that session's single-use tickets can run out; this run now uses TLS 1.2 (set remote.tls.max_version: \"1.2\" to start there)"
         );
     }
 }
@@ -745,6 +745,20 @@ async fn transfer_worker(pool: WorkerPool, mut session: Option<Session>) -> Opti
                         return None;
                     }
                 }
+            }
+            if session
+                .as_ref()
+                .is_some_and(Session::data_resumption_exhausted)
+            {
+                // Its next data connection could not resume the TLS 1.3 session: reconnect,
+                // with TLS 1.2, before the server refuses a transfer.
+                if tls.switch_to_tls12() {
+                    tracing::info!("the TLS 1.3 session's resumption tickets are used up (uploads bring no new ones); this run's new connections use TLS 1.2, whose session can be resumed again and again");
+                }
+                if let Some(old) = session.take() {
+                    old.quit().await;
+                }
+                continue;
             }
             let Some(s) = session.as_mut() else { continue };
             let span = tracing::info_span!("transfer", path = %path, attempt);

@@ -120,19 +120,30 @@ impl TlsContext {
                 .map_err(|e| format!("client certificate: {e}"))?,
             None => builder.with_no_client_auth(),
         };
-        config.resumption = rustls::client::Resumption::in_memory_sessions(16);
+        let store = Arc::new(TicketCountingStore::default());
+        config.resumption = rustls::client::Resumption::store(store.clone());
         Ok(TlsConnector {
             inner: tokio_rustls::TlsConnector::from(Arc::new(config)),
             used_tls13: self.used_tls13.clone(),
+            resumption: Arc::new(Resumption {
+                store,
+                first_was_tls13: std::sync::OnceLock::new(),
+            }),
         })
     }
 
+    /// Offers only TLS 1.2 to the run's new connections, before any transfer fails: called
+    /// when a TLS 1.3 control session has no ticket left for its next data connection (see
+    /// [`Resumption`]). Returns true if this call made the switch.
+    pub fn switch_to_tls12(&self) -> bool {
+        !self.tls12_only.swap(true, Ordering::Relaxed)
+    }
+
     /// A data connection was refused with 425. With TLS 1.3 that is what servers such as
-    /// ProFTPD answer once the control connection's session tickets are used up: rustls hands
-    /// out each TLS 1.3 ticket once (they cannot be copied), the server issues two per
-    /// handshake, and a data connection resumed from any other ticket is not "the control
-    /// connection's session" to the server. TLS 1.2 session IDs can be resumed again and
-    /// again. Returns true if this call switched the run's new connections to TLS 1.2.
+    /// ProFTPD answer to a data connection that could not resume the control session (see
+    /// [`Resumption`], which normally sees it coming); this is the safety net for a server
+    /// that drops tickets ferrysync still counts. Returns true if this call switched the run's
+    /// new connections to TLS 1.2.
     pub fn fall_back_to_tls12(&self) -> bool {
         self.used_tls13.load(Ordering::Relaxed) && !self.tls12_only.swap(true, Ordering::Relaxed)
     }
@@ -212,6 +223,114 @@ impl ServerCertVerifier for PinnedCertificate {
 pub struct TlsConnector {
     inner: tokio_rustls::TlsConnector,
     used_tls13: Arc<AtomicBool>,
+    resumption: Arc<Resumption>,
+}
+
+impl TlsConnector {
+    /// What this connection's data connections can resume; read it before handing the
+    /// connector to suppaftp.
+    pub fn resumption(&self) -> Arc<Resumption> {
+        self.resumption.clone()
+    }
+}
+
+/// Whether one FTP connection's data connections can still resume its TLS session.
+///
+/// Servers that require session reuse (vsftpd `require_ssl_reuse`, ProFTPD) refuse a data
+/// connection that does a full handshake. Under TLS 1.2 one session ID can be resumed any
+/// number of times. Under TLS 1.3 each resumption spends a single-use ticket (rustls never
+/// copies one), the control handshake brings two, and a data connection brings a new one only
+/// if the server writes on it: measured with ProFTPD 1.3.8, a listing or a download returns a
+/// ticket, an upload returns none. So a run of uploads empties the store, and the third upload
+/// would be refused with `425 Unable to build data connection`. Counting the tickets lets the
+/// caller see that coming and reconnect with TLS 1.2 before a transfer fails.
+#[derive(Debug)]
+pub struct Resumption {
+    store: Arc<TicketCountingStore>,
+    /// The protocol of the connection's first handshake: the control connection's.
+    first_was_tls13: std::sync::OnceLock<bool>,
+}
+
+impl Resumption {
+    /// A TLS 1.3 control connection with no ticket left: its next data connection cannot
+    /// resume the session.
+    pub fn exhausted(&self) -> bool {
+        self.first_was_tls13.get() == Some(&true)
+            && self.store.tls13_tickets.load(Ordering::Relaxed) == 0
+    }
+}
+
+/// rustls's in-memory session cache, counting the TLS 1.3 tickets it holds. One per FTP
+/// connection, so one server name: the count is that server's.
+#[derive(Debug)]
+struct TicketCountingStore {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tls13_tickets: std::sync::atomic::AtomicUsize,
+}
+
+/// rustls keeps at most this many TLS 1.3 tickets per server, dropping the oldest.
+const MAX_TLS13_TICKETS: usize = 8;
+
+impl Default for TicketCountingStore {
+    fn default() -> Self {
+        TicketCountingStore {
+            inner: rustls::client::ClientSessionMemoryCache::new(16),
+            tls13_tickets: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+impl rustls::client::ClientSessionStore for TicketCountingStore {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.inner.insert_tls13_ticket(name, value);
+        let _ = self
+            .tls13_tickets
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some((n + 1).min(MAX_TLS13_TICKETS))
+            });
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        let ticket = self.inner.take_tls13_ticket(name);
+        let _ = self
+            .tls13_tickets
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(if ticket.is_some() {
+                    n.saturating_sub(1)
+                } else {
+                    0
+                })
+            });
+        ticket
+    }
 }
 
 impl std::fmt::Debug for TlsConnector {
@@ -232,9 +351,11 @@ impl AsyncTlsConnector for TlsConnector {
             .connect(name, stream)
             .await
             .map_err(|e| FtpError::SecureError(e.to_string()))?;
-        if inner.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+        let tls13 = inner.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+        if tls13 {
             self.used_tls13.store(true, Ordering::Relaxed);
         }
+        let _ = self.resumption.first_was_tls13.set(tls13);
         Ok(FlushingTlsStream {
             inner,
             unflushed: false,
