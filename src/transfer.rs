@@ -24,6 +24,16 @@ use crate::scan::{local_path, remote_path, system_time_ns};
 use crate::snapshot::{temp_name, Entry};
 
 const CHUNK: usize = 256 * 1024;
+
+/// The I/O buffer for `remaining` bytes: CHUNK for large files, less for small ones (zeroing a
+/// 256 KiB buffer per 4 KiB file showed in profiles of small-file runs). One byte more than the
+/// size, so that a file that grew since the scan still reads to its end in whole buffers.
+fn buffer_len(remaining: u64) -> usize {
+    usize::try_from(remaining)
+        .unwrap_or(CHUNK)
+        .saturating_add(1)
+        .clamp(4096, CHUNK)
+}
 /// A checkpoint is written after this many bytes or this much time, whichever comes first.
 const CHECKPOINT_BYTES: u64 = 8 << 20;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
@@ -312,7 +322,7 @@ pub async fn upload(
             session.restart_at(&temp_path, offset).await?;
         }
         let mut stream = session.store(&temp_path).await?;
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; buffer_len(source.size.saturating_sub(offset))];
         let mut checkpoints = Checkpoints::new(offset);
         loop {
             let n = file
@@ -447,7 +457,7 @@ pub async fn download(
     }
 
     let mut stream = session.retrieve(&remote).await?;
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; buffer_len(source.size.saturating_sub(offset))];
     let mut received = 0u64;
     let mut checkpoints = Checkpoints::new(offset);
     loop {
