@@ -180,3 +180,61 @@ fn active_mode_with_the_loopback_server_falls_back_to_port() {
         .expect_output("using PORT");
     assert_eq!(back.local_tree(), s.local_tree());
 }
+
+/// Through one [`Session`](ferrysync::ftps::Session) made from the sandbox's job with `opts`:
+/// a download resumed at an offset (REST) returns exactly the file's tail, and a download
+/// dropped half-way does not put the control connection out of step.
+fn rest_and_an_abandoned_download(server: &Server, name: &str, opts: &[&str]) {
+    use tokio::io::AsyncReadExt;
+    let s = Sandbox::new(server, name);
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    s.put_remote("f.bin", &content);
+    let text = job_with_remote_opts(&s, "", opts);
+    let job = ferrysync::config::parse_job(&s.jobs.join("j.yaml"), &text).unwrap();
+    let path = format!("{}/f.bin", s.remote_dir);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tls = ferrysync::tls::TlsContext::new(&job.remote.tls).unwrap();
+        let mut session = ferrysync::ftps::Session::connect(&job.remote, &tls)
+            .await
+            .unwrap();
+        // The first data command of the connection: on the NAT server EPSV is refused here
+        // and the REST offset must survive the switch to PASV.
+        session.restart_at(&path, 100_000).await.unwrap();
+        let mut stream = session.retrieve(&path).await.unwrap();
+        let mut tail = Vec::new();
+        stream.read_to_end(&mut tail).await.unwrap();
+        session.finish("RETR", &path, stream).await.unwrap();
+        assert!(tail == content[100_000..], "{name}: {} bytes", tail.len());
+
+        let mut stream = session.retrieve(&path).await.unwrap();
+        let mut first = [0u8; 1000];
+        stream.read_exact(&mut first).await.unwrap();
+        drop(stream);
+        assert_eq!(session.size(&path).await.unwrap(), content.len() as u64);
+        let mut stream = session.retrieve(&path).await.unwrap();
+        let mut whole = Vec::new();
+        stream.read_to_end(&mut whole).await.unwrap();
+        session.finish("RETR", &path, stream).await.unwrap();
+        assert!(whole == content, "{name}");
+        session.quit().await;
+    });
+}
+
+#[test]
+fn rest_offsets_and_abandoned_transfers_in_every_data_mode() {
+    rest_and_an_abandoned_download(
+        &Server::loopback(),
+        "rest-loopback-active",
+        &["data_mode: active"],
+    );
+    if let Some(server) = Server::vsftpd() {
+        rest_and_an_abandoned_download(&server, "rest-vsftpd-active", &["data_mode: active"]);
+    }
+    if let Some(server) = Server::vsftpd_nat() {
+        rest_and_an_abandoned_download(&server, "rest-vsftpd-nat", &[]);
+    }
+}
