@@ -3,7 +3,7 @@
 # openssl from Debian's packages; ProFTPD unpacked beside them), starts on 127.0.0.1, each on a
 # free port: vsftpd (explicit FTPS, require_ssl_reuse), vsftpd (implicit), vsftpd (client
 # certificate required), vsftpd (two connections per client), vsftpd (a write-only drop
-# folder), vsftpd (behind NAT: no EPSV, PASV naming 127.0.0.2), ProFTPD (TLS 1.2, HASH) and
+# folder), vsftpd (behind NAT: no EPSV, PASV naming 127.0.0.200), ProFTPD (TLS 1.2, HASH) and
 # ProFTPD (TLS 1.2 and 1.3); runs every unit and integration test against them and the
 # in-process server; and stops every server again, also when a test fails. Needs root
 # (apt-get, local test users, a tmpfs mount in one test).
@@ -50,7 +50,7 @@ VSFTPD_CMDS_DENIED=RNFR,RNTO,SIZE,RETR VSFTPD_PASV_MIN=40600 VSFTPD_PASV_MAX=406
   bash tests/servers/vsftpd.sh start "$work/vsftpd-drop"
 # A server behind NAT: EPSV refused, PASV naming an address its data ports are not on.
 mkdir -p "$work/vsftpd-nat"
-VSFTPD_CMDS_DENIED=EPSV VSFTPD_PASV_ADDRESS=127.0.0.2 VSFTPD_PASV_MIN=40900 VSFTPD_PASV_MAX=40979 \
+VSFTPD_CMDS_DENIED=EPSV VSFTPD_PASV_ADDRESS=127.0.0.200 VSFTPD_PASV_MIN=40900 VSFTPD_PASV_MAX=40979 \
   VSFTPD_USER=ferrysync-nat VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_NAT \
   bash tests/servers/vsftpd.sh start "$work/vsftpd-nat"
 mkdir -p "$work/proftpd"

@@ -9,8 +9,9 @@ use crate::harness::{populate, Sandbox, Server};
 
 /// The PASV address of the NAT test server (tests/run.sh, `VSFTPD_PASV_ADDRESS`): loopback, so
 /// nothing leaves the machine, yet not the control connection's 127.0.0.1, where the data ports
-/// are. (TEST-NET-1's 192.0.2.1 can be a real gateway, as on the machine this was written on.)
-const NAT_PASV_ADDRESS: &str = "127.0.0.2";
+/// are, nor one the fault proxy listens on (127.0.0.2-120). (TEST-NET-1's 192.0.2.1 can be a
+/// real gateway, as on the machine this was written on.)
+const NAT_PASV_ADDRESS: &str = "127.0.0.200";
 
 /// Local ports for the active-mode listeners of the vsftpd test.
 const ACTIVE_PORTS: std::ops::RangeInclusive<u16> = 40980..=40999;
@@ -146,8 +147,8 @@ fn active_mode_push_and_pull_with_vsftpd_over_eprt() {
     back.sync("down").expect_code(0);
     assert_eq!(back.local_tree(), s.local_tree());
 
-    // The server connected back to the listeners named in EPRT, all inside active_ports (no
-    // other test uses active mode against this server).
+    // The server connected back to the listeners named in EPRT, all inside active_ports (the
+    // other active-mode test against this server uses them too).
     let eprt = eprt_commands(&std::fs::read_to_string(log).unwrap());
     assert!(eprt.len() >= 80, "{} EPRT commands", eprt.len());
     for (ip, port) in eprt {
@@ -232,7 +233,20 @@ fn rest_offsets_and_abandoned_transfers_in_every_data_mode() {
         &["data_mode: active"],
     );
     if let Some(server) = Server::vsftpd() {
-        rest_and_an_abandoned_download(&server, "rest-vsftpd-active", &["data_mode: active"]);
+        // active_ports as in the EPRT test, which checks every EPRT in this server's log.
+        let ports = format!(
+            "active_ports: {}-{}",
+            ACTIVE_PORTS.start(),
+            ACTIVE_PORTS.end()
+        );
+        rest_and_an_abandoned_download(
+            &server,
+            "rest-vsftpd-active",
+            &["data_mode: active", &ports],
+        );
+    }
+    if let Some(server) = Server::vsftpd_implicit() {
+        rest_and_an_abandoned_download(&server, "rest-implicit-active", &["data_mode: active"]);
     }
     if let Some(server) = Server::vsftpd_nat() {
         rest_and_an_abandoned_download(&server, "rest-vsftpd-nat", &[]);

@@ -152,7 +152,7 @@ max_per_ip=${VSFTPD_MAX_PER_IP:-0}
 max_clients=0
 
 pasv_enable=YES
-# VSFTPD_PASV_ADDRESS=127.0.0.2: PASV names an address the data port is not on (NAT).
+# VSFTPD_PASV_ADDRESS=127.0.0.200: PASV names an address the data port is not on (NAT).
 pasv_address=${VSFTPD_PASV_ADDRESS:-127.0.0.1}
 pasv_min_port=$PASV_MIN
 pasv_max_port=$PASV_MAX
