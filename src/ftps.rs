@@ -526,7 +526,7 @@ impl Session {
         >,
     ) -> Result<T, FtpsError> {
         self.read_abandoned_transfer_reply().await?;
-        let first = self.passive_attempt(path, restart, &f).await?;
+        let first = self.try_passive(path, restart, &f).await?;
         // Any 5xx before the stream builder ran answers EPSV itself (vsftpd's cmds_denied says
         // `550 Permission denied.`, others `500`/`502`): REST and the command come after it.
         let epsv_refused = !self.epsv_refused
@@ -541,12 +541,12 @@ impl Session {
         }
         self.epsv_refused = true;
         self.ftp.set_mode(Mode::Passive);
-        let second = self.passive_attempt(path, restart, &f).await?;
+        let second = self.try_passive(path, restart, &f).await?;
         self.passive_outcome(command, path, second)
     }
 
     /// One try of a passive data command, with the REST offset armed first.
-    async fn passive_attempt<T>(
+    async fn try_passive<T>(
         &mut self,
         path: &str,
         restart: Option<u64>,
@@ -1152,6 +1152,51 @@ mod tests {
         );
         assert_eq!(sha256_in_reply(&format!("250 {hex}")).unwrap()[31], 0xad);
         assert!(sha256_in_reply("213 SHA-256 0-3 zz a.txt").is_none());
+    }
+
+    #[test]
+    fn passive_failures_say_which_address_and_what_to_set() {
+        let sock = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let peer: std::net::IpAddr = "203.0.114.5".parse().unwrap();
+        // passive_address: server, PASV naming a private address: suggest auto.
+        let (source, hint) = passive_failure_text(
+            sock("10.0.0.5:50001"),
+            sock("10.0.0.5:50001"),
+            peer,
+            PassiveAddress::Server,
+        );
+        assert!(source.contains("PASV reply"), "{source}");
+        assert!(
+            hint.contains("10.0.0.5 is a private or unroutable address"),
+            "{hint}"
+        );
+        assert!(hint.contains("passive_address: auto"), "{hint}");
+        // A routable address elsewhere: NAT is possible, so control is suggested too.
+        let (_, hint) = passive_failure_text(
+            sock("198.51.101.9:50001"),
+            sock("198.51.101.9:50001"),
+            peer,
+            PassiveAddress::Auto,
+        );
+        assert!(hint.contains("passive_address: control"), "{hint}");
+        // Substituted already: the firewall is the suspect.
+        let (source, hint) = passive_failure_text(
+            sock("10.0.0.5:50001"),
+            sock("203.0.114.5:50001"),
+            peer,
+            PassiveAddress::Auto,
+        );
+        assert!(source.contains("named 10.0.0.5, replaced"), "{source}");
+        assert!(hint.contains("passive ports"), "{hint}");
+    }
+
+    #[test]
+    fn listing_lines_split_like_suppaftp() {
+        assert_eq!(
+            listing_lines(b"a b\r\n\r\nc\nd\xff\r\n"),
+            vec!["a b".to_string(), "c".to_string(), "d\u{fffd}".to_string()]
+        );
+        assert!(listing_lines(b"").is_empty());
     }
 
     #[test]
