@@ -6,6 +6,7 @@
 //! `Debug` and `Display` never show the value, so they cannot leak through logs or errors.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -85,6 +86,63 @@ pub enum Security {
     Implicit,
     /// Plain FTP: refused unless `allow_plaintext: true`.
     None,
+}
+
+/// `remote.passive_address`: where a passive data connection goes when the server answers PASV
+/// (EPSV replies carry only a port: they always go to the control connection's address).
+///
+/// FTPS encrypts the control connection, so a NAT gateway's FTP helper cannot rewrite the
+/// address in a PASV reply: a server behind NAT announces its private address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PassiveAddress {
+    /// The server's address, unless it is private or unroutable and differs from the control
+    /// connection's peer; then the control connection's peer.
+    #[default]
+    Auto,
+    /// Always the control connection's peer, ignoring the address in PASV.
+    Control,
+    /// Always the address in PASV (servers whose data connections come from another host).
+    Server,
+}
+
+/// `remote.data_mode`: who opens the data connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataMode {
+    /// The client connects to the server (EPSV, PASV if refused).
+    #[default]
+    Passive,
+    /// The server connects to the client (EPRT, PORT if refused), for servers whose firewall
+    /// admits only the control port.
+    Active,
+}
+
+/// `remote.active_ports: 50000-50100`: the local ports active-mode listeners may use.
+fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let bad = || {
+        format!("remote.active_ports: `{s}` is not a port or a range of ports like `50000-50100`")
+    };
+    let (first, last) = match s.split_once('-') {
+        Some((a, b)) => (a.trim(), b.trim()),
+        None => (s.trim(), s.trim()),
+    };
+    let first: u16 = first.parse().map_err(|_| bad())?;
+    let last: u16 = last.parse().map_err(|_| bad())?;
+    if first == 0 || first > last {
+        return Err(format!(
+            "remote.active_ports: `{s}` must be ports from 1 to 65535, the first not above the last"
+        ));
+    }
+    Ok(first..=last)
+}
+
+/// `active_ports` as written: `50000` or `"50000-50100"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawPorts {
+    One(u16),
+    Range(String),
 }
 
 /// `max_delete`: an absolute count or a percentage of the destination's files.
@@ -282,6 +340,11 @@ struct RawRemote {
     #[serde(default)]
     listing: Listing,
     list_time_offset: Option<String>,
+    #[serde(default)]
+    passive_address: PassiveAddress,
+    #[serde(default)]
+    data_mode: DataMode,
+    active_ports: Option<RawPorts>,
 }
 
 fn default_security() -> Security {
@@ -418,6 +481,10 @@ pub struct Remote {
     pub listing: Listing,
     /// The offset from UTC of the times the server's LIST shows.
     pub list_time_offset: ListTimeOffset,
+    pub passive_address: PassiveAddress,
+    pub data_mode: DataMode,
+    /// Local ports for active-mode listeners; `None`: any port the system picks.
+    pub active_ports: Option<RangeInclusive<u16>>,
 }
 
 /// `remote.listing`: how directories are listed.
@@ -778,6 +845,22 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
     if port == 0 {
         return Err(fail(&["remote", "port"], "remote.port may not be 0".into()));
     }
+    let active_ports = match &r.active_ports {
+        None => None,
+        Some(RawPorts::One(p)) => Some(
+            parse_port_range(&p.to_string()).map_err(|e| fail(&["remote", "active_ports"], e))?,
+        ),
+        Some(RawPorts::Range(s)) => {
+            Some(parse_port_range(s).map_err(|e| fail(&["remote", "active_ports"], e))?)
+        }
+    };
+    if active_ports.is_some() && r.data_mode != DataMode::Active {
+        return Err(fail(
+            &["remote", "active_ports"],
+            "remote.active_ports is for data_mode: active; passive mode opens no local ports"
+                .into(),
+        ));
+    }
 
     // The rest.
     if raw.local.as_os_str().is_empty() {
@@ -927,6 +1010,9 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
             timeout,
             listing: r.listing,
             list_time_offset,
+            passive_address: r.passive_address,
+            data_mode: r.data_mode,
+            active_ports,
         },
         direction: raw.direction,
         mode: raw.mode,
@@ -1190,6 +1276,38 @@ mod tests {
         assert!(e.to_string().contains("list_time_offset"), "{e}");
         let e = parse(&text.replace("listing: list", "listing: nlst")).unwrap_err();
         assert_eq!(e.line, 6, "{e}");
+    }
+
+    #[test]
+    fn passive_address_data_mode_and_active_ports() {
+        let job = parse(GOOD).unwrap();
+        assert_eq!(job.remote.passive_address, PassiveAddress::Auto);
+        assert_eq!(job.remote.data_mode, DataMode::Passive);
+        assert_eq!(job.remote.active_ports, None);
+        let job = parse(&format!("{GOOD}  passive_address: control\n")).unwrap();
+        assert_eq!(job.remote.passive_address, PassiveAddress::Control);
+        let job = parse(&format!("{GOOD}  passive_address: server\n")).unwrap();
+        assert_eq!(job.remote.passive_address, PassiveAddress::Server);
+        let e = parse(&format!("{GOOD}  passive_address: nat\n")).unwrap_err();
+        assert_eq!((e.line, e.column), (6, 20), "{e}");
+        assert!(e.reason.contains("auto"), "{e}");
+
+        let active = format!("{GOOD}  data_mode: active\n");
+        assert_eq!(parse(&active).unwrap().remote.data_mode, DataMode::Active);
+        let e = parse(&format!("{GOOD}  data_mode: port\n")).unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        let job = parse(&format!("{active}  active_ports: 50000-50100\n")).unwrap();
+        assert_eq!(job.remote.active_ports, Some(50000..=50100));
+        let job = parse(&format!("{active}  active_ports: 50007\n")).unwrap();
+        assert_eq!(job.remote.active_ports, Some(50007..=50007));
+        for bad in ["50100-50000", "0-10", "50000-70000", "ports", "1-2-3"] {
+            let e = parse(&format!("{active}  active_ports: {bad}\n")).unwrap_err();
+            assert_eq!((e.line, e.column), (7, 3), "{bad}: {e}");
+            assert!(e.reason.contains("active_ports"), "{bad}: {e}");
+        }
+        let e = parse(&format!("{GOOD}  active_ports: 50000-50100\n")).unwrap_err();
+        assert_eq!((e.line, e.column), (6, 3), "{e}");
+        assert!(e.reason.contains("data_mode: active"), "{e}");
     }
 
     #[test]

@@ -3,17 +3,84 @@
 //! server, the command, the path and the server's reply.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use suppaftp::tokio::{ImplAsyncFtpStream, TransferStream};
+use suppaftp::tokio::{AsyncDataStream, AsyncTlsConnector, ImplAsyncFtpStream, TransferStream};
 use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode, Status};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::config::{Listing, Remote, Security};
-use crate::tls::{FlushingTlsStream, TlsContext};
+use crate::config::{DataMode, Listing, PassiveAddress, Remote, Security};
+use crate::data_channel::{self, ActiveTransfer};
+use crate::tls::{FlushingTlsStream, TlsConnector, TlsContext};
 
 pub type FtpStream = ImplAsyncFtpStream<FlushingTlsStream>;
-pub type DataStream = TransferStream<FlushingTlsStream>;
+
+/// The replies that end a successful transfer.
+const TRANSFER_COMPLETE: &[Status] =
+    &[Status::ClosingDataConnection, Status::RequestedFileActionOk];
+
+/// The data connection of a STOR or RETR: passive (suppaftp's) or active (ours, see
+/// [`data_channel`]). Read or write it, then close it with [`Session::finish`].
+pub enum DataStream {
+    Passive(TransferStream<FlushingTlsStream>),
+    Active(ActiveTransfer),
+}
+
+impl AsyncRead for DataStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            DataStream::Passive(s) => Pin::new(s).poll_read(cx, buf),
+            DataStream::Active(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for DataStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            DataStream::Passive(s) => Pin::new(s).poll_write(cx, buf),
+            DataStream::Active(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            DataStream::Passive(s) => Pin::new(s).poll_flush(cx),
+            DataStream::Active(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            DataStream::Passive(s) => Pin::new(s).poll_shutdown(cx),
+            DataStream::Active(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What the passive stream builder did during the current data command: the address the
+/// server announced, where ferrysync connected instead (`passive_address`), and whether the
+/// connection opened. Read after a failure to say which address failed and why.
+#[derive(Debug, Clone, Copy, Default)]
+struct PassiveAttempt {
+    announced: Option<SocketAddr>,
+    target: Option<SocketAddr>,
+    connected: bool,
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -170,6 +237,25 @@ pub struct Session {
     pub server: String,
     /// How long one command, or one read or write on a data connection, may take.
     pub timeout: Duration,
+    data_mode: DataMode,
+    passive_address: PassiveAddress,
+    active_ports: Option<RangeInclusive<u16>>,
+    /// The control connection's own address (active listeners bind its IP) and its peer's.
+    control_local: SocketAddr,
+    control_peer: SocketAddr,
+    /// A clone of the control connection's TLS connector, sharing its session cache, for the
+    /// handshakes on active data connections; `None` for plain FTP.
+    data_tls: Option<TlsConnector>,
+    tls_domain: String,
+    /// The server refused EPSV: PASV from now on.
+    epsv_refused: bool,
+    /// The server refused EPRT: PORT from now on.
+    eprt_refused: bool,
+    /// The offset of the next STOR or RETR (REST), from [`Session::restart_at`].
+    restart: Option<u64>,
+    passive_attempt: Arc<Mutex<PassiveAttempt>>,
+    /// An active transfer was dropped without [`Session::finish`]: its reply comes first.
+    active_reply_pending: Arc<AtomicBool>,
 }
 
 fn timeout_err(server: &str, command: &'static str, path: &str, d: Duration) -> FtpsError {
@@ -238,6 +324,7 @@ impl Session {
         };
 
         let mut resumption = None;
+        let mut data_tls = None;
         let mut ftp = match remote.security {
             Security::Explicit | Security::None => {
                 let tcp =
@@ -259,6 +346,7 @@ impl Session {
                 } else {
                     let connector = tls.connector().map_err(setup)?;
                     resumption = Some(connector.resumption());
+                    data_tls = Some(connector.clone());
                     tokio::time::timeout(op, plain.into_secure(connector, &remote.host))
                         .await
                         .map_err(|_| timeout_err(&server, "AUTH TLS", "", op))?
@@ -274,6 +362,7 @@ impl Session {
             Security::Implicit => {
                 let connector = tls.connector().map_err(setup)?;
                 resumption = Some(connector.resumption());
+                data_tls = Some(connector.clone());
                 let mut ftp = tokio::time::timeout(
                     CONNECT_TIMEOUT,
                     FtpStream::connect_secure_implicit(addr, connector, &remote.host),
@@ -307,7 +396,7 @@ impl Session {
             other => connect_error(other),
         })?;
 
-        {
+        let control_local = {
             // A long data transfer leaves the control connection idle for minutes, and NAT
             // gateways and firewalls drop idle connections. TCP keepalives keep it open without
             // a NOOP, whose reply some servers (vsftpd) would only send after the transfer,
@@ -321,7 +410,11 @@ impl Session {
                 tracing::debug!("cannot enable TCP keepalive: {e}");
             }
             let _ = control.set_nodelay(true);
-        }
+            control.local_addr().map_err(|e| FtpsError::Connect {
+                server: server.clone(),
+                source: e,
+            })?
+        };
         let mut features = match tokio::time::timeout(op, ftp.feat()).await {
             Ok(Ok(f)) => Features::from_feat(&f),
             _ => Features::default(),
@@ -340,12 +433,32 @@ impl Session {
             .map_err(|_| timeout_err(&server, "TYPE I", "", op))?
             .map_err(|e| map_err(&server, "TYPE I", "", e))?;
         ftp.set_mode(Mode::ExtendedPassive);
+        let passive_attempt = Arc::new(Mutex::new(PassiveAttempt::default()));
+        let ftp = ftp.passive_stream_builder(passive_connector(
+            addr,
+            remote.passive_address,
+            passive_attempt.clone(),
+            tls.passive_substitution_note(),
+            server.clone(),
+        ));
         Ok(Session {
             ftp,
             resumption,
             features,
             server,
             timeout: op,
+            data_mode: remote.data_mode,
+            passive_address: remote.passive_address,
+            active_ports: remote.active_ports.clone(),
+            control_local,
+            control_peer: addr,
+            data_tls,
+            tls_domain: remote.host.clone(),
+            epsv_refused: false,
+            eprt_refused: false,
+            restart: None,
+            passive_attempt,
+            active_reply_pending: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -370,6 +483,7 @@ impl Session {
             Box<dyn std::future::Future<Output = Result<T, FtpError>> + Send + 'a>,
         >,
     ) -> Result<T, FtpsError> {
+        self.read_abandoned_transfer_reply().await?;
         let result = tokio::time::timeout(self.timeout, f(&mut self.ftp)).await;
         self.outcome(command, path, result)
     }
@@ -395,8 +509,15 @@ impl Session {
         let d = dir.to_string();
         self.step("CWD", dir, |f| Box::pin(f.cwd(d))).await?;
         let mlsd = self.features.mlsd;
+        // A listing never resumes: an offset left by a failed transfer is dropped here.
+        self.restart = None;
+        if self.data_mode == DataMode::Active {
+            let command = if mlsd { "MLSD" } else { "LIST" };
+            let lines = self.list_active(command, dir).await?;
+            return Ok((lines, mlsd));
+        }
         let lines = self
-            .data_command(if mlsd { "MLSD" } else { "LIST" }, dir, move |f| {
+            .data_command(if mlsd { "MLSD" } else { "LIST" }, dir, None, move |f| {
                 Box::pin(async move {
                     if mlsd {
                         f.mlsd(None).await
@@ -409,29 +530,103 @@ impl Session {
         Ok((lines, mlsd))
     }
 
-    /// A data-connection command; falls back from EPSV to PASV once if the server refuses EPSV.
+    /// A passive data-connection command: EPSV, or PASV once the server refused EPSV. `restart`
+    /// is the REST offset of a STOR or RETR, armed again for the PASV attempt.
     async fn data_command<T>(
         &mut self,
         command: &'static str,
         path: &str,
+        restart: Option<u64>,
         f: impl for<'a> Fn(
             &'a mut FtpStream,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<T, FtpError>> + Send + 'a>,
         >,
     ) -> Result<T, FtpsError> {
-        let first = tokio::time::timeout(self.timeout, f(&mut self.ftp)).await;
-        let epsv_refused = matches!(&first, Ok(Err(FtpError::UnexpectedResponse(r)))
-            if matches!(r.status.code(), 500..=502)
-                && String::from_utf8_lossy(&r.body).to_ascii_uppercase().contains("EPSV"));
+        self.read_abandoned_transfer_reply().await?;
+        let first = self.try_passive(path, restart, &f).await?;
+        // Any 5xx before the stream builder ran answers EPSV itself (vsftpd's cmds_denied says
+        // `550 Permission denied.`, others `500`/`502`): REST and the command come after it.
+        let epsv_refused = !self.epsv_refused
+            && self.attempt().announced.is_none()
+            && matches!(&first, Ok(Err(FtpError::UnexpectedResponse(r)))
+                if (500..600).contains(&r.status.code()));
         if !epsv_refused {
-            return self.outcome(command, path, first);
+            return self.passive_outcome(command, path, first);
         }
-        tracing::info!(server = %self.server, "EPSV refused, using PASV");
+        if let Ok(Err(FtpError::UnexpectedResponse(r))) = &first {
+            tracing::info!(server = %self.server, "EPSV refused (`{}`), using PASV", reply_text(r));
+        }
+        self.epsv_refused = true;
         self.ftp.set_mode(Mode::Passive);
-        self.ftp.set_passive_nat_workaround(true);
-        let second = tokio::time::timeout(self.timeout, f(&mut self.ftp)).await;
-        self.outcome(command, path, second)
+        let second = self.try_passive(path, restart, &f).await?;
+        self.passive_outcome(command, path, second)
+    }
+
+    /// One try of a passive data command, with the REST offset armed first.
+    async fn try_passive<T>(
+        &mut self,
+        path: &str,
+        restart: Option<u64>,
+        f: &impl for<'a> Fn(
+            &'a mut FtpStream,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, FtpError>> + Send + 'a>,
+        >,
+    ) -> Result<Result<Result<T, FtpError>, tokio::time::error::Elapsed>, FtpsError> {
+        if let Some(offset) = restart {
+            let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+            let armed = tokio::time::timeout(self.timeout, self.ftp.resume_transfer(offset)).await;
+            self.outcome("REST", path, armed)?;
+        }
+        if let Ok(mut a) = self.passive_attempt.lock() {
+            *a = PassiveAttempt::default();
+        }
+        Ok(tokio::time::timeout(self.timeout, f(&mut self.ftp)).await)
+    }
+
+    fn attempt(&self) -> PassiveAttempt {
+        self.passive_attempt.lock().map(|a| *a).unwrap_or_default()
+    }
+
+    /// Maps a passive data command's result; a data connection that could not be opened is
+    /// reported with the address it went to, and why that address (see [`passive_connector`]).
+    fn passive_outcome<T>(
+        &self,
+        command: &'static str,
+        path: &str,
+        result: Result<Result<T, FtpError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, FtpsError> {
+        let attempt = self.attempt();
+        let (Some(announced), Some(target), false) =
+            (attempt.announced, attempt.target, attempt.connected)
+        else {
+            return self.outcome(command, path, result);
+        };
+        let failure = match &result {
+            Err(_) => format!("timed out after {}s", self.timeout.as_secs()),
+            Ok(Err(FtpError::ConnectionError(e))) => e.to_string(),
+            _ => return self.outcome(command, path, result),
+        };
+        let (source, hint) = if self.epsv_refused {
+            passive_failure_text(
+                announced,
+                target,
+                self.control_peer.ip(),
+                self.passive_address,
+            )
+        } else {
+            (
+                " (the port in the server's EPSV reply)".to_string(),
+                FIREWALL_HINT.to_string(),
+            )
+        };
+        Err(FtpsError::Connection {
+            server: self.server.clone(),
+            command,
+            path: path.to_string(),
+            reason: format!("cannot open the data connection to {target}{source}: {failure}{hint}"),
+        })
     }
 
     pub async fn mkdir(&mut self, path: &str) -> Result<(), FtpsError> {
@@ -520,31 +715,46 @@ impl Session {
         }
     }
 
-    /// Makes the next STOR or RETR start at byte `offset` (REST).
-    pub async fn restart_at(&mut self, path: &str, offset: u64) -> Result<(), FtpsError> {
-        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
-        self.step("REST", path, |f| Box::pin(f.resume_transfer(offset)))
-            .await
+    /// Makes the next STOR or RETR start at byte `offset` (REST, sent right before it).
+    pub async fn restart_at(&mut self, _path: &str, offset: u64) -> Result<(), FtpsError> {
+        self.restart = (offset > 0).then_some(offset);
+        Ok(())
     }
 
     /// Opens a STOR to `path`; write the bytes, then [`Session::finish`].
     pub async fn store(&mut self, path: &str) -> Result<DataStream, FtpsError> {
+        let restart = self.restart.take();
+        if self.data_mode == DataMode::Active {
+            let t = self
+                .open_active("STOR", path, format!("STOR {path}"), true, restart)
+                .await?;
+            return Ok(DataStream::Active(t));
+        }
         let p = path.to_string();
-        self.data_command("STOR", path, move |f| {
+        self.data_command("STOR", path, restart, move |f| {
             let p = p.clone();
             Box::pin(async move { f.put_with_stream(p).await })
         })
         .await
+        .map(DataStream::Passive)
     }
 
     /// Opens a RETR of `path`; read the bytes, then [`Session::finish`].
     pub async fn retrieve(&mut self, path: &str) -> Result<DataStream, FtpsError> {
+        let restart = self.restart.take();
+        if self.data_mode == DataMode::Active {
+            let t = self
+                .open_active("RETR", path, format!("RETR {path}"), false, restart)
+                .await?;
+            return Ok(DataStream::Active(t));
+        }
         let p = path.to_string();
-        self.data_command("RETR", path, move |f| {
+        self.data_command("RETR", path, restart, move |f| {
             let p = p.clone();
             Box::pin(async move { f.retr_as_stream(p).await })
         })
         .await
+        .map(DataStream::Passive)
     }
 
     /// Closes a data connection (close_notify, then the server's 226).
@@ -554,13 +764,372 @@ impl Session {
         path: &str,
         stream: DataStream,
     ) -> Result<(), FtpsError> {
-        let result = tokio::time::timeout(self.timeout, stream.finish()).await;
-        self.outcome(command, path, result)
+        match stream {
+            DataStream::Passive(stream) => {
+                let result = tokio::time::timeout(self.timeout, stream.finish()).await;
+                self.outcome(command, path, result)
+            }
+            DataStream::Active(mut transfer) => {
+                let Some(socket) = transfer.take_socket() else {
+                    return Ok(());
+                };
+                let result = tokio::time::timeout(
+                    self.timeout,
+                    finish_active(&mut self.ftp, socket, transfer.upload),
+                )
+                .await;
+                if result.is_err() {
+                    // The reply may still come: the next command reads it first.
+                    self.active_reply_pending.store(true, Ordering::Release);
+                }
+                self.outcome(command, path, result)
+            }
+        }
+    }
+
+    // ---- active mode (see data_channel)
+
+    /// Reads the reply of an active transfer that was dropped without [`Session::finish`], so
+    /// the next command's reply is its own. A failed transfer's reply is only logged: whoever
+    /// dropped it has already given up on it.
+    async fn read_abandoned_transfer_reply(&mut self) -> Result<(), FtpsError> {
+        if !self.active_reply_pending.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let result =
+            tokio::time::timeout(self.timeout, self.ftp.read_response_in(TRANSFER_COMPLETE)).await;
+        match result {
+            Ok(Err(FtpError::UnexpectedResponse(r))) => {
+                tracing::warn!(server = %self.server, "an abandoned transfer ended with `{}`", reply_text(&r));
+                Ok(())
+            }
+            other => self.outcome("transfer reply", "", other).map(|_| ()),
+        }
+    }
+
+    /// Opens an active-mode data connection for `line` (`STOR path`, `RETR path`, `LIST`):
+    /// listen, EPRT (PORT if refused), REST, the command, then accept the server's connection
+    /// and, over FTPS, shake hands on it as the TLS client, resuming the control session.
+    async fn open_active(
+        &mut self,
+        command: &'static str,
+        path: &str,
+        line: String,
+        upload: bool,
+        restart: Option<u64>,
+    ) -> Result<ActiveTransfer, FtpsError> {
+        self.read_abandoned_transfer_reply().await?;
+        let local_ip = self.control_local.ip();
+        let listener = data_channel::bind_listener(local_ip, self.active_ports.as_ref())
+            .and_then(|l| l.local_addr().map(|a| (l, a)));
+        let (listener, listening) = listener.map_err(|e| {
+            self.connection_err(
+                command,
+                path,
+                format!("cannot listen on {local_ip} for the server's data connection: {e}"),
+            )
+        })?;
+        self.announce_listener(path, listening).await?;
+        if let Some(offset) = restart {
+            let rest = format!("REST {offset}");
+            self.step("REST", path, move |f| {
+                Box::pin(async move {
+                    f.custom_command(rest, &[Status::RequestFilePending])
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .await?;
+        }
+        let opened = tokio::time::timeout(
+            self.timeout,
+            self.ftp
+                .custom_command(line, &[Status::AboutToSend, Status::AlreadyOpen]),
+        )
+        .await;
+        match opened {
+            Ok(Err(FtpError::UnexpectedResponse(r)))
+                if r.status == Status::CannotOpenDataConnection =>
+            {
+                return Err(self.connection_err(
+                    command,
+                    path,
+                    format!(
+                        "the server could not connect to {listening} for the data connection: `{}`{ACTIVE_HINT}",
+                        reply_text(&r)
+                    ),
+                ));
+            }
+            other => {
+                self.outcome(command, path, other)?;
+            }
+        }
+        // From here on the server owes a completion reply, whatever happens to the connection.
+        let pending = self.active_reply_pending.clone();
+        let control_peer = self.control_peer.ip().to_canonical();
+        let server = self.server.clone();
+        let accept = async {
+            loop {
+                match listener.accept().await {
+                    Ok((tcp, from)) if from.ip().to_canonical() == control_peer => break Ok(tcp),
+                    // Anyone may reach the listener; only the server's connection is taken.
+                    Ok((_, from)) => {
+                        tracing::warn!(%server, "ignored a data connection from {from}, not the server")
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+        };
+        let tcp = match tokio::time::timeout(self.timeout, accept).await {
+            Ok(Ok(tcp)) => tcp,
+            failed => {
+                pending.store(true, Ordering::Release);
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("not within {}s", self.timeout.as_secs()),
+                };
+                return Err(self.connection_err(
+                    command,
+                    path,
+                    format!("the server did not connect to {listening} for the data connection: {why}{ACTIVE_HINT}"),
+                ));
+            }
+        };
+        drop(listener);
+        let socket = match &self.data_tls {
+            None => AsyncDataStream::Tcp(tcp),
+            Some(connector) => {
+                match tokio::time::timeout(self.timeout, connector.connect(&self.tls_domain, tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => AsyncDataStream::Ssl(Box::new(tls)),
+                    failed => {
+                        pending.store(true, Ordering::Release);
+                        let why = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => format!("timed out after {}s", self.timeout.as_secs()),
+                        };
+                        return Err(self.connection_err(
+                            command,
+                            path,
+                            format!("TLS handshake on the data connection failed: {why}"),
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(ActiveTransfer {
+            socket: Some(socket),
+            upload,
+            reply_pending: pending,
+        })
+    }
+
+    /// Tells the server where to connect: EPRT (RFC 2428), or PORT once the server refused
+    /// EPRT (IPv4 only; PORT cannot name an IPv6 address).
+    async fn announce_listener(&mut self, path: &str, at: SocketAddr) -> Result<(), FtpsError> {
+        let v4 = match at {
+            SocketAddr::V4(v4) if self.eprt_refused => v4,
+            _ => {
+                let eprt = format!("EPRT {}", data_channel::eprt_argument(at));
+                let result = tokio::time::timeout(
+                    self.timeout,
+                    self.ftp.custom_command(eprt, &[Status::CommandOk]),
+                )
+                .await;
+                match (result, at) {
+                    (Ok(Err(FtpError::UnexpectedResponse(r))), SocketAddr::V4(v4))
+                        if (500..600).contains(&r.status.code()) =>
+                    {
+                        tracing::info!(server = %self.server, "EPRT refused (`{}`), using PORT", reply_text(&r));
+                        self.eprt_refused = true;
+                        v4
+                    }
+                    (other, _) => return self.outcome("EPRT", path, other).map(|_| ()),
+                }
+            }
+        };
+        let port = format!("PORT {}", data_channel::port_argument(v4));
+        let result = tokio::time::timeout(
+            self.timeout,
+            self.ftp.custom_command(port, &[Status::CommandOk]),
+        )
+        .await;
+        self.outcome("PORT", path, result).map(|_| ())
+    }
+
+    /// A listing over an active data connection: read to the end, then the server's reply.
+    async fn list_active(
+        &mut self,
+        command: &'static str,
+        dir: &str,
+    ) -> Result<Vec<String>, FtpsError> {
+        let mut transfer = self
+            .open_active(command, dir, command.to_string(), false, None)
+            .await?;
+        let mut bytes = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = tokio::time::timeout(self.timeout, transfer.read(&mut buf)).await;
+            match n {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => return Err(self.connection_err(command, dir, e.to_string())),
+                Err(_) => return Err(timeout_err(&self.server, command, dir, self.timeout)),
+            }
+        }
+        self.finish(command, dir, DataStream::Active(transfer))
+            .await?;
+        Ok(listing_lines(&bytes))
+    }
+
+    fn connection_err(&self, command: &'static str, path: &str, reason: String) -> FtpsError {
+        FtpsError::Connection {
+            server: self.server.clone(),
+            command,
+            path: path.to_string(),
+            reason,
+        }
     }
 
     pub async fn quit(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.ftp.quit()).await;
     }
+}
+
+/// What to try when a passive data connection cannot be opened.
+const FIREWALL_HINT: &str = "; a firewall between ferrysync and the server may block the server's passive ports: have them opened, or try remote.data_mode: active";
+
+/// What to try when the server cannot connect to ferrysync in active mode.
+const ACTIVE_HINT: &str = "; active mode needs the server to reach this address and port: allow inbound connections (remote.active_ports narrows the ports to open), or use remote.data_mode: passive";
+
+/// Where a failed PASV data connection went and why (for the error), and what to try.
+fn passive_failure_text(
+    announced: SocketAddr,
+    target: SocketAddr,
+    control_peer: std::net::IpAddr,
+    policy: PassiveAddress,
+) -> (String, String) {
+    if target.ip() != announced.ip() {
+        return (
+            format!(
+                " (the server's PASV reply named {}, replaced by the control connection's address: remote.passive_address: {})",
+                announced.ip(),
+                policy_name(policy)
+            ),
+            FIREWALL_HINT.to_string(),
+        );
+    }
+    let source = " (the address in the server's PASV reply)".to_string();
+    if announced.ip() != control_peer && data_channel::is_unroutable(announced.ip()) {
+        let hint = format!(
+            "; {} is a private or unroutable address, as a server behind NAT announces it: set remote.passive_address: auto (or control) to use the control connection's address {control_peer}",
+            announced.ip()
+        );
+        (source, hint)
+    } else if announced.ip() != control_peer {
+        let hint = format!(
+            "; if the server is behind NAT, set remote.passive_address: control to use the control connection's address {control_peer}{FIREWALL_HINT}"
+        );
+        (source, hint)
+    } else {
+        (source, FIREWALL_HINT.to_string())
+    }
+}
+
+fn policy_name(p: PassiveAddress) -> &'static str {
+    match p {
+        PassiveAddress::Auto => "auto",
+        PassiveAddress::Control => "control",
+        PassiveAddress::Server => "server",
+    }
+}
+
+/// The stream builder of passive data connections: connects where [`data_channel::passive_target`]
+/// says, records the attempt for errors, and logs a substituted address once per run.
+fn passive_connector(
+    control_peer: SocketAddr,
+    policy: PassiveAddress,
+    attempt: Arc<Mutex<PassiveAttempt>>,
+    noted: Arc<AtomicBool>,
+    server: String,
+) -> impl Fn(
+    SocketAddr,
+) -> Pin<
+    Box<dyn std::future::Future<Output = Result<tokio::net::TcpStream, FtpError>> + Send + Sync>,
+> + Send
+       + Sync
+       + 'static {
+    move |announced: SocketAddr| {
+        let ip = data_channel::passive_target(announced.ip(), control_peer.ip(), policy);
+        let target = SocketAddr::new(ip, announced.port());
+        if ip != announced.ip() {
+            if noted.swap(true, Ordering::Relaxed) {
+                tracing::debug!(%server, "PASV named {}, connecting to {target}", announced.ip());
+            } else {
+                tracing::info!(
+                    %server,
+                    "the server's PASV reply names {}, which cannot be reached from here (a server behind NAT); connecting to the control connection's address {} instead (remote.passive_address: {})",
+                    announced.ip(),
+                    control_peer.ip(),
+                    policy_name(policy)
+                );
+            }
+        }
+        if let Ok(mut a) = attempt.lock() {
+            *a = PassiveAttempt {
+                announced: Some(announced),
+                target: Some(target),
+                connected: false,
+            };
+        }
+        let attempt = attempt.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(target)
+                .await
+                .map_err(FtpError::ConnectionError)?;
+            if let Ok(mut a) = attempt.lock() {
+                a.connected = true;
+            }
+            Ok(tcp)
+        })
+    }
+}
+
+/// Closes an active data connection and reads the server's verdict on the transfer, as
+/// suppaftp's `TransferStream::finish` does for passive ones: close_notify first; after an
+/// upload over TLS, wait for the server's close (unread TLS 1.3 tickets would otherwise make
+/// the OS reset the connection and the server report a failed upload); then the reply.
+async fn finish_active(
+    ftp: &mut FtpStream,
+    mut socket: AsyncDataStream<FlushingTlsStream>,
+    upload: bool,
+) -> Result<(), FtpError> {
+    let shutdown = socket.shutdown().await;
+    if shutdown.is_ok() && upload && matches!(socket, AsyncDataStream::Ssl(_)) {
+        let mut buf = [0u8; 1024];
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+    drop(socket);
+    let reply = ftp.read_response_in(TRANSFER_COMPLETE).await.map(|_| ());
+    if upload {
+        shutdown.map_err(FtpError::ConnectionError)?;
+    }
+    reply
+}
+
+/// The lines of a listing: split at LF, CR dropped, empty lines skipped, decoded as lossy
+/// UTF-8, as suppaftp does for passive listings.
+fn listing_lines(bytes: &[u8]) -> Vec<String> {
+    bytes
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect()
 }
 
 fn map_err(server: &str, command: &'static str, path: &str, e: FtpError) -> FtpsError {
@@ -609,6 +1178,51 @@ mod tests {
         );
         assert_eq!(sha256_in_reply(&format!("250 {hex}")).unwrap()[31], 0xad);
         assert!(sha256_in_reply("213 SHA-256 0-3 zz a.txt").is_none());
+    }
+
+    #[test]
+    fn passive_failures_say_which_address_and_what_to_set() {
+        let sock = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let peer: std::net::IpAddr = "203.0.114.5".parse().unwrap();
+        // passive_address: server, PASV naming a private address: suggest auto.
+        let (source, hint) = passive_failure_text(
+            sock("10.0.0.5:50001"),
+            sock("10.0.0.5:50001"),
+            peer,
+            PassiveAddress::Server,
+        );
+        assert!(source.contains("PASV reply"), "{source}");
+        assert!(
+            hint.contains("10.0.0.5 is a private or unroutable address"),
+            "{hint}"
+        );
+        assert!(hint.contains("passive_address: auto"), "{hint}");
+        // A routable address elsewhere: NAT is possible, so control is suggested too.
+        let (_, hint) = passive_failure_text(
+            sock("198.51.101.9:50001"),
+            sock("198.51.101.9:50001"),
+            peer,
+            PassiveAddress::Auto,
+        );
+        assert!(hint.contains("passive_address: control"), "{hint}");
+        // Substituted already: the firewall is the suspect.
+        let (source, hint) = passive_failure_text(
+            sock("10.0.0.5:50001"),
+            sock("203.0.114.5:50001"),
+            peer,
+            PassiveAddress::Auto,
+        );
+        assert!(source.contains("named 10.0.0.5, replaced"), "{source}");
+        assert!(hint.contains("passive ports"), "{hint}");
+    }
+
+    #[test]
+    fn listing_lines_split_like_suppaftp() {
+        assert_eq!(
+            listing_lines(b"a b\r\n\r\nc\nd\xff\r\n"),
+            vec!["a b".to_string(), "c".to_string(), "d\u{fffd}".to_string()]
+        );
+        assert!(listing_lines(b"").is_empty());
     }
 
     #[test]

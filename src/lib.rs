@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod data_channel;
 pub mod ftps;
 pub mod job_run;
 pub mod ledger;

@@ -1,7 +1,7 @@
 //! An embedded FTPS server on 127.0.0.1 (libunftp over a local folder) with a throw-away
 //! certificate: what `ferrysync demo` syncs against, and what the integration tests use so that
 //! `cargo test` needs nothing installed. It is a real FTPS server: AUTH TLS, PBSZ/PROT,
-//! password login, passive data connections over TLS.
+//! password login, passive and active (PORT) data connections over TLS.
 
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -119,6 +119,8 @@ pub async fn start_with_passive_ports(
     )
     .greeting("ferrysync loopback FTPS server")
     .passive_ports(passive_ports)
+    // PORT too (libunftp has no EPRT), so active mode can be tried without a firewall.
+    .active_passive_mode(libunftp::options::ActivePassiveMode::ActiveAndPassive)
     .idle_session_timeout(600);
     if opts.tls {
         builder = builder

@@ -34,6 +34,10 @@ pub struct TlsContext {
     tls12_only: Arc<AtomicBool>,
     /// Some connection of this run negotiated TLS 1.3.
     used_tls13: Arc<AtomicBool>,
+    /// A PASV address was replaced by the control connection's during this run (see
+    /// [`TlsContext::first_passive_substitution`]). The context is the one object every
+    /// connection of a run shares, so this run-wide note lives here too.
+    passive_substitution_noted: Arc<AtomicBool>,
 }
 
 impl TlsContext {
@@ -98,7 +102,14 @@ impl TlsContext {
             client_auth,
             tls12_only: Arc::new(AtomicBool::new(opts.tls12_only)),
             used_tls13: Arc::new(AtomicBool::new(false)),
+            passive_substitution_noted: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// The run's flag "a PASV address was replaced": the substitution is logged at info once
+    /// per run, not once per data connection.
+    pub fn passive_substitution_note(&self) -> Arc<AtomicBool> {
+        self.passive_substitution_noted.clone()
     }
 
     /// A connector with a fresh client configuration: one per FTP connection.
@@ -220,6 +231,9 @@ impl ServerCertVerifier for PinnedCertificate {
 }
 
 /// Opens TLS on control and data connections (suppaftp keeps it for the data connections).
+/// A clone shares the configuration and so the session cache: active-mode data connections
+/// use a clone of their control connection's connector to resume its session.
+#[derive(Clone)]
 pub struct TlsConnector {
     inner: tokio_rustls::TlsConnector,
     used_tls13: Arc<AtomicBool>,

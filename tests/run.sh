@@ -3,7 +3,7 @@
 # openssl from Debian's packages; ProFTPD unpacked beside them), starts on 127.0.0.1, each on a
 # free port: vsftpd (explicit FTPS, require_ssl_reuse), vsftpd (implicit), vsftpd (client
 # certificate required), vsftpd (two connections per client), vsftpd (a write-only drop
-# folder), ProFTPD (TLS 1.2, HASH) and
+# folder), vsftpd (behind NAT: no EPSV, PASV naming 127.0.0.200), ProFTPD (TLS 1.2, HASH) and
 # ProFTPD (TLS 1.2 and 1.3); runs every unit and integration test against them and the
 # in-process server; and stops every server again, also when a test fails. Needs root
 # (apt-get, local test users, a tmpfs mount in one test).
@@ -23,6 +23,7 @@ cleanup() {
   bash tests/servers/vsftpd.sh stop "$work/vsftpd-cert" || true
   bash tests/servers/vsftpd.sh stop "$work/vsftpd-limited" || true
   bash tests/servers/vsftpd.sh stop "$work/vsftpd-drop" || true
+  bash tests/servers/vsftpd.sh stop "$work/vsftpd-nat" || true
   bash tests/servers/proftpd.sh stop "$work/proftpd" || true
   bash tests/servers/proftpd.sh stop "$work/proftpd13" || true
   rm -rf "$work"
@@ -47,6 +48,11 @@ mkdir -p "$work/vsftpd-drop"
 VSFTPD_CMDS_DENIED=RNFR,RNTO,SIZE,RETR VSFTPD_PASV_MIN=40600 VSFTPD_PASV_MAX=40699 \
   VSFTPD_USER=ferrysync-drop VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_DROP \
   bash tests/servers/vsftpd.sh start "$work/vsftpd-drop"
+# A server behind NAT: EPSV refused, PASV naming an address its data ports are not on.
+mkdir -p "$work/vsftpd-nat"
+VSFTPD_CMDS_DENIED=EPSV VSFTPD_PASV_ADDRESS=127.0.0.200 VSFTPD_PASV_MIN=40900 VSFTPD_PASV_MAX=40979 \
+  VSFTPD_USER=ferrysync-nat VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_NAT \
+  bash tests/servers/vsftpd.sh start "$work/vsftpd-nat"
 mkdir -p "$work/proftpd"
 # LIST in the server's zone (UTC+3), MDTM and MLSD in UTC, as many servers do.
 PROFTPD_LIST_TZ="<+03>-3" bash tests/servers/proftpd.sh start "$work/proftpd"
@@ -60,6 +66,8 @@ source "$work/vsftpd-cert/env"
 source "$work/vsftpd-limited/env"
 # shellcheck disable=SC1091
 source "$work/vsftpd-drop/env"
+# shellcheck disable=SC1091
+source "$work/vsftpd-nat/env"
 # shellcheck disable=SC1091
 source "$work/proftpd/env"
 # shellcheck disable=SC1091

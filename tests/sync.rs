@@ -5,6 +5,7 @@
 
 mod agent;
 mod harness;
+mod nat;
 mod resume;
 
 use harness::{populate, Node, Sandbox, Server};

@@ -129,6 +129,13 @@ impl Server {
         Self::from_env("FERRYSYNC_VSFTPD_IMPLICIT", "implicit")
     }
 
+    /// vsftpd as a server behind NAT: EPSV refused and PASV naming an address its data ports
+    /// are not on (`VSFTPD_CMDS_DENIED=EPSV VSFTPD_PASV_ADDRESS=127.0.0.200`,
+    /// `VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_NAT`).
+    pub fn vsftpd_nat() -> Option<Server> {
+        Self::from_env("FERRYSYNC_VSFTPD_NAT", "explicit")
+    }
+
     fn from_env(prefix: &str, security: &'static str) -> Option<Server> {
         let var = |k: &str| std::env::var(format!("{prefix}_{k}")).ok();
         let Some(port) = var("PORT") else {

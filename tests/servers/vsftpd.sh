@@ -17,6 +17,8 @@
 #   VSFTPD_CLIENT_CERT YES to require a client certificate (DIR/client.pem, DIR/client.key)
 #   VSFTPD_MAX_PER_IP connections allowed per client address (default 0: unlimited)
 #   VSFTPD_CMDS_DENIED commands the server refuses (e.g. RNFR,RNTO,SIZE for a drop folder)
+#   VSFTPD_PASV_ADDRESS the address PASV replies announce (default 127.0.0.1; another one acts
+#                     like a server behind NAT announcing its private address)
 #   VSFTPD_ENV_PREFIX prefix of the variables in DIR/env (default FERRYSYNC_VSFTPD)
 set -euo pipefail
 
@@ -150,7 +152,8 @@ max_per_ip=${VSFTPD_MAX_PER_IP:-0}
 max_clients=0
 
 pasv_enable=YES
-pasv_address=127.0.0.1
+# VSFTPD_PASV_ADDRESS=127.0.0.200: PASV names an address the data port is not on (NAT).
+pasv_address=${VSFTPD_PASV_ADDRESS:-127.0.0.1}
 pasv_min_port=$PASV_MIN
 pasv_max_port=$PASV_MAX
 port_enable=YES
@@ -218,6 +221,8 @@ cmd_start() {
     die "bad passive port range VSFTPD_PASV_MIN=$PASV_MIN VSFTPD_PASV_MAX=$PASV_MAX"
   fi
   [[ $FTP_USER =~ ^[a-z_][a-z0-9_-]{0,30}$ ]] || die "bad VSFTPD_USER '$FTP_USER'"
+  [[ ${VSFTPD_PASV_ADDRESS:-127.0.0.1} =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] ||
+    die "bad VSFTPD_PASV_ADDRESS '${VSFTPD_PASV_ADDRESS:-}' (an IPv4 address)"
 
   install_packages
   bin=$(command -v vsftpd)
