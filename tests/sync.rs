@@ -21,6 +21,15 @@ macro_rules! against_servers {
         mod proftpd {
             $( #[test] fn $name() { if let Some(s) = super::Server::proftpd() { super::scenarios::$name(&s); } } )*
         }
+        mod proftpd_implicit {
+            $( #[test] fn $name() { if let Some(s) = super::Server::proftpd_implicit() { super::scenarios::$name(&s); } } )*
+        }
+        mod pureftpd {
+            $( #[test] fn $name() { if let Some(s) = super::Server::pureftpd() { super::scenarios::$name(&s); } } )*
+        }
+        mod vsftpd_implicit {
+            $( #[test] fn $name() { if let Some(s) = super::Server::vsftpd_implicit() { super::scenarios::$name(&s); } } )*
+        }
     };
 }
 
