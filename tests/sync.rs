@@ -784,3 +784,53 @@ fn status_works_for_a_reader_without_write_access() {
     );
     assert!(stdout.contains("\"outcome\": \"ok\""), "{stdout}");
 }
+
+/// Pure-FTPd offers MLSD and MFMT but no HASH, and lists dot files in MLSD (its LIST hides
+/// them without `-a` unless the server runs with DisplayDotFiles). A push keeps each file's
+/// modification time on the server (MFMT, read as UTC), dot files included, and a pull from
+/// the same remote directory brings the dot files back, so the remote scan saw them.
+#[test]
+fn pureftpd_keeps_modification_times_and_dot_files() {
+    let Some(server) = Server::pureftpd() else {
+        return;
+    };
+    let s = Sandbox::new(&server, "pure-mtime");
+    s.write_local(".env", b"SECRET=not-really\n");
+    s.write_local("conf/.hidden/.rc", b"rc");
+    s.write_local("plain.txt", b"plain");
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_262_304_000); // 2010-01-01
+    for rel in [".env", "conf/.hidden/.rc", "plain.txt"] {
+        std::fs::File::options()
+            .write(true)
+            .open(s.local.join(rel))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    s.job("up", "");
+    s.sync("up").expect_code(0);
+    assert_eq!(s.remote_tree(), s.local_tree());
+    for rel in [".env", "conf/.hidden/.rc", "plain.txt"] {
+        let remote = std::fs::metadata(s.remote_root().join(rel))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(
+            remote, old,
+            "{rel}: modification time not kept on the server"
+        );
+    }
+    s.sync("up").expect_code(0);
+    assert_eq!(s.counts("up"), (0, 0, 0, 0));
+
+    let back = Sandbox::new(&server, "pure-mtime-back");
+    back.write_job(
+        "down",
+        &back
+            .job_yaml("direction: pull\n")
+            .replace(&back.remote_dir, &s.remote_dir),
+    );
+    back.sync("down").expect_code(0);
+    assert_eq!(back.local_tree(), s.local_tree());
+    assert_eq!(back.counts("down"), (0, 3, 0, 0));
+}
