@@ -1,6 +1,7 @@
 //! Integration tests: the `ferrysync` binary against real FTPS servers on 127.0.0.1. Every
-//! scenario runs against the in-process loopback server, and against vsftpd when
-//! tests/servers/vsftpd.sh has started it (CI sets FERRYSYNC_REQUIRE_VSFTPD=1 so it cannot be
+//! scenario runs against the in-process loopback server, and against vsftpd (explicit and
+//! implicit), ProFTPD (explicit and implicit) and Pure-FTPd when tests/servers/*.sh have
+//! started them (tests/run.sh does, and sets FERRYSYNC_REQUIRE_VSFTPD=1 so none can be
 //! skipped there). No test mocks the FTP protocol.
 
 mod agent;
