@@ -835,3 +835,41 @@ fn pureftpd_keeps_modification_times_and_dot_files() {
     assert_eq!(back.local_tree(), s.local_tree());
     assert_eq!(back.counts("down"), (0, 3, 0, 0));
 }
+
+/// Pure-FTPd stops a listing at 10000 entries by default (`LimitRecursion`) and says so only in
+/// the transfer's final `226 Output truncated to 10000 matches`. A directory that big must not
+/// look like one whose other files were deleted: the run fails, says why, and changes nothing
+/// (a pull mirror would otherwise delete local copies of the files left out). Just below the
+/// limit the listing is whole and the run works.
+#[test]
+fn pureftpd_listing_cut_short_fails_the_run_and_deletes_nothing() {
+    let Some(server) = Server::pureftpd() else {
+        return;
+    };
+    let s = Sandbox::new(&server, "pure-limit");
+    // 9990 files and `.` and `..`: 9992 entries, under the limit.
+    for i in 1..=9990 {
+        s.put_remote(&format!("n{i:05}"), b"");
+    }
+    s.job(
+        "j",
+        "direction: pull\nmode: mirror\ninclude: [\"n0000*\"]\n",
+    );
+    s.sync("j").expect_code(0);
+    assert_eq!(s.counts("j"), (0, 9, 0, 0));
+    let before = s.local_tree();
+
+    for i in 9991..=10050 {
+        s.put_remote(&format!("n{i:05}"), b"");
+    }
+    s.sync("j")
+        .expect_code(1)
+        .expect_output("stopped at 10000 entries")
+        .expect_output("LimitRecursion");
+    assert_eq!(
+        s.local_tree(),
+        before,
+        "a cut-short listing changed the local tree"
+    );
+    let _ = std::fs::remove_dir_all(s.remote_root());
+}
