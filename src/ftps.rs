@@ -227,6 +227,44 @@ fn sha256_in_reply(reply: &str) -> Option<[u8; 32]> {
     crate::config::Fingerprint::parse(word).ok().map(|f| f.0)
 }
 
+/// Pure-FTPd ends a listing after `LimitRecursion`'s file count, 10000 by default, and says so
+/// only in the final reply of the transfer (`226 Output truncated to 10000 matches`), which
+/// suppaftp does not hand back. It is known by its greeting (`Welcome to Pure-FTPd`).
+const PUREFTPD_DEFAULT_LIST_LIMIT: usize = 10_000;
+
+/// The number of entries (lines, `.` and `..` included) at which this server, known by its
+/// greeting, cuts a directory listing short without an error; `None` if it is not known to.
+fn listing_limit(greeting: &str) -> Option<usize> {
+    greeting
+        .contains("Pure-FTPd")
+        .then_some(PUREFTPD_DEFAULT_LIST_LIMIT)
+}
+
+/// Refuses a listing that has reached the server's limit: it is probably cut short, and the
+/// missing entries would look deleted to the plan (a pull mirror would delete the local
+/// copies). A directory of exactly the limit's size is refused too: the listing cannot tell.
+fn check_listing_complete(
+    server: &str,
+    command: &'static str,
+    dir: &str,
+    lines: usize,
+    limit: Option<usize>,
+) -> Result<(), FtpsError> {
+    match limit {
+        Some(limit) if lines >= limit => Err(FtpsError::Setup {
+            server: server.to_string(),
+            reason: format!(
+                "{command} {dir}: the listing stopped at {lines} entries, the limit at which \
+                 Pure-FTPd cuts listings short (LimitRecursion, 10000 by default), so it is \
+                 probably incomplete and nothing was changed; ask the server's administrator to \
+                 raise LimitRecursion above the number of entries in the directory, or keep \
+                 fewer than {limit} entries in one directory"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// One logged-in connection.
 pub struct Session {
     ftp: FtpStream,
@@ -256,6 +294,8 @@ pub struct Session {
     passive_attempt: Arc<Mutex<PassiveAttempt>>,
     /// An active transfer was dropped without [`Session::finish`]: its reply comes first.
     active_reply_pending: Arc<AtomicBool>,
+    /// See [`listing_limit`].
+    listing_limit: Option<usize>,
 }
 
 fn timeout_err(server: &str, command: &'static str, path: &str, d: Duration) -> FtpsError {
@@ -441,6 +481,7 @@ impl Session {
             tls.passive_substitution_note(),
             server.clone(),
         ));
+        let limit = ftp.get_welcome_msg().and_then(listing_limit);
         Ok(Session {
             ftp,
             resumption,
@@ -459,6 +500,7 @@ impl Session {
             restart: None,
             passive_attempt,
             active_reply_pending: Arc::new(AtomicBool::new(false)),
+            listing_limit: limit,
         })
     }
 
@@ -511,13 +553,11 @@ impl Session {
         let mlsd = self.features.mlsd;
         // A listing never resumes: an offset left by a failed transfer is dropped here.
         self.restart = None;
-        if self.data_mode == DataMode::Active {
-            let command = if mlsd { "MLSD" } else { "LIST" };
-            let lines = self.list_active(command, dir).await?;
-            return Ok((lines, mlsd));
-        }
-        let lines = self
-            .data_command(if mlsd { "MLSD" } else { "LIST" }, dir, None, move |f| {
+        let command = if mlsd { "MLSD" } else { "LIST" };
+        let lines = if self.data_mode == DataMode::Active {
+            self.list_active(command, dir).await?
+        } else {
+            self.data_command(command, dir, None, move |f| {
                 Box::pin(async move {
                     if mlsd {
                         f.mlsd(None).await
@@ -526,7 +566,9 @@ impl Session {
                     }
                 })
             })
-            .await?;
+            .await?
+        };
+        check_listing_complete(&self.server, command, dir, lines.len(), self.listing_limit)?;
         Ok((lines, mlsd))
     }
 
@@ -1223,6 +1265,27 @@ mod tests {
             vec!["a b".to_string(), "c".to_string(), "d\u{fffd}".to_string()]
         );
         assert!(listing_lines(b"").is_empty());
+    }
+
+    #[test]
+    fn a_pureftpd_listing_at_its_limit_is_refused() {
+        let greeting = "220---------- Welcome to Pure-FTPd [privsep] [TLS] ----------\n220-You are user number 1 of 50 allowed.";
+        let limit = listing_limit(greeting);
+        assert_eq!(limit, Some(10_000));
+        assert_eq!(listing_limit("220 (vsFTPd 3.0.3)"), None);
+        assert_eq!(
+            listing_limit("220 ProFTPD Server (ferrysync test ProFTPD)"),
+            None
+        );
+        assert!(check_listing_complete("s", "MLSD", "/d", 9_999, limit).is_ok());
+        let err = check_listing_complete("s", "MLSD", "/d", 10_000, limit).unwrap_err();
+        assert!(!err.is_transient());
+        let text = err.to_string();
+        assert!(
+            text.contains("MLSD /d") && text.contains("LimitRecursion"),
+            "{text}"
+        );
+        assert!(check_listing_complete("s", "LIST", "/d", 50_000, None).is_ok());
     }
 
     #[test]

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need (vsftpd, lftp, curl,
-# openssl from Debian's packages; ProFTPD unpacked beside them), starts on 127.0.0.1, each on a
-# free port: vsftpd (explicit FTPS, require_ssl_reuse), vsftpd (implicit), vsftpd (client
-# certificate required), vsftpd (two connections per client), vsftpd (a write-only drop
-# folder), vsftpd (behind NAT: no EPSV, PASV naming 127.0.0.200), ProFTPD (TLS 1.2, HASH) and
-# ProFTPD (TLS 1.2 and 1.3); runs every unit and integration test against them and the
-# in-process server; and stops every server again, also when a test fails. Needs root
-# (apt-get, local test users, a tmpfs mount in one test).
+# openssl from Debian's packages; ProFTPD and Pure-FTPd unpacked beside them), starts on
+# 127.0.0.1, each on a free port: vsftpd (explicit FTPS, require_ssl_reuse), vsftpd (implicit),
+# vsftpd (client certificate required), vsftpd (two connections per client), vsftpd (a
+# write-only drop folder), vsftpd (behind NAT: no EPSV, PASV naming 127.0.0.200), ProFTPD (TLS
+# 1.2, HASH, LIST in UTC+3), ProFTPD (TLS 1.2 and 1.3), ProFTPD (implicit, session reuse
+# required) and Pure-FTPd (TLS required on control and data connections); runs every unit and
+# integration test against them and the in-process server; and stops every server again, also
+# when a test fails. Needs root (apt-get, local test users, a tmpfs mount in one test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,8 @@ cleanup() {
   bash tests/servers/vsftpd.sh stop "$work/vsftpd-nat" || true
   bash tests/servers/proftpd.sh stop "$work/proftpd" || true
   bash tests/servers/proftpd.sh stop "$work/proftpd13" || true
+  bash tests/servers/proftpd.sh stop "$work/proftpd-implicit" || true
+  bash tests/servers/pureftpd.sh stop "$work/pureftpd" || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -60,6 +63,13 @@ mkdir -p "$work/proftpd13"
 PROFTPD_TLS_PROTOCOLS="TLSv1.2 TLSv1.3" PROFTPD_PASV_MIN=40300 \
   PROFTPD_PASV_MAX=40399 PROFTPD_USER=ferrysync-proftpd13 PROFTPD_ENV_PREFIX=FERRYSYNC_PROFTPD13 \
   bash tests/servers/proftpd.sh start "$work/proftpd13"
+mkdir -p "$work/proftpd-implicit"
+PROFTPD_IMPLICIT=YES PROFTPD_PASV_MIN=40800 PROFTPD_PASV_MAX=40899 \
+  PROFTPD_USER=ferrysync-proftpd-implicit PROFTPD_ENV_PREFIX=FERRYSYNC_PROFTPD_IMPLICIT \
+  bash tests/servers/proftpd.sh start "$work/proftpd-implicit"
+mkdir -p "$work/pureftpd"
+PUREFTPD_PASV_MIN=40700 PUREFTPD_PASV_MAX=40799 \
+  bash tests/servers/pureftpd.sh start "$work/pureftpd"
 # shellcheck disable=SC1091
 source "$work/vsftpd-cert/env"
 # shellcheck disable=SC1091
@@ -72,6 +82,10 @@ source "$work/vsftpd-nat/env"
 source "$work/proftpd/env"
 # shellcheck disable=SC1091
 source "$work/proftpd13/env"
+# shellcheck disable=SC1091
+source "$work/proftpd-implicit/env"
+# shellcheck disable=SC1091
+source "$work/pureftpd/env"
 # shellcheck disable=SC1091
 source "$work/vsftpd/env"
 # shellcheck disable=SC1091

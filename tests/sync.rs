@@ -1,6 +1,7 @@
 //! Integration tests: the `ferrysync` binary against real FTPS servers on 127.0.0.1. Every
-//! scenario runs against the in-process loopback server, and against vsftpd when
-//! tests/servers/vsftpd.sh has started it (CI sets FERRYSYNC_REQUIRE_VSFTPD=1 so it cannot be
+//! scenario runs against the in-process loopback server, and against vsftpd (explicit and
+//! implicit), ProFTPD (explicit and implicit) and Pure-FTPd when tests/servers/*.sh have
+//! started them (tests/run.sh does, and sets FERRYSYNC_REQUIRE_VSFTPD=1 so none can be
 //! skipped there). No test mocks the FTP protocol.
 
 mod agent;
@@ -21,6 +22,15 @@ macro_rules! against_servers {
         }
         mod proftpd {
             $( #[test] fn $name() { if let Some(s) = super::Server::proftpd() { super::scenarios::$name(&s); } } )*
+        }
+        mod proftpd_implicit {
+            $( #[test] fn $name() { if let Some(s) = super::Server::proftpd_implicit() { super::scenarios::$name(&s); } } )*
+        }
+        mod pureftpd {
+            $( #[test] fn $name() { if let Some(s) = super::Server::pureftpd() { super::scenarios::$name(&s); } } )*
+        }
+        mod vsftpd_implicit {
+            $( #[test] fn $name() { if let Some(s) = super::Server::vsftpd_implicit() { super::scenarios::$name(&s); } } )*
         }
     };
 }
@@ -870,4 +880,92 @@ fn status_works_for_a_reader_without_write_access() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("\"outcome\": \"ok\""), "{stdout}");
+}
+
+/// Pure-FTPd offers MLSD and MFMT but no HASH, and lists dot files in MLSD (its LIST hides
+/// them without `-a` unless the server runs with DisplayDotFiles). A push keeps each file's
+/// modification time on the server (MFMT, read as UTC), dot files included, and a pull from
+/// the same remote directory brings the dot files back, so the remote scan saw them.
+#[test]
+fn pureftpd_keeps_modification_times_and_dot_files() {
+    let Some(server) = Server::pureftpd() else {
+        return;
+    };
+    let s = Sandbox::new(&server, "pure-mtime");
+    s.write_local(".env", b"SECRET=not-really\n");
+    s.write_local("conf/.hidden/.rc", b"rc");
+    s.write_local("plain.txt", b"plain");
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_262_304_000); // 2010-01-01
+    for rel in [".env", "conf/.hidden/.rc", "plain.txt"] {
+        std::fs::File::options()
+            .write(true)
+            .open(s.local.join(rel))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    s.job("up", "");
+    s.sync("up").expect_code(0);
+    assert_eq!(s.remote_tree(), s.local_tree());
+    for rel in [".env", "conf/.hidden/.rc", "plain.txt"] {
+        let remote = std::fs::metadata(s.remote_root().join(rel))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(
+            remote, old,
+            "{rel}: modification time not kept on the server"
+        );
+    }
+    s.sync("up").expect_code(0);
+    assert_eq!(s.counts("up"), (0, 0, 0, 0));
+
+    let back = Sandbox::new(&server, "pure-mtime-back");
+    back.write_job(
+        "down",
+        &back
+            .job_yaml("direction: pull\n")
+            .replace(&back.remote_dir, &s.remote_dir),
+    );
+    back.sync("down").expect_code(0);
+    assert_eq!(back.local_tree(), s.local_tree());
+    assert_eq!(back.counts("down"), (0, 3, 0, 0));
+}
+
+/// Pure-FTPd stops a listing at 10000 entries by default (`LimitRecursion`) and says so only in
+/// the transfer's final `226 Output truncated to 10000 matches`. A directory that big must not
+/// look like one whose other files were deleted: the run fails, says why, and changes nothing
+/// (a pull mirror would otherwise delete local copies of the files left out). Just below the
+/// limit the listing is whole and the run works.
+#[test]
+fn pureftpd_listing_cut_short_fails_the_run_and_deletes_nothing() {
+    let Some(server) = Server::pureftpd() else {
+        return;
+    };
+    let s = Sandbox::new(&server, "pure-limit");
+    // 9990 files and `.` and `..`: 9992 entries, under the limit.
+    for i in 1..=9990 {
+        s.put_remote(&format!("n{i:05}"), b"");
+    }
+    s.job(
+        "j",
+        "direction: pull\nmode: mirror\ninclude: [\"n0000*\"]\n",
+    );
+    s.sync("j").expect_code(0);
+    assert_eq!(s.counts("j"), (0, 9, 0, 0));
+    let before = s.local_tree();
+
+    for i in 9991..=10050 {
+        s.put_remote(&format!("n{i:05}"), b"");
+    }
+    s.sync("j")
+        .expect_code(1)
+        .expect_output("stopped at 10000 entries")
+        .expect_output("LimitRecursion");
+    assert_eq!(
+        s.local_tree(),
+        before,
+        "a cut-short listing changed the local tree"
+    );
+    let _ = std::fs::remove_dir_all(s.remote_root());
 }

@@ -106,6 +106,22 @@ impl Server {
         Some(s)
     }
 
+    /// ProFTPD with implicit FTPS (`PROFTPD_IMPLICIT=YES`,
+    /// `PROFTPD_ENV_PREFIX=FERRYSYNC_PROFTPD_IMPLICIT`).
+    pub fn proftpd_implicit() -> Option<Server> {
+        let mut s = Self::from_env("FERRYSYNC_PROFTPD_IMPLICIT", "implicit")?;
+        s.kind = "proftpd";
+        Some(s)
+    }
+
+    /// Pure-FTPd (TLS required on control and data connections, MLSD, MFMT, no HASH) as
+    /// started by tests/servers/pureftpd.sh.
+    pub fn pureftpd() -> Option<Server> {
+        let mut s = Self::from_env("FERRYSYNC_PUREFTPD", "explicit")?;
+        s.kind = "pureftpd";
+        Some(s)
+    }
+
     /// vsftpd requiring a client certificate (`VSFTPD_CLIENT_CERT=YES`,
     /// `VSFTPD_ENV_PREFIX=FERRYSYNC_VSFTPD_CERT`); its `client.pem`/`client.key` sit beside `ca`.
     pub fn vsftpd_client_cert() -> Option<Server> {
@@ -141,9 +157,9 @@ impl Server {
         let Some(port) = var("PORT") else {
             assert!(
                 std::env::var("FERRYSYNC_REQUIRE_VSFTPD").as_deref() != Ok("1"),
-                "FERRYSYNC_REQUIRE_VSFTPD=1 but {prefix}_PORT is not set: start tests/servers/vsftpd.sh"
+                "FERRYSYNC_REQUIRE_VSFTPD=1 but {prefix}_PORT is not set: start its server with tests/servers/*.sh (see tests/run.sh)"
             );
-            eprintln!("skipped: vsftpd is not running (bash tests/servers/vsftpd.sh start DIR; source DIR/env)");
+            eprintln!("skipped: {prefix}_PORT is not set (bash tests/servers/NAME.sh start DIR; source DIR/env)");
             return None;
         };
         Some(Server {
@@ -397,8 +413,14 @@ impl<'a> Sandbox<'a> {
 
     /// Fetches a remote file with curl over FTPS, a client independent of ferrysync.
     pub fn curl_get(&self, rel: &str) -> Vec<u8> {
+        // ftps:// is implicit TLS in curl; ftp:// with --ssl-reqd is AUTH TLS.
+        let scheme = if self.server.security == "implicit" {
+            "ftps"
+        } else {
+            "ftp"
+        };
         let url = format!(
-            "ftp://localhost:{}{}/{}",
+            "{scheme}://localhost:{}{}/{}",
             self.server.port,
             self.remote_dir,
             rel.split('/')

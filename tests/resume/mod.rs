@@ -537,6 +537,21 @@ mod proftpd {
     }
 }
 
+mod pureftpd {
+    #[test]
+    fn kill_during_upload_then_resume() {
+        if let Some(s) = super::Server::pureftpd() {
+            super::kill_during_upload_then_resume(&s);
+        }
+    }
+    #[test]
+    fn kill_during_download_then_resume() {
+        if let Some(s) = super::Server::pureftpd() {
+            super::kill_during_download_then_resume(&s);
+        }
+    }
+}
+
 /// ProFTPD offers HASH: a resumed upload is checked with the server's SHA-256 before the
 /// rename. Bytes damaged on the server while no one watched (here: overwritten after the kill)
 /// are caught, the temporary file is discarded, and the next run sends the file again whole.

@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # Shared by the test-server scripts in this folder (sourced, not run): ports and throw-away
-# certificates, and finding and stopping a server's processes. The sourcing script defines
-# log(), die(), DAEMON (the server's process name; its files are DIR/$DAEMON.pid and
-# DIR/$DAEMON.conf) and STOP_TIMEOUT.
+# certificates, finding and stopping a server's processes, and fetching a server that is
+# unpacked from Debian packages rather than installed. The sourcing script defines log(), die(),
+# DAEMON (the server's process name; its files are DIR/$DAEMON.pid and DIR/$DAEMON.conf),
+# STOP_TIMEOUT and, for fetch_unpacked, APT_TIMEOUT.
 
 # Succeeds if something accepts TCP connections on 127.0.0.1:$1.
 port_open() {
@@ -108,7 +109,7 @@ make_client_cert() {
   rm -rf "$tmp"
 }
 
-# Succeeds if PID $1 is a live proftpd process. A zombie does not count: it
+# Succeeds if PID $1 is a live $DAEMON process. A zombie does not count: it
 # has exited, and whoever adopted it (PID 1) may take seconds to reap it.
 is_daemon_pid() {
   local stat
@@ -171,4 +172,119 @@ cmd_stop() {
   dir=$(cd "$dir" && pwd -P)
   stop_instance "$dir" || true
   log "$DAEMON for $dir is stopped"
+}
+
+# ---- servers unpacked from Debian packages rather than installed (they conflict with vsftpd:
+# each provides ftp-server). The sourcing script defines APT_TIMEOUT (seconds for one apt-get).
+
+APT_UPDATED=0
+apt_update_once() {
+  ((APT_UPDATED)) && return 0
+  log "apt-get update"
+  timeout "$APT_TIMEOUT" apt-get -o DPkg::Lock::Timeout=120 update -q >&2 || die "apt-get update failed"
+  APT_UPDATED=1
+}
+
+# apt-get install of the named packages (only ones that are not installed yet:
+# naming an installed package would upgrade it). Retries once after an update.
+apt_install() {
+  local p missing=()
+  for p in "$@"; do
+    [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null) == ii* ]] || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  log "installing missing packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! timeout "$APT_TIMEOUT" apt-get -o DPkg::Lock::Timeout=120 install -y -q --no-install-recommends "${missing[@]}" >&2; then
+    ((APT_UPDATED)) && die "apt-get install ${missing[*]} failed"
+    apt_update_once
+    timeout "$APT_TIMEOUT" apt-get -o DPkg::Lock::Timeout=120 install -y -q --no-install-recommends "${missing[@]}" >&2 ||
+      die "apt-get install ${missing[*]} failed"
+  fi
+}
+
+install_tools() {
+  local missing=() b
+  command -v lftp >/dev/null || missing+=(lftp)
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v flock >/dev/null || missing+=(util-linux)
+  command -v dpkg-deb >/dev/null || missing+=(dpkg)
+  ((${#missing[@]})) && apt_install "${missing[@]}"
+  for b in lftp openssl flock dpkg-deb; do
+    command -v "$b" >/dev/null || die "$b still not found after apt-get install"
+  done
+}
+
+# The shared library packages named in the Depends of the .deb files $@
+# (first alternative of each, without version), one a line.
+lib_depends() {
+  local deb
+  for deb in "$@"; do
+    dpkg-deb -f "$deb" Depends
+  done | tr ',' '\n' | sed -E 's/\|.*//; s/\(.*\)//; s/:any//; s/[[:space:]]//g' |
+    grep -E '^lib[a-z0-9.+-]+$' | grep -v '^libpam-runtime$' | sort -u
+}
+
+# Lists the shared libraries that the files $2... (relative to the unpacked root $1) cannot find.
+missing_libs() {
+  local root=$1 f
+  shift
+  for f in "$@"; do
+    [[ -e $root/$f ]] || { echo "${f##*/}(file)"; continue; }
+    LD_LIBRARY_PATH="$root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+      ldd "$root/$f" 2>/dev/null | awk '/not found/ {print $1}'
+  done | sort -u
+}
+
+# `fetch_unpacked CACHE_DIR "PACKAGE..." FILE...`: makes CACHE_DIR/root hold the packages,
+# `apt-get download`ed and unpacked with `dpkg -x`, with the FILEs (relative to the root; the
+# first one is the server's executable) present and their shared libraries installed. Sets
+# ROOT, and LD_LIBRARY_PATH to the root's library folder. Serialised with flock so parallel
+# starts do not race; later runs reuse the unpacked root.
+fetch_unpacked() {
+  local cache=$1 tmp deb lock_fd missing f complete=1
+  local -a packages deps
+  read -r -a packages <<<"$2"
+  shift 2
+  mkdir -p "$cache"
+  exec {lock_fd}>"$cache/.lock"
+  flock -w "$APT_TIMEOUT" "$lock_fd" || die "timed out waiting for the lock on $cache"
+  ROOT=$cache/root
+  [[ -f $ROOT/.ferrysync-complete && -x $ROOT/$1 ]] || complete=0
+  for f in "$@"; do [[ -f $ROOT/$f ]] || complete=0; done
+  if ((!complete)); then
+    log "downloading ${packages[*]} into $cache (not installing: they conflict with vsftpd)"
+    rm -rf "$ROOT" "$cache"/tmp.*
+    tmp=$(mktemp -d "$cache/tmp.XXXXXX")
+    chmod 0755 "$tmp"
+    # apt-get download drops privileges to _apt, which must be able to write here.
+    getent passwd _apt >/dev/null && chown _apt "$tmp"
+    if ! (cd "$tmp" && timeout "$APT_TIMEOUT" apt-get download -q "${packages[@]}" >&2); then
+      apt_update_once
+      (cd "$tmp" && timeout "$APT_TIMEOUT" apt-get download -q "${packages[@]}" >&2) ||
+        { rm -rf "$tmp"; die "apt-get download ${packages[*]} failed"; }
+    fi
+    mkdir "$tmp/root"
+    for deb in "$tmp"/*.deb; do
+      dpkg -x "$deb" "$tmp/root" || { rm -rf "$tmp"; die "dpkg -x $deb failed"; }
+    done
+    lib_depends "$tmp"/*.deb >"$tmp/root/.ferrysync-libdeps"
+    (cd "$tmp" && ls -1 -- *.deb) >"$tmp/root/.ferrysync-complete"
+    mv "$tmp/root" "$ROOT"
+    rm -rf "$tmp"
+  fi
+  # The libraries the server links against (libsodium23, libhiredis0.14, libmemcached11, ...)
+  # are not all on a fresh Debian 12: install the missing ones.
+  missing=$(missing_libs "$ROOT" "$@")
+  if [[ -n $missing ]]; then
+    log "${1##*/} needs missing libraries: ${missing//$'\n'/ }"
+    mapfile -t deps <"$ROOT/.ferrysync-libdeps"
+    ((${#deps[@]})) && apt_install "${deps[@]}"
+    missing=$(missing_libs "$ROOT" "$@")
+    [[ -z $missing ]] || die "libraries still missing for $ROOT/$1: ${missing//$'\n'/ }"
+  fi
+  exec {lock_fd}>&-
+  if [[ -d $ROOT/usr/lib/x86_64-linux-gnu ]]; then
+    export LD_LIBRARY_PATH="$ROOT/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
 }

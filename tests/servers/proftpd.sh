@@ -65,108 +65,11 @@ EOF
 
 
 
-APT_UPDATED=0
-apt_update_once() {
-  ((APT_UPDATED)) && return 0
-  log "apt-get update"
-  timeout "$APT_TIMEOUT" apt-get -o DPkg::Lock::Timeout=120 update -q >&2 || die "apt-get update failed"
-  APT_UPDATED=1
-}
-
-# apt-get install of the named packages (only ones that are not installed yet:
-# naming an installed package would upgrade it). Retries once after an update.
-apt_install() {
-  local p missing=()
-  for p in "$@"; do
-    [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null) == ii* ]] || missing+=("$p")
-  done
-  ((${#missing[@]})) || return 0
-  log "installing missing packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! timeout "$APT_TIMEOUT" apt-get -o DPkg::Lock::Timeout=120 install -y -q --no-install-recommends "${missing[@]}" >&2; then
-    ((APT_UPDATED)) && die "apt-get install ${missing[*]} failed"
-    apt_update_once
-    timeout "$APT_TIMEOUT" apt-get -o DPkg::Lock::Timeout=120 install -y -q --no-install-recommends "${missing[@]}" >&2 ||
-      die "apt-get install ${missing[*]} failed"
-  fi
-}
-
-install_tools() {
-  local missing=() b
-  command -v lftp >/dev/null || missing+=(lftp)
-  command -v openssl >/dev/null || missing+=(openssl)
-  command -v flock >/dev/null || missing+=(util-linux)
-  command -v dpkg-deb >/dev/null || missing+=(dpkg)
-  ((${#missing[@]})) && apt_install "${missing[@]}"
-  for b in lftp openssl flock dpkg-deb; do
-    command -v "$b" >/dev/null || die "$b still not found after apt-get install"
-  done
-}
-
-# The shared library packages named in the Depends of the .deb files $@
-# (first alternative of each, without version), one a line.
-lib_depends() {
-  local deb
-  for deb in "$@"; do
-    dpkg-deb -f "$deb" Depends
-  done | tr ',' '\n' | sed -E 's/\|.*//; s/\(.*\)//; s/:any//; s/[[:space:]]//g' |
-    grep -E '^lib[a-z0-9.+-]+$' | grep -v '^libpam-runtime$' | sort -u
-}
-
-# Lists the shared libraries that $ROOT's proftpd binary or modules cannot find.
-missing_libs() {
-  local f
-  for f in "$ROOT/usr/sbin/proftpd" "$ROOT/usr/lib/proftpd/mod_tls.so" "$ROOT/usr/lib/proftpd/mod_digest.so"; do
-    [[ -e $f ]] || { echo "${f##*/}(file)"; continue; }
-    ldd "$f" 2>/dev/null | awk '/not found/ {print $1}'
-  done | sort -u
-}
-
 # Makes $CACHE_DIR/root hold an unpacked proftpd-core + proftpd-mod-crypto whose
-# binary runs. Sets ROOT. Serialised with flock so parallel starts do not race.
+# binary runs. Sets ROOT and LD_LIBRARY_PATH.
 fetch_proftpd() {
-  local tmp deb lock_fd missing
-  mkdir -p "$CACHE_DIR"
-  exec {lock_fd}>"$CACHE_DIR/.lock"
-  flock -w "$APT_TIMEOUT" "$lock_fd" || die "timed out waiting for the lock on $CACHE_DIR"
-  ROOT=$CACHE_DIR/root
-  if [[ ! -f $ROOT/.ferrysync-complete || ! -x $ROOT/usr/sbin/proftpd ||
-    ! -f $ROOT/usr/lib/proftpd/mod_tls.so || ! -f $ROOT/usr/lib/proftpd/mod_digest.so ]]; then
-    log "downloading ${PACKAGES[*]} into $CACHE_DIR (not installing: they conflict with vsftpd)"
-    rm -rf "$ROOT" "$CACHE_DIR"/tmp.*
-    tmp=$(mktemp -d "$CACHE_DIR/tmp.XXXXXX")
-    chmod 0755 "$tmp"
-    # apt-get download drops privileges to _apt, which must be able to write here.
-    getent passwd _apt >/dev/null && chown _apt "$tmp"
-    if ! (cd "$tmp" && timeout "$APT_TIMEOUT" apt-get download -q "${PACKAGES[@]}" >&2); then
-      apt_update_once
-      (cd "$tmp" && timeout "$APT_TIMEOUT" apt-get download -q "${PACKAGES[@]}" >&2) ||
-        { rm -rf "$tmp"; die "apt-get download ${PACKAGES[*]} failed"; }
-    fi
-    mkdir "$tmp/root"
-    for deb in "$tmp"/*.deb; do
-      dpkg -x "$deb" "$tmp/root" || { rm -rf "$tmp"; die "dpkg -x $deb failed"; }
-    done
-    lib_depends "$tmp"/*.deb >"$tmp/root/.ferrysync-libdeps"
-    (cd "$tmp" && ls -1 -- *.deb) >"$tmp/root/.ferrysync-complete"
-    mv "$tmp/root" "$ROOT"
-    rm -rf "$tmp"
-  fi
-  # The libraries proftpd links against (libhiredis0.14, libmemcached11, ...)
-  # are not all on a fresh Debian 12: install the missing ones.
-  missing=$(missing_libs)
-  if [[ -n $missing ]]; then
-    log "proftpd needs missing libraries: ${missing//$'\n'/ }"
-    local -a deps
-    mapfile -t deps <"$ROOT/.ferrysync-libdeps"
-    ((${#deps[@]})) && apt_install "${deps[@]}"
-    missing=$(missing_libs)
-    [[ -z $missing ]] || die "libraries still missing for $ROOT/usr/sbin/proftpd: ${missing//$'\n'/ }"
-  fi
-  exec {lock_fd}>&-
-  if [[ -d $ROOT/usr/lib/x86_64-linux-gnu ]]; then
-    export LD_LIBRARY_PATH="$ROOT/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  fi
+  fetch_unpacked "$CACHE_DIR" "${PACKAGES[*]}" \
+    usr/sbin/proftpd usr/lib/proftpd/mod_tls.so usr/lib/proftpd/mod_digest.so
   "$ROOT/usr/sbin/proftpd" -v >/dev/null 2>&1 || die "$ROOT/usr/sbin/proftpd does not run (try: rm -rf $CACHE_DIR)"
 }
 
