@@ -45,10 +45,13 @@ against_servers!(
     dry_run_changes_nothing,
     binary_files_survive_byte_for_byte,
     one_gib_file_push_then_pull,
+    kill_during_upload_then_resume,
+    kill_during_download_then_resume,
 );
 
 mod scenarios {
     use super::*;
+    pub use crate::resume::{kill_during_download_then_resume, kill_during_upload_then_resume};
 
     fn without_remote_temp_files(s: &Sandbox) {
         let leftovers: Vec<String> = s

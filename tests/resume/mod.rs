@@ -225,32 +225,6 @@ pub fn kill_during_download_then_resume(server: &Server) {
     assert!(!temp_of(&s.local.join("big"), "blob.bin").exists());
 }
 
-mod loopback {
-    #[test]
-    fn kill_during_upload_then_resume() {
-        super::kill_during_upload_then_resume(&super::Server::loopback());
-    }
-    #[test]
-    fn kill_during_download_then_resume() {
-        super::kill_during_download_then_resume(&super::Server::loopback());
-    }
-}
-
-mod vsftpd {
-    #[test]
-    fn kill_during_upload_then_resume() {
-        if let Some(s) = super::Server::vsftpd() {
-            super::kill_during_upload_then_resume(&s);
-        }
-    }
-    #[test]
-    fn kill_during_download_then_resume() {
-        if let Some(s) = super::Server::vsftpd() {
-            super::kill_during_download_then_resume(&s);
-        }
-    }
-}
-
 /// A pull onto a full local disk (a small tmpfs): the file fails with the OS error, nothing
 /// appears under its final name, the ledger does not record it, and once there is room the
 /// next run resumes from the bytes kept instead of starting over. Needs root (mount); skipped
@@ -520,36 +494,6 @@ fn stalled_upload_times_out_and_resumes() {
 #[test]
 fn stalled_download_times_out_and_resumes() {
     stalled_data_connection_times_out_and_resumes(false);
-}
-
-mod proftpd {
-    #[test]
-    fn kill_during_upload_then_resume() {
-        if let Some(s) = super::Server::proftpd() {
-            super::kill_during_upload_then_resume(&s);
-        }
-    }
-    #[test]
-    fn kill_during_download_then_resume() {
-        if let Some(s) = super::Server::proftpd() {
-            super::kill_during_download_then_resume(&s);
-        }
-    }
-}
-
-mod pureftpd {
-    #[test]
-    fn kill_during_upload_then_resume() {
-        if let Some(s) = super::Server::pureftpd() {
-            super::kill_during_upload_then_resume(&s);
-        }
-    }
-    #[test]
-    fn kill_during_download_then_resume() {
-        if let Some(s) = super::Server::pureftpd() {
-            super::kill_during_download_then_resume(&s);
-        }
-    }
 }
 
 /// ProFTPD offers HASH: a resumed upload is checked with the server's SHA-256 before the
