@@ -60,6 +60,9 @@ pub enum TransferError {
     },
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    /// The server refused the temporary name (553, e.g. Pure-FTPd's `ProhibitDotFilesWrite`).
+    #[error("{0} (the server refuses the temporary name .NAME.ferrysync-part: if it forbids dot files, set upload.temp_name: false)")]
+    TempNameRefused(FtpsError),
     /// Stopped on request at a checkpoint; the journal lets the next run resume.
     #[error("{0}: stopped at a checkpoint on request")]
     Interrupted(String),
@@ -321,7 +324,12 @@ pub async fn upload(
         if offset > 0 {
             session.restart_at(&temp_path, offset).await?;
         }
-        let mut stream = session.store(&temp_path).await?;
+        let mut stream = match session.store(&temp_path).await {
+            Err(e) if e.code() == Some(553) && job.upload.temp_name => {
+                return Err(TransferError::TempNameRefused(e))
+            }
+            other => other?,
+        };
         let mut buf = vec![0u8; buffer_len(source.size.saturating_sub(offset))];
         let mut checkpoints = Checkpoints::new(offset);
         loop {
