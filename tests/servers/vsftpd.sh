@@ -165,6 +165,11 @@ rsa_private_key_file=$dir/server.key
 force_local_logins_ssl=YES
 force_local_data_ssl=YES
 require_ssl_reuse=YES
+# An upload must end with the client's TLS close_notify, not a bare TCP FIN (which an attacker
+# could fake to cut a file short); off by default because "so few clients get it right".
+strict_ssl_read_eof=YES
+# Downloads end with the server's close_notify.
+strict_ssl_write_shutdown=YES
 # VSFTPD_IMPLICIT=YES: TLS from the first byte (implicit FTPS) instead of AUTH TLS.
 implicit_ssl=${VSFTPD_IMPLICIT:-NO}
 ssl_sslv2=NO
