@@ -288,3 +288,94 @@ fetch_unpacked() {
     export LD_LIBRARY_PATH="$ROOT/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   fi
 }
+
+# ---------------------------------------------------------------- starting a server
+# The steps every start shares. The sourcing script also defines FTP_USER, PASV_MIN, PASV_MAX
+# and START_TIMEOUT.
+
+# Checks what every start needs (root; DIR a plain path; the passive range; the user name)
+# and sets START_DIR to DIR, created and resolved. $2 names the script's variables in messages
+# (VSFTPD, PROFTPD, PUREFTPD).
+check_start() {
+  local dir=$1 var=$2
+  [[ $(id -u) == 0 ]] || die "must run as root (it installs packages, creates a user and starts $DAEMON)"
+  mkdir -p "$dir"
+  START_DIR=$(cd "$dir" && pwd -P)
+  [[ $START_DIR =~ ^/[A-Za-z0-9._/+-]+$ ]] ||
+    die "DIR must be a path without spaces or special characters (got '$START_DIR')"
+  if ! [[ $PASV_MIN =~ ^[0-9]{4,5}$ && $PASV_MAX =~ ^[0-9]{4,5}$ ]] ||
+    ((PASV_MIN > PASV_MAX || PASV_MAX > 65535)); then
+    die "bad passive port range ${var}_PASV_MIN=$PASV_MIN ${var}_PASV_MAX=$PASV_MAX"
+  fi
+  [[ $FTP_USER =~ ^[a-z_][a-z0-9_-]{0,30}$ ]] || die "bad ${var}_USER '$FTP_USER'"
+}
+
+# Fresh logs for this run; the previous run's stay next to them as *.old. $1 DIR, then names.
+fresh_logs() {
+  local dir=$1 f
+  shift
+  for f; do
+    [[ -s $dir/$f ]] && mv -f "$dir/$f" "$dir/$f.old"
+    : >"$dir/$f"
+  done
+}
+
+# The last lines of each log that has any. $1 DIR, then names.
+print_logs() {
+  local dir=$1 f
+  shift
+  for f; do
+    if [[ -s $dir/$f ]]; then
+      log "---- last lines of $dir/$f ----"
+      tail -n 30 "$dir/$f" >&2
+    fi
+  done
+}
+
+# In the subshell that execs the daemon: closes the descriptors above 2 it inherited (e.g. CI
+# pipes), which the daemon would otherwise hold open.
+close_inherited_fds() {
+  local fd
+  for fd in "/proc/$BASHPID/fd/"*; do
+    fd=${fd##*/}
+    if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
+}
+
+# Waits until the daemon started as PID greets with 220 on 127.0.0.1:PORT; with IMPLICIT=YES
+# an open port is enough (an implicit-TLS server greets only after a handshake). On failure
+# shows the logs named after the first four arguments and dies.
+wait_until_serving() {
+  local dir=$1 pid=$2 port=$3 implicit=$4 i code=""
+  shift 4
+  for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      print_logs "$dir" "$@"
+      rm -f "$dir/$DAEMON.pid"
+      die "$DAEMON exited during startup (config $dir/$DAEMON.conf)"
+    fi
+    if port_open "$port"; then
+      [[ $implicit == YES ]] && return 0
+      code=$(greeting_code "$port")
+      [[ $code == 220 ]] && return 0
+    fi
+    sleep 0.1
+  done
+  print_logs "$dir" "$@"
+  stop_instance "$dir"
+  die "$DAEMON did not answer '220' on 127.0.0.1:$port within ${START_TIMEOUT}s"
+}
+
+# Writes DIR/env for the tests: PREFIX_{HOST,PORT,USER,PASSWORD_FILE,CA,ROOT,LOG}.
+write_env() {
+  local dir=$1 prefix=$2 port=$3 home=$4 logfile=$5
+  {
+    printf 'export %s_HOST=127.0.0.1\n' "$prefix"
+    printf 'export %s_PORT=%s\n' "$prefix" "$port"
+    printf 'export %s_USER=%s\n' "$prefix" "$FTP_USER"
+    printf 'export %s_PASSWORD_FILE=%s\n' "$prefix" "$dir/password"
+    printf 'export %s_CA=%s\n' "$prefix" "$dir/ca.pem"
+    printf 'export %s_ROOT=%s\n' "$prefix" "$home"
+    printf 'export %s_LOG=%s\n' "$prefix" "$logfile"
+  } >"$dir/env"
+}

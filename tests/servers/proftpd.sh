@@ -194,31 +194,12 @@ EOF
   chmod 0600 "$conf"
 }
 
-print_failure_logs() {
-  local dir=$1 f
-  for f in "$dir/proftpd.log" "$dir/tls.log"; do
-    if [[ -s $f ]]; then
-      log "---- last lines of $f ----"
-      tail -n 30 "$f" >&2
-    fi
-  done
-}
-
 # ---------------------------------------------------------------- commands
 
 cmd_start() {
-  local dir=$1 port home pid i code f
-  [[ $(id -u) == 0 ]] || die "must run as root (it installs packages, creates a user and starts proftpd)"
-  mkdir -p "$dir"
-  dir=$(cd "$dir" && pwd -P)
-  [[ $dir =~ ^/[A-Za-z0-9._/+-]+$ ]] ||
-    die "DIR must be a path without spaces or special characters (got '$dir')"
-
-  if ! [[ $PASV_MIN =~ ^[0-9]{4,5}$ && $PASV_MAX =~ ^[0-9]{4,5}$ ]] ||
-    ((PASV_MIN > PASV_MAX || PASV_MAX > 65535)); then
-    die "bad passive port range PROFTPD_PASV_MIN=$PASV_MIN PROFTPD_PASV_MAX=$PASV_MAX"
-  fi
-  [[ $FTP_USER =~ ^[a-z_][a-z0-9_-]{0,30}$ ]] || die "bad PROFTPD_USER '$FTP_USER'"
+  local dir port home pid
+  check_start "$1" PROFTPD
+  dir=$START_DIR
   [[ $IMPLICIT == YES || $IMPLICIT == NO ]] || die "PROFTPD_IMPLICIT must be YES or NO, got '$IMPLICIT'"
   [[ $TLS_PROTOCOLS =~ ^(TLSv1(\.[123])?|ALL)([[:space:]]+(TLSv1(\.[123])?|ALL))*$ ]] ||
     die "bad PROFTPD_TLS_PROTOCOLS '$TLS_PROTOCOLS' (e.g. \"TLSv1.2 TLSv1.3\")"
@@ -246,61 +227,25 @@ cmd_start() {
     die "proftpd rejects the generated config $dir/proftpd.conf"
   fi
 
-  # Fresh logs for this run; keep the previous run's next to them.
-  for f in proftpd.log ftp.log tls.log xferlog.log; do
-    [[ -s $dir/$f ]] && mv -f "$dir/$f" "$dir/$f.old"
-    : >"$dir/$f"
-  done
+  fresh_logs "$dir" proftpd.log ftp.log tls.log xferlog.log
   rm -f "$dir/proftpd.scoreboard" "$dir/proftpd.scoreboard.lck"
   # setsid: own session, so `stop` can find every process of this instance.
   # The subshell is not a process-group leader, so setsid execs without forking
   # and $! is proftpd's own PID. -n: stay in the foreground (no daemon fork).
   (
-    # Do not hand the caller's extra file descriptors (e.g. CI pipes) to the daemon.
-    for fd in "/proc/$BASHPID/fd/"*; do
-      fd=${fd##*/}
-      if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
-    done
+    close_inherited_fds
     if [[ -n $LIST_TZ ]]; then export TZ=$LIST_TZ; fi
     exec setsid "$ROOT/usr/sbin/proftpd" -n -c "$dir/proftpd.conf" </dev/null >>"$dir/proftpd.log" 2>&1
   ) &
   pid=$!
   echo "$pid" >"$dir/proftpd.pid"
 
-  code=""
-  for ((i = 0; i < START_TIMEOUT * 10; i++)); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      print_failure_logs "$dir"
-      rm -f "$dir/proftpd.pid"
-      die "proftpd exited during startup (config $dir/proftpd.conf)"
-    fi
-    if port_open "$port"; then
-      # An implicit-TLS server greets only after a handshake: an open port is enough there.
-      [[ $IMPLICIT == YES ]] && { code=220; break; }
-      code=$(greeting_code "$port")
-      [[ $code == 220 ]] && break
-    fi
-    sleep 0.1
-  done
-  if [[ $code != 220 ]]; then
-    print_failure_logs "$dir"
-    stop_instance "$dir"
-    die "proftpd did not answer '220' on 127.0.0.1:$port within ${START_TIMEOUT}s"
-  fi
+  wait_until_serving "$dir" "$pid" "$port" "$IMPLICIT" proftpd.log tls.log
   # proftpd rewrites its PidFile with the same PID; make sure it is ours.
   echo "$pid" >"$dir/proftpd.pid"
 
-  {
-    local p=${PROFTPD_ENV_PREFIX:-FERRYSYNC_PROFTPD}
-    printf 'export %s_HOST=127.0.0.1\n' "$p"
-    printf 'export %s_PORT=%s\n' "$p" "$port"
-    printf 'export %s_USER=%s\n' "$p" "$FTP_USER"
-    printf 'export %s_PASSWORD_FILE=%s\n' "$p" "$dir/password"
-    printf 'export %s_CA=%s\n' "$p" "$dir/ca.pem"
-    printf 'export %s_ROOT=%s\n' "$p" "$home"
-    printf 'export %s_LOG=%s\n' "$p" "$dir/ftp.log"
-    printf 'export %s_LIST_TZ=%q\n' "$p" "$LIST_TZ"
-  } >"$dir/env"
+  write_env "$dir" "${PROFTPD_ENV_PREFIX:-FERRYSYNC_PROFTPD}" "$port" "$home" "$dir/ftp.log"
+  printf 'export %s_LIST_TZ=%q\n' "${PROFTPD_ENV_PREFIX:-FERRYSYNC_PROFTPD}" "$LIST_TZ" >>"$dir/env"
   log "proftpd (pid $pid) is serving $([[ $IMPLICIT == YES ]] && echo implicit || echo explicit) FTPS ($TLS_PROTOCOLS) on 127.0.0.1:$port as user $FTP_USER, root $home"
   log "source $dir/env to get ${PROFTPD_ENV_PREFIX:-FERRYSYNC_PROFTPD}_* variables"
 }

@@ -145,31 +145,12 @@ EOF
   chmod 0600 "$conf"
 }
 
-print_failure_logs() {
-  local dir=$1 f
-  for f in "$dir/pure-ftpd.stderr" "$dir/transfer.log"; do
-    if [[ -s $f ]]; then
-      log "---- last lines of $f ----"
-      tail -n 30 "$f" >&2
-    fi
-  done
-}
-
 # ---------------------------------------------------------------- commands
 
 cmd_start() {
-  local dir=$1 port home pid i code f
-  [[ $(id -u) == 0 ]] || die "must run as root (it installs packages, creates a user and starts pure-ftpd)"
-  mkdir -p "$dir"
-  dir=$(cd "$dir" && pwd -P)
-  [[ $dir =~ ^/[A-Za-z0-9._/+-]+$ ]] ||
-    die "DIR must be a path without spaces or special characters (got '$dir')"
-
-  if ! [[ $PASV_MIN =~ ^[0-9]{4,5}$ && $PASV_MAX =~ ^[0-9]{4,5}$ ]] ||
-    ((PASV_MIN > PASV_MAX || PASV_MAX > 65535)); then
-    die "bad passive port range PUREFTPD_PASV_MIN=$PASV_MIN PUREFTPD_PASV_MAX=$PASV_MAX"
-  fi
-  [[ $FTP_USER =~ ^[a-z_][a-z0-9_-]{0,30}$ ]] || die "bad PUREFTPD_USER '$FTP_USER'"
+  local dir port home pid
+  check_start "$1" PUREFTPD
+  dir=$START_DIR
   [[ $TLS_LEVEL == 2 || $TLS_LEVEL == 3 ]] || die "PUREFTPD_TLS must be 2 or 3, got '$TLS_LEVEL'"
 
   install_tools
@@ -189,21 +170,13 @@ cmd_start() {
   port=$(pick_port PUREFTPD_PORT 2141)
   write_conf "$dir" "$port"
 
-  # Fresh logs for this run; keep the previous run's next to them.
-  for f in transfer.log pure-ftpd.stderr; do
-    [[ -s $dir/$f ]] && mv -f "$dir/$f" "$dir/$f.old"
-    : >"$dir/$f"
-  done
+  fresh_logs "$dir" transfer.log pure-ftpd.stderr
   # setsid: own session, so `stop` can find every process of this instance (pure-ftpd forks
   # two per connection: a privileged helper and the session running as the user; both stay
   # in the session). The subshell is not a process-group leader, so setsid execs without
   # forking and $! is pure-ftpd's own PID. Without Daemonize it stays in the foreground.
   (
-    # Do not hand the caller's extra file descriptors (e.g. CI pipes) to the daemon.
-    for fd in "/proc/$BASHPID/fd/"*; do
-      fd=${fd##*/}
-      if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
-    done
+    close_inherited_fds
     # Like vsftpd, pure-ftpd writes fatal startup errors ("421 Configuration error: ...") to
     # fd 0, so fd 0 must be a writable file; a socket there would mean inetd mode.
     exec setsid "$ROOT/usr/sbin/pure-ftpd" "$dir/pure-ftpd.conf" 0<>"$dir/pure-ftpd.stderr" 1>&0 2>&0
@@ -211,37 +184,11 @@ cmd_start() {
   pid=$!
   echo "$pid" >"$dir/pure-ftpd.pid"
 
-  code=""
-  for ((i = 0; i < START_TIMEOUT * 10; i++)); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      print_failure_logs "$dir"
-      rm -f "$dir/pure-ftpd.pid"
-      die "pure-ftpd exited during startup (config $dir/pure-ftpd.conf)"
-    fi
-    if port_open "$port"; then
-      code=$(greeting_code "$port")
-      [[ $code == 220 ]] && break
-    fi
-    sleep 0.1
-  done
-  if [[ $code != 220 ]]; then
-    print_failure_logs "$dir"
-    stop_instance "$dir"
-    die "pure-ftpd did not answer '220' on 127.0.0.1:$port within ${START_TIMEOUT}s"
-  fi
+  wait_until_serving "$dir" "$pid" "$port" NO pure-ftpd.stderr transfer.log
   # pure-ftpd writes its PIDFile itself, with the same PID; make sure it is ours.
   echo "$pid" >"$dir/pure-ftpd.pid"
 
-  {
-    local p=${PUREFTPD_ENV_PREFIX:-FERRYSYNC_PUREFTPD}
-    printf 'export %s_HOST=127.0.0.1\n' "$p"
-    printf 'export %s_PORT=%s\n' "$p" "$port"
-    printf 'export %s_USER=%s\n' "$p" "$FTP_USER"
-    printf 'export %s_PASSWORD_FILE=%s\n' "$p" "$dir/password"
-    printf 'export %s_CA=%s\n' "$p" "$dir/ca.pem"
-    printf 'export %s_ROOT=%s\n' "$p" "$home"
-    printf 'export %s_LOG=%s\n' "$p" "$dir/transfer.log"
-  } >"$dir/env"
+  write_env "$dir" "${PUREFTPD_ENV_PREFIX:-FERRYSYNC_PUREFTPD}" "$port" "$home" "$dir/transfer.log"
   log "pure-ftpd (pid $pid) is serving explicit FTPS (TLS level $TLS_LEVEL) on 127.0.0.1:$port as user $FTP_USER, root $home"
   log "source $dir/env to get ${PUREFTPD_ENV_PREFIX:-FERRYSYNC_PUREFTPD}_* variables"
 }

@@ -201,31 +201,12 @@ EOF
   chmod 0600 "$conf" # vsftpd insists the config is owned by the user running it
 }
 
-print_failure_logs() {
-  local dir=$1 f
-  for f in "$dir/vsftpd.stderr" "$dir/vsftpd.log"; do
-    if [[ -s $f ]]; then
-      log "---- last lines of $f ----"
-      tail -n 30 "$f" >&2
-    fi
-  done
-}
-
 # ---------------------------------------------------------------- commands
 
 cmd_start() {
-  local dir=$1 port home bin pid i code f
-  [[ $(id -u) == 0 ]] || die "must run as root (it installs packages, creates a user and starts vsftpd)"
-  mkdir -p "$dir"
-  dir=$(cd "$dir" && pwd -P)
-  [[ $dir =~ ^/[A-Za-z0-9._/+-]+$ ]] ||
-    die "DIR must be a path without spaces or special characters (got '$dir')"
-
-  if ! [[ $PASV_MIN =~ ^[0-9]{4,5}$ && $PASV_MAX =~ ^[0-9]{4,5}$ ]] ||
-    ((PASV_MIN > PASV_MAX || PASV_MAX > 65535)); then
-    die "bad passive port range VSFTPD_PASV_MIN=$PASV_MIN VSFTPD_PASV_MAX=$PASV_MAX"
-  fi
-  [[ $FTP_USER =~ ^[a-z_][a-z0-9_-]{0,30}$ ]] || die "bad VSFTPD_USER '$FTP_USER'"
+  local dir port home bin pid
+  check_start "$1" VSFTPD
+  dir=$START_DIR
   [[ ${VSFTPD_PASV_ADDRESS:-127.0.0.1} =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] ||
     die "bad VSFTPD_PASV_ADDRESS '${VSFTPD_PASV_ADDRESS:-}' (an IPv4 address)"
 
@@ -249,20 +230,12 @@ cmd_start() {
   port=$(pick_port VSFTPD_PORT 2121)
   write_conf "$dir" "$port" "$home" "$bin"
 
-  # Fresh logs for this run; keep the previous run's next to them.
-  for f in vsftpd.log xferlog.log vsftpd.stderr; do
-    [[ -s $dir/$f ]] && mv -f "$dir/$f" "$dir/$f.old"
-    : >"$dir/$f"
-  done
+  fresh_logs "$dir" vsftpd.log xferlog.log vsftpd.stderr
   # setsid: own session, so `stop` can find every process of this instance.
   # The subshell is not a process-group leader, so setsid execs without forking
   # and $! is vsftpd's own PID.
   (
-    # Do not hand the caller's extra file descriptors (e.g. CI pipes) to the daemon.
-    for fd in "/proc/$BASHPID/fd/"*; do
-      fd=${fd##*/}
-      if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
-    done
+    close_inherited_fds
     # vsftpd writes fatal startup errors ("500 OOPS: ...") to fd 0, not stderr,
     # so fd 0 must be a writable file rather than /dev/null.
     exec setsid "$bin" "$dir/vsftpd.conf" 0<>"$dir/vsftpd.stderr" 1>&0 2>&0
@@ -270,37 +243,9 @@ cmd_start() {
   pid=$!
   echo "$pid" >"$dir/vsftpd.pid"
 
-  code=""
-  for ((i = 0; i < START_TIMEOUT * 10; i++)); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      print_failure_logs "$dir"
-      rm -f "$dir/vsftpd.pid"
-      die "vsftpd exited during startup (config $dir/vsftpd.conf)"
-    fi
-    if port_open "$port"; then
-      # An implicit-TLS server greets only after a handshake: an open port is enough there.
-      [[ ${VSFTPD_IMPLICIT:-NO} == YES ]] && { code=220; break; }
-      code=$(greeting_code "$port")
-      [[ $code == 220 ]] && break
-    fi
-    sleep 0.1
-  done
-  if [[ $code != 220 ]]; then
-    print_failure_logs "$dir"
-    stop_instance "$dir"
-    die "vsftpd did not answer '220' on 127.0.0.1:$port within ${START_TIMEOUT}s"
-  fi
+  wait_until_serving "$dir" "$pid" "$port" "${VSFTPD_IMPLICIT:-NO}" vsftpd.stderr vsftpd.log
 
-  {
-    local p=${VSFTPD_ENV_PREFIX:-FERRYSYNC_VSFTPD}
-    printf 'export %s_HOST=127.0.0.1\n' "$p"
-    printf 'export %s_PORT=%s\n' "$p" "$port"
-    printf 'export %s_USER=%s\n' "$p" "$FTP_USER"
-    printf 'export %s_PASSWORD_FILE=%s\n' "$p" "$dir/password"
-    printf 'export %s_CA=%s\n' "$p" "$dir/ca.pem"
-    printf 'export %s_ROOT=%s\n' "$p" "$home"
-    printf 'export %s_LOG=%s\n' "$p" "$dir/vsftpd.log"
-  } >"$dir/env"
+  write_env "$dir" "${VSFTPD_ENV_PREFIX:-FERRYSYNC_VSFTPD}" "$port" "$home" "$dir/vsftpd.log"
   log "vsftpd (pid $pid) is serving $([[ ${VSFTPD_IMPLICIT:-NO} == YES ]] && echo implicit || echo explicit) FTPS on 127.0.0.1:$port as user $FTP_USER, root $home"
   log "source $dir/env to get ${VSFTPD_ENV_PREFIX:-FERRYSYNC_VSFTPD}_* variables"
 }
