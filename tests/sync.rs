@@ -326,11 +326,8 @@ mod scenarios {
         s.job("up", "");
         s.sync("up").expect_code(0);
         assert_eq!(s.curl_get("bin/data.bin"), data);
-        let back = Sandbox::new(server, "binary-back");
-        let yaml = back
-            .job_yaml("direction: pull\n")
-            .replace(&back.remote_dir, &s.remote_dir);
-        back.write_job("down", &yaml);
+        let back = Sandbox::sharing_remote_of(&s, "binary-back");
+        back.job("down", "direction: pull\n");
         back.sync("down").expect_code(0);
         assert_eq!(
             std::fs::read(back.local.join("bin/data.bin")).unwrap(),
@@ -351,11 +348,8 @@ mod scenarios {
         let remote = s.remote_root().join("big/1 GiB.bin");
         assert_eq!(harness::hash_file(&remote), *hash);
 
-        let back = Sandbox::new(server, "gib-back");
-        let yaml = back
-            .job_yaml("direction: pull\n")
-            .replace(&back.remote_dir, &s.remote_dir);
-        back.write_job("down", &yaml);
+        let back = Sandbox::sharing_remote_of(&s, "gib-back");
+        back.job("down", "direction: pull\n");
         back.sync("down").expect_code(0);
         assert_eq!(back.counts("down"), (0, 1, 0, 0));
         assert_eq!(harness::hash_file(&back.local.join("big/1 GiB.bin")), *hash);
@@ -556,13 +550,8 @@ fn implicit_ftps_push_and_pull_with_vsftpd() {
     assert_eq!(s.remote_tree(), s.local_tree());
     s.sync("up").expect_code(0);
     assert_eq!(s.counts("up"), (0, 0, 0, 0));
-    let back = Sandbox::new(&server, "implicit-back");
-    back.write_job(
-        "down",
-        &back
-            .job_yaml("direction: pull\n")
-            .replace(&back.remote_dir, &s.remote_dir),
-    );
+    let back = Sandbox::sharing_remote_of(&s, "implicit-back");
+    back.job("down", "direction: pull\n");
     back.sync("down").expect_code(0);
     assert_eq!(back.local_tree(), s.local_tree());
 }
@@ -923,13 +912,8 @@ fn pureftpd_keeps_modification_times_and_dot_files() {
     s.sync("up").expect_code(0);
     assert_eq!(s.counts("up"), (0, 0, 0, 0));
 
-    let back = Sandbox::new(&server, "pure-mtime-back");
-    back.write_job(
-        "down",
-        &back
-            .job_yaml("direction: pull\n")
-            .replace(&back.remote_dir, &s.remote_dir),
-    );
+    let back = Sandbox::sharing_remote_of(&s, "pure-mtime-back");
+    back.job("down", "direction: pull\n");
     back.sync("down").expect_code(0);
     assert_eq!(back.local_tree(), s.local_tree());
     assert_eq!(back.counts("down"), (0, 3, 0, 0));

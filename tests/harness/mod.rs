@@ -316,6 +316,14 @@ impl<'a> Sandbox<'a> {
         }
     }
 
+    /// A second sandbox (its own local tree, jobs and ledger) on the same remote directory as
+    /// `other`: to pull back what `other` pushed.
+    pub fn sharing_remote_of(other: &Sandbox<'a>, name: &str) -> Sandbox<'a> {
+        let mut s = Sandbox::new(other.server, name);
+        s.remote_dir = other.remote_dir.clone();
+        s
+    }
+
     /// The job file text for this sandbox, with `extra` YAML lines appended.
     pub fn job_yaml(&self, extra: &str) -> String {
         format!(

@@ -60,13 +60,12 @@ fn passive_address_auto_and_control_reach_a_server_behind_nat() {
             pushed.text()
         );
 
-        let down = Sandbox::new(&server, &format!("nat-{policy}-back"));
+        let down = Sandbox::sharing_remote_of(&up, &format!("nat-{policy}-back"));
         let job = job_with_remote_opts(
             &down,
             "direction: pull\n",
             &[&format!("passive_address: {policy}")],
-        )
-        .replace(&down.remote_dir, &up.remote_dir);
+        );
         down.write_job("down", &job);
         down.sync("down").expect_code(0);
         assert_eq!(down.local_tree(), up.local_tree(), "{policy}");
@@ -140,9 +139,8 @@ fn active_mode_push_and_pull_with_vsftpd_over_eprt() {
     assert_eq!(s.remote_tree(), s.local_tree());
     assert_eq!(s.counts("up").0, 40);
 
-    let back = Sandbox::new(&server, "active-back");
-    let job = job_with_remote_opts(&back, "direction: pull\n", &["data_mode: active", &ports])
-        .replace(&back.remote_dir, &s.remote_dir);
+    let back = Sandbox::sharing_remote_of(&s, "active-back");
+    let job = job_with_remote_opts(&back, "direction: pull\n", &["data_mode: active", &ports]);
     back.write_job("down", &job);
     back.sync("down").expect_code(0);
     assert_eq!(back.local_tree(), s.local_tree());
@@ -172,9 +170,8 @@ fn active_mode_with_the_loopback_server_falls_back_to_port() {
     run.expect_output("using PORT");
     assert_eq!(s.remote_tree(), s.local_tree());
 
-    let back = Sandbox::new(&server, "active-port-back");
-    let job = job_with_remote_opts(&back, "direction: pull\n", &["data_mode: active"])
-        .replace(&back.remote_dir, &s.remote_dir);
+    let back = Sandbox::sharing_remote_of(&s, "active-port-back");
+    let job = job_with_remote_opts(&back, "direction: pull\n", &["data_mode: active"]);
     back.write_job("down", &job);
     back.ferrysync(&["-v", "sync", "down"])
         .expect_code(0)

@@ -379,3 +379,37 @@ write_env() {
     printf 'export %s_LOG=%s\n' "$prefix" "$logfile"
   } >"$dir/env"
 }
+
+# For servers with their own user file (ProFTPD, Pure-FTPd): ensures the local account
+# FTP_USER that owns the uploaded files exists (a system account with no password and no
+# shell: it never logs in through PAM), that $2 is its home, and that DIR/password holds a
+# random password without newline. $3 is the account's comment.
+ensure_file_user_account() {
+  local dir=$1 home=$2 comment=$3
+  [[ $FTP_USER != root ]] || die "refusing to use root as the FTP test user"
+  if ! getent passwd "$FTP_USER" >/dev/null; then
+    log "creating user $FTP_USER"
+    useradd --system --user-group --no-create-home --home-dir "$home" --shell /usr/sbin/nologin \
+      --comment "$comment" "$FTP_USER" || die "useradd $FTP_USER failed"
+  fi
+  (($(id -u "$FTP_USER") != 0)) || die "user $FTP_USER has uid 0"
+  mkdir -p "$home"
+  chown "$FTP_USER:$(id -gn "$FTP_USER")" "$home"
+  chmod 0755 "$home"
+  new_password "$dir"
+}
+
+# DIR/password: a random password without newline, kept across restarts.
+new_password() {
+  local dir=$1
+  if [[ ! -s $dir/password ]]; then
+    (umask 077 && openssl rand -hex 16 | tr -d '\n' >"$dir/password")
+  fi
+  chmod 0600 "$dir/password"
+}
+
+# Fails unless FTP_USER can write to its home $1 (the chroot) and every parent lets it through.
+check_home_writable() {
+  runuser -u "$FTP_USER" -- test -w "$1" -a -x "$1" ||
+    die "user $FTP_USER cannot write to $1; every parent directory of DIR must be world-traversable (o+x)"
+}

@@ -80,21 +80,8 @@ fetch_proftpd() {
 # random password kept (without newline) in DIR/password.
 make_user() {
   local dir=$1 home=$2 pw hash uid gid
-  [[ $FTP_USER != root ]] || die "refusing to use root as the FTP test user"
-  if ! getent passwd "$FTP_USER" >/dev/null; then
-    log "creating user $FTP_USER"
-    useradd --system --user-group --no-create-home --home-dir "$home" --shell /usr/sbin/nologin \
-      --comment "ferrysync ProFTPD test user" "$FTP_USER" || die "useradd $FTP_USER failed"
-  fi
+  ensure_file_user_account "$dir" "$home" "ferrysync ProFTPD test user"
   uid=$(id -u "$FTP_USER") gid=$(id -g "$FTP_USER")
-  ((uid != 0)) || die "user $FTP_USER has uid 0"
-  mkdir -p "$home"
-  chown "$uid:$gid" "$home"
-  chmod 0755 "$home"
-  if [[ ! -s $dir/password ]]; then
-    (umask 077 && openssl rand -hex 16 | tr -d '\n' >"$dir/password")
-  fi
-  chmod 0600 "$dir/password"
   pw=$(cat "$dir/password")
   hash=$(printf '%s' "$pw" | openssl passwd -6 -stdin) || die "openssl passwd failed"
   (
@@ -103,9 +90,7 @@ make_user() {
       "$FTP_USER" "$hash" "$uid" "$gid" "$home" >"$dir/ftpd.passwd"
     printf '%s:x:%s:\n' "$(id -gn "$FTP_USER")" "$gid" >"$dir/ftpd.group"
   )
-  # The chroot/home must be reachable and writable by the user itself.
-  runuser -u "$FTP_USER" -- test -w "$home" -a -x "$home" ||
-    die "user $FTP_USER cannot write to $home; every parent directory of DIR must be world-traversable (o+x)"
+  check_home_writable "$home"
 }
 
 

@@ -102,15 +102,10 @@ make_user() {
   mkdir -p "$home"
   chown "$FTP_USER:" "$home"
   chmod 0755 "$home"
-  if [[ ! -s $dir/password ]]; then
-    (umask 077 && openssl rand -hex 16 | tr -d '\n' >"$dir/password")
-  fi
-  chmod 0600 "$dir/password"
+  new_password "$dir"
   pw=$(cat "$dir/password")
   printf '%s:%s\n' "$FTP_USER" "$pw" | chpasswd || die "chpasswd for $FTP_USER failed"
-  # The chroot/home must be reachable and writable by the user itself.
-  runuser -u "$FTP_USER" -- test -w "$home" -a -x "$home" ||
-    die "user $FTP_USER cannot write to $home; every parent directory of DIR must be world-traversable (o+x)"
+  check_home_writable "$home"
 }
 
 
