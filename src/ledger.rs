@@ -888,7 +888,9 @@ mod tests {
     fn entries_in_a_scope_are_the_roots_and_what_lies_below_them() {
         let dir = tempfile::tempdir().unwrap();
         let l = Ledger::open(&dir.path().join("s.db")).unwrap();
-        for p in ["a", "a/x", "a/y/z", "a.b", "a0", "ab", "b/c", "b/cd", "b/c/d"] {
+        for p in [
+            "a", "a/x", "a/y/z", "a.b", "a0", "ab", "b/c", "b/cd", "b/c/d",
+        ] {
             l.record("j", p, &entry(1)).unwrap();
         }
         l.record("other", "a/x", &entry(1)).unwrap();

@@ -278,7 +278,7 @@ pub async fn scan_remote(
     offset: ListTimeOffset,
 ) -> Result<Scan, FtpsError> {
     let mut scan = Scan::default();
-    let mut imprecise: Vec<(String, Precision)> = Vec::new();
+    let mut times = RemoteTimes::new(ledger, offset);
     let mut queue = VecDeque::from([String::new()]);
     while let Some(rel_dir) = queue.pop_front() {
         match list_remote_dir(
@@ -288,7 +288,7 @@ pub async fn scan_remote(
             filter,
             |_| true,
             &mut scan,
-            &mut imprecise,
+            &mut times,
         )
         .await
         {
@@ -300,7 +300,7 @@ pub async fn scan_remote(
             Err(e) => return Err(e),
         }
     }
-    settle_remote_times(session, root, ledger, offset, &mut scan, imprecise).await;
+    times.finish(&mut scan);
     if filter.has_includes() {
         prune_dirs(&mut scan.snapshot);
     }
@@ -328,27 +328,20 @@ pub async fn scan_remote_scope(
         by_parent.entry(parent).or_default().insert(name);
     }
     let mut scan = Scan::default();
-    let mut imprecise: Vec<(String, Precision)> = Vec::new();
+    let mut times = RemoteTimes::new(ledger, offset);
     for (parent, names) in by_parent {
         let wanted = |name: &str| names.contains(snapshot::temp_owner(name).unwrap_or(name));
-        let mut queue = match list_remote_dir(
-            session,
-            root,
-            parent,
-            filter,
-            wanted,
-            &mut scan,
-            &mut imprecise,
-        )
-        .await
-        {
-            Ok(subdirs) => VecDeque::from(subdirs),
-            Err(e) if matches!(e.code(), Some(550)) => {
-                tracing::debug!(dir = %parent, "not on the server: {e}");
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        };
+        let mut queue =
+            match list_remote_dir(session, root, parent, filter, wanted, &mut scan, &mut times)
+                .await
+            {
+                Ok(subdirs) => VecDeque::from(subdirs),
+                Err(e) if matches!(e.code(), Some(550)) => {
+                    tracing::debug!(dir = %parent, "not on the server: {e}");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
         while let Some(rel_dir) = queue.pop_front() {
             let subdirs = list_remote_dir(
                 session,
@@ -357,13 +350,13 @@ pub async fn scan_remote_scope(
                 filter,
                 |_| true,
                 &mut scan,
-                &mut imprecise,
+                &mut times,
             )
             .await?;
             queue.extend(subdirs);
         }
     }
-    settle_remote_times(session, root, ledger, offset, &mut scan, imprecise).await;
+    times.finish(&mut scan);
     if filter.has_includes() {
         prune_dirs(&mut scan.snapshot);
     }
@@ -372,8 +365,7 @@ pub async fn scan_remote_scope(
 
 /// Lists one remote directory (`rel_dir`, relative to `root`) into `scan`, keeping the names
 /// `wanted` accepts (a temporary file counts as the file it is for); returns the directories
-/// found, to be listed in turn. Times of `LIST` entries are noted in `imprecise` for
-/// [`settle_remote_times`].
+/// found, to be listed in turn. Times of `LIST` entries are settled by `times`.
 async fn list_remote_dir(
     session: &mut Session,
     root: &str,
@@ -381,7 +373,7 @@ async fn list_remote_dir(
     filter: &PathFilter,
     wanted: impl Fn(&str) -> bool,
     scan: &mut Scan,
-    imprecise: &mut Vec<(String, Precision)>,
+    times: &mut RemoteTimes<'_>,
 ) -> Result<Vec<String>, FtpsError> {
     let abs = remote_path(root, rel_dir);
     let (lines, mlsd) = session.list_dir(&abs).await?;
@@ -424,15 +416,15 @@ async fn list_remote_dir(
                 if !filter.includes_file(&rel) {
                     continue;
                 }
-                if file.precision != Precision::Exact {
-                    imprecise.push((rel.clone(), file.precision));
-                }
+                let mtime = times
+                    .settle(session, root, &rel, file.mtime, file.precision)
+                    .await;
                 scan.snapshot.insert(
                     rel,
                     Entry {
                         kind: Kind::File,
                         size: file.size,
-                        mtime: file.mtime,
+                        mtime,
                         hash: None,
                     },
                 );
@@ -443,50 +435,77 @@ async fn list_remote_dir(
 }
 
 /// Puts `LIST` times in UTC and, where they agree with the ledger's record at the listing's
-/// precision, replaces them by the recorded time.
-async fn settle_remote_times(
-    session: &mut Session,
-    root: &str,
-    ledger: &LedgerView,
-    offset: ListTimeOffset,
-    scan: &mut Scan,
-    imprecise: Vec<(String, Precision)>,
-) {
-    if imprecise.is_empty() {
-        return;
+/// precision, replaces them by the recorded time (see [`listing::settle_time`]), as the
+/// listing goes: the offset is learnt from the first minute-precise file (one MDTM), and only
+/// the files listed before that one wait for it. (Remembering every imprecise file until the
+/// end cost 64 MB at a million files.)
+struct RemoteTimes<'a> {
+    ledger: &'a LedgerView,
+    /// Seconds east of UTC, once known.
+    offset: Option<i64>,
+    /// Imprecise files listed before the offset was known.
+    pending: Vec<(String, Precision)>,
+}
+
+impl<'a> RemoteTimes<'a> {
+    fn new(ledger: &'a LedgerView, offset: ListTimeOffset) -> Self {
+        RemoteTimes {
+            ledger,
+            offset: match offset {
+                ListTimeOffset::Fixed(secs) => Some(secs),
+                ListTimeOffset::Auto => None,
+            },
+            pending: Vec::new(),
+        }
     }
-    let offset = match offset {
-        ListTimeOffset::Fixed(secs) => secs,
-        ListTimeOffset::Auto => detect_list_offset(session, root, scan, &imprecise).await,
-    };
-    for (rel, precision) in imprecise {
-        let recorded = ledger.get(&rel).and_then(|e| e.remote_mtime);
-        if let Some(e) = scan.snapshot.get_mut(&rel) {
-            e.mtime =
-                listing::settle_time(listing::apply_offset(e.mtime, offset), precision, recorded);
+
+    /// The time to record for a file listed at `listed` with `precision`.
+    async fn settle(
+        &mut self,
+        session: &mut Session,
+        root: &str,
+        rel: &str,
+        listed: i64,
+        precision: Precision,
+    ) -> i64 {
+        if precision == Precision::Exact {
+            return listed;
+        }
+        if self.offset.is_none() && precision == Precision::Minute {
+            self.offset = Some(detect_list_offset(session, root, rel, listed).await);
+        }
+        match self.offset {
+            Some(offset) => self.settled(rel, listed, precision, offset),
+            None => {
+                self.pending.push((rel.to_string(), precision));
+                listed
+            }
+        }
+    }
+
+    fn settled(&self, rel: &str, listed: i64, precision: Precision, offset: i64) -> i64 {
+        let recorded = self.ledger.get(rel).and_then(|e| e.remote_mtime);
+        listing::settle_time(listing::apply_offset(listed, offset), precision, recorded)
+    }
+
+    /// Settles the files that waited for an offset (UTC when no file was minute-precise).
+    fn finish(self, scan: &mut Scan) {
+        let offset = self.offset.unwrap_or(0);
+        for (rel, precision) in &self.pending {
+            if let Some(e) = scan.snapshot.get_mut(rel) {
+                e.mtime = self.settled(rel, e.mtime, *precision, offset);
+            }
         }
     }
 }
 
-/// The offset of the server's LIST times from UTC: one minute-precise file's LIST time against
-/// its MDTM. 0 (UTC, as vsftpd and most Unix servers list) when the server has no MDTM, no
-/// file is listed to the minute, or the answer makes no sense.
-async fn detect_list_offset(
-    session: &mut Session,
-    root: &str,
-    scan: &Scan,
-    imprecise: &[(String, Precision)],
-) -> i64 {
+/// The offset of the server's LIST times from UTC: one minute-precise file's LIST time
+/// (`listed`) against its MDTM. 0 (UTC, as vsftpd and most Unix servers list) when the server
+/// has no MDTM or the answer makes no sense.
+async fn detect_list_offset(session: &mut Session, root: &str, rel: &str, listed: i64) -> i64 {
     if !session.features.mdtm {
         return 0;
     }
-    let Some((rel, listed)) = imprecise.iter().find_map(|(rel, p)| {
-        (*p == Precision::Minute)
-            .then(|| scan.snapshot.get(rel).map(|e| (rel, e.mtime)))
-            .flatten()
-    }) else {
-        return 0;
-    };
     match session.mdtm(&remote_path(root, rel)).await {
         Ok(exact) => match listing::detect_offset(listed, exact) {
             Some(0) => 0,
