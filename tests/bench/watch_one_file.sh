@@ -17,11 +17,12 @@
 #    file's mtime) are inserted with sqlite3: pushing a million files over FTPS would take about
 #    40 minutes here. Then `ferrysync sync` of that job runs under `/usr/bin/time` (wall seconds,
 #    peak RSS): every file is listed, scanned and planned; nothing needs transferring.
-#    BENCH_RSS_FILES=0 skips it.
+#    BENCH_RSS_FILES=0 skips it, as BENCH_FILES=0 skips the first part.
 #
 # Environment: BENCH_FILES, BENCH_TRIALS, BENCH_RSS_FILES, BENCH_SEED=1 (seed the 100,000-file
 #   tree like the 1,000,000 one, with empty files, instead of the first push: quicker),
-#   BENCH_BIN (default target/release/ferrysync, built if missing), BENCH_KEEP=1 (keep the work
+#   BENCH_BIN (default target/release/ferrysync, built if missing), BENCH_RSS_BINS (several
+#   binaries to measure on the same million-file tree), BENCH_KEEP=1 (keep the work
 #   directory), VSFTPD_USER (default fsperf-a), VSFTPD_PASV_MIN/MAX (default 44000-44099).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -120,6 +121,7 @@ PY
 # ------------------------------------------------------------------ 1. watch latency
 tree=$work/tree
 remote_dir=watched
+if ((FILES > 0)); then
 if [[ ${BENCH_SEED:-0} == 1 ]]; then
   log "seeding $FILES empty files locally, on the server and in the ledger"
   seed watched "$tree" "$remote_dir" "$FILES"
@@ -207,6 +209,7 @@ kill "$agent_pid"
 wait "$agent_pid" || true
 agent_pid=""
 grep -E 'scanned|incremental|planned' "$work/logs/agent.log" | tail -4 | sed 's/^/agent: /' || true
+fi
 
 # ------------------------------------------------------------------ 2. memory
 if ((RSS_FILES > 0)); then
@@ -214,9 +217,12 @@ if ((RSS_FILES > 0)); then
   log "seeding $RSS_FILES empty files locally, on the server and in the ledger"
   seed million "$work/million" million "$RSS_FILES"
   job million "$work/million" /million ""
-  for pass in 1 2; do
-    /usr/bin/time -f '%e s %M KB' -o "$work/logs/million.time" "$bin" sync million --jobs "$work/jobs" --state "$state" >"$work/logs/million.out" 2>"$work/logs/million.err" ||
-      { cat "$work/logs/million.out" "$work/logs/million.err" >&2; die "the sync of $RSS_FILES files failed"; }
-    echo "sync of $RSS_FILES files, nothing to transfer (pass $pass): $(head -1 "$work/logs/million.out") [$(cat "$work/logs/million.time") peak RSS]"
+  # BENCH_RSS_BINS="A B": compare several builds on the same seeded tree.
+  for b in ${BENCH_RSS_BINS:-$bin}; do
+    for pass in 1 2; do
+      /usr/bin/time -f '%e s %M KB' -o "$work/logs/million.time" "$b" sync million --jobs "$work/jobs" --state "$state" >"$work/logs/million.out" 2>"$work/logs/million.err" ||
+        { cat "$work/logs/million.out" "$work/logs/million.err" >&2; die "the sync of $RSS_FILES files failed"; }
+      echo "$b: sync of $RSS_FILES files, nothing to transfer (pass $pass): $(head -1 "$work/logs/million.out") [$(cat "$work/logs/million.time") peak RSS]"
+    done
   done
 fi
