@@ -572,6 +572,40 @@ mod tests {
     }
 
     #[test]
+    fn a_scoped_local_scan_reads_only_the_roots_and_their_subtrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for p in [
+            "d/a.csv",
+            "d/b.csv",
+            "new/x/y.csv",
+            "skip/in.csv",
+            "other/o.csv",
+        ] {
+            std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
+            std::fs::write(root.join(p), p).unwrap();
+        }
+        std::fs::write(root.join("d").join(snapshot::temp_name("a.csv")), b"part").unwrap();
+        let filter = crate::config::PathFilter::new(&[], &["skip".into()]).unwrap();
+        let scope = Scope::of_changed([
+            "d/a.csv",
+            "new",
+            "gone.csv",
+            "skip/in.csv",
+            "d/.a.csv.ferrysync-part",
+            "other/o.csv/under-a-file",
+        ])
+        .unwrap();
+        let s = scan_local_scope(root, &scope, &filter, &LedgerView::new()).unwrap();
+        let keys: Vec<&str> = s.snapshot.keys().map(String::as_str).collect();
+        // Not d/b.csv or other/ (outside), not skip/ (excluded), nothing for what is gone or
+        // lies under a file.
+        assert_eq!(keys, ["d/a.csv", "new", "new/x", "new/x/y.csv"]);
+        assert!(s.failures.is_empty(), "{:?}", s.failures);
+        assert_eq!(s.hashed, 2);
+    }
+
+    #[test]
     fn remote_paths_join_under_the_root() {
         assert_eq!(remote_path("/", "a/b"), "/a/b");
         assert_eq!(remote_path("/in", "a"), "/in/a");
