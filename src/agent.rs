@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Direction, Job, Schedule};
 use crate::job_run::{job_record, lock, run_job, RunOptions, SharedLedger};
 use crate::ledger::{Outcome, RunCounts};
+use crate::scope::Scope;
 
 /// The default number of jobs that may run at the same time.
 pub const DEFAULT_MAX_RUNS: usize = 4;
@@ -116,6 +117,47 @@ impl Trigger {
     }
 }
 
+/// What a runner is asked to do: a run, and how much of the tree it must look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub trigger: Trigger,
+    /// The changed paths a watch named (an incremental run); `None`: a full run.
+    pub scope: Option<Scope>,
+}
+
+impl From<Trigger> for Request {
+    fn from(trigger: Trigger) -> Request {
+        Request {
+            trigger,
+            scope: None,
+        }
+    }
+}
+
+impl Request {
+    /// One run serving both requests: the stronger trigger names it, and it is incremental
+    /// only if both were (over the union of their paths).
+    pub fn coalesce(self, other: Request) -> Request {
+        let scope = match (&self.scope, &other.scope) {
+            (Some(a), Some(b)) => a.union(b),
+            _ => None,
+        };
+        Request {
+            trigger: self.trigger.max(other.trigger),
+            scope,
+        }
+    }
+}
+
+/// The scope of a watch's changed paths (absolute, under `root`), if they can make one.
+fn changed_scope(root: &Path, changed: &[PathBuf]) -> Option<Scope> {
+    let rel: Option<Vec<&str>> = changed
+        .iter()
+        .map(|p| p.strip_prefix(root).ok()?.to_str())
+        .collect();
+    Scope::of_changed(rel?)
+}
+
 /// Settings of the agent as a whole.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -181,7 +223,7 @@ impl Agent {
             tracing::error!(job = %name, "cannot record the job in the ledger: {e}");
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (tx, rx) = mpsc::unbounded_channel::<Trigger>();
+        let (tx, rx) = mpsc::unbounded_channel::<Request>();
         let job = Arc::new(job);
         let mut handles = Vec::new();
         let mut triggers = Vec::new();
@@ -201,12 +243,20 @@ impl Agent {
         if job.watch {
             triggers.push("watch".into());
             // What changed while nobody watched is only found by a full run.
-            let _ = tx.send(Trigger::Startup);
+            let _ = tx.send(Trigger::Startup.into());
             let (job, tx, stop) = (job.clone(), tx.clone(), stop_rx.clone());
             handles.push(tokio::spawn(async move {
                 crate::watch::watch_job(&job, stop, |fire| {
-                    tracing::info!(job = %job.name, events = fire.events, rescan = fire.rescan, "local changes settled");
-                    tx.send(Trigger::Watch).is_ok()
+                    let scope = fire
+                        .changed
+                        .as_deref()
+                        .and_then(|changed| changed_scope(&job.local, changed));
+                    tracing::info!(job = %job.name, events = fire.events, rescan = fire.rescan, roots = scope.as_ref().map(Scope::len), "local changes settled");
+                    tx.send(Request {
+                        trigger: Trigger::Watch,
+                        scope,
+                    })
+                    .is_ok()
                 })
                 .await
             }));
@@ -245,7 +295,7 @@ impl Agent {
         );
     }
 
-    fn catch_up(&self, job: &Job, schedule: &Schedule, tx: &mpsc::UnboundedSender<Trigger>) {
+    fn catch_up(&self, job: &Job, schedule: &Schedule, tx: &mpsc::UnboundedSender<Request>) {
         let last = match lock(&self.ledger).runs(&job.name, 1) {
             Ok(runs) => runs.first().map(|r| r.started_at),
             Err(e) => {
@@ -259,7 +309,7 @@ impl Agent {
         };
         if let Some(missed) = missed_fire(schedule, job.timezone, last, Utc::now()) {
             tracing::info!(job = %job.name, missed = %missed.to_rfc3339(), "catch_up: a scheduled run was missed while the agent was down; running it now");
-            let _ = tx.send(Trigger::CatchUp);
+            let _ = tx.send(Trigger::CatchUp.into());
         }
     }
 
@@ -395,11 +445,15 @@ fn job_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 async fn runner(
     job: Arc<Job>,
     ledger: SharedLedger,
-    mut rx: mpsc::UnboundedReceiver<Trigger>,
+    mut rx: mpsc::UnboundedReceiver<Request>,
     limit: Arc<Semaphore>,
     run_lock: Arc<tokio::sync::Mutex<()>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // An incremental run trusts that everything outside its scope was in sync after the run
+    // before it; after a run that did not end `ok` (or before the first), the next run looks
+    // at everything.
+    let mut previous_ok = false;
     loop {
         let first = tokio::select! {
             biased;
@@ -423,10 +477,11 @@ async fn runner(
             g = run_lock.clone().lock_owned() => g,
         };
         // Everything that arrived until now is served by this run.
-        let mut trigger = first;
-        while let Ok(t) = rx.try_recv() {
-            trigger = trigger.max(t);
+        let mut request = first;
+        while let Ok(r) = rx.try_recv() {
+            request = request.coalesce(r);
         }
+        let trigger = request.trigger;
         let opts = RunOptions {
             trigger: trigger.label().to_string(),
             dry_run: false,
@@ -434,8 +489,10 @@ async fn runner(
             // SIGTERM: files in flight stop at their next checkpoint, the run is recorded
             // as interrupted, and the next start resumes them.
             stop: Some(stop.clone()),
+            scope: request.scope.filter(|_| previous_ok),
         };
         let report = run_job(&job, &ledger, &opts).await;
+        previous_ok = report.outcome == Outcome::Ok;
         let idle = report.outcome == Outcome::Ok
             && report.counts == RunCounts::default()
             && report.failures.is_empty();
@@ -456,7 +513,7 @@ async fn runner(
 async fn cron_task(
     job: Arc<Job>,
     schedule: Schedule,
-    tx: mpsc::UnboundedSender<Trigger>,
+    tx: mpsc::UnboundedSender<Request>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut after = Utc::now();
@@ -483,7 +540,7 @@ async fn cron_task(
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        if tx.send(Trigger::Schedule).is_err() {
+        if tx.send(Trigger::Schedule.into()).is_err() {
             return;
         }
         // Times missed by a clock step or a suspend fire once, not once each.
@@ -495,7 +552,7 @@ async fn cron_task(
 async fn poll_task(
     job: Arc<Job>,
     every: Duration,
-    tx: mpsc::UnboundedSender<Trigger>,
+    tx: mpsc::UnboundedSender<Request>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -510,7 +567,7 @@ async fn poll_task(
             _ = stopped(&mut stop) => return,
             _ = tick.tick() => {}
         }
-        if tx.send(Trigger::Poll).is_err() {
+        if tx.send(Trigger::Poll.into()).is_err() {
             return;
         }
     }
@@ -702,5 +759,36 @@ mod tests {
         assert_eq!(Trigger::Poll.max(Trigger::Watch), Trigger::Watch);
         assert_eq!(Trigger::Schedule.max(Trigger::Poll), Trigger::Schedule);
         assert_eq!(Trigger::CatchUp.label(), "catch_up");
+    }
+
+    #[test]
+    fn coalesced_requests_stay_incremental_only_if_all_were() {
+        let watch = |paths: &[&str]| Request {
+            trigger: Trigger::Watch,
+            scope: Scope::of_changed(paths.iter().copied()),
+        };
+        let both = watch(&["a/x"]).coalesce(watch(&["a", "b"]));
+        assert_eq!(both.trigger, Trigger::Watch);
+        assert_eq!(both.scope.unwrap().roots().collect::<Vec<_>>(), ["a", "b"]);
+        let with_poll = watch(&["a"]).coalesce(Trigger::Poll.into());
+        assert_eq!(with_poll, Trigger::Watch.into(), "a poll needs a full run");
+        let overflowed = watch(&["a"]).coalesce(Request {
+            trigger: Trigger::Watch,
+            scope: None,
+        });
+        assert_eq!(overflowed.scope, None);
+    }
+
+    #[test]
+    fn changed_paths_become_a_scope_relative_to_the_folder() {
+        let root = Path::new("/srv/out");
+        let s = changed_scope(
+            root,
+            &[root.join("d/a.csv"), root.join("d/b.csv"), root.join("e")],
+        )
+        .unwrap();
+        assert_eq!(s.roots().collect::<Vec<_>>(), ["d/a.csv", "d/b.csv", "e"]);
+        assert_eq!(changed_scope(root, &[root.to_path_buf()]), None);
+        assert_eq!(changed_scope(root, &[PathBuf::from("/elsewhere/x")]), None);
     }
 }

@@ -523,7 +523,7 @@ impl PathFilter {
         }
     }
 
-    fn new(include: &[String], exclude: &[String]) -> Result<Self, String> {
+    pub(crate) fn new(include: &[String], exclude: &[String]) -> Result<Self, String> {
         fn build(patterns: &[String], key: &str) -> Result<Option<GlobSet>, String> {
             if patterns.is_empty() {
                 return Ok(None);

@@ -13,7 +13,10 @@ use crate::config::{Direction, Job};
 use crate::ftps::Session;
 use crate::ledger::{JobRecord, Ledger, Outcome, PathFailure, RunCounts, RunProgress};
 use crate::plan::{plan, Action, LedgerView, PlanOptions, SyncPlan};
-use crate::scan::{local_path, remote_path, scan_local, scan_remote, Scan};
+use crate::scan::{
+    local_path, remote_path, scan_local, scan_local_scope, scan_remote, scan_remote_scope, Scan,
+};
+use crate::scope::Scope;
 use crate::snapshot::Entry;
 use crate::tls::TlsContext;
 use crate::transfer::{self, ByteCounter, TransferContext, Transferred};
@@ -31,6 +34,9 @@ pub struct RunOptions {
     /// Turns true when the run must stop (SIGTERM, Ctrl-C): no new file is started, and files
     /// in flight stop at their next checkpoint, to be resumed by the next run.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Only these changed paths need looking at (a watch-triggered run of a push job); `None`:
+    /// a full run, both trees compared from top to bottom.
+    pub scope: Option<Scope>,
 }
 
 impl RunOptions {
@@ -215,7 +221,6 @@ async fn execute_run(
 ) -> Result<(), String> {
     let tls =
         Arc::new(TlsContext::new(&job.remote.tls).map_err(|e| format!("job {}: {e}", job.name))?);
-    let view = lock(ledger).entries(&job.name).map_err(|e| e.to_string())?;
 
     if !job.local.is_dir() {
         if job.direction == Direction::Push {
@@ -230,22 +235,27 @@ async fn execute_run(
         }
     }
 
-    let local_root = job.local.clone();
-    let filter = job.filter.clone();
-    let view_for_scan = view.clone();
-    let local_scan = tokio::task::spawn_blocking(move || {
-        if local_root.is_dir() {
-            scan_local(&local_root, &filter, &view_for_scan)
-        } else {
-            Ok(Scan::default())
-        }
-    });
-    let remote_scan = connect_and_list(job, &tls, &view).await;
-    let local_scan = local_scan
-        .await
-        .map_err(|e| format!("local scan: {e}"))?
-        .map_err(|e| format!("cannot read local directory {}: {e}", job.local.display()))?;
-    let (mut session, remote_scan) = remote_scan?;
+    // A watch-triggered run of a push job looks only at what changed; if that cannot be
+    // done (a changed path's directory is missing on the server), it becomes a full run.
+    let scope = opts
+        .scope
+        .as_ref()
+        .filter(|_| job.direction == Direction::Push);
+    let scanned = match scope {
+        Some(scope) => scan_scope(job, ledger, &tls, scope).await?,
+        None => None,
+    };
+    let scope = scanned.as_ref().and(scope);
+    let Scanned {
+        view,
+        local: local_scan,
+        mut session,
+        remote: remote_scan,
+        dest_files,
+    } = match scanned {
+        Some(s) => s,
+        None => scan_all(job, ledger, &tls).await?,
+    };
     if remote_scan.root_missing && job.direction == Direction::Pull {
         return Err(format!(
             "remote directory {} does not exist on {}",
@@ -256,6 +266,7 @@ async fn execute_run(
         local = local_scan.snapshot.len(),
         hashed = local_scan.hashed,
         remote = remote_scan.snapshot.len(),
+        incremental = scope.map(Scope::len),
         "scanned"
     );
     report.failures.extend(local_scan.failures);
@@ -266,6 +277,7 @@ async fn execute_run(
             direction: job.direction,
             mode: job.mode,
             max_delete: job.max_delete,
+            dest_files,
         },
         &view,
         &local_scan.snapshot,
@@ -291,7 +303,7 @@ async fn execute_run(
         Direction::Push => &remote_scan.temps,
         Direction::Pull => &local_scan.temps,
     };
-    clean_up_temps(job, ledger, &mut session, &the_plan, dest_temps).await;
+    clean_up_temps(job, ledger, &mut session, &the_plan, dest_temps, scope).await;
 
     // 1. Directories, parents first.
     for a in &the_plan.actions {
@@ -418,6 +430,7 @@ async fn clean_up_temps(
     session: &mut Session,
     plan: &SyncPlan,
     dest_temps: &[String],
+    scope: Option<&Scope>,
 ) {
     let transferring: std::collections::HashSet<&str> = plan
         .actions
@@ -435,7 +448,12 @@ async fn clean_up_temps(
         }
     };
     let mut keep = std::collections::HashSet::new();
-    for j in journal {
+    // An incremental run saw only its scope: transfers journaled elsewhere wait for a run
+    // that looks there.
+    for j in journal
+        .into_iter()
+        .filter(|j| scope.is_none_or(|s| s.contains(&j.path)))
+    {
         if transferring.contains(j.path.as_str()) {
             keep.insert(j.temp_name);
         } else if let Err(e) = lock(ledger).journal_end(&job.name, &j.path) {
@@ -468,26 +486,126 @@ fn note_tls12_fallback(tls: &TlsContext) {
     }
 }
 
-/// Connects and lists the remote tree, retrying transient failures with backoff.
+/// Both sides of a job as a run found them, with the ledger's rows for the same paths.
+struct Scanned {
+    view: Arc<LedgerView>,
+    local: Scan,
+    session: Session,
+    remote: Scan,
+    /// The destination's whole file count when the scans cover only part of the tree.
+    dest_files: Option<u64>,
+}
+
+/// A full run's scans: the whole local tree (on a blocking thread) while the whole remote tree
+/// is listed.
+async fn scan_all(job: &Job, ledger: &SharedLedger, tls: &TlsContext) -> Result<Scanned, String> {
+    // Shared with the local scan, not copied: at a million files a copy is a hundred MB.
+    let view = Arc::new(lock(ledger).entries(&job.name).map_err(|e| e.to_string())?);
+    let local_root = job.local.clone();
+    let filter = job.filter.clone();
+    let view_for_scan = Arc::clone(&view);
+    let local_scan = tokio::task::spawn_blocking(move || {
+        if local_root.is_dir() {
+            scan_local(&local_root, &filter, &view_for_scan)
+        } else {
+            Ok(Scan::default())
+        }
+    });
+    let remote_scan = connect_and_list(job, tls, &view, None).await;
+    let local_scan = local_scan
+        .await
+        .map_err(|e| format!("local scan: {e}"))?
+        .map_err(|e| format!("cannot read local directory {}: {e}", job.local.display()))?;
+    let (session, remote_scan) = remote_scan?;
+    // Without a scope the listing is never cut short.
+    let remote_scan = remote_scan.unwrap_or_default();
+    Ok(Scanned {
+        view,
+        local: local_scan,
+        session,
+        remote: remote_scan,
+        dest_files: None,
+    })
+}
+
+/// An incremental run's scans: only the paths in `scope`, on both sides and in the ledger.
+/// `None` when the server lacks a directory the scope needs: a full run then.
+async fn scan_scope(
+    job: &Job,
+    ledger: &SharedLedger,
+    tls: &TlsContext,
+    scope: &Scope,
+) -> Result<Option<Scanned>, String> {
+    let (view, dest_files) = {
+        let l = lock(ledger);
+        let view = l.entries_in(&job.name, scope).map_err(|e| e.to_string())?;
+        // max_delete is relative to the whole destination: what the ledger knows is there.
+        let count = l.entry_count(&job.name).map_err(|e| e.to_string())?;
+        (Arc::new(view), count)
+    };
+    let local_root = job.local.clone();
+    let filter = job.filter.clone();
+    let view_for_scan = Arc::clone(&view);
+    let scope_for_scan = scope.clone();
+    let local_scan = tokio::task::spawn_blocking(move || {
+        scan_local_scope(&local_root, &scope_for_scan, &filter, &view_for_scan)
+    });
+    let remote_scan = connect_and_list(job, tls, &view, Some(scope)).await;
+    let local_scan = local_scan
+        .await
+        .map_err(|e| format!("local scan: {e}"))?
+        .map_err(|e| format!("cannot read local directory {}: {e}", job.local.display()))?;
+    let (session, remote_scan) = remote_scan?;
+    let Some(remote_scan) = remote_scan else {
+        tracing::info!("a changed path's directory is not on the server; looking at everything");
+        session.quit().await;
+        return Ok(None);
+    };
+    Ok(Some(Scanned {
+        view,
+        local: local_scan,
+        session,
+        remote: remote_scan,
+        dest_files: Some(dest_files),
+    }))
+}
+
+/// Connects and lists the remote tree (or only `scope`), retrying transient failures with
+/// backoff. The scan is `None` when the scope cannot be listed on its own.
 async fn connect_and_list(
     job: &Job,
     tls: &TlsContext,
     view: &LedgerView,
-) -> Result<(Session, Scan), String> {
+    scope: Option<&Scope>,
+) -> Result<(Session, Option<Scan>), String> {
     let mut attempt = 0;
     loop {
         let listed = match Session::connect(&job.remote, tls).await {
             Ok(mut session) => {
                 tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
-                match scan_remote(
-                    &mut session,
-                    &job.remote.path,
-                    &job.filter,
-                    view,
-                    job.remote.list_time_offset,
-                )
-                .await
-                {
+                let listed = match scope {
+                    None => scan_remote(
+                        &mut session,
+                        &job.remote.path,
+                        &job.filter,
+                        view,
+                        job.remote.list_time_offset,
+                    )
+                    .await
+                    .map(Some),
+                    Some(scope) => {
+                        scan_remote_scope(
+                            &mut session,
+                            &job.remote.path,
+                            scope,
+                            &job.filter,
+                            view,
+                            job.remote.list_time_offset,
+                        )
+                        .await
+                    }
+                };
+                match listed {
                     Ok(scan) => return Ok((session, scan)),
                     Err(e) => e,
                 }

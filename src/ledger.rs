@@ -9,6 +9,21 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::plan::{LedgerView, SyncedEntry};
+use crate::scope::Scope;
+
+/// path, size, mtime, BLAKE3 (hex), remote size, remote mtime: one row of `entries`.
+type EntryRow = (String, i64, i64, String, i64, Option<i64>);
+
+fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<EntryRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -448,37 +463,55 @@ impl Ledger {
                 "SELECT path, size, mtime, blake3, remote_size, remote_mtime FROM entries WHERE job = ?1",
             )
             .map_err(self.err())?;
-        let rows = stmt
-            .query_map([job], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Option<i64>>(5)?,
-                ))
-            })
-            .map_err(self.err())?;
+        let rows = stmt.query_map([job], row_to_entry).map_err(self.err())?;
         let mut out = LedgerView::new();
         for row in rows {
-            let (path, size, mtime, hash, remote_size, remote_mtime) = row.map_err(self.err())?;
-            let hash = blake3::Hash::from_hex(&hash).map_err(|_| LedgerError::Corrupt {
-                path: self.path.clone(),
-                what: format!("BLAKE3 of {job}:{path}"),
-            })?;
-            out.insert(
-                path,
-                SyncedEntry {
-                    size: size as u64,
-                    mtime,
-                    hash,
-                    remote_size: remote_size as u64,
-                    remote_mtime,
-                },
-            );
+            let (path, entry) = self.entry_of(job, row.map_err(self.err())?)?;
+            out.insert(path, entry);
         }
         Ok(out)
+    }
+
+    /// The synced paths of `job` inside `scope` (each root and everything below it): what an
+    /// incremental run needs, without reading the rows of the whole tree.
+    pub fn entries_in(&self, job: &str, scope: &Scope) -> Result<LedgerView, LedgerError> {
+        let mut out = LedgerView::new();
+        for root in scope.roots() {
+            // `path` is compared bytewise: everything below `root/` lies in [`root/`, `root0`).
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT path, size, mtime, blake3, remote_size, remote_mtime FROM entries
+                     WHERE job = ?1 AND (path = ?2 OR (path >= ?2 || '/' AND path < ?2 || '0'))",
+                )
+                .map_err(self.err())?;
+            let rows = stmt
+                .query_map(params![job, root], row_to_entry)
+                .map_err(self.err())?;
+            for row in rows {
+                let (path, entry) = self.entry_of(job, row.map_err(self.err())?)?;
+                out.insert(path, entry);
+            }
+        }
+        Ok(out)
+    }
+
+    fn entry_of(&self, job: &str, row: EntryRow) -> Result<(String, SyncedEntry), LedgerError> {
+        let (path, size, mtime, hash, remote_size, remote_mtime) = row;
+        let hash = blake3::Hash::from_hex(&hash).map_err(|_| LedgerError::Corrupt {
+            path: self.path.clone(),
+            what: format!("BLAKE3 of {job}:{path}"),
+        })?;
+        Ok((
+            path,
+            SyncedEntry {
+                size: size as u64,
+                mtime,
+                hash,
+                remote_size: remote_size as u64,
+                remote_mtime,
+            },
+        ))
     }
 
     /// Runs one statement through the connection's statement cache: these run once per file,
@@ -849,6 +882,22 @@ mod tests {
         l.forget("j", "é").unwrap();
         assert_eq!(l.entry_count("j").unwrap(), 1);
         assert_eq!(l.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn entries_in_a_scope_are_the_roots_and_what_lies_below_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("s.db")).unwrap();
+        for p in [
+            "a", "a/x", "a/y/z", "a.b", "a0", "ab", "b/c", "b/cd", "b/c/d",
+        ] {
+            l.record("j", p, &entry(1)).unwrap();
+        }
+        l.record("other", "a/x", &entry(1)).unwrap();
+        let scope = Scope::of_changed(["a", "b/c"]).unwrap();
+        let v = l.entries_in("j", &scope).unwrap();
+        let keys: Vec<&str> = v.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["a", "a/x", "a/y/z", "b/c", "b/c/d"]);
     }
 
     #[test]

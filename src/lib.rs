@@ -16,6 +16,7 @@ pub mod lock;
 pub mod loopback;
 pub mod plan;
 pub mod scan;
+pub mod scope;
 pub mod snapshot;
 pub mod tls;
 pub mod transfer;

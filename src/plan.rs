@@ -120,6 +120,10 @@ pub struct PlanOptions {
     pub direction: Direction,
     pub mode: SyncMode,
     pub max_delete: Option<MaxDelete>,
+    /// The number of files on the whole destination, when the snapshots hold only part of the
+    /// tree (an incremental run): `max_delete` is relative to the whole destination, so a
+    /// percentage must not shrink to a percentage of the part. `None`: the files of `dest`.
+    pub dest_files: Option<u64>,
 }
 
 /// Decides the actions of one run.
@@ -194,7 +198,9 @@ pub fn plan(
                 Kind::Dir => delete_dirs.push(Action::DeleteDir { path: path.clone() }),
             }
         }
-        let dest_files = dest.values().filter(|e| e.kind == Kind::File).count() as u64;
+        let dest_files = opts
+            .dest_files
+            .unwrap_or_else(|| dest.values().filter(|e| e.kind == Kind::File).count() as u64);
         if let Some(max) = opts.max_delete {
             let wanted = delete_files.len() as u64;
             let limit = max.limit(dest_files);
@@ -302,6 +308,7 @@ mod tests {
             direction,
             mode,
             max_delete: None,
+            dest_files: None,
         }
     }
     fn snap(items: &[(&str, Entry)]) -> Snapshot {
@@ -645,6 +652,87 @@ mod tests {
             apply(&p2, Direction::Push, &mut ledger, &mut local, &mut remote, 30);
             let p3 = plan(o, &ledger, &local, &remote).unwrap();
             prop_assert!(p3.actions.is_empty(), "{:?}", p3);
+        }
+
+        /// An incremental run: after a converged sync the local tree changes; planning only the
+        /// changed paths' subtrees (a scope with a few more paths than needed) decides exactly
+        /// what the full plan decides for those paths, and the full plan has nothing to do
+        /// elsewhere. max_delete counts the whole destination in both.
+        #[test]
+        fn a_plan_over_the_changed_paths_matches_the_full_plan(
+            src in tree(),
+            dst in tree(),
+            edits in prop::collection::vec(
+                (
+                    prop::collection::vec(prop::sample::select(vec!["a", "b", "c d", "é"]), 1..=3)
+                        .prop_map(|v| v.join("/")),
+                    prop::option::of(prop::option::weighted(0.8, any::<u8>())),
+                ),
+                1..4,
+            ),
+            extra in prop::collection::vec(
+                prop::collection::vec(prop::sample::select(vec!["a", "b", "c d", "é"]), 1..=3)
+                    .prop_map(|v| v.join("/")),
+                0..3,
+            ),
+            mirror in any::<bool>(),
+            max_percent in prop::option::of(0u8..=100),
+        ) {
+            let mode = if mirror { SyncMode::Mirror } else { SyncMode::Copy };
+            let mut o = opts(Direction::Push, mode);
+            let mut local = local_snap(&src, 10);
+            let mut remote: Snapshot = dst.iter().map(|(p, c)| (p.clone(), c.map(|_| remote_file(1, 5)).unwrap_or_else(Entry::dir))).collect();
+            let mut ledger = LedgerView::new();
+            let p1 = plan(o, &ledger, &local, &remote).unwrap();
+            // A file against a directory stays a conflict, and a real server cannot hold what
+            // the in-memory sides then hold (a file with children).
+            prop_assume!(p1.conflicts.is_empty());
+            apply(&p1, Direction::Push, &mut ledger, &mut local, &mut remote, 20);
+            let p2 = plan(o, &ledger, &local, &remote).unwrap();
+            apply(&p2, Direction::Push, &mut ledger, &mut local, &mut remote, 30);
+
+            // A few local files and directories are written or deleted (same mtime: only real
+            // changes differ).
+            let mut changed_to = src.clone();
+            for (path, edit) in &edits {
+                match edit {
+                    None => changed_to.retain(|p, _| p != path && !crate::scope::is_under(p, path)),
+                    Some(content) => {
+                        changed_to.insert(path.clone(), *content);
+                    }
+                }
+            }
+            let changed_local = local_snap(&normalise(changed_to), 10);
+            let mut changed: Vec<&str> = local
+                .iter()
+                .filter(|(p, e)| changed_local.get(*p) != Some(*e))
+                .chain(changed_local.iter().filter(|(p, e)| local.get(*p) != Some(*e)))
+                .map(|(p, _)| p.as_str())
+                .collect();
+            changed.extend(extra.iter().map(String::as_str));
+            let Some(scope) = crate::scope::Scope::of_changed(changed.iter().copied()) else {
+                return Ok(());
+            };
+            o.max_delete = max_percent.map(|p| MaxDelete::Percent(f64::from(p)));
+            o.dest_files = Some(remote.values().filter(|e| e.kind == Kind::File).count() as u64);
+
+            let full = plan(o, &ledger, &changed_local, &remote);
+            let part = |m: &Snapshot| -> Snapshot {
+                m.iter().filter(|(p, _)| scope.contains(p)).map(|(p, e)| (p.clone(), e.clone())).collect()
+            };
+            let ledger_part: LedgerView = ledger.iter().filter(|(p, _)| scope.contains(p)).map(|(p, e)| (p.clone(), e.clone())).collect();
+            let incremental = plan(o, &ledger_part, &part(&changed_local), &part(&remote));
+            match (full, incremental) {
+                (Ok(full), Ok(incremental)) => {
+                    let (inside, outside): (Vec<Action>, Vec<Action>) =
+                        full.actions.into_iter().partition(|a| scope.contains(a.path()));
+                    prop_assert!(outside.is_empty(), "the full plan acts outside the changes: {:?}", outside);
+                    prop_assert_eq!(inside, incremental.actions);
+                    let conflicts: Vec<Conflict> = full.conflicts.into_iter().filter(|c| scope.contains(&c.path)).collect();
+                    prop_assert_eq!(conflicts, incremental.conflicts);
+                }
+                (full, incremental) => prop_assert_eq!(full.err(), incremental.err()),
+            }
         }
 
         #[test]

@@ -4,7 +4,7 @@
 //! the remote scan lists directories (MLSD where offered, LIST otherwise) and refuses names that
 //! could escape the job's directory before they ever reach a local path.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,6 +14,7 @@ use crate::ftps::{FtpsError, Session};
 use crate::ledger::PathFailure;
 use crate::listing::{self, ListedKind, Precision};
 use crate::plan::LedgerView;
+use crate::scope::{self, Scope};
 use crate::snapshot::{self, check_remote_name, is_temp_name, Entry, Kind, Snapshot};
 
 /// A scanned tree and the paths that could not be read.
@@ -72,9 +73,76 @@ pub fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
 /// Walks the local tree under `root` (blocking; run it on a blocking thread).
 pub fn scan_local(root: &Path, filter: &PathFilter, ledger: &LedgerView) -> std::io::Result<Scan> {
     let mut scan = Scan::default();
-    let mut dirs = vec![String::new()];
     // The root itself must be readable: anything else is a failure of the whole run.
     std::fs::read_dir(root)?;
+    walk_local(root, vec![String::new()], filter, ledger, &mut scan);
+    if filter.has_includes() {
+        prune_dirs(&mut scan.snapshot);
+    }
+    Ok(scan)
+}
+
+/// The local side of an incremental run: each root of `scope` (stat-ed, and walked when it is
+/// a directory), nothing else. `ledger` needs to hold only the rows inside the scope.
+pub fn scan_local_scope(
+    root: &Path,
+    scope: &Scope,
+    filter: &PathFilter,
+    ledger: &LedgerView,
+) -> std::io::Result<Scan> {
+    let mut scan = Scan::default();
+    std::fs::read_dir(root)?;
+    for rel in scope.roots() {
+        let (_, name) = scope::split_parent(rel);
+        // Inside an excluded directory, or a transfer's temporary file: a full scan never
+        // looks there either.
+        if is_temp_name(name) || scope::ancestors(rel).any(|a| filter.excludes(a)) {
+            continue;
+        }
+        let abs = local_path(root, rel);
+        let meta = match std::fs::symlink_metadata(&abs) {
+            Ok(m) => m,
+            // Gone (or its parent is no longer a directory): the plan deletes or forgets it.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(20 /* ENOTDIR */) =>
+            {
+                continue
+            }
+            Err(e) => {
+                scan.failures.push(PathFailure {
+                    path: rel.to_string(),
+                    error: format!("cannot stat: {e}"),
+                });
+                continue;
+            }
+        };
+        let mut dirs = Vec::new();
+        add_local(
+            rel.to_string(),
+            &meta,
+            &abs,
+            filter,
+            ledger,
+            &mut scan,
+            &mut dirs,
+        );
+        walk_local(root, dirs, filter, ledger, &mut scan);
+    }
+    if filter.has_includes() {
+        prune_dirs(&mut scan.snapshot);
+    }
+    Ok(scan)
+}
+
+/// Walks the directories `dirs` (relative paths) and everything below them into `scan`.
+fn walk_local(
+    root: &Path,
+    mut dirs: Vec<String>,
+    filter: &PathFilter,
+    ledger: &LedgerView,
+    scan: &mut Scan,
+) {
     while let Some(rel_dir) = dirs.pop() {
         let abs_dir = local_path(root, &rel_dir);
         let entries = match std::fs::read_dir(&abs_dir) {
@@ -120,57 +188,68 @@ pub fn scan_local(root: &Path, filter: &PathFilter, ledger: &LedgerView) -> std:
                     continue;
                 }
             };
-            let ft = meta.file_type();
-            if ft.is_dir() {
-                if filter.excludes(&rel) {
-                    continue;
-                }
-                scan.snapshot.insert(rel.clone(), Entry::dir());
-                dirs.push(rel);
-            } else if ft.is_file() {
-                if !filter.includes_file(&rel) {
-                    continue;
-                }
-                let size = meta.len();
-                let mtime = meta.modified().map(system_time_ns).unwrap_or(0);
-                let known = ledger
-                    .get(&rel)
-                    .filter(|e| e.size == size && e.mtime == mtime)
-                    .map(|e| e.hash);
-                let hash = match known {
-                    Some(h) => h,
-                    None => match hash_file(&entry.path()) {
-                        Ok(h) => {
-                            scan.hashed += 1;
-                            h
-                        }
-                        Err(e) => {
-                            scan.failures.push(PathFailure {
-                                path: rel,
-                                error: format!("cannot read: {e}"),
-                            });
-                            continue;
-                        }
-                    },
-                };
-                scan.snapshot.insert(
-                    rel,
-                    Entry {
-                        kind: Kind::File,
-                        size,
-                        mtime,
-                        hash: Some(hash),
-                    },
-                );
-            } else {
-                tracing::warn!(path = %rel, "skipping: not a regular file or directory (symbolic links are not followed)");
-            }
+            add_local(rel, &meta, &entry.path(), filter, ledger, scan, &mut dirs);
         }
     }
-    if filter.has_includes() {
-        prune_dirs(&mut scan.snapshot);
+}
+
+/// Adds one local file or directory (not followed if a link) to `scan`; a directory is also
+/// pushed onto `dirs` to be walked. A file is hashed unless its size and mtime are the
+/// ledger's.
+fn add_local(
+    rel: String,
+    meta: &std::fs::Metadata,
+    abs: &Path,
+    filter: &PathFilter,
+    ledger: &LedgerView,
+    scan: &mut Scan,
+    dirs: &mut Vec<String>,
+) {
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        if filter.excludes(&rel) {
+            return;
+        }
+        scan.snapshot.insert(rel.clone(), Entry::dir());
+        dirs.push(rel);
+    } else if ft.is_file() {
+        if !filter.includes_file(&rel) {
+            return;
+        }
+        let size = meta.len();
+        let mtime = meta.modified().map(system_time_ns).unwrap_or(0);
+        let known = ledger
+            .get(&rel)
+            .filter(|e| e.size == size && e.mtime == mtime)
+            .map(|e| e.hash);
+        let hash = match known {
+            Some(h) => h,
+            None => match hash_file(abs) {
+                Ok(h) => {
+                    scan.hashed += 1;
+                    h
+                }
+                Err(e) => {
+                    scan.failures.push(PathFailure {
+                        path: rel,
+                        error: format!("cannot read: {e}"),
+                    });
+                    return;
+                }
+            },
+        };
+        scan.snapshot.insert(
+            rel,
+            Entry {
+                kind: Kind::File,
+                size,
+                mtime,
+                hash: Some(hash),
+            },
+        );
+    } else {
+        tracing::warn!(path = %rel, "skipping: not a regular file or directory (symbolic links are not followed)");
     }
-    Ok(scan)
 }
 
 /// With include patterns, keeps only the directories that lead to an included file.
@@ -199,110 +278,234 @@ pub async fn scan_remote(
     offset: ListTimeOffset,
 ) -> Result<Scan, FtpsError> {
     let mut scan = Scan::default();
-    let mut imprecise: Vec<(String, Precision)> = Vec::new();
+    let mut times = RemoteTimes::new(ledger, offset);
     let mut queue = VecDeque::from([String::new()]);
     while let Some(rel_dir) = queue.pop_front() {
-        let abs = remote_path(root, &rel_dir);
-        let (lines, mlsd) = match session.list_dir(&abs).await {
-            Ok(r) => r,
+        match list_remote_dir(
+            session,
+            root,
+            &rel_dir,
+            filter,
+            |_| true,
+            &mut scan,
+            &mut times,
+        )
+        .await
+        {
+            Ok(subdirs) => queue.extend(subdirs),
             Err(e) if rel_dir.is_empty() && matches!(e.code(), Some(550)) => {
                 scan.root_missing = true;
                 return Ok(scan);
             }
             Err(e) => return Err(e),
-        };
-        for line in lines {
-            let Some(file) = listing::parse_line(&line, mlsd) else {
-                continue;
-            };
-            let name = file.name;
-            if file.kind == ListedKind::Dir && (name == "." || name == "..") {
-                continue;
-            }
-            if let Err(e) = check_remote_name(&abs, &name) {
-                scan.failures.push(PathFailure {
-                    path: snapshot::join(&rel_dir, &name.escape_debug().to_string()),
-                    error: e.to_string(),
-                });
-                continue;
-            }
-            let rel = snapshot::join(&rel_dir, &name);
-            if is_temp_name(&name) {
-                if file.kind == ListedKind::File {
-                    scan.temps.push(rel);
-                }
-                continue;
-            }
-            match file.kind {
-                ListedKind::Symlink => tracing::warn!(path = %rel, "skipping remote symbolic link"),
-                ListedKind::Dir => {
-                    if filter.excludes(&rel) {
-                        continue;
-                    }
-                    scan.snapshot.insert(rel.clone(), Entry::dir());
-                    queue.push_back(rel);
-                }
-                ListedKind::File => {
-                    if !filter.includes_file(&rel) {
-                        continue;
-                    }
-                    if file.precision != Precision::Exact {
-                        imprecise.push((rel.clone(), file.precision));
-                    }
-                    scan.snapshot.insert(
-                        rel,
-                        Entry {
-                            kind: Kind::File,
-                            size: file.size,
-                            mtime: file.mtime,
-                            hash: None,
-                        },
-                    );
-                }
-            }
         }
     }
-    if !imprecise.is_empty() {
-        let offset = match offset {
-            ListTimeOffset::Fixed(secs) => secs,
-            ListTimeOffset::Auto => detect_list_offset(session, root, &scan, &imprecise).await,
-        };
-        for (rel, precision) in imprecise {
-            let recorded = ledger.get(&rel).and_then(|e| e.remote_mtime);
-            if let Some(e) = scan.snapshot.get_mut(&rel) {
-                e.mtime = listing::settle_time(
-                    listing::apply_offset(e.mtime, offset),
-                    precision,
-                    recorded,
-                );
-            }
-        }
-    }
+    times.finish(&mut scan);
     if filter.has_includes() {
         prune_dirs(&mut scan.snapshot);
     }
     Ok(scan)
 }
 
-/// The offset of the server's LIST times from UTC: one minute-precise file's LIST time against
-/// its MDTM. 0 (UTC, as vsftpd and most Unix servers list) when the server has no MDTM, no
-/// file is listed to the minute, or the answer makes no sense.
-async fn detect_list_offset(
+/// The remote side of an incremental run: the directory holding each root of `scope` is
+/// listed (once per directory) for that root's entry, and a root that is a directory on the
+/// server is listed to the bottom. `None` when a root's directory does not exist on the server
+/// (or is not a directory): then only a full run knows what to create.
+pub async fn scan_remote_scope(
     session: &mut Session,
     root: &str,
-    scan: &Scan,
-    imprecise: &[(String, Precision)],
-) -> i64 {
+    scope: &Scope,
+    filter: &PathFilter,
+    ledger: &LedgerView,
+    offset: ListTimeOffset,
+) -> Result<Option<Scan>, FtpsError> {
+    let mut by_parent: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for rel in scope.roots() {
+        if scope::ancestors(rel).any(|a| filter.excludes(a)) {
+            continue;
+        }
+        let (parent, name) = scope::split_parent(rel);
+        by_parent.entry(parent).or_default().insert(name);
+    }
+    let mut scan = Scan::default();
+    let mut times = RemoteTimes::new(ledger, offset);
+    for (parent, names) in by_parent {
+        let wanted = |name: &str| names.contains(snapshot::temp_owner(name).unwrap_or(name));
+        let mut queue =
+            match list_remote_dir(session, root, parent, filter, wanted, &mut scan, &mut times)
+                .await
+            {
+                Ok(subdirs) => VecDeque::from(subdirs),
+                Err(e) if matches!(e.code(), Some(550)) => {
+                    tracing::debug!(dir = %parent, "not on the server: {e}");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+        while let Some(rel_dir) = queue.pop_front() {
+            let subdirs = list_remote_dir(
+                session,
+                root,
+                &rel_dir,
+                filter,
+                |_| true,
+                &mut scan,
+                &mut times,
+            )
+            .await?;
+            queue.extend(subdirs);
+        }
+    }
+    times.finish(&mut scan);
+    if filter.has_includes() {
+        prune_dirs(&mut scan.snapshot);
+    }
+    Ok(Some(scan))
+}
+
+/// Lists one remote directory (`rel_dir`, relative to `root`) into `scan`, keeping the names
+/// `wanted` accepts (a temporary file counts as the file it is for); returns the directories
+/// found, to be listed in turn. Times of `LIST` entries are settled by `times`.
+async fn list_remote_dir(
+    session: &mut Session,
+    root: &str,
+    rel_dir: &str,
+    filter: &PathFilter,
+    wanted: impl Fn(&str) -> bool,
+    scan: &mut Scan,
+    times: &mut RemoteTimes<'_>,
+) -> Result<Vec<String>, FtpsError> {
+    let abs = remote_path(root, rel_dir);
+    let (lines, mlsd) = session.list_dir(&abs).await?;
+    let mut subdirs = Vec::new();
+    for line in lines {
+        let Some(file) = listing::parse_line(&line, mlsd) else {
+            continue;
+        };
+        let name = file.name;
+        if file.kind == ListedKind::Dir && (name == "." || name == "..") {
+            continue;
+        }
+        if !wanted(&name) {
+            continue;
+        }
+        if let Err(e) = check_remote_name(&abs, &name) {
+            scan.failures.push(PathFailure {
+                path: snapshot::join(rel_dir, &name.escape_debug().to_string()),
+                error: e.to_string(),
+            });
+            continue;
+        }
+        let rel = snapshot::join(rel_dir, &name);
+        if is_temp_name(&name) {
+            if file.kind == ListedKind::File {
+                scan.temps.push(rel);
+            }
+            continue;
+        }
+        match file.kind {
+            ListedKind::Symlink => tracing::warn!(path = %rel, "skipping remote symbolic link"),
+            ListedKind::Dir => {
+                if filter.excludes(&rel) {
+                    continue;
+                }
+                scan.snapshot.insert(rel.clone(), Entry::dir());
+                subdirs.push(rel);
+            }
+            ListedKind::File => {
+                if !filter.includes_file(&rel) {
+                    continue;
+                }
+                let mtime = times
+                    .settle(session, root, &rel, file.mtime, file.precision)
+                    .await;
+                scan.snapshot.insert(
+                    rel,
+                    Entry {
+                        kind: Kind::File,
+                        size: file.size,
+                        mtime,
+                        hash: None,
+                    },
+                );
+            }
+        }
+    }
+    Ok(subdirs)
+}
+
+/// Puts `LIST` times in UTC and, where they agree with the ledger's record at the listing's
+/// precision, replaces them by the recorded time (see [`listing::settle_time`]), as the
+/// listing goes: the offset is learnt from the first minute-precise file (one MDTM), and only
+/// the files listed before that one wait for it. (Remembering every imprecise file until the
+/// end cost 64 MB at a million files.)
+struct RemoteTimes<'a> {
+    ledger: &'a LedgerView,
+    /// Seconds east of UTC, once known.
+    offset: Option<i64>,
+    /// Imprecise files listed before the offset was known.
+    pending: Vec<(String, Precision)>,
+}
+
+impl<'a> RemoteTimes<'a> {
+    fn new(ledger: &'a LedgerView, offset: ListTimeOffset) -> Self {
+        RemoteTimes {
+            ledger,
+            offset: match offset {
+                ListTimeOffset::Fixed(secs) => Some(secs),
+                ListTimeOffset::Auto => None,
+            },
+            pending: Vec::new(),
+        }
+    }
+
+    /// The time to record for a file listed at `listed` with `precision`.
+    async fn settle(
+        &mut self,
+        session: &mut Session,
+        root: &str,
+        rel: &str,
+        listed: i64,
+        precision: Precision,
+    ) -> i64 {
+        if precision == Precision::Exact {
+            return listed;
+        }
+        if self.offset.is_none() && precision == Precision::Minute {
+            self.offset = Some(detect_list_offset(session, root, rel, listed).await);
+        }
+        match self.offset {
+            Some(offset) => self.settled(rel, listed, precision, offset),
+            None => {
+                self.pending.push((rel.to_string(), precision));
+                listed
+            }
+        }
+    }
+
+    fn settled(&self, rel: &str, listed: i64, precision: Precision, offset: i64) -> i64 {
+        let recorded = self.ledger.get(rel).and_then(|e| e.remote_mtime);
+        listing::settle_time(listing::apply_offset(listed, offset), precision, recorded)
+    }
+
+    /// Settles the files that waited for an offset (UTC when no file was minute-precise).
+    fn finish(self, scan: &mut Scan) {
+        let offset = self.offset.unwrap_or(0);
+        for (rel, precision) in &self.pending {
+            if let Some(e) = scan.snapshot.get_mut(rel) {
+                e.mtime = self.settled(rel, e.mtime, *precision, offset);
+            }
+        }
+    }
+}
+
+/// The offset of the server's LIST times from UTC: one minute-precise file's LIST time
+/// (`listed`) against its MDTM. 0 (UTC, as vsftpd and most Unix servers list) when the server
+/// has no MDTM or the answer makes no sense.
+async fn detect_list_offset(session: &mut Session, root: &str, rel: &str, listed: i64) -> i64 {
     if !session.features.mdtm {
         return 0;
     }
-    let Some((rel, listed)) = imprecise.iter().find_map(|(rel, p)| {
-        (*p == Precision::Minute)
-            .then(|| scan.snapshot.get(rel).map(|e| (rel, e.mtime)))
-            .flatten()
-    }) else {
-        return 0;
-    };
     match session.mdtm(&remote_path(root, rel)).await {
         Ok(exact) => match listing::detect_offset(listed, exact) {
             Some(0) => 0,
@@ -366,6 +569,40 @@ mod tests {
             s.snapshot["a b/ünï/f.txt"].hash,
             Some(blake3::hash(b"remembered"))
         );
+    }
+
+    #[test]
+    fn a_scoped_local_scan_reads_only_the_roots_and_their_subtrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for p in [
+            "d/a.csv",
+            "d/b.csv",
+            "new/x/y.csv",
+            "skip/in.csv",
+            "other/o.csv",
+        ] {
+            std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
+            std::fs::write(root.join(p), p).unwrap();
+        }
+        std::fs::write(root.join("d").join(snapshot::temp_name("a.csv")), b"part").unwrap();
+        let filter = crate::config::PathFilter::new(&[], &["skip".into()]).unwrap();
+        let scope = Scope::of_changed([
+            "d/a.csv",
+            "new",
+            "gone.csv",
+            "skip/in.csv",
+            "d/.a.csv.ferrysync-part",
+            "other/o.csv/under-a-file",
+        ])
+        .unwrap();
+        let s = scan_local_scope(root, &scope, &filter, &LedgerView::new()).unwrap();
+        let keys: Vec<&str> = s.snapshot.keys().map(String::as_str).collect();
+        // Not d/b.csv or other/ (outside), not skip/ (excluded), nothing for what is gone or
+        // lies under a file.
+        assert_eq!(keys, ["d/a.csv", "new", "new/x", "new/x/y.csv"]);
+        assert!(s.failures.is_empty(), "{:?}", s.failures);
+        assert_eq!(s.hashed, 2);
     }
 
     #[test]

@@ -95,6 +95,13 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(TEMP_MARKER)
 }
 
+/// The name a temporary file is for (`.a.csv.ferrysync-part` -> `a.csv`).
+pub fn temp_owner(name: &str) -> Option<&str> {
+    name.strip_prefix('.')?
+        .strip_suffix(TEMP_MARKER)
+        .filter(|n| !n.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +122,7 @@ mod tests {
     fn temp_names_round_trip() {
         assert!(is_temp_name(&temp_name("a.csv")));
         assert!(!is_temp_name("a.csv"));
+        assert_eq!(temp_owner(&temp_name("a.csv")), Some("a.csv"));
+        assert_eq!(temp_owner("a.csv"), None);
     }
 }

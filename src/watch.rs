@@ -5,9 +5,10 @@
 //! Events are not runs. A burst of changes is debounced and coalesced into one "fire": the
 //! watch waits until the folder has been quiet for the job's `debounce`, then until every
 //! changed file's size and mtime have been stable for that long (a file still being written is
-//! not taken half-way), bounded by [`max_settle`]. Every run is a full scan of both sides, so a
-//! fire only has to say "something changed"; when the kernel's event queue overflowed (notify's
-//! rescan flag) nothing is lost either.
+//! not taken half-way), bounded by [`max_settle`]. A fire names the paths that changed, so the
+//! run can look at those only (see [`crate::scope`]); when it cannot name them all (the
+//! kernel's event queue overflowed, notify's rescan flag, or more than [`MAX_TRACKED`] paths)
+//! it says so, and the run compares everything.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -26,12 +27,15 @@ const MAX_TRACKED: usize = 50_000;
 const RETRY: Duration = Duration::from_secs(10);
 
 /// Why a watch fired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fire {
     /// Relevant events seen since the last fire.
     pub events: u64,
     /// The event queue overflowed or the watcher asked for a rescan.
     pub rescan: bool,
+    /// Every path (absolute, under the job's folder) that changed, unless some changes went
+    /// unnamed (a rescan, or too many paths to track): then `None`, and only a full run will do.
+    pub changed: Option<Vec<PathBuf>>,
 }
 
 /// The longest a fire waits for files to settle before it goes ahead anyway.
@@ -272,9 +276,11 @@ pub async fn watch_job(
             }
         }
         tracing::debug!(job = %job.name, events = burst.events, paths = burst.paths.len(), rescan = burst.rescan, "watch fired");
+        let complete = !burst.rescan && !burst.overflow;
         if !fire(Fire {
             events: burst.events,
             rescan: burst.rescan,
+            changed: complete.then(|| burst.paths.into_iter().collect()),
         }) {
             return;
         }

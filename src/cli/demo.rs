@@ -144,6 +144,7 @@ impl DemoCmd {
                 dry_run: false,
                 progress: true,
                 stop: None,
+                scope: None,
             };
             let report = run_job(&job, &ledger, &opts).await;
             println!("{}", report.summary());

@@ -36,6 +36,7 @@ impl SyncCmd {
             dry_run: self.dry_run,
             progress: !self.quiet && std::io::stderr().is_terminal(),
             stop: Some(stop_rx),
+            scope: None,
         };
         let report = runtime()?.block_on(async {
             // Ctrl-C or SIGTERM: stop at the next checkpoint; the next run resumes.

@@ -400,3 +400,121 @@ fn watch_poll_notices_files_without_inotify() {
     let runs = history(&s, "polled");
     assert!(runs.iter().all(|r| r["trigger"] != "poll"), "{runs:#?}");
 }
+
+/// The FTP commands vsftpd logged (`log_ftp_protocol=YES`) after byte `from` of its log, as
+/// (session pid, command) pairs.
+fn vsftpd_commands(log: &Path, from: u64) -> Vec<(String, String)> {
+    let text = std::fs::read(log).unwrap();
+    let text = String::from_utf8_lossy(&text[from as usize..]).to_string();
+    text.lines()
+        .filter_map(|l| {
+            let pid = l.split("[pid ").nth(1)?.split(']').next()?.to_string();
+            let cmd = l.split("FTP command: Client \"127.0.0.1\", \"").nth(1)?;
+            Some((pid, cmd.strip_suffix('"')?.to_string()))
+        })
+        .collect()
+}
+
+/// A watch-triggered run of a push job looks only at what changed: one file rewritten and one
+/// deleted in a 20-directory tree are uploaded and deleted on vsftpd, and vsftpd's protocol log
+/// shows the runs listing only the two directories that hold them. A changed path whose
+/// directory vanished from the server makes the run a full one, which puts the directory back.
+#[test]
+fn a_watch_triggered_run_lists_only_the_changed_directories() {
+    let Some(server) = Server::vsftpd() else {
+        return;
+    };
+    let log = std::env::var("FERRYSYNC_VSFTPD_LOG")
+        .expect("vsftpd.sh exports FERRYSYNC_VSFTPD_LOG with FERRYSYNC_VSFTPD_PORT");
+    let log = Path::new(&log);
+    let s = Sandbox::new(&server, "incremental");
+    for d in 0..20 {
+        for f in 0..5 {
+            s.write_local(&format!("d{d:02}/f{f}.dat"), format!("{d} {f}").as_bytes());
+        }
+    }
+    s.write_local("top.txt", b"top");
+    let agent = watched(&s, "200ms");
+    let remote = s.remote_root();
+    assert_eq!(
+        s.remote_tree(),
+        s.local_tree(),
+        "the start-up run pushed all"
+    );
+    let runs_before = history(&s, "watched").len();
+    let from = std::fs::metadata(log).unwrap().len();
+
+    s.write_local("d03/f1.dat", b"changed");
+    std::fs::remove_file(s.local.join("d07/f2.dat")).unwrap();
+    wait_until(
+        "the change and the delete on the server",
+        Duration::from_secs(20),
+        || file_is(&remote.join("d03/f1.dat"), b"changed") && !remote.join("d07/f2.dat").exists(),
+    );
+    wait_until("the runs to end", Duration::from_secs(10), || {
+        let runs = history(&s, "watched");
+        runs.len() > runs_before && finished(&runs).len() == runs.len()
+    });
+    let runs = history(&s, "watched");
+    let new_runs = &runs[..runs.len() - runs_before];
+    assert!(
+        new_runs
+            .iter()
+            .all(|r| r["trigger"] == "watch" && r["outcome"] == "ok"),
+        "{new_runs:#?}"
+    );
+    let sum = |k: &str| new_runs.iter().map(|r| r[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(
+        (sum("files_up"), sum("files_deleted")),
+        (1, 1),
+        "{new_runs:#?}"
+    );
+    assert_eq!(s.remote_tree(), s.local_tree());
+
+    // The sessions of these runs: those that went into this sandbox's remote directory.
+    let commands = vsftpd_commands(log, from);
+    let mine: std::collections::BTreeSet<&str> = commands
+        .iter()
+        .filter(|(_, c)| c.starts_with(&format!("CWD {}", s.remote_dir)))
+        .map(|(pid, _)| pid.as_str())
+        .collect();
+    assert!(!mine.is_empty(), "no session of the agent in the log");
+    let cwds: std::collections::BTreeSet<&str> = commands
+        .iter()
+        .filter(|(pid, c)| mine.contains(pid.as_str()) && c.starts_with("CWD "))
+        .map(|(_, c)| c.as_str())
+        .collect();
+    let expected: std::collections::BTreeSet<String> = ["d03", "d07"]
+        .iter()
+        .map(|d| format!("CWD {}/{d}", s.remote_dir))
+        .collect();
+    assert_eq!(
+        cwds,
+        expected.iter().map(String::as_str).collect(),
+        "the runs listed more than the changed files' directories"
+    );
+    let lists = commands
+        .iter()
+        .filter(|(pid, c)| mine.contains(pid.as_str()) && c == "LIST")
+        .count();
+    assert!(
+        (1..=2 * new_runs.len()).contains(&lists),
+        "{lists} LIST commands for {} run(s)",
+        new_runs.len()
+    );
+
+    // A directory deleted on the server behind the agent's back: the incremental run cannot
+    // list it, so it runs in full and restores the directory with all its files.
+    std::fs::remove_dir_all(remote.join("d05")).unwrap();
+    s.write_local("d05/f0.dat", b"after the server lost d05");
+    wait_until(
+        "d05 restored on the server",
+        Duration::from_secs(20),
+        || {
+            file_is(&remote.join("d05/f0.dat"), b"after the server lost d05")
+                && (1..5).all(|f| remote.join(format!("d05/f{f}.dat")).exists())
+        },
+    );
+    agent.terminate(Duration::from_secs(10));
+    assert_eq!(s.remote_tree(), s.local_tree());
+}
