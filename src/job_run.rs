@@ -14,7 +14,8 @@ use crate::ftps::Session;
 use crate::ledger::{JobRecord, Ledger, Outcome, PathFailure, RunCounts, RunProgress};
 use crate::plan::{plan, Action, LedgerView, PlanOptions, SyncPlan};
 use crate::scan::{
-    local_path, remote_path, scan_local, scan_local_scope, scan_remote, scan_remote_scope, Scan,
+    local_path, remote_path, scan_local, scan_local_scope, scan_remote, scan_remote_scope,
+    MoreConnections, Scan,
 };
 use crate::scope::Scope;
 use crate::snapshot::Entry;
@@ -250,6 +251,7 @@ async fn execute_run(
         view,
         local: local_scan,
         mut session,
+        spare,
         remote: remote_scan,
         dest_files,
     } = match scanned {
@@ -292,6 +294,7 @@ async fn execute_run(
     }
     if opts.dry_run {
         report.plan = Some(the_plan);
+        quit_all(spare).await;
         session.quit().await;
         return Ok(());
     }
@@ -338,10 +341,11 @@ async fn execute_run(
         .collect();
     if opts.stop_requested() {
         report.interrupted = true;
+        quit_all(spare).await;
         session.quit().await;
         return Ok(());
     }
-    let session = transfer_all(job, ledger, opts, &tls, session, work, report).await;
+    let session = transfer_all(job, ledger, opts, &tls, (session, spare), work, report).await;
     if opts.stop_requested() {
         // Deletes and ledger-only updates wait for a run that sees the whole transfer set.
         report.interrupted = true;
@@ -491,6 +495,8 @@ struct Scanned {
     view: Arc<LedgerView>,
     local: Scan,
     session: Session,
+    /// More connections the listing opened, for the transfers.
+    spare: Vec<Session>,
     remote: Scan,
     /// The destination's whole file count when the scans cover only part of the tree.
     dest_files: Option<u64>,
@@ -516,13 +522,14 @@ async fn scan_all(job: &Job, ledger: &SharedLedger, tls: &TlsContext) -> Result<
         .await
         .map_err(|e| format!("local scan: {e}"))?
         .map_err(|e| format!("cannot read local directory {}: {e}", job.local.display()))?;
-    let (session, remote_scan) = remote_scan?;
+    let (session, spare, remote_scan) = remote_scan?;
     // Without a scope the listing is never cut short.
     let remote_scan = remote_scan.unwrap_or_default();
     Ok(Scanned {
         view,
         local: local_scan,
         session,
+        spare,
         remote: remote_scan,
         dest_files: None,
     })
@@ -555,9 +562,10 @@ async fn scan_scope(
         .await
         .map_err(|e| format!("local scan: {e}"))?
         .map_err(|e| format!("cannot read local directory {}: {e}", job.local.display()))?;
-    let (session, remote_scan) = remote_scan?;
+    let (session, spare, remote_scan) = remote_scan?;
     let Some(remote_scan) = remote_scan else {
         tracing::info!("a changed path's directory is not on the server; looking at everything");
+        quit_all(spare).await;
         session.quit().await;
         return Ok(None);
     };
@@ -565,6 +573,7 @@ async fn scan_scope(
         view,
         local: local_scan,
         session,
+        spare,
         remote: remote_scan,
         dest_files: Some(dest_files),
     }))
@@ -577,15 +586,22 @@ async fn connect_and_list(
     tls: &TlsContext,
     view: &LedgerView,
     scope: Option<&Scope>,
-) -> Result<(Session, Option<Scan>), String> {
+) -> Result<(Session, Vec<Session>, Option<Scan>), String> {
     let mut attempt = 0;
     loop {
+        let mut spare = Vec::new();
         let listed = match Session::connect(&job.remote, tls).await {
             Ok(mut session) => {
                 tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
                 let listed = match scope {
                     None => scan_remote(
                         &mut session,
+                        &mut spare,
+                        Some(MoreConnections {
+                            remote: &job.remote,
+                            tls,
+                            max: job.transfers,
+                        }),
                         &job.remote.path,
                         &job.filter,
                         view,
@@ -606,7 +622,7 @@ async fn connect_and_list(
                     }
                 };
                 match listed {
-                    Ok(scan) => return Ok((session, scan)),
+                    Ok(scan) => return Ok((session, spare, scan)),
                     Err(e) => e,
                 }
             }
@@ -622,6 +638,12 @@ async fn connect_and_list(
         tracing::warn!(attempt, "retrying in {:.1}s: {listed}", wait.as_secs_f64());
         tokio::time::sleep(wait).await;
         attempt += 1;
+    }
+}
+
+async fn quit_all(sessions: Vec<Session>) {
+    for s in sessions {
+        s.quit().await;
     }
 }
 
@@ -655,11 +677,13 @@ async fn transfer_all(
     ledger: &SharedLedger,
     opts: &RunOptions,
     tls: &Arc<TlsContext>,
-    first: Session,
+    // The connection that listed, and any more the listing opened.
+    (first, mut spare): (Session, Vec<Session>),
     work: VecDeque<(String, Entry)>,
     report: &mut RunReport,
 ) -> Option<Session> {
     if work.is_empty() {
+        quit_all(spare).await;
         return Some(first);
     }
     let total_files = work.len() as u64;
@@ -674,7 +698,8 @@ async fn transfer_all(
     let mut first = Some(first);
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(workers));
     for i in 0..workers {
-        let session = if i == 0 { first.take() } else { None };
+        // The listing's connections are warm: logged in, TLS session established.
+        let session = if i == 0 { first.take() } else { spare.pop() };
         let pool = WorkerPool {
             job: job.clone(),
             ledger: ledger.clone(),
@@ -688,6 +713,7 @@ async fn transfer_all(
         handles.push(tokio::spawn(transfer_worker(pool, session)));
     }
     drop(tx);
+    quit_all(std::mem::take(&mut spare)).await;
 
     let show = opts.progress && std::io::stderr().is_terminal();
     let mut tick = tokio::time::interval(Duration::from_millis(250));

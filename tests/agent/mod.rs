@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::harness::{Sandbox, Server};
+use super::harness::{vsftpd_commands, Sandbox, Server};
 
 /// A running `ferrysync run`; killed if a test fails before it is stopped.
 struct Agent {
@@ -399,20 +399,6 @@ fn watch_poll_notices_files_without_inotify() {
     // `poll:` is the watcher's interval here, not a run timer: no `poll` runs.
     let runs = history(&s, "polled");
     assert!(runs.iter().all(|r| r["trigger"] != "poll"), "{runs:#?}");
-}
-
-/// The FTP commands vsftpd logged (`log_ftp_protocol=YES`) after byte `from` of its log, as
-/// (session pid, command) pairs.
-fn vsftpd_commands(log: &Path, from: u64) -> Vec<(String, String)> {
-    let text = std::fs::read(log).unwrap();
-    let text = String::from_utf8_lossy(&text[from as usize..]).to_string();
-    text.lines()
-        .filter_map(|l| {
-            let pid = l.split("[pid ").nth(1)?.split(']').next()?.to_string();
-            let cmd = l.split("FTP command: Client \"127.0.0.1\", \"").nth(1)?;
-            Some((pid, cmd.strip_suffix('"')?.to_string()))
-        })
-        .collect()
 }
 
 /// A watch-triggered run of a push job looks only at what changed: one file rewritten and one

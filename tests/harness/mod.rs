@@ -210,6 +210,20 @@ impl Server {
     }
 }
 
+/// The FTP commands vsftpd logged (`log_ftp_protocol=YES`) after byte `from` of its log, as
+/// (session pid, command) pairs.
+pub fn vsftpd_commands(log: &Path, from: u64) -> Vec<(String, String)> {
+    let text = std::fs::read(log).unwrap();
+    let text = String::from_utf8_lossy(&text[from as usize..]).to_string();
+    text.lines()
+        .filter_map(|l| {
+            let pid = l.split("[pid ").nth(1)?.split(']').next()?.to_string();
+            let cmd = l.split("FTP command: Client \"127.0.0.1\", \"").nth(1)?;
+            Some((pid, cmd.strip_suffix('"')?.to_string()))
+        })
+        .collect()
+}
+
 /// One file or directory of a tree, for comparing trees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
