@@ -133,10 +133,10 @@ start_server() { # NAME
   proftpd)
     prefix=BENCH_PROFTPD
     PROFTPD_USER=${BENCH_PROFTPD_USER:-fsbench-pro} PROFTPD_PASV_MIN=$((PASV_BASE + 200)) \
-      PROFTPD_PASV_MAX=$((PASV_BASE + 299)) PROFTPD_ENV_PREFIX=$prefix \
+      PROFTPD_PASV_MAX=$((PASV_BASE + 299)) PROFTPD_ENV_PREFIX=$prefix PROFTPD_SESSION_TICKETS=on \
       bash tests/servers/proftpd.sh start "$work/$s" 2>"$work/logs/$s-start.log" ||
       { cat "$work/logs/$s-start.log" >&2; die "proftpd did not start"; }
-    LABEL[$s]="ProFTPD 1.3.8 (TLS 1.2)"
+    LABEL[$s]="ProFTPD 1.3.8 (TLS 1.2, session tickets on)"
     ;;
   esac
   STARTED[$s]=1
