@@ -11,11 +11,13 @@
 //! ```text
 //! cargo run --release --example bare_client -- --port 2121 --user u --password-file pw \
 //!     --ca-file ca.pem up local.bin /remote/path.bin
-//! cargo run --release --example bare_client -- ... down /remote/path.bin local.bin
+//! cargo run --release --example bare_client -- ... down /remote/path.bin
 //! ```
-//! Prints one line: `bytes seconds MiB/s`. Exits 1 with the error on failure.
+//! Prints one line: `bytes seconds MiB/s`, the seconds from the TCP connect to the transfer's
+//! 226. An upload's file is read into memory before the clock starts, and a download's bytes
+//! are counted and dropped, so the figure is the network, TLS and server alone: the ceiling.
+//! Exits 1 with the error on failure.
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -57,8 +59,8 @@ struct Args {
 enum Direction {
     /// STOR the local file to the remote path.
     Up { local: PathBuf, remote: String },
-    /// RETR the remote path into the local file.
-    Down { remote: String, local: PathBuf },
+    /// RETR the remote path, counting the bytes.
+    Down { remote: String },
 }
 
 #[tokio::main]
@@ -78,8 +80,8 @@ async fn main() {
     }
 }
 
-/// Logs in, moves the file, logs out; returns the bytes moved and the seconds from the first
-/// byte of the control connection to the transfer's 226 (what a sync tool's user waits for).
+/// Logs in, moves the file, logs out; returns the bytes moved and the seconds from the TCP
+/// connect to the transfer's 226.
 async fn run(args: &Args) -> anyhow::Result<(u64, f64)> {
     let password = std::fs::read_to_string(&args.password_file)
         .with_context(|| format!("reading {}", args.password_file.display()))?;
@@ -93,6 +95,12 @@ async fn run(args: &Args) -> anyhow::Result<(u64, f64)> {
     })
     .map_err(anyhow::Error::msg)?;
     let connector = tls.connector().map_err(anyhow::Error::msg)?;
+    let upload = match &args.direction {
+        Direction::Up { local, .. } => {
+            std::fs::read(local).with_context(|| format!("reading {}", local.display()))?
+        }
+        Direction::Down { .. } => Vec::new(),
+    };
 
     let started = Instant::now();
     let tcp = tokio::net::TcpStream::connect((args.host.as_str(), args.port))
@@ -105,44 +113,36 @@ async fn run(args: &Args) -> anyhow::Result<(u64, f64)> {
     ftp.transfer_type(FileType::Binary).await?;
     ftp.set_mode(Mode::ExtendedPassive);
 
-    let mut buf = vec![0u8; CHUNK];
-    let mut bytes = 0u64;
+    let mut downloaded = 0u64;
     match &args.direction {
-        Direction::Up { local, remote } => {
-            let mut file = std::fs::File::open(local)
-                .with_context(|| format!("opening {}", local.display()))?;
+        Direction::Up { remote, .. } => {
             let mut stream = ftp.put_with_stream(remote).await?;
-            loop {
-                // A page-cached read of 256 KiB takes microseconds: no blocking pool needed
-                // for a one-task program.
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                stream.write_all(&buf[..n]).await?;
-                bytes += n as u64;
+            for chunk in upload.chunks(CHUNK) {
+                stream.write_all(chunk).await?;
             }
             stream.finish().await?;
         }
-        Direction::Down { remote, local } => {
-            let mut file = std::fs::File::create(local)
-                .with_context(|| format!("creating {}", local.display()))?;
+        Direction::Down { remote, .. } => {
             let mut stream = ftp.retr_as_stream(remote).await?;
+            let mut buf = vec![0u8; CHUNK];
             loop {
                 let n = stream.read(&mut buf).await?;
                 if n == 0 {
                     break;
                 }
-                file.write_all(&buf[..n])?;
-                bytes += n as u64;
+                downloaded += n as u64;
             }
             stream.finish().await?;
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let _ = ftp.quit().await;
+    let bytes = match &args.direction {
+        Direction::Up { .. } => upload.len() as u64,
+        Direction::Down { .. } => downloaded,
+    };
     if bytes == 0 {
         bail!("no bytes moved");
     }
-    let _ = ftp.quit().await;
     Ok((bytes, secs))
 }
