@@ -35,6 +35,8 @@
 #   BENCH_FILE_TIMEOUT=90            seconds per command on the large file (30 when quick)
 #   BENCH_SCALE_FILES=100000         files of the scaling workload (fewer to try the code path)
 #   BENCH_KEEP=1                     keep the work directory (logs, data)
+#   BENCH_FERRYSYNC_BIN=PATH         measure this ferrysync binary instead of building one (to
+#                                    compare builds in one harness; the table names it)
 #   BENCH_OUT                        markdown output (default tests/bench/last-run.md;
 #                                    tests/bench/last-run-large.md with BENCH_LARGE=1)
 #   BENCH_VSFTPD_USER, BENCH_PUREFTPD_USER, BENCH_PROFTPD_USER   local users the server scripts
@@ -88,9 +90,16 @@ if ((${#missing[@]})); then
   apt-get -o DPkg::Lock::Timeout=120 update -q >/dev/null
   apt-get -o DPkg::Lock::Timeout=120 install -y -q "${missing[@]}" >/dev/null
 fi
-log "building ferrysync and the bare client (release)"
-cargo build --release --quiet --bin ferrysync --example bare_client
-fs_bin=$repo/target/release/ferrysync
+if [[ -n ${BENCH_FERRYSYNC_BIN:-} ]]; then
+  fs_bin=$(realpath "$BENCH_FERRYSYNC_BIN")
+  [[ -x $fs_bin ]] || die "BENCH_FERRYSYNC_BIN=$BENCH_FERRYSYNC_BIN is not an executable"
+  log "building the bare client (release); ferrysync is $fs_bin"
+  cargo build --release --quiet --example bare_client
+else
+  log "building ferrysync and the bare client (release)"
+  cargo build --release --quiet --bin ferrysync --example bare_client
+  fs_bin=$repo/target/release/ferrysync
+fi
 bare_bin=$repo/target/release/examples/bare_client
 
 work=$(mktemp -d /tmp/ferrysync-bench.XXXXXX)
@@ -498,7 +507,12 @@ scaling=$(awk -F'\t' '
 header=$'workload\tserver\ttool\tseconds (median)\tMiB/s\tfiles/s\tpeak RSS MiB\tratio to best peer\truns (s)\tload\tresult'
 servers_list=""
 for s in $servers_needed; do servers_list+="${servers_list:+, }${LABEL[$s]}"; done
-versions="ferrysync $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo ?)$(git -C "$repo" diff --quiet HEAD -- src Cargo.toml examples 2>/dev/null || echo '+local changes'), lftp $(lftp --version | sed -n '1s/[^0-9]*\([0-9][0-9.]*\).*/\1/p'), rclone $(rclone version | sed -n '1s/.*\(v[0-9][0-9.]*\).*/\1/p'); servers: $servers_list"
+if [[ -n ${BENCH_FERRYSYNC_BIN:-} ]]; then
+  fs_version="ferrysync $fs_bin"
+else
+  fs_version="ferrysync $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo ?)$(git -C "$repo" diff --quiet HEAD -- src Cargo.toml examples 2>/dev/null || echo '+local changes')"
+fi
+versions="$fs_version, lftp $(lftp --version | sed -n '1s/[^0-9]*\([0-9][0-9.]*\).*/\1/p'), rclone $(rclone version | sed -n '1s/.*\(v[0-9][0-9.]*\).*/\1/p'); servers: $servers_list"
 machine="$(nproc) cores; load average $load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 command_line="bash tests/bench/compare.sh"
 [[ $LARGE == 1 ]] && command_line="BENCH_LARGE=1 $command_line"
