@@ -285,8 +285,9 @@ once() {
   # previous run's (or the generated data's) hundreds of MiB during this one, on the same two
   # cores, and whichever tool runs first after a data set is made pays for it.
   sync
-  /usr/bin/time -f "%e %M" -o "$tf" timeout -k 5 "$tmo" "${CMD[@]}" >"$work/logs/$tag.out" 2>&1 </dev/null || rc=$?
-  read -r SECS RSS_KIB < <(tail -n 1 "$tf")
+  /usr/bin/time -f "%e %M %U %S" -o "$tf" timeout -k 5 "$tmo" "${CMD[@]}" >"$work/logs/$tag.out" 2>&1 </dev/null || rc=$?
+  read -r SECS RSS_KIB CPU_U CPU_S < <(tail -n 1 "$tf")
+  CPU=$(awk -v u="$CPU_U" -v s="$CPU_S" 'BEGIN {printf "%.2f", u + s}')
   local bare_bytes=""
   if [[ $tool == bare && $rc == 0 ]]; then
     # The ceiling: the bare client's own seconds (TCP connect to the 226, the file already in
@@ -321,7 +322,7 @@ once() {
 # the cell (a timeout is not waited for three times).
 cell() {
   local wl=$1 s=$2 tool=$3 dir=$4 local_=$5 rdir=$6 bytes=$7 files=$8 tmo=$9 fresh=${10}
-  local i secs=() rss=0 status=complete load l r jn
+  local i secs=() cpus=() rss=0 status=complete load l r jn
   load=$(cut -d' ' -f1 /proc/loadavg)
   log "$wl: $s, $tool (load $load)"
   for ((i = 1; i <= REPEAT; i++)); do
@@ -342,6 +343,7 @@ cell() {
     fi
     once "$tool" "$s" "$dir" "$l" "$r" "$tmo"
     secs+=("$SECS")
+    cpus+=("$CPU")
     if ((RSS_KIB > rss)); then rss=$RSS_KIB; fi
     if [[ $fresh == 1 && $i -lt $REPEAT ]]; then
       # Free the disk between runs; the last run's destination stays for re-runs.
@@ -350,10 +352,11 @@ cell() {
     if [[ $STATUS != complete ]]; then status=$STATUS; break; fi
   done
   LAST_DEST=$([[ $dir == push ]] && echo "$r" || echo "$l")
-  local med
+  local med cpu
   med=$(printf '%s\n' "${secs[@]}" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$s" "$tool" "$med" "$bytes" "$files" \
-    "$rss" "$status" "${secs[*]}" "$load" >>"$results"
+  cpu=$(printf '%s\n' "${cpus[@]}" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$s" "$tool" "$med" "$bytes" "$files" \
+    "$rss" "$status" "${secs[*]}" "$load" "$cpu" >>"$results"
 }
 
 tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}'; }
@@ -440,7 +443,7 @@ table=$(awk -F'\t' -v OFS='\t' '
     return tool
   }
   { n++; wl[n] = $1; sv[n] = $2; tool[n] = $3; s[n] = $4; b[n] = $5; f[n] = $6; rss[n] = $7
-    st[n] = $8; runs[n] = $9; load[n] = $10; key = $1 SUBSEP $2
+    st[n] = $8; runs[n] = $9; load[n] = $10; cpu[n] = $11; key = $1 SUBSEP $2
     if ((tool[n] == "lftp" || tool[n] == "rclone") && st[n] == "complete" && (!(key in best) || s[n] < best[key])) best[key] = s[n] }
   END {
     for (i = 1; i <= n; i++) {
@@ -450,7 +453,7 @@ table=$(awk -F'\t' -v OFS='\t' '
       mibs = (ok && b[i] > 0 && s[i] > 0) ? sprintf("%.0f", b[i] / 1048576 / s[i]) : "-"
       fps = (ok && f[i] > 1 && s[i] > 0) ? sprintf("%.0f", f[i] / s[i]) : "-"
       ratio = (ok && (key in best) && s[i] > 0) ? sprintf("%.2f", best[key] / s[i]) : "-"
-      print wl[i], sv[i], label(tool[i], sv[i]), secs, mibs, fps, sprintf("%.1f", rss[i] / 1024), ratio, runs[i], load[i], st[i]
+      print wl[i], sv[i], label(tool[i], sv[i]), secs, mibs, fps, sprintf("%.1f", rss[i] / 1024), (tool[i] == "bare") ? "-" : cpu[i], ratio, runs[i], load[i], st[i]
     }
   }' "$results")
 
@@ -504,7 +507,7 @@ scaling=$(awk -F'\t' '
     if (s2 && l3) printf "- one file changed among %d: %.2f s, peak RSS %.1f MiB\n", nf, l3, q3 / 1024
   }' "$results")
 
-header=$'workload\tserver\ttool\tseconds (median)\tMiB/s\tfiles/s\tpeak RSS MiB\tratio to best peer\truns (s)\tload\tresult'
+header=$'workload\tserver\ttool\tseconds (median)\tMiB/s\tfiles/s\tpeak RSS MiB\tCPU s\tratio to best peer\truns (s)\tload\tresult'
 servers_list=""
 for s in $servers_needed; do servers_list+="${servers_list:+, }${LABEL[$s]}"; done
 if [[ -n ${BENCH_FERRYSYNC_BIN:-} ]]; then
@@ -530,7 +533,7 @@ echo "$versions; $machine"
   echo "Made by \`$command_line\` on $started_at: explicit FTPS on 127.0.0.1, median of $REPEAT run(s) per cell; $versions; $machine."
   echo
   echo "| ${header//$'\t'/ | } |"
-  echo "|---|---|---|---:|---:|---:|---:|---:|---|---:|---|"
+  echo "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"
   while IFS= read -r line; do echo "| ${line//$'\t'/ | } |"; done <<<"$table"
   echo
   echo "Targets (issue 6):"
@@ -548,7 +551,9 @@ ratio to best peer: the fastest complete peer's (lftp, rclone) median seconds fo
 workload and server / this row's (1.50 = one and a half times as fast as the best peer). Seconds
 are wall time of the whole command (start-up, login, listing, transfer, verification); MiB/s
 and files/s are the workload's bytes and files over those seconds; peak RSS is the largest of
-the runs. A "timeout" is a command killed by `timeout` (BENCH_FILE_TIMEOUT / BENCH_TIMEOUT).
+the runs; CPU s is the median user + system CPU time of the tool's own processes (steadier
+than wall time on a busy machine; not shown for the bare client, whose file is read outside its
+clock). A "timeout" is a command killed by `timeout` (BENCH_FILE_TIMEOUT / BENCH_TIMEOUT).
 Every completed result was checked with `diff -r` against the destination on disk. Sources
 were in the page cache for every tool; tools ran in the order shown. Pushes go to a fresh
 remote directory (and ferrysync to a fresh ledger) in every run; pulls to an empty local one.
