@@ -359,6 +359,7 @@ cell() {
     "$rss" "$status" "${secs[*]}" "$load" "$cpu" >>"$results"
 }
 
+commas() { sed -E ':a;s/([0-9])([0-9]{3})($|,)/\1,\2\3/;ta' <<<"$1"; } # 100000 -> 100,000
 tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}'; }
 tree_files() { find "$1" -type f | wc -l; }
 
@@ -414,7 +415,7 @@ fi
 if [[ $LARGE == 1 ]]; then
   gen_small "$work/data/scale" "$SCALE_FILES"
   b=$(tree_bytes "$work/data/scale") f=$(tree_files "$work/data/scale")
-  wl="$(printf "%'d" "$f") x 4 KiB up"
+  wl="$(commas "$f") x 4 KiB up"
   save_repeat=$REPEAT
   REPEAT=1 # minutes per run: once
   for tool in ferrysync lftp rclone; do
@@ -423,12 +424,12 @@ if [[ $LARGE == 1 ]]; then
     if [[ $tool == rclone ]]; then rclone_dest=$LAST_DEST; fi
   done
   REPEAT=$save_repeat
-  cell "$(printf "%'d" "$f") x 4 KiB re-run, no change" vsftpd ferrysync push "$work/data/scale" "$scale_dest" 0 "$f" "$TMO" 0
-  cell "$(printf "%'d" "$f") x 4 KiB re-run, no change" vsftpd rclone push "$work/data/scale" "$rclone_dest" 0 "$f" "$TMO" 0
+  cell "$(commas "$f") x 4 KiB re-run, no change" vsftpd ferrysync push "$work/data/scale" "$scale_dest" 0 "$f" "$TMO" 0
+  cell "$(commas "$f") x 4 KiB re-run, no change" vsftpd rclone push "$work/data/scale" "$rclone_dest" 0 "$f" "$TMO" 0
   changed=$work/data/scale/d0000/f000001.dat
   echo "changed" >>"$changed"
   REPEAT=1 # a second run would find nothing changed
-  cell "$(printf "%'d" "$f") x 4 KiB re-run, 1 file changed" vsftpd ferrysync push "$work/data/scale" "$scale_dest" "$(stat -c %s "$changed")" "$f" "$TMO" 0
+  cell "$(commas "$f") x 4 KiB re-run, 1 file changed" vsftpd ferrysync push "$work/data/scale" "$scale_dest" "$(stat -c %s "$changed")" "$f" "$TMO" 0
   REPEAT=$save_repeat
   rm -rf "$work/data/scale" "${ROOT[vsftpd]:?}"/scale-*
 fi
@@ -502,8 +503,8 @@ scaling=$(awk -F'\t' '
   END {
     if (!nf) exit
     x = nf / 2000
-    if (s1 && l1) printf "- first push: %.2f s -> %.2f s (x%.1f for x%.0f files), peak RSS %.1f -> %.1f MiB (x%.1f)\n", s1, l1, l1 / s1, x, r1 / 1024, q1 / 1024, q1 / r1
-    if (s2 && l2) printf "- no-change re-run: %.2f s -> %.2f s (x%.1f for x%.0f files), peak RSS %.1f -> %.1f MiB (x%.1f)\n", s2, l2, l2 / s2, x, r2 / 1024, q2 / 1024, q2 / r2
+    if (s1 && l1) printf "- first push: %.2f s -> %.2f s (x%.1f for x%g files), peak RSS %.1f -> %.1f MiB (x%.1f)\n", s1, l1, l1 / s1, x, r1 / 1024, q1 / 1024, q1 / r1
+    if (s2 && l2) printf "- no-change re-run: %.2f s -> %.2f s (x%.1f for x%g files), peak RSS %.1f -> %.1f MiB (x%.1f)\n", s2, l2, l2 / s2, x, r2 / 1024, q2 / 1024, q2 / r2
     if (s2 && l3) printf "- one file changed among %d: %.2f s, peak RSS %.1f MiB\n", nf, l3, q3 / 1024
   }' "$results")
 
