@@ -21,6 +21,10 @@
 #   PROFTPD_USER          Unix account that owns the files (default ferrysync-proftpd)
 #   PROFTPD_IMPLICIT      YES for implicit FTPS (TLS from the first byte), default NO
 #   PROFTPD_TLS_PROTOCOLS TLSProtocol value (default "TLSv1.2"; e.g. "TLSv1.2 TLSv1.3")
+#   PROFTPD_SESSION_TICKETS on: issue TLS 1.2 session tickets (TLSSessionTickets; default
+#                         off, as ProFTPD ships). Go clients (rclone) resume TLS 1.2 sessions
+#                         only from tickets, so against the default they fail the required
+#                         session reuse with "425 Unable to build data connection"
 #   PROFTPD_LIST_TZ       a POSIX TZ (e.g. "<+03>-3"): LIST shows times in that zone
 #                         (TimesGMT off), as many servers do; MDTM and MLSD stay UTC
 #   PROFTPD_ENV_PREFIX    prefix of the variables in DIR/env (default FERRYSYNC_PROFTPD)
@@ -35,6 +39,7 @@ PASV_MAX=${PROFTPD_PASV_MAX:-40299}
 IMPLICIT=${PROFTPD_IMPLICIT:-NO}
 TLS_PROTOCOLS=${PROFTPD_TLS_PROTOCOLS:-TLSv1.2}
 LIST_TZ=${PROFTPD_LIST_TZ:-}
+SESSION_TICKETS=${PROFTPD_SESSION_TICKETS:-off}
 CACHE_DIR=${PROFTPD_CACHE_DIR:-/var/cache/ferrysync-tests/proftpd}
 PACKAGES=(proftpd-core proftpd-mod-crypto) # mod_tls.so is in proftpd-mod-crypto
 START_TIMEOUT=10                           # seconds to wait for the control port
@@ -166,6 +171,8 @@ TransferLog $dir/xferlog.log
   # Data connections must reuse the control connection's TLS session (the
   # default: NoSessionReuseRequired is deliberately not set).
   TLSOptions $tls_options
+  # PROFTPD_SESSION_TICKETS
+  TLSSessionTickets $SESSION_TICKETS
   TLSLog $dir/tls.log
 </IfModule>
 
@@ -188,6 +195,8 @@ cmd_start() {
   [[ $IMPLICIT == YES || $IMPLICIT == NO ]] || die "PROFTPD_IMPLICIT must be YES or NO, got '$IMPLICIT'"
   [[ $TLS_PROTOCOLS =~ ^(TLSv1(\.[123])?|ALL)([[:space:]]+(TLSv1(\.[123])?|ALL))*$ ]] ||
     die "bad PROFTPD_TLS_PROTOCOLS '$TLS_PROTOCOLS' (e.g. \"TLSv1.2 TLSv1.3\")"
+  [[ $SESSION_TICKETS == on || $SESSION_TICKETS == off ]] ||
+    die "PROFTPD_SESSION_TICKETS must be on or off, got '$SESSION_TICKETS'"
 
   install_tools
   fetch_proftpd
