@@ -16,6 +16,7 @@
 #   VSFTPD_IMPLICIT   YES for implicit FTPS (TLS from the first byte), default NO
 #   VSFTPD_CLIENT_CERT YES to require a client certificate (DIR/client.pem, DIR/client.key)
 #   VSFTPD_MAX_PER_IP connections allowed per client address (default 0: unlimited)
+#   VSFTPD_STRICT_SSL_EOF YES (default) to require TLS close_notify at the end of uploads
 #   VSFTPD_CMDS_DENIED commands the server refuses (e.g. RNFR,RNTO,SIZE for a drop folder)
 #   VSFTPD_PASV_ADDRESS the address PASV replies announce (default 127.0.0.1; another one acts
 #                     like a server behind NAT announcing its private address)
@@ -160,11 +161,12 @@ rsa_private_key_file=$dir/server.key
 force_local_logins_ssl=YES
 force_local_data_ssl=YES
 require_ssl_reuse=YES
-# An upload must end with the client's TLS close_notify, not a bare TCP FIN (which an attacker
-# could fake to cut a file short); off by default because "so few clients get it right".
-strict_ssl_read_eof=YES
-# Downloads end with the server's close_notify.
-strict_ssl_write_shutdown=YES
+# VSFTPD_STRICT_SSL_EOF=YES (default): an upload must end with the client's TLS close_notify,
+# not a bare TCP FIN (which an attacker could fake to cut a file short), and downloads end with
+# the server's. vsftpd leaves it off by default because "so few clients get it right": lftp
+# 4.9 hangs on it, so the benchmark turns it off.
+strict_ssl_read_eof=${VSFTPD_STRICT_SSL_EOF:-YES}
+strict_ssl_write_shutdown=${VSFTPD_STRICT_SSL_EOF:-YES}
 # VSFTPD_IMPLICIT=YES: TLS from the first byte (implicit FTPS) instead of AUTH TLS.
 implicit_ssl=${VSFTPD_IMPLICIT:-NO}
 ssl_sslv2=NO
