@@ -590,6 +590,7 @@ async fn connect_and_list(
     let mut attempt = 0;
     loop {
         let mut spare = Vec::new();
+        let connecting = std::time::Instant::now();
         let listed = match Session::connect(&job.remote, tls).await {
             Ok(mut session) => {
                 tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
@@ -601,6 +602,7 @@ async fn connect_and_list(
                             remote: &job.remote,
                             tls,
                             max: job.transfers,
+                            connect_time: connecting.elapsed(),
                         }),
                         &job.remote.path,
                         &job.filter,

@@ -410,7 +410,7 @@ fn too_many_connections_lowers_the_parallelism() {
     assert_eq!(s.remote_tree(), s.local_tree());
 }
 
-/// A wide tree is listed on several connections at once (each directory once), and those
+/// A wide tree (300 directories) is listed on several connections at once (each directory once), and those
 /// connections then carry the transfers: vsftpd's protocol log shows LISTs from more than one
 /// session in a re-run.
 #[test]
@@ -422,13 +422,15 @@ fn a_wide_tree_is_listed_on_several_connections() {
         .expect("vsftpd.sh exports FERRYSYNC_VSFTPD_LOG with FERRYSYNC_VSFTPD_PORT");
     let log = std::path::Path::new(&log);
     let s = Sandbox::new(&server, "wide");
-    for d in 0..30 {
-        s.write_local(&format!("d{d:02}/f.dat"), format!("{d}").as_bytes());
+    // Wide enough that listing alone takes longer than logging in more connections, even on
+    // loopback (20 directories do not: see scan::worth_more_connections).
+    for d in 0..300 {
+        s.write_local(&format!("d{d:03}/f.dat"), format!("{d}").as_bytes());
     }
     s.job("j", "transfers: 4\n");
     s.sync("j").expect_code(0);
     let from = std::fs::metadata(log).unwrap().len();
-    s.write_local("d29/f.dat", b"changed");
+    s.write_local("d299/f.dat", b"changed");
     s.sync("j").expect_code(0);
     assert_eq!(s.counts("j"), (1, 0, 0, 0));
     // Other tests use the same vsftpd: only sessions that went into this sandbox count.
@@ -442,7 +444,7 @@ fn a_wide_tree_is_listed_on_several_connections() {
         .iter()
         .filter(|(pid, c)| c == "LIST" && ours.contains(pid.as_str()))
         .collect();
-    assert_eq!(lists.len(), 31, "every directory once: {lists:?}");
+    assert_eq!(lists.len(), 301, "every directory once: {lists:?}");
     let sessions: std::collections::BTreeSet<&str> =
         lists.iter().map(|(pid, _)| pid.as_str()).collect();
     assert!(sessions.len() > 1, "one connection listed everything");
