@@ -410,17 +410,16 @@ fn too_many_connections_lowers_the_parallelism() {
     assert_eq!(s.remote_tree(), s.local_tree());
 }
 
-/// A wide tree (300 directories) is listed on several connections at once (each directory once), and those
-/// connections then carry the transfers: vsftpd's protocol log shows LISTs from more than one
-/// session in a re-run.
+/// A wide tree (300 directories) is listed on several connections at once, each directory
+/// once, and those connections then carry the transfers: vsftpd's protocol log shows LISTs
+/// from more than one session in a re-run.
 #[test]
 fn a_wide_tree_is_listed_on_several_connections() {
     let Some(server) = Server::vsftpd() else {
         return;
     };
-    let log = std::env::var("FERRYSYNC_VSFTPD_LOG")
-        .expect("vsftpd.sh exports FERRYSYNC_VSFTPD_LOG with FERRYSYNC_VSFTPD_PORT");
-    let log = std::path::Path::new(&log);
+    let log = harness::vsftpd_log();
+    let log = log.as_path();
     let s = Sandbox::new(&server, "wide");
     // Wide enough that listing alone takes longer than logging in more connections, even on
     // loopback (20 directories do not: see scan::worth_more_connections).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::harness::{vsftpd_commands, Sandbox, Server};
+use super::harness::{vsftpd_commands, vsftpd_log, Sandbox, Server};
 
 /// A running `ferrysync run`; killed if a test fails before it is stopped.
 struct Agent {
@@ -410,9 +410,8 @@ fn a_watch_triggered_run_lists_only_the_changed_directories() {
     let Some(server) = Server::vsftpd() else {
         return;
     };
-    let log = std::env::var("FERRYSYNC_VSFTPD_LOG")
-        .expect("vsftpd.sh exports FERRYSYNC_VSFTPD_LOG with FERRYSYNC_VSFTPD_PORT");
-    let log = Path::new(&log);
+    let log = vsftpd_log();
+    let log = log.as_path();
     let s = Sandbox::new(&server, "incremental");
     for d in 0..20 {
         for f in 0..5 {

@@ -210,6 +210,13 @@ impl Server {
     }
 }
 
+/// vsftpd's protocol log, as tests/servers/vsftpd.sh exports it with the server's port.
+pub fn vsftpd_log() -> PathBuf {
+    std::env::var("FERRYSYNC_VSFTPD_LOG")
+        .expect("vsftpd.sh exports FERRYSYNC_VSFTPD_LOG with FERRYSYNC_VSFTPD_PORT")
+        .into()
+}
+
 /// The FTP commands vsftpd logged (`log_ftp_protocol=YES`) after byte `from` of its log, as
 /// (session pid, command) pairs.
 pub fn vsftpd_commands(log: &Path, from: u64) -> Vec<(String, String)> {

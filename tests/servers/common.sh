@@ -413,3 +413,16 @@ check_home_writable() {
   runuser -u "$FTP_USER" -- test -w "$1" -a -x "$1" ||
     die "user $FTP_USER cannot write to $1; every parent directory of DIR must be world-traversable (o+x)"
 }
+
+# Stops a server already started for DIR (a start restarts it), removes DIR/env (only a
+# successful start writes it) and prepares DIR/home so the FTP user can reach its home below
+# it; prints the home (DIR/home/ftp-root).
+reset_instance_dir() {
+  local dir=$1
+  stop_instance "$dir"
+  rm -f "$dir/env"
+  chmod 0711 "$dir"
+  mkdir -p "$dir/home"
+  chmod 0711 "$dir/home"
+  echo "$dir/home/ftp-root"
+}

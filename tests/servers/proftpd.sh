@@ -201,14 +201,7 @@ cmd_start() {
   install_tools
   fetch_proftpd
 
-  # Idempotent: a proftpd already started for this DIR is restarted.
-  stop_instance "$dir"
-  rm -f "$dir/env" # only a successful start writes it
-
-  chmod 0711 "$dir" # the FTP user must be able to traverse DIR to reach its home
-  home=$dir/home/ftp-root
-  mkdir -p "$dir/home"
-  chmod 0711 "$dir/home"
+  home=$(reset_instance_dir "$dir")
 
   make_certs "$dir"
   make_user "$dir" "$home"

@@ -210,15 +210,9 @@ cmd_start() {
   install_packages
   bin=$(command -v vsftpd)
 
-  # Idempotent: a vsftpd already started for this DIR is restarted.
-  stop_instance "$dir"
-  rm -f "$dir/env" # only a successful start writes it
-
-  chmod 0711 "$dir" # the FTP user must be able to traverse DIR to reach its home
-  home=$dir/home/ftp-root
-  mkdir -p "$dir/home" "$dir/empty"
+  home=$(reset_instance_dir "$dir")
+  mkdir -p "$dir/empty"
   chown root:root "$dir/empty" && chmod 0555 "$dir/empty"
-  chmod 0711 "$dir/home"
   mkdir -p /var/run/vsftpd/empty
 
   make_certs "$dir"
