@@ -1,9 +1,12 @@
 # shellcheck shell=bash
 # Shared by the test-server scripts in this folder (sourced, not run): ports and throw-away
 # certificates, finding and stopping a server's processes, and fetching a server that is
-# unpacked from Debian packages rather than installed. The sourcing script defines log(), die(),
+# unpacked from Debian packages rather than installed. The sourcing script defines PROG,
 # DAEMON (the server's process name; its files are DIR/$DAEMON.pid and DIR/$DAEMON.conf),
 # STOP_TIMEOUT and, for fetch_unpacked, APT_TIMEOUT.
+
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 
 # Succeeds if something accepts TCP connections on 127.0.0.1:$1.
 port_open() {

@@ -48,8 +48,6 @@ STOP_TIMEOUT=5                             # seconds to wait for processes to ex
 APT_TIMEOUT=300                            # seconds for one apt-get download/install
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
 
-log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 # shellcheck disable=SC2034
 DAEMON=proftpd
 # shellcheck source=tests/servers/common.sh
@@ -64,11 +62,6 @@ EOF
 }
 
 # ---------------------------------------------------------------- helpers
-
-
-
-
-
 
 # Makes $CACHE_DIR/root hold an unpacked proftpd-core + proftpd-mod-crypto whose
 # binary runs. Sets ROOT and LD_LIBRARY_PATH.

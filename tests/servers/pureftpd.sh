@@ -43,8 +43,6 @@ STOP_TIMEOUT=5       # seconds to wait for processes to exit after SIGTERM
 APT_TIMEOUT=300      # seconds for one apt-get download/install
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
 
-log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 # shellcheck disable=SC2034
 DAEMON=pure-ftpd
 # shellcheck source=tests/servers/common.sh

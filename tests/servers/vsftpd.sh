@@ -32,8 +32,6 @@ START_TIMEOUT=10 # seconds to wait for the control port
 STOP_TIMEOUT=5   # seconds to wait for processes to exit after SIGTERM
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
 
-log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 # shellcheck disable=SC2034
 DAEMON=vsftpd
 # shellcheck source=tests/servers/common.sh
@@ -48,11 +46,6 @@ EOF
 }
 
 # ---------------------------------------------------------------- helpers
-
-
-
-
-
 
 install_packages() {
   local missing=()
