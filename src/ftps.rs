@@ -377,6 +377,7 @@ impl Session {
                             server: server.clone(),
                             source,
                         })?;
+                let _ = tcp.set_nodelay(true);
                 let plain = tokio::time::timeout(op, FtpStream::connect_with_stream(tcp))
                     .await
                     .map_err(|_| timeout_err(&server, "greeting", "", op))?
@@ -568,6 +569,7 @@ impl Session {
             })
             .await?
         };
+        self.data_transfer_completed();
         check_listing_complete(&self.server, command, dir, lines.len(), self.listing_limit)?;
         Ok((lines, mlsd))
     }
@@ -806,7 +808,7 @@ impl Session {
         path: &str,
         stream: DataStream,
     ) -> Result<(), FtpsError> {
-        match stream {
+        let finished = match stream {
             DataStream::Passive(stream) => {
                 let result = tokio::time::timeout(self.timeout, stream.finish()).await;
                 self.outcome(command, path, result)
@@ -826,6 +828,17 @@ impl Session {
                 }
                 self.outcome(command, path, result)
             }
+        };
+        if finished.is_ok() {
+            self.data_transfer_completed();
+        }
+        finished
+    }
+
+    /// Tells the TLS session's resumption count that the server completed a transfer.
+    fn data_transfer_completed(&self) {
+        if let Some(r) = &self.resumption {
+            r.data_transfer_completed();
         }
     }
 
@@ -1130,6 +1143,7 @@ fn passive_connector(
             let tcp = tokio::net::TcpStream::connect(target)
                 .await
                 .map_err(FtpError::ConnectionError)?;
+            let _ = tcp.set_nodelay(true);
             if let Ok(mut a) = attempt.lock() {
                 a.connected = true;
             }
