@@ -717,6 +717,8 @@ async fn transfer_all(
     drop(tx);
     quit_all(std::mem::take(&mut spare)).await;
 
+    // Finished transfers wait here for their ledger commit (see COMMIT_BATCH).
+    let mut committing: Vec<(String, Transferred)> = Vec::new();
     let show = opts.progress && std::io::stderr().is_terminal();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut done_files = 0u64;
@@ -737,13 +739,9 @@ async fn transfer_all(
                 done_files += 1;
                 match result {
                     Ok(done) => {
-                        let bytes = done.bytes_moved;
-                        match lock(ledger).commit_transfer(&job.name, &path, &done.entry) {
-                            Ok(()) => match job.direction {
-                                Direction::Push => { report.counts.files_up += 1; report.counts.bytes_up += bytes; }
-                                Direction::Pull => { report.counts.files_down += 1; report.counts.bytes_down += bytes; }
-                            },
-                            Err(e) => report.failures.push(PathFailure { path, error: e.to_string() }),
+                        committing.push((path, done));
+                        if committing.len() >= COMMIT_BATCH {
+                            commit_batch(&job, ledger, &mut committing, report);
                         }
                     }
                     Err(Some(error)) => {
@@ -754,6 +752,7 @@ async fn transfer_all(
                 }
             }
             _ = tick.tick() => {
+                commit_batch(&job, ledger, &mut committing, report);
                 ticks += 1;
                 if let (Some(id), 1) = (report.run_id, ticks % 4) {
                     let progress = RunProgress {
@@ -774,6 +773,7 @@ async fn transfer_all(
             }
         }
     }
+    commit_batch(&job, ledger, &mut committing, report);
     if show {
         eprintln!(
             "\r{}: {done_files}/{total_files} files, {} of {}    ",
@@ -805,6 +805,55 @@ async fn transfer_all(
         });
     }
     survivor
+}
+
+/// Finished transfers are committed to the ledger this many at a time (and at least every
+/// 250 ms, and at the end of the transfers), in one transaction. One transaction per file was
+/// one SQLite commit per small file on the coordinating task, while the workers waited for it.
+/// A crash before a batch is committed leaves those files in place under their final names but
+/// unrecorded: the next run sends them again, which loses nothing.
+const COMMIT_BATCH: usize = 64;
+
+/// Commits the finished transfers in `done` to the ledger and counts them; empties `done`.
+fn commit_batch(
+    job: &Job,
+    ledger: &SharedLedger,
+    done: &mut Vec<(String, Transferred)>,
+    report: &mut RunReport,
+) {
+    if done.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(done);
+    let mut l = lock(ledger);
+    let all = l.commit_transfers(
+        &job.name,
+        batch.iter().map(|(path, t)| (path.as_str(), &t.entry)),
+    );
+    for (path, t) in batch {
+        // Where the batch failed as a whole, each path is tried on its own, so that a failure
+        // names the path it belongs to.
+        let committed = match &all {
+            Ok(()) => Ok(()),
+            Err(_) => l.commit_transfer(&job.name, &path, &t.entry),
+        };
+        match committed {
+            Ok(()) => match job.direction {
+                Direction::Push => {
+                    report.counts.files_up += 1;
+                    report.counts.bytes_up += t.bytes_moved;
+                }
+                Direction::Pull => {
+                    report.counts.files_down += 1;
+                    report.counts.bytes_down += t.bytes_moved;
+                }
+            },
+            Err(e) => report.failures.push(PathFailure {
+                path,
+                error: e.to_string(),
+            }),
+        }
+    }
 }
 
 fn lock_queue<T>(q: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -14,6 +14,20 @@ use crate::scope::Scope;
 /// path, size, mtime, BLAKE3 (hex), remote size, remote mtime: one row of `entries`.
 type EntryRow = (String, i64, i64, String, i64, Option<i64>);
 
+fn journal_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
+    Ok(JournalEntry {
+        path: r.get(0)?,
+        direction: r.get(1)?,
+        temp_name: r.get(2)?,
+        size: r.get::<_, i64>(3)? as u64,
+        mtime: r.get(4)?,
+        hash: r
+            .get::<_, Option<String>>(5)?
+            .and_then(|h| blake3::Hash::from_hex(h).ok()),
+        offset: r.get::<_, i64>(6)? as u64,
+    })
+}
+
 fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<EntryRow> {
     Ok((
         r.get(0)?,
@@ -731,7 +745,16 @@ impl Ledger {
         job: &str,
         path: &str,
     ) -> Result<Option<JournalEntry>, LedgerError> {
-        Ok(self.journal(job)?.into_iter().find(|j| j.path == path))
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT path, direction, temp_name, size, mtime, blake3, offset FROM transfers WHERE job = ?1 AND path = ?2",
+            )
+            .map_err(self.err())?;
+        let mut rows = stmt
+            .query_map([job, path], journal_row)
+            .map_err(self.err())?;
+        rows.next().transpose().map_err(self.err())
     }
 
     /// The ledger file.
@@ -747,21 +770,7 @@ impl Ledger {
                 "SELECT path, direction, temp_name, size, mtime, blake3, offset FROM transfers WHERE job = ?1",
             )
             .map_err(self.err())?;
-        let rows = stmt
-            .query_map([job], |r| {
-                Ok(JournalEntry {
-                    path: r.get(0)?,
-                    direction: r.get(1)?,
-                    temp_name: r.get(2)?,
-                    size: r.get::<_, i64>(3)? as u64,
-                    mtime: r.get(4)?,
-                    hash: r
-                        .get::<_, Option<String>>(5)?
-                        .and_then(|h| blake3::Hash::from_hex(h).ok()),
-                    offset: r.get::<_, i64>(6)? as u64,
-                })
-            })
-            .map_err(self.err())?;
+        let rows = stmt.query_map([job], journal_row).map_err(self.err())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
 
@@ -773,9 +782,21 @@ impl Ledger {
         path: &str,
         entry: &SyncedEntry,
     ) -> Result<(), LedgerError> {
+        self.commit_transfers(job, std::iter::once((path, entry)))
+    }
+
+    /// Several committed transfers in one transaction: all are recorded, or none.
+    pub fn commit_transfers<'a>(
+        &mut self,
+        job: &str,
+        done: impl IntoIterator<Item = (&'a str, &'a SyncedEntry)>,
+    ) -> Result<(), LedgerError> {
         self.batch(|l| {
-            l.record(job, path, entry)?;
-            l.journal_end(job, path)
+            for (path, entry) in done {
+                l.record(job, path, entry)?;
+                l.journal_end(job, path)?;
+            }
+            Ok(())
         })
     }
 

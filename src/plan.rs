@@ -25,6 +25,39 @@ pub struct SyncedEntry {
 /// The ledger's view of one job: path -> last synced state.
 pub type LedgerView = BTreeMap<String, SyncedEntry>;
 
+/// What the local scan must do about a file's BLAKE3 (see [`local_hash`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalHash {
+    /// The ledger's record has the same size and mtime: its hash stands.
+    Reuse(blake3::Hash),
+    /// Read and hash the file now: the plan compares its content with the record, or the file
+    /// may still be changing.
+    Compute,
+    /// Leave it unknown: the plan sends the file whatever its content, and the transfer hashes
+    /// the bytes as it streams them (one read of the file instead of two).
+    Skip,
+}
+
+/// How long after its last modification a file may still be being written as far as its mtime
+/// can tell: the kernel stamps mtimes from a clock that ticks every few milliseconds, FAT and
+/// some network filesystems to the 2 seconds. A file modified this recently is hashed by the
+/// scan, so that an upload compares content, not only size and mtime.
+pub const UNSETTLED_NS: i64 = 3_000_000_000;
+
+/// Whether the scan must hash a local file of `size` and `mtime`, given the ledger's record of
+/// its path and the scan's clock (`now`, ns). The plan reads a local hash only when the record
+/// has the file's size: a new mtime with the same size may be a touch (recorded, not sent). A
+/// file without a record, or with another size, is sent (push) or fetched over (pull) whatever
+/// its content, so hashing it in the scan would be a second read of every new file.
+pub fn local_hash(record: Option<&SyncedEntry>, size: u64, mtime: i64, now: i64) -> LocalHash {
+    match record {
+        Some(e) if e.size == size && e.mtime == mtime => LocalHash::Reuse(e.hash),
+        Some(e) if e.size == size => LocalHash::Compute,
+        _ if now.saturating_sub(mtime) < UNSETTLED_NS => LocalHash::Compute,
+        _ => LocalHash::Skip,
+    }
+}
+
 /// One step of a run. Destination-side actions refer to the remote side for push jobs and to
 /// the local side for pull jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -520,6 +553,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_scan_hashes_only_what_the_plan_compares_or_what_may_still_change() {
+        let rec = synced(b"abc", 100, Some(5));
+        let now = 1_000 * UNSETTLED_NS;
+        let old = now - 10 * UNSETTLED_NS;
+        // Same size and mtime: the record's hash.
+        let same = SyncedEntry {
+            mtime: old,
+            ..rec.clone()
+        };
+        assert_eq!(
+            local_hash(Some(&same), 3, old, now),
+            LocalHash::Reuse(rec.hash)
+        );
+        // Same size, new mtime: a touch or a rewrite, only the content tells.
+        assert_eq!(local_hash(Some(&same), 3, old + 1, now), LocalHash::Compute);
+        // Another size, or no record: sent anyway, hashed by the transfer.
+        assert_eq!(local_hash(Some(&same), 4, old + 1, now), LocalHash::Skip);
+        assert_eq!(local_hash(None, 3, old, now), LocalHash::Skip);
+        // Modified moments ago: it may still be being written, so the content is kept.
+        assert_eq!(local_hash(None, 3, now - 1, now), LocalHash::Compute);
+        assert_eq!(local_hash(Some(&same), 4, now - 1, now), LocalHash::Compute);
+    }
+
     // ---- property tests: apply a plan the way the executor would, then plan again ----
 
     /// A small tree: file contents are one byte, so collisions of content are common.
@@ -586,12 +643,17 @@ mod tests {
                 }
                 Action::Upload { path, source } => {
                     remote.insert(path.clone(), remote_file(source.size, clock));
+                    // The transfer hashes what it sends; here the local side holds the content.
+                    let hash = source
+                        .hash
+                        .or_else(|| local.get(path).and_then(|e| e.hash))
+                        .unwrap();
                     ledger.insert(
                         path.clone(),
                         SyncedEntry {
                             size: source.size,
                             mtime: source.mtime,
-                            hash: source.hash.unwrap(),
+                            hash,
                             remote_size: source.size,
                             remote_mtime: None,
                         },
@@ -745,6 +807,78 @@ mod tests {
             apply(&p1, Direction::Pull, &mut ledger, &mut local, &mut remote, 20);
             let p2 = plan(o, &ledger, &local, &remote).unwrap();
             prop_assert!(p2.actions.iter().all(|a| !a.changes_files()), "{:?}", p2);
+        }
+
+        /// The scan leaves a local file unhashed only where the plan would not look at its
+        /// hash: after a converged sync and random edits (new content, a touch, a new size, new
+        /// files), the plan over lazily hashed local files decides exactly what the plan over
+        /// fully hashed ones decides, in both directions and modes (only an upload's source
+        /// lacks the hash, which the transfer computes).
+        #[test]
+        fn hashing_only_what_the_plan_needs_changes_no_decision(
+            src in tree(),
+            dst in tree(),
+            edits in prop::collection::vec(
+                (
+                    prop::collection::vec(prop::sample::select(vec!["a", "b", "c d", "é"]), 1..=3)
+                        .prop_map(|v| v.join("/")),
+                    any::<u8>(),
+                    0u8..3,
+                ),
+                0..5,
+            ),
+            push in any::<bool>(),
+            mirror in any::<bool>(),
+        ) {
+            let dir = if push { Direction::Push } else { Direction::Pull };
+            let mode = if mirror { SyncMode::Mirror } else { SyncMode::Copy };
+            let o = opts(dir, mode);
+            let mut local = local_snap(&src, 10);
+            let mut remote: Snapshot = dst.iter().map(|(p, c)| (p.clone(), c.map(|b| remote_file(u64::from(b % 3) + 1, 5)).unwrap_or_else(Entry::dir))).collect();
+            let mut ledger = LedgerView::new();
+            let p1 = plan(o, &ledger, &local, &remote).unwrap();
+            apply(&p1, dir, &mut ledger, &mut local, &mut remote, 20);
+            // Edits of existing local files, each with a new mtime: 0 a touch (same content),
+            // 1 new content of the same size, 2 a new size.
+            for (path, byte, kind) in &edits {
+                if let Some(e) = local.get(path).filter(|e| e.kind == Kind::File).cloned() {
+                    let edited = match kind {
+                        0 => Entry { mtime: e.mtime + 7, ..e },
+                        1 => file(&[*byte], e.mtime + 7),
+                        _ => file(&[*byte; 2], e.mtime + 7),
+                    };
+                    local.insert(path.clone(), edited);
+                }
+            }
+            // What a scan that hashed every changed file saw (the ledger's hash where size and
+            // mtime match), and what the lazy scan sees, long after the last write.
+            let now = 1_000 * UNSETTLED_NS;
+            let full: Snapshot = local.iter().map(|(p, e)| {
+                let mut e = e.clone();
+                if let Some(r) = ledger.get(p).filter(|r| e.kind == Kind::File && r.size == e.size && r.mtime == e.mtime) {
+                    e.hash = Some(r.hash);
+                }
+                (p.clone(), e)
+            }).collect();
+            let lazy: Snapshot = full.iter().map(|(p, e)| {
+                let mut e = e.clone();
+                if e.kind == Kind::File && local_hash(ledger.get(p), e.size, e.mtime, now) == LocalHash::Skip {
+                    e.hash = None;
+                }
+                (p.clone(), e)
+            }).collect();
+            let strip = |p: Result<SyncPlan, PlanError>| p.map(|mut p| {
+                for a in &mut p.actions {
+                    if let Action::Upload { source, .. } = a {
+                        source.hash = None;
+                    }
+                }
+                p
+            });
+            prop_assert_eq!(
+                strip(plan(o, &ledger, &full, &remote)),
+                strip(plan(o, &ledger, &lazy, &remote))
+            );
         }
 
         #[test]

@@ -1,6 +1,8 @@
 //! Scans: what the local tree and the remote tree hold now, as [`Snapshot`]s.
 //!
-//! The local scan re-hashes a file only when its size or mtime differ from the ledger's record;
+//! The local scan hashes a file only where the plan compares content (see
+//! [`crate::plan::local_hash`]): a file whose size and mtime are the ledger's keeps the recorded
+//! hash, and a new or resized file is hashed by its transfer, in the same read that sends it;
 //! the remote scan lists directories (MLSD where offered, LIST otherwise) and refuses names that
 //! could escape the job's directory before they ever reach a local path.
 
@@ -13,7 +15,7 @@ use crate::config::{ListTimeOffset, PathFilter, Remote};
 use crate::ftps::{FtpsError, Session};
 use crate::ledger::PathFailure;
 use crate::listing::{self, ListedKind, Precision};
-use crate::plan::LedgerView;
+use crate::plan::{local_hash, LedgerView, LocalHash};
 use crate::scope::{self, Scope};
 use crate::snapshot::{self, check_remote_name, is_temp_name, Entry, Kind, Snapshot};
 use crate::tls::TlsContext;
@@ -76,7 +78,8 @@ pub fn scan_local(root: &Path, filter: &PathFilter, ledger: &LedgerView) -> std:
     let mut scan = Scan::default();
     // The root itself must be readable: anything else is a failure of the whole run.
     std::fs::read_dir(root)?;
-    walk_local(root, vec![String::new()], filter, ledger, &mut scan);
+    let rules = LocalRules::new(filter, ledger);
+    walk_local(root, vec![String::new()], &rules, &mut scan);
     if filter.has_includes() {
         prune_dirs(&mut scan.snapshot);
     }
@@ -93,6 +96,7 @@ pub fn scan_local_scope(
 ) -> std::io::Result<Scan> {
     let mut scan = Scan::default();
     std::fs::read_dir(root)?;
+    let rules = LocalRules::new(filter, ledger);
     for rel in scope.roots() {
         let (_, name) = scope::split_parent(rel);
         // Inside an excluded directory, or a transfer's temporary file: a full scan never
@@ -119,16 +123,8 @@ pub fn scan_local_scope(
             }
         };
         let mut dirs = Vec::new();
-        add_local(
-            rel.to_string(),
-            &meta,
-            &abs,
-            filter,
-            ledger,
-            &mut scan,
-            &mut dirs,
-        );
-        walk_local(root, dirs, filter, ledger, &mut scan);
+        add_local(rel.to_string(), &meta, &abs, &rules, &mut scan, &mut dirs);
+        walk_local(root, dirs, &rules, &mut scan);
     }
     if filter.has_includes() {
         prune_dirs(&mut scan.snapshot);
@@ -136,14 +132,26 @@ pub fn scan_local_scope(
     Ok(scan)
 }
 
+/// What decides how the local scan takes in a path: the job's filter, the ledger's records
+/// (for the hashes they spare) and the scan's clock (see [`crate::plan::local_hash`]).
+struct LocalRules<'a> {
+    filter: &'a PathFilter,
+    ledger: &'a LedgerView,
+    now: i64,
+}
+
+impl<'a> LocalRules<'a> {
+    fn new(filter: &'a PathFilter, ledger: &'a LedgerView) -> Self {
+        LocalRules {
+            filter,
+            ledger,
+            now: system_time_ns(SystemTime::now()),
+        }
+    }
+}
+
 /// Walks the directories `dirs` (relative paths) and everything below them into `scan`.
-fn walk_local(
-    root: &Path,
-    mut dirs: Vec<String>,
-    filter: &PathFilter,
-    ledger: &LedgerView,
-    scan: &mut Scan,
-) {
+fn walk_local(root: &Path, mut dirs: Vec<String>, rules: &LocalRules<'_>, scan: &mut Scan) {
     while let Some(rel_dir) = dirs.pop() {
         let abs_dir = local_path(root, &rel_dir);
         let entries = match std::fs::read_dir(&abs_dir) {
@@ -189,46 +197,42 @@ fn walk_local(
                     continue;
                 }
             };
-            add_local(rel, &meta, &entry.path(), filter, ledger, scan, &mut dirs);
+            add_local(rel, &meta, &entry.path(), rules, scan, &mut dirs);
         }
     }
 }
 
 /// Adds one local file or directory (not followed if a link) to `scan`; a directory is also
-/// pushed onto `dirs` to be walked. A file is hashed unless its size and mtime are the
-/// ledger's.
+/// pushed onto `dirs` to be walked. A file is hashed only where [`crate::plan::local_hash`]
+/// says the plan needs it.
 fn add_local(
     rel: String,
     meta: &std::fs::Metadata,
     abs: &Path,
-    filter: &PathFilter,
-    ledger: &LedgerView,
+    rules: &LocalRules<'_>,
     scan: &mut Scan,
     dirs: &mut Vec<String>,
 ) {
     let ft = meta.file_type();
     if ft.is_dir() {
-        if filter.excludes(&rel) {
+        if rules.filter.excludes(&rel) {
             return;
         }
         scan.snapshot.insert(rel.clone(), Entry::dir());
         dirs.push(rel);
     } else if ft.is_file() {
-        if !filter.includes_file(&rel) {
+        if !rules.filter.includes_file(&rel) {
             return;
         }
         let size = meta.len();
         let mtime = meta.modified().map(system_time_ns).unwrap_or(0);
-        let known = ledger
-            .get(&rel)
-            .filter(|e| e.size == size && e.mtime == mtime)
-            .map(|e| e.hash);
-        let hash = match known {
-            Some(h) => h,
-            None => match hash_file(abs) {
+        let hash = match local_hash(rules.ledger.get(&rel), size, mtime, rules.now) {
+            LocalHash::Reuse(h) => Some(h),
+            LocalHash::Skip => None,
+            LocalHash::Compute => match hash_file(abs) {
                 Ok(h) => {
                     scan.hashed += 1;
-                    h
+                    Some(h)
                 }
                 Err(e) => {
                     scan.failures.push(PathFailure {
@@ -245,7 +249,7 @@ fn add_local(
                 kind: Kind::File,
                 size,
                 mtime,
-                hash: Some(hash),
+                hash,
             },
         );
     } else {
@@ -652,6 +656,30 @@ mod tests {
             s.snapshot["a b/ünï/f.txt"].hash,
             Some(blake3::hash(b"remembered"))
         );
+    }
+
+    #[test]
+    fn a_settled_file_without_a_record_is_left_for_the_transfer_to_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("old.csv"), b"settled").unwrap();
+        std::fs::write(root.join("new.csv"), b"just written").unwrap();
+        let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(root.join("old.csv"))
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        let s = scan_local(root, &PathFilter::all(), &LedgerView::new()).unwrap();
+        assert_eq!(s.snapshot["old.csv"].hash, None, "hashed before it is sent");
+        assert_eq!(s.snapshot["old.csv"].size, 7);
+        assert_eq!(
+            s.snapshot["new.csv"].hash,
+            Some(blake3::hash(b"just written")),
+            "a file written moments ago may still change: its content is kept"
+        );
+        assert_eq!(s.hashed, 1);
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub struct Entry {
     /// Modification time in nanoseconds since the Unix epoch (remote listings may only be
     /// precise to the second or the minute).
     pub mtime: i64,
-    /// BLAKE3 of the content: always known for local files, never for remote ones.
+    /// BLAKE3 of the content: never known for remote files; for local ones, known where the
+    /// plan compares content or the file may still be changing, otherwise left to the transfer
+    /// (see [`crate::plan::local_hash`]).
     pub hash: Option<blake3::Hash>,
 }
 

@@ -34,6 +34,11 @@ fn buffer_len(remaining: u64) -> usize {
         .saturating_add(1)
         .clamp(4096, CHUNK)
 }
+/// Transfers smaller than this are not journaled, so never resumed: after an interruption
+/// such a file is sent again whole, and its temporary file, which no journal entry accounts
+/// for, is removed by the next run. A journal row before each file and its removal after were
+/// two of the three ledger writes of every small file, on the path of the transfer.
+const JOURNAL_MIN: u64 = 1 << 20;
 /// A checkpoint is written after this many bytes or this much time, whichever comes first.
 const CHECKPOINT_BYTES: u64 = 8 << 20;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
@@ -129,10 +134,17 @@ impl TransferContext<'_> {
     fn stop_requested(&self) -> bool {
         self.stop.is_some_and(|s| *s.borrow())
     }
-    fn journal_entry(&self, path: &str) -> Result<Option<JournalEntry>, TransferError> {
+    /// The journal entry of a transfer of `size` bytes at `path`, if one may be resumed.
+    fn journal_entry(&self, path: &str, size: u64) -> Result<Option<JournalEntry>, TransferError> {
+        if size < JOURNAL_MIN {
+            return Ok(None);
+        }
         Ok(crate::job_run::lock(self.ledger).journal_entry(&self.job.name, path)?)
     }
     fn journal_begin(&self, j: &JournalEntry) -> Result<(), TransferError> {
+        if j.size < JOURNAL_MIN {
+            return Ok(());
+        }
         Ok(crate::job_run::lock(self.ledger).journal_begin(&self.job.name, j)?)
     }
     fn checkpoint(&self, path: &str, offset: u64) -> Result<(), TransferError> {
@@ -258,7 +270,17 @@ const BUFFERS_IN_FLIGHT: usize = 4;
 struct FileReader {
     full: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     empty: std::sync::mpsc::Sender<Vec<u8>>,
-    thread: tokio::task::JoinHandle<Option<blake3::Hasher>>,
+    thread: tokio::task::JoinHandle<Option<ReadToEnd>>,
+}
+
+/// What a [`FileReader`] knows once it read its file to the end.
+struct ReadToEnd {
+    /// BLAKE3 over every byte of the file, from its first.
+    hasher: blake3::Hasher,
+    /// The open file's size and mtime (ns) after the last read: the scan's, unless the file was
+    /// written to since.
+    size: u64,
+    mtime: i64,
 }
 
 impl FileReader {
@@ -291,7 +313,19 @@ impl FileReader {
                 };
                 buf.resize(len, 0);
                 match read_full(&mut file, &mut buf) {
-                    Ok(0) => return Some(hasher),
+                    Ok(0) => {
+                        return match file.metadata() {
+                            Ok(meta) => Some(ReadToEnd {
+                                hasher,
+                                size: meta.len(),
+                                mtime: meta.modified().map(system_time_ns).unwrap_or(0),
+                            }),
+                            Err(e) => {
+                                let _ = full_tx.blocking_send(Err(e));
+                                None
+                            }
+                        }
+                    }
                     Ok(n) => {
                         buf.truncate(n);
                         hasher.update(&buf);
@@ -323,8 +357,9 @@ impl FileReader {
         let _ = self.empty.send(buf);
     }
 
-    /// The BLAKE3 state over every byte read, once [`FileReader::next`] returned `None`.
-    async fn finish(self) -> std::io::Result<blake3::Hasher> {
+    /// The BLAKE3 state over every byte read and the file's state at the end, once
+    /// [`FileReader::next`] returned `None`.
+    async fn finish(self) -> std::io::Result<ReadToEnd> {
         drop(self.empty);
         self.thread
             .await
@@ -592,13 +627,15 @@ pub async fn upload(
     };
 
     // Resume only the same transfer of the same unchanged file, from what the server holds.
-    let journal = ctx.journal_entry(rel)?;
+    let journal = ctx.journal_entry(rel, source.size)?;
     let same = journal.as_ref().is_some_and(|j| {
         j.direction == Direction::Push.to_string()
             && j.temp_name == temp
             && j.size == source.size
             && j.mtime == source.mtime
-            && j.hash == source.hash
+            // A hash on both sides must agree; a file the scan did not hash is known by size and
+            // mtime, and the server's hash check (where offered) covers the joined bytes.
+            && (j.hash.is_none() || source.hash.is_none() || j.hash == source.hash)
     });
     let mut offset = 0;
     if same && job.upload.temp_name && job.upload.verify {
@@ -672,11 +709,18 @@ pub async fn upload(
             reader.recycle(buf);
         }
     }
-    let hasher = reader.finish().await.map_err(|e| local_err("read", e))?;
+    let read = reader.finish().await.map_err(|e| local_err("read", e))?;
 
     let total = offset + sent;
-    let hash = hasher.finalize();
-    if Some(hash) != source.hash || total != source.size {
+    let hash = read.hasher.finalize();
+    // The bytes sent are the file the plan saw: the same content where the scan hashed it;
+    // otherwise (a file the scan left to the transfer, settled for seconds) the same size and
+    // mtime after the last read, which any write since the scan would have moved.
+    let as_scanned = match source.hash {
+        Some(scanned) => scanned == hash,
+        None => read.size == source.size && read.mtime == source.mtime,
+    };
+    if !as_scanned || total != source.size {
         let _ = session.delete_file(&temp_path).await;
         return Err(TransferError::Verify(format!(
             "{rel}: the local file changed while it was being uploaded; it will be sent again by the next run"
@@ -750,7 +794,7 @@ pub async fn download(
 
     // Resume from the bytes both on disk and confirmed by the last checkpoint (the checkpoint
     // follows an fsync, so those bytes survive even a power cut).
-    let journal = ctx.journal_entry(rel)?;
+    let journal = ctx.journal_entry(rel, source.size)?;
     let kept = journal
         .filter(|j| {
             j.direction == Direction::Pull.to_string()
@@ -948,9 +992,95 @@ mod tests {
                 reader.recycle(buf);
             }
             assert_eq!(got, data[offset as usize..]);
-            let hash = reader.finish().await.unwrap().finalize();
-            assert_eq!(hash, blake3::hash(&data), "offset {offset}");
+            let end = reader.finish().await.unwrap();
+            assert_eq!(
+                end.hasher.finalize(),
+                blake3::hash(&data),
+                "offset {offset}"
+            );
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!(end.size, meta.len());
+            assert_eq!(end.mtime, system_time_ns(meta.modified().unwrap()));
         }
+    }
+
+    /// A push job against the in-process server, and a connection to it.
+    async fn loopback_job(dir: &Path) -> (Job, Session, SharedLedger) {
+        let server = crate::loopback::start(crate::loopback::LoopbackOptions {
+            root: dir.join("server"),
+            cert_dir: dir.join("tls"),
+            user: "u".into(),
+            password: "p".into(),
+            port: None,
+            tls: true,
+        })
+        .await
+        .unwrap();
+        std::fs::create_dir_all(dir.join("local")).unwrap();
+        let yaml = format!(
+            "local: {}\nremote:\n  host: 127.0.0.1\n  port: {}\n  path: /\n  user: u\n  password: p\n  tls:\n    ca_file: {}\n",
+            dir.join("local").display(),
+            server.port,
+            server.cert_pem_path.display()
+        );
+        let job = crate::config::parse_job(&dir.join("t.yaml"), &yaml).unwrap();
+        let tls = crate::tls::TlsContext::new(&job.remote.tls).unwrap();
+        let session = Session::connect(&job.remote, &tls).await.unwrap();
+        let ledger = crate::ledger::Ledger::open(&dir.join("state.db")).unwrap();
+        (job, session, Arc::new(std::sync::Mutex::new(ledger)))
+    }
+
+    /// The file as a scan that did not hash it saw it (see [`crate::plan::local_hash`]).
+    fn unhashed_entry(path: &Path) -> Entry {
+        let meta = std::fs::metadata(path).unwrap();
+        Entry {
+            kind: crate::snapshot::Kind::File,
+            size: meta.len(),
+            mtime: system_time_ns(meta.modified().unwrap()),
+            hash: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unhashed_file_written_after_the_scan_is_not_uploaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let local = dir.path().join("local/a.csv");
+        std::fs::write(&local, b"old content").unwrap();
+        let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let f = std::fs::File::options().write(true).open(&local).unwrap();
+        f.set_modified(an_hour_ago).unwrap();
+        let scanned = unhashed_entry(&local);
+        // Rewritten after the scan, with the same size: only the mtime tells.
+        std::fs::write(&local, b"new content").unwrap();
+        let counter = ByteCounter::default();
+        let ctx = TransferContext {
+            job: &job,
+            ledger: &ledger,
+            counter: &counter,
+            stop: None,
+        };
+        let err = upload(&mut session, &ctx, "a.csv", &scanned)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TransferError::Verify(_)), "{err}");
+        let server_root = dir.path().join("server");
+        assert!(
+            !server_root.join("a.csv").exists(),
+            "a changed file went live"
+        );
+        assert!(!server_root.join(temp_name("a.csv")).exists());
+
+        // As the next scan sees it: sent, and recorded with the hash of the bytes sent.
+        let rescanned = unhashed_entry(&local);
+        let done = upload(&mut session, &ctx, "a.csv", &rescanned)
+            .await
+            .unwrap();
+        assert_eq!(done.entry.hash, blake3::hash(b"new content"));
+        assert_eq!(
+            std::fs::read(server_root.join("a.csv")).unwrap(),
+            b"new content"
+        );
     }
 
     #[tokio::test]
