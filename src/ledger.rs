@@ -120,6 +120,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN last_poll_at INTEGER;",
     // 3: live progress of a running run, for `status`.
     "ALTER TABLE runs ADD COLUMN progress TEXT;",
+    // 4: a full run reads the rows of one directory at a time (src/walk.rs). `parent` is the
+    // path up to its last `/` (`a/b/c` -> `a/b`, `c` -> ``), computed by SQLite, so every
+    // writer of rows keeps it right; rtrim strips every character of the path but `/`.
+    "ALTER TABLE entries ADD COLUMN parent TEXT
+        GENERATED ALWAYS AS (rtrim(rtrim(path, replace(path, '/', '')), '/')) VIRTUAL;
+    CREATE INDEX entries_by_parent ON entries (job, parent);",
 ];
 
 /// How far a running run has got (null once it has ended).
@@ -484,6 +490,53 @@ impl Ledger {
             out.insert(path, entry);
         }
         Ok(out)
+    }
+
+    /// The synced paths of `job` directly inside the directory `dir` (`""`: the job's root).
+    pub fn children(&self, job: &str, dir: &str) -> Result<LedgerView, LedgerError> {
+        // The planner does not pick the index of a generated column by itself.
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT path, size, mtime, blake3, remote_size, remote_mtime FROM entries
+                 INDEXED BY entries_by_parent WHERE job = ?1 AND parent = ?2",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![job, dir], row_to_entry)
+            .map_err(self.err())?;
+        let mut out = LedgerView::new();
+        for row in rows {
+            let (path, entry) = self.entry_of(job, row.map_err(self.err())?)?;
+            out.insert(path, entry);
+        }
+        Ok(out)
+    }
+
+    /// Every directory of `job` that holds a synced path.
+    pub fn parents(&self, job: &str) -> Result<Vec<String>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT parent FROM entries INDEXED BY entries_by_parent WHERE job = ?1",
+            )
+            .map_err(self.err())?;
+        let rows = stmt.query_map([job], |r| r.get(0)).map_err(self.err())?;
+        rows.collect::<Result<Vec<String>, _>>().map_err(self.err())
+    }
+
+    /// The synced paths of `job` directly inside `dir`, without their records.
+    pub fn paths_in(&self, job: &str, dir: &str) -> Result<Vec<String>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT path FROM entries INDEXED BY entries_by_parent WHERE job = ?1 AND parent = ?2",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([job, dir], |r| r.get(0))
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<String>, _>>().map_err(self.err())
     }
 
     /// The synced paths of `job` inside `scope` (each root and everything below it): what an
@@ -903,6 +956,38 @@ mod tests {
         l.forget("j", "é").unwrap();
         assert_eq!(l.entry_count("j").unwrap(), 1);
         assert_eq!(l.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn rows_are_read_one_directory_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(&dir.path().join("s.db")).unwrap();
+        let paths = [
+            "top",
+            "a/x",
+            "a/b/y",
+            "a/b/z",
+            "ab/ba",
+            "é/ü/ß.csv",
+            "a.b/c",
+        ];
+        l.batch(|l| {
+            for (i, p) in paths.iter().enumerate() {
+                l.record("j", p, &entry(i as u8))?;
+            }
+            l.record("other", "a/x", &entry(9))
+        })
+        .unwrap();
+        let keys = |v: LedgerView| v.into_keys().collect::<Vec<_>>();
+        assert_eq!(keys(l.children("j", "").unwrap()), ["top"]);
+        assert_eq!(keys(l.children("j", "a").unwrap()), ["a/x"]);
+        assert_eq!(keys(l.children("j", "a/b").unwrap()), ["a/b/y", "a/b/z"]);
+        assert_eq!(keys(l.children("j", "é/ü").unwrap()), ["é/ü/ß.csv"]);
+        assert_eq!(l.children("j", "a/b").unwrap()["a/b/z"], entry(3));
+        let mut parents = l.parents("j").unwrap();
+        parents.sort();
+        assert_eq!(parents, ["", "a", "a.b", "a/b", "ab", "é/ü"]);
+        assert_eq!(l.paths_in("j", "ab").unwrap(), ["ab/ba"]);
     }
 
     #[test]

@@ -166,19 +166,77 @@ pub fn plan(
     local: &Snapshot,
     remote: &Snapshot,
 ) -> Result<SyncPlan, PlanError> {
+    let decided = decide(opts, ledger, local, remote);
+    let dest = match opts.direction {
+        Direction::Push => remote,
+        Direction::Pull => local,
+    };
+    let dest_files = opts
+        .dest_files
+        .unwrap_or_else(|| dest.values().filter(|e| e.kind == Kind::File).count() as u64);
+    check_max_delete(opts.max_delete, decided.delete_files.len(), dest_files)?;
+    Ok(decided.into_plan())
+}
+
+/// What [`plan`] decides before `max_delete` is checked, by kind of action.
+#[derive(Debug, Default)]
+struct Decided {
+    /// MakeDir and Record, in the source's order (a directory before what lies in it).
+    first: Vec<Action>,
+    transfers: Vec<Action>,
+    delete_files: Vec<Action>,
+    /// Deepest first, so a directory is empty when its turn comes.
+    delete_dirs: Vec<Action>,
+    forgets: Vec<Action>,
+    conflicts: Vec<Conflict>,
+}
+
+impl Decided {
+    fn into_plan(self) -> SyncPlan {
+        let mut actions = self.first;
+        actions.extend(self.transfers);
+        actions.extend(self.delete_files);
+        actions.extend(self.delete_dirs);
+        actions.extend(self.forgets);
+        SyncPlan {
+            actions,
+            conflicts: self.conflicts,
+        }
+    }
+}
+
+fn check_max_delete(
+    max: Option<MaxDelete>,
+    wanted: usize,
+    dest_files: u64,
+) -> Result<(), PlanError> {
+    let Some(max) = max else { return Ok(()) };
+    let wanted = wanted as u64;
+    let limit = max.limit(dest_files);
+    if wanted > limit {
+        return Err(PlanError::TooManyDeletes {
+            wanted,
+            limit,
+            dest_files,
+            max: max.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn decide(opts: PlanOptions, ledger: &LedgerView, local: &Snapshot, remote: &Snapshot) -> Decided {
     let (source, dest) = match opts.direction {
         Direction::Push => (local, remote),
         Direction::Pull => (remote, local),
     };
-    let mut out = SyncPlan::default();
-    let mut transfers = Vec::new();
+    let mut out = Decided::default();
     let mut dest_conflicts = std::collections::BTreeSet::new();
 
     for (path, s) in source {
         let d = dest.get(path);
         match (s.kind, d.map(|d| d.kind)) {
             (Kind::Dir, Some(Kind::Dir)) => {}
-            (Kind::Dir, None) => out.actions.push(Action::MakeDir { path: path.clone() }),
+            (Kind::Dir, None) => out.first.push(Action::MakeDir { path: path.clone() }),
             (Kind::Dir, Some(Kind::File)) | (Kind::File, Some(Kind::Dir)) => {
                 dest_conflicts.insert(path.clone());
                 out.conflicts.push(Conflict {
@@ -198,11 +256,11 @@ pub fn plan(
                 };
                 match decision {
                     Some(None) => {}
-                    Some(Some(entry)) => out.actions.push(Action::Record {
+                    Some(Some(entry)) => out.first.push(Action::Record {
                         path: path.clone(),
                         entry,
                     }),
-                    None => transfers.push(match opts.direction {
+                    None => out.transfers.push(match opts.direction {
                         Direction::Push => Action::Upload {
                             path: path.clone(),
                             source: s.clone(),
@@ -216,49 +274,321 @@ pub fn plan(
             }
         }
     }
-    out.actions.extend(transfers);
 
     // What the destination has and the source does not.
-    let mut delete_files = Vec::new();
-    let mut delete_dirs = Vec::new();
     if opts.mode == SyncMode::Mirror {
         for (path, d) in dest {
             if source.contains_key(path) || under_any(path, &dest_conflicts) {
                 continue;
             }
             match d.kind {
-                Kind::File => delete_files.push(Action::DeleteFile { path: path.clone() }),
-                Kind::Dir => delete_dirs.push(Action::DeleteDir { path: path.clone() }),
-            }
-        }
-        let dest_files = opts
-            .dest_files
-            .unwrap_or_else(|| dest.values().filter(|e| e.kind == Kind::File).count() as u64);
-        if let Some(max) = opts.max_delete {
-            let wanted = delete_files.len() as u64;
-            let limit = max.limit(dest_files);
-            if wanted > limit {
-                return Err(PlanError::TooManyDeletes {
-                    wanted,
-                    limit,
-                    dest_files,
-                    max: max.to_string(),
-                });
+                Kind::File => out
+                    .delete_files
+                    .push(Action::DeleteFile { path: path.clone() }),
+                Kind::Dir => out
+                    .delete_dirs
+                    .push(Action::DeleteDir { path: path.clone() }),
             }
         }
     }
-    out.actions.extend(delete_files);
-    // Deepest first, so a directory is empty when its turn comes.
-    delete_dirs.reverse();
-    out.actions.extend(delete_dirs);
+    out.delete_dirs.reverse();
 
     // A row whose path is on neither side is dropped; a mirror delete drops its own row.
     for path in ledger.keys() {
         if !source.contains_key(path) && !dest.contains_key(path) {
-            out.actions.push(Action::Forget { path: path.clone() });
+            out.forgets.push(Action::Forget { path: path.clone() });
         }
     }
-    Ok(out)
+    out
+}
+
+/// Where the walk of a full run enters a directory (see [`TreePlan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirVisit {
+    /// Relative to the job's root; `""` is the root.
+    pub path: String,
+    /// Whether it is a directory on the local side, and on the remote side.
+    pub local: bool,
+    pub remote: bool,
+    /// It lies in a destination directory that a source file stands against: nothing in it is
+    /// deleted, as [`plan`] spares what lies under a conflict.
+    pub protected: bool,
+}
+
+impl DirVisit {
+    pub fn root(local: bool, remote: bool) -> DirVisit {
+        DirVisit {
+            path: String::new(),
+            local,
+            remote,
+            protected: false,
+        }
+    }
+}
+
+/// What planning one directory gives the walk.
+#[derive(Debug, Default)]
+pub struct DirOutcome {
+    /// Its subdirectories, to visit in turn.
+    pub visits: Vec<DirVisit>,
+    /// Record and Forget actions: ledger-only, nothing else waits for them, so a run may apply
+    /// them at once instead of keeping them.
+    pub ledger_only: Vec<Action>,
+}
+
+/// The plan of a full run, built one directory at a time so that a run never holds a whole
+/// tree: at a million files the three whole-tree maps (ledger rows, local scan, listing) were
+/// 555 MiB of a run's memory.
+///
+/// The walk hands [`TreePlan::add_dir`] the direct children of each directory (ledger rows,
+/// local and remote entries, keyed by their full paths) and visits the subdirectories it
+/// returns. What must wait for the whole tree is kept: transfers and deletes (`max_delete`
+/// counts every delete), and the directories of both sides, because directory actions depend
+/// on what lies below them (include patterns keep only directories that lead to a file).
+/// [`TreePlan::finish`] decides those with [`plan`] itself, over the directories and the files
+/// that stand against a directory on the other side. The result is [`plan`]'s over the whole
+/// trees, up to the order within a kind of action (a property test checks it).
+#[derive(Debug)]
+pub struct TreePlan {
+    opts: PlanOptions,
+    /// The directories seen on each side (the root aside), and whether a file lies below.
+    local_dirs: BTreeMap<String, bool>,
+    remote_dirs: BTreeMap<String, bool>,
+    /// Files at paths where the other side has a directory.
+    local_against_dirs: Snapshot,
+    remote_against_dirs: Snapshot,
+    /// Ledger rows at paths that are a directory, and a file on neither side: forgotten if
+    /// include patterns prune that directory away.
+    rows_at_dirs: Vec<String>,
+    /// Local paths that could not be read: nothing at or below them is deleted or forgotten.
+    spared: Vec<String>,
+    transfers: Vec<Action>,
+    delete_files: Vec<Action>,
+    dest_files: u64,
+}
+
+impl TreePlan {
+    pub fn new(opts: PlanOptions) -> TreePlan {
+        TreePlan {
+            opts,
+            local_dirs: BTreeMap::new(),
+            remote_dirs: BTreeMap::new(),
+            local_against_dirs: Snapshot::new(),
+            remote_against_dirs: Snapshot::new(),
+            rows_at_dirs: Vec::new(),
+            spared: Vec::new(),
+            transfers: Vec::new(),
+            delete_files: Vec::new(),
+            dest_files: 0,
+        }
+    }
+
+    /// Plans the direct children of `dir`: `ledger`'s rows and the entries of each side (empty
+    /// for a side `dir` is not on), keyed by their full paths.
+    pub fn add_dir(
+        &mut self,
+        dir: &DirVisit,
+        ledger: &LedgerView,
+        local: &Snapshot,
+        remote: &Snapshot,
+    ) -> DirOutcome {
+        let (source, dest) = match self.opts.direction {
+            Direction::Push => (local, remote),
+            Direction::Pull => (remote, local),
+        };
+        for (side, other, dirs, against) in [
+            (
+                local,
+                remote,
+                &mut self.local_dirs,
+                &mut self.local_against_dirs,
+            ),
+            (
+                remote,
+                local,
+                &mut self.remote_dirs,
+                &mut self.remote_against_dirs,
+            ),
+        ] {
+            let mut has_file = false;
+            for (path, e) in side {
+                match e.kind {
+                    Kind::Dir => {
+                        dirs.insert(path.clone(), false);
+                    }
+                    Kind::File => {
+                        has_file = true;
+                        if other.get(path).is_some_and(Entry::is_dir) {
+                            against.insert(path.clone(), e.clone());
+                        }
+                    }
+                }
+            }
+            if has_file {
+                mark_has_file(dirs, &dir.path);
+            }
+        }
+        self.dest_files += dest.values().filter(|e| e.kind == Kind::File).count() as u64;
+        let at = |side: &Snapshot, path: &str, dir: bool| {
+            side.get(path).is_some_and(|e| e.is_dir() == dir)
+        };
+        self.rows_at_dirs.extend(
+            ledger
+                .keys()
+                .filter(|p| {
+                    (at(local, p, true) || at(remote, p, true))
+                        && !at(local, p, false)
+                        && !at(remote, p, false)
+                })
+                .cloned(),
+        );
+
+        // The directories, and the files against them, wait for `finish`.
+        let decided = decide(self.opts, ledger, local, remote);
+        self.transfers.extend(decided.transfers);
+        if !dir.protected {
+            let spared = &self.spared;
+            self.delete_files.extend(
+                decided
+                    .delete_files
+                    .into_iter()
+                    .filter(|a| !is_spared(a.path(), spared)),
+            );
+        }
+        let ledger_only = decided
+            .first
+            .into_iter()
+            .filter(|a| matches!(a, Action::Record { .. }))
+            .chain(
+                decided
+                    .forgets
+                    .into_iter()
+                    .filter(|a| !is_spared(a.path(), &self.spared)),
+            )
+            .collect();
+        let visits = local
+            .iter()
+            .chain(remote.iter())
+            .filter(|(_, e)| e.is_dir())
+            .map(|(path, _)| path)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|path| DirVisit {
+                path: path.clone(),
+                local: local.get(path).is_some_and(Entry::is_dir),
+                remote: remote.get(path).is_some_and(Entry::is_dir),
+                protected: dir.protected
+                    || (dest.get(path).is_some_and(Entry::is_dir)
+                        && source.get(path).is_some_and(|e| !e.is_dir())),
+            })
+            .collect();
+        DirOutcome {
+            visits,
+            ledger_only,
+        }
+    }
+
+    /// A local path that could not be read (a file whose content is needed, or a directory,
+    /// whose visit is then skipped as a whole): it is unknown, not absent, so nothing at or
+    /// below it is deleted or forgotten. Call it before adding the directory that holds it.
+    pub fn spare(&mut self, path: &str) {
+        self.spared.push(path.to_string());
+        // An unreadable directory keeps its place on both sides, include patterns or not.
+        mark_has_file(&mut self.local_dirs, path);
+        mark_has_file(&mut self.remote_dirs, path);
+    }
+
+    /// Whether the walk entered the directory `path`, or spared it (rows of a directory it
+    /// never entered, gone from both sides or excluded, are on neither side: forgotten).
+    pub fn visited(&self, path: &str) -> bool {
+        path.is_empty()
+            || self.local_dirs.contains_key(path)
+            || self.remote_dirs.contains_key(path)
+            || is_spared(path, &self.spared)
+    }
+
+    /// The destination's files seen so far.
+    pub fn dest_files(&self) -> u64 {
+        self.dest_files
+    }
+
+    /// The whole plan, once every directory was added. `prune`: the job has include patterns,
+    /// so a directory counts only where a file lies below it (as the scans prune a tree).
+    pub fn finish(self, prune: bool) -> Result<SyncPlan, PlanError> {
+        let sides = |dirs: BTreeMap<String, bool>, against: Snapshot| -> Snapshot {
+            dirs.into_iter()
+                .filter(|(_, has_file)| !prune || *has_file)
+                .map(|(path, _)| (path, Entry::dir()))
+                .chain(against)
+                .collect()
+        };
+        let local = sides(self.local_dirs, self.local_against_dirs);
+        let remote = sides(self.remote_dirs, self.remote_against_dirs);
+        let forgets = self
+            .rows_at_dirs
+            .into_iter()
+            .filter(|p| !local.contains_key(p) && !remote.contains_key(p))
+            .filter(|p| !is_spared(p, &self.spared))
+            .map(|path| Action::Forget { path })
+            .collect();
+        let mut decided = decide(self.opts, &LedgerView::new(), &local, &remote);
+        let spared = self.spared;
+        decided
+            .delete_files
+            .retain(|a| !is_spared(a.path(), &spared));
+        decided
+            .delete_dirs
+            .retain(|a| !is_spared(a.path(), &spared));
+        let mut delete_files = self.delete_files;
+        delete_files.append(&mut decided.delete_files);
+        let dest_files = self.opts.dest_files.unwrap_or(self.dest_files);
+        check_max_delete(self.opts.max_delete, delete_files.len(), dest_files)?;
+        let mut transfers = self.transfers;
+        transfers.append(&mut decided.transfers);
+        Ok(Decided {
+            first: decided.first,
+            transfers,
+            delete_files,
+            delete_dirs: decided.delete_dirs,
+            forgets,
+            conflicts: decided.conflicts,
+        }
+        .into_plan())
+    }
+}
+
+/// Whether `path` is one of the `spared` paths or lies below one.
+fn is_spared(path: &str, spared: &[String]) -> bool {
+    spared
+        .iter()
+        .any(|s| path == s || crate::scope::is_under(path, s))
+}
+
+/// Drops from `plan` every delete and forget at or below a local path that could not be read
+/// (see [`TreePlan::spare`]): a scan that cannot read a file or directory has not seen it gone.
+pub fn spare(plan: &mut SyncPlan, unreadable: &[String]) {
+    if unreadable.is_empty() {
+        return;
+    }
+    plan.actions.retain(|a| {
+        !matches!(
+            a,
+            Action::DeleteFile { .. } | Action::DeleteDir { .. } | Action::Forget { .. }
+        ) || !is_spared(a.path(), unreadable)
+    });
+}
+
+/// Marks `dir` and its ancestors in `dirs` as leading to a file.
+fn mark_has_file(dirs: &mut BTreeMap<String, bool>, dir: &str) {
+    let mut at = dir;
+    while !at.is_empty() {
+        match dirs.get_mut(at) {
+            Some(true) => return,
+            Some(has_file) => *has_file = true,
+            None => {}
+        }
+        at = at.rfind('/').map_or("", |i| &at[..i]);
+    }
 }
 
 fn kind_name(k: Kind) -> &'static str {
@@ -577,6 +907,53 @@ mod tests {
         assert_eq!(local_hash(Some(&same), 4, now - 1, now), LocalHash::Compute);
     }
 
+    #[test]
+    fn what_the_scan_could_not_read_is_neither_deleted_nor_forgotten() {
+        // A mirror push after a full sync: the local directory `locked` and the file
+        // `top/secret` can no longer be read; the server still holds both.
+        let o = opts(Direction::Push, SyncMode::Mirror);
+        let ledger: LedgerView = ["locked/a", "locked/deep/b", "top/secret", "top/gone"]
+            .iter()
+            .map(|p| (p.to_string(), synced(b"x", 1, Some(5))))
+            .collect();
+        let mut tree = TreePlan::new(o);
+        let root_rows = LedgerView::new();
+        let local_root = snap(&[("locked", Entry::dir()), ("top", Entry::dir())]);
+        let remote_root = snap(&[("locked", Entry::dir()), ("top", Entry::dir())]);
+        let out = tree.add_dir(
+            &DirVisit::root(true, true),
+            &root_rows,
+            &local_root,
+            &remote_root,
+        );
+        assert_eq!(out.visits.len(), 2);
+        // `locked` cannot be read at all: its visit is skipped.
+        tree.spare("locked");
+        // In `top`, `secret` could not be read; `gone` really is gone.
+        tree.spare("top/secret");
+        let top_rows: LedgerView = ledger
+            .iter()
+            .filter(|(p, _)| p.starts_with("top/"))
+            .map(|(p, e)| (p.clone(), e.clone()))
+            .collect();
+        let top_remote = snap(&[
+            ("top/secret", remote_file(1, 5)),
+            ("top/gone", remote_file(1, 5)),
+        ]);
+        let top = tree.add_dir(&out.visits[1], &top_rows, &Snapshot::new(), &top_remote);
+        assert!(top.ledger_only.is_empty(), "{:?}", top.ledger_only);
+        // Rows of directories never entered: forgotten, unless spared.
+        assert!(tree.visited("locked/deep"));
+        assert!(!tree.visited("elsewhere"));
+        let p = tree.finish(false).unwrap();
+        assert_eq!(
+            p.actions,
+            [Action::DeleteFile {
+                path: "top/gone".into()
+            }]
+        );
+    }
+
     // ---- property tests: apply a plan the way the executor would, then plan again ----
 
     /// A small tree: file contents are one byte, so collisions of content are common.
@@ -597,7 +974,11 @@ mod tests {
             for i in 1..parts.len() {
                 let parent = parts[..i].join("/");
                 match out.get(&parent) {
-                    Some(Some(_)) => ok = false,
+                    Some(Some(_)) => {
+                        // A file is in the way: nothing goes below it.
+                        ok = false;
+                        break;
+                    }
                     Some(None) => {}
                     None => {
                         out.insert(parent, None);
@@ -620,6 +1001,117 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// Random edits of one side: a path gets a file (with this content byte), or a directory,
+    /// or is removed with everything below it.
+    fn edits() -> impl Strategy<Value = Vec<(String, Option<Option<u8>>)>> {
+        let names = prop::sample::select(vec!["a", "b", "c d", "é"]);
+        let path = prop::collection::vec(names, 1..=3).prop_map(|v| v.join("/"));
+        prop::collection::vec(
+            (path, prop::option::of(prop::option::of(any::<u8>()))),
+            0..4,
+        )
+    }
+
+    fn edit(
+        side: &mut Snapshot,
+        edits: &[(String, Option<Option<u8>>)],
+        file_of: impl Fn(u8) -> Entry,
+    ) {
+        for (path, what) in edits {
+            side.retain(|p, _| p != path && !crate::scope::is_under(p, path));
+            let Some(content) = what else { continue };
+            // Parents become directories (a file in the way goes, with what was below it).
+            let mut at = path.as_str();
+            while let Some(i) = at.rfind('/') {
+                at = &at[..i];
+                if side.get(at).is_some_and(|e| !e.is_dir()) {
+                    side.remove(at);
+                }
+                side.insert(at.to_string(), Entry::dir());
+            }
+            side.insert(
+                path.clone(),
+                content.map(&file_of).unwrap_or_else(Entry::dir),
+            );
+        }
+    }
+
+    /// What the scans do with include patterns: keep only directories that lead to a file.
+    fn prune_tree(side: &mut Snapshot) {
+        let files: Vec<String> = side
+            .iter()
+            .filter(|(_, e)| !e.is_dir())
+            .map(|(p, _)| p.clone())
+            .collect();
+        side.retain(|p, e| !e.is_dir() || files.iter().any(|f| crate::scope::is_under(f, p)));
+    }
+
+    fn children(side: &Snapshot, dir: &str) -> Snapshot {
+        side.iter()
+            .filter(|(p, _)| crate::scope::split_parent(p).0 == dir)
+            .map(|(p, e)| (p.clone(), e.clone()))
+            .collect()
+    }
+
+    /// The walk of a full run over in-memory trees: breadth first, each directory's direct
+    /// children (the unpruned tree's, as a scan of one directory sees them) handed to a
+    /// [`TreePlan`], then the rows of directories never entered forgotten.
+    fn plan_by_directories(
+        o: PlanOptions,
+        ledger: &LedgerView,
+        local: &Snapshot,
+        remote: &Snapshot,
+        prune: bool,
+    ) -> Result<SyncPlan, PlanError> {
+        let mut tree = TreePlan::new(o);
+        let mut ledger_only = Vec::new();
+        let mut queue = std::collections::VecDeque::from([DirVisit::root(true, true)]);
+        while let Some(d) = queue.pop_front() {
+            let rows: LedgerView = ledger
+                .iter()
+                .filter(|(p, _)| crate::scope::split_parent(p).0 == d.path)
+                .map(|(p, e)| (p.clone(), e.clone()))
+                .collect();
+            let empty = Snapshot::new();
+            let l = if d.local {
+                children(local, &d.path)
+            } else {
+                empty.clone()
+            };
+            let r = if d.remote {
+                children(remote, &d.path)
+            } else {
+                empty
+            };
+            let out = tree.add_dir(&d, &rows, &l, &r);
+            queue.extend(out.visits);
+            ledger_only.extend(out.ledger_only);
+        }
+        for path in ledger.keys() {
+            if !tree.visited(crate::scope::split_parent(path).0) {
+                ledger_only.push(Action::Forget { path: path.clone() });
+            }
+        }
+        let mut p = tree.finish(prune)?;
+        p.actions.extend(ledger_only);
+        Ok(p)
+    }
+
+    /// Actions in a canonical order, for comparing plans whose order within a kind differs.
+    fn sorted(actions: &[Action]) -> Vec<Action> {
+        let rank = |a: &Action| match a {
+            Action::MakeDir { .. } => 0,
+            Action::Upload { .. } | Action::Download { .. } => 1,
+            Action::DeleteFile { .. } => 2,
+            Action::DeleteDir { .. } => 3,
+            Action::Record { .. } => 4,
+            Action::Forget { .. } => 5,
+        };
+        let mut v = actions.to_vec();
+        v.sort_by(|a, b| (rank(a), a.path()).cmp(&(rank(b), b.path())));
+        v
     }
 
     /// Runs the plan against in-memory sides, as the executor does against real ones.
@@ -879,6 +1371,65 @@ mod tests {
                 strip(plan(o, &ledger, &full, &remote)),
                 strip(plan(o, &ledger, &lazy, &remote))
             );
+        }
+
+        /// A full run planned directory by directory ([`TreePlan`], as the walk of a real run
+        /// feeds it) decides what [`plan`] decides over the whole trees: after a converged sync
+        /// both sides are edited at random (files written, subtrees removed, files where
+        /// directories were and the other way round), in both directions and modes, with and
+        /// without `max_delete`, and with include pruning.
+        #[test]
+        fn a_plan_built_directory_by_directory_is_the_whole_plan(
+            src in tree(),
+            dst in tree(),
+            local_edits in edits(),
+            remote_edits in edits(),
+            push in any::<bool>(),
+            mirror in any::<bool>(),
+            max_delete in prop::option::of(0u64..4),
+            prune in any::<bool>(),
+        ) {
+            let dir = if push { Direction::Push } else { Direction::Pull };
+            let mode = if mirror { SyncMode::Mirror } else { SyncMode::Copy };
+            let mut o = opts(dir, mode);
+            let mut local = local_snap(&src, 10);
+            let mut remote: Snapshot = dst.iter().map(|(p, c)| (p.clone(), c.map(|b| remote_file(u64::from(b % 3) + 1, 5)).unwrap_or_else(Entry::dir))).collect();
+            let mut ledger = LedgerView::new();
+            let p1 = plan(o, &ledger, &local, &remote).unwrap();
+            apply(&p1, dir, &mut ledger, &mut local, &mut remote, 20);
+            edit(&mut local, &local_edits, |b| file(&[b], 30));
+            edit(&mut remote, &remote_edits, |b| remote_file(u64::from(b % 3) + 1, 40));
+            // What a real side can hold: nothing below a file (the in-memory executor makes
+            // directories under a conflicting file).
+            for side in [&mut local, &mut remote] {
+                let files: Vec<String> = side.iter().filter(|(_, e)| !e.is_dir()).map(|(p, _)| p.clone()).collect();
+                side.retain(|p, _| !files.iter().any(|f| crate::scope::is_under(p, f)));
+            }
+            o.max_delete = max_delete.map(MaxDelete::Count);
+            // The scan of one directory sees every subdirectory; a whole-tree scan prunes.
+            let by_dirs = plan_by_directories(o, &ledger, &local, &remote, prune);
+            if prune {
+                prune_tree(&mut local);
+                prune_tree(&mut remote);
+            }
+            let whole = plan(o, &ledger, &local, &remote);
+            match (whole, by_dirs) {
+                (Ok(whole), Ok(by_dirs)) => {
+                    prop_assert_eq!(sorted(&whole.actions), sorted(&by_dirs.actions));
+                    let paths = |c: &[Conflict]| { let mut v: Vec<String> = c.iter().map(|c| c.path.clone()).collect(); v.sort(); v };
+                    prop_assert_eq!(paths(&whole.conflicts), paths(&by_dirs.conflicts));
+                    // Parents are made before their children and removed after them.
+                    let made: Vec<&str> = by_dirs.actions.iter().filter_map(|a| match a { Action::MakeDir { path } => Some(path.as_str()), _ => None }).collect();
+                    let removed: Vec<&str> = by_dirs.actions.iter().filter_map(|a| match a { Action::DeleteDir { path } => Some(path.as_str()), _ => None }).collect();
+                    for (i, a) in made.iter().enumerate() {
+                        prop_assert!(!made[..i].iter().any(|b| crate::scope::is_under(b, a)), "{:?}", made);
+                    }
+                    for (i, a) in removed.iter().enumerate() {
+                        prop_assert!(!removed[..i].iter().any(|b| crate::scope::is_under(a, b)), "{:?}", removed);
+                    }
+                }
+                (whole, by_dirs) => prop_assert_eq!(whole.err(), by_dirs.err()),
+            }
         }
 
         #[test]
