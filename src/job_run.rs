@@ -12,15 +12,13 @@ use tracing::Instrument;
 use crate::config::{Direction, Job};
 use crate::ftps::Session;
 use crate::ledger::{JobRecord, Ledger, Outcome, PathFailure, RunCounts, RunProgress};
-use crate::plan::{plan, Action, LedgerView, PlanOptions, SyncPlan};
-use crate::scan::{
-    local_path, remote_path, scan_local, scan_local_scope, scan_remote, scan_remote_scope,
-    MoreConnections, Scan,
-};
+use crate::plan::{plan, spare as spare_unreadable, Action, LedgerView, PlanOptions, SyncPlan};
+use crate::scan::{local_path, remote_path, scan_local_scope, scan_remote_scope, Scan};
 use crate::scope::Scope;
 use crate::snapshot::Entry;
 use crate::tls::TlsContext;
 use crate::transfer::{self, ByteCounter, TransferContext, Transferred};
+use crate::walk::{walk, WalkError};
 
 /// The ledger, shared by the run's tasks; writes happen on the coordinating task only.
 pub type SharedLedger = Arc<Mutex<Ledger>>;
@@ -242,50 +240,29 @@ async fn execute_run(
         .scope
         .as_ref()
         .filter(|_| job.direction == Direction::Push);
-    let scanned = match scope {
-        Some(scope) => scan_scope(job, ledger, &tls, scope).await?,
+    let surveyed = match scope {
+        Some(scope) => survey_scope(job, ledger, &tls, scope).await?,
         None => None,
     };
-    let scope = scanned.as_ref().and(scope);
-    let Scanned {
-        view,
-        local: local_scan,
+    let scope = surveyed.as_ref().and(scope);
+    let Surveyed {
+        plan: the_plan,
         mut session,
         spare,
-        remote: remote_scan,
-        dest_files,
-    } = match scanned {
+        failures,
+        dest_temps,
+        root_missing,
+    } = match surveyed {
         Some(s) => s,
-        None => scan_all(job, ledger, &tls).await?,
+        None => survey_all(job, ledger, &tls, !opts.dry_run).await?,
     };
-    if remote_scan.root_missing && job.direction == Direction::Pull {
+    if root_missing && job.direction == Direction::Pull {
         return Err(format!(
             "remote directory {} does not exist on {}",
             job.remote.path, session.server
         ));
     }
-    tracing::info!(
-        local = local_scan.snapshot.len(),
-        hashed = local_scan.hashed,
-        remote = remote_scan.snapshot.len(),
-        incremental = scope.map(Scope::len),
-        "scanned"
-    );
-    report.failures.extend(local_scan.failures);
-    report.failures.extend(remote_scan.failures);
-
-    let the_plan = plan(
-        PlanOptions {
-            direction: job.direction,
-            mode: job.mode,
-            max_delete: job.max_delete,
-            dest_files,
-        },
-        &view,
-        &local_scan.snapshot,
-        &remote_scan.snapshot,
-    )
-    .map_err(|e| format!("job {}: {e}", job.name))?;
+    report.failures.extend(failures);
     for c in &the_plan.conflicts {
         report.failures.push(PathFailure {
             path: c.path.clone(),
@@ -299,14 +276,10 @@ async fn execute_run(
         return Ok(());
     }
 
-    if remote_scan.root_missing {
+    if root_missing {
         make_remote_root(&mut session, &job.remote.path).await?;
     }
-    let dest_temps = match job.direction {
-        Direction::Push => &remote_scan.temps,
-        Direction::Pull => &local_scan.temps,
-    };
-    clean_up_temps(job, ledger, &mut session, &the_plan, dest_temps, scope).await;
+    clean_up_temps(job, ledger, &mut session, &the_plan, &dest_temps, scope).await;
 
     // 1. Directories, parents first.
     for a in &the_plan.actions {
@@ -490,59 +463,86 @@ fn note_tls12_fallback(tls: &TlsContext) {
     }
 }
 
-/// Both sides of a job as a run found them, with the ledger's rows for the same paths.
-struct Scanned {
-    view: Arc<LedgerView>,
-    local: Scan,
+/// Both sides of a job as a run found them, and the plan made of them.
+struct Surveyed {
+    plan: SyncPlan,
     session: Session,
     /// More connections the listing opened, for the transfers.
     spare: Vec<Session>,
-    remote: Scan,
-    /// The destination's whole file count when the scans cover only part of the tree.
-    dest_files: Option<u64>,
+    failures: Vec<PathFailure>,
+    /// Temporary files of transfers found on the destination.
+    dest_temps: Vec<String>,
+    /// The job's remote directory does not exist.
+    root_missing: bool,
 }
 
-/// A full run's scans: the whole local tree (on a blocking thread) while the whole remote tree
-/// is listed.
-async fn scan_all(job: &Job, ledger: &SharedLedger, tls: &TlsContext) -> Result<Scanned, String> {
-    // Shared with the local scan, not copied: at a million files a copy is a hundred MB.
-    let view = Arc::new(lock(ledger).entries(&job.name).map_err(|e| e.to_string())?);
-    let local_root = job.local.clone();
-    let filter = job.filter.clone();
-    let view_for_scan = Arc::clone(&view);
-    let local_scan = tokio::task::spawn_blocking(move || {
-        if local_root.is_dir() {
-            scan_local(&local_root, &filter, &view_for_scan)
-        } else {
-            Ok(Scan::default())
+/// A full run: both trees walked directory by directory against the ledger (see
+/// [`crate::walk`]), retrying transient failures with backoff. `write_ledger`: not a dry run.
+async fn survey_all(
+    job: &Job,
+    ledger: &SharedLedger,
+    tls: &TlsContext,
+    write_ledger: bool,
+) -> Result<Surveyed, String> {
+    let mut attempt = 0;
+    loop {
+        let connecting = Instant::now();
+        let failed = match Session::connect(&job.remote, tls).await {
+            Ok(session) => {
+                tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
+                let connect_time = connecting.elapsed();
+                match walk(job, ledger, tls, session, connect_time, write_ledger).await {
+                    Ok(w) => {
+                        tracing::info!(
+                            local = w.local_entries,
+                            hashed = w.hashed,
+                            remote = w.remote_entries,
+                            connections = w.sessions.len(),
+                            "scanned"
+                        );
+                        let mut sessions = w.sessions;
+                        let Some(session) = sessions.pop() else {
+                            return Err("the walk kept no connection".into());
+                        };
+                        return Ok(Surveyed {
+                            plan: w.plan,
+                            session,
+                            spare: sessions,
+                            failures: w.failures,
+                            dest_temps: match job.direction {
+                                Direction::Push => w.remote_temps,
+                                Direction::Pull => w.local_temps,
+                            },
+                            root_missing: w.root_missing,
+                        });
+                    }
+                    Err(WalkError::Run(e)) => return Err(e),
+                    Err(WalkError::Remote(e)) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        if failed.code() == Some(425) {
+            note_tls12_fallback(tls);
         }
-    });
-    let remote_scan = connect_and_list(job, tls, &view, None).await;
-    let local_scan = local_scan
-        .await
-        .map_err(|e| format!("local scan: {e}"))?
-        .map_err(|e| format!("cannot read local directory {}: {e}", job.local.display()))?;
-    let (session, spare, remote_scan) = remote_scan?;
-    // Without a scope the listing is never cut short.
-    let remote_scan = remote_scan.unwrap_or_default();
-    Ok(Scanned {
-        view,
-        local: local_scan,
-        session,
-        spare,
-        remote: remote_scan,
-        dest_files: None,
-    })
+        if !failed.is_transient() || attempt + 1 >= job.retries.attempts {
+            return Err(failed.to_string());
+        }
+        let wait = job.retries.delay(attempt);
+        tracing::warn!(attempt, "retrying in {:.1}s: {failed}", wait.as_secs_f64());
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+    }
 }
 
-/// An incremental run's scans: only the paths in `scope`, on both sides and in the ledger.
-/// `None` when the server lacks a directory the scope needs: a full run then.
-async fn scan_scope(
+/// An incremental run: only the paths in `scope`, on both sides and in the ledger, planned
+/// together. `None` when the server lacks a directory the scope needs: a full run then.
+async fn survey_scope(
     job: &Job,
     ledger: &SharedLedger,
     tls: &TlsContext,
     scope: &Scope,
-) -> Result<Option<Scanned>, String> {
+) -> Result<Option<Surveyed>, String> {
     let (view, dest_files) = {
         let l = lock(ledger);
         let view = l.entries_in(&job.name, scope).map_err(|e| e.to_string())?;
@@ -557,74 +557,73 @@ async fn scan_scope(
     let local_scan = tokio::task::spawn_blocking(move || {
         scan_local_scope(&local_root, &scope_for_scan, &filter, &view_for_scan)
     });
-    let remote_scan = connect_and_list(job, tls, &view, Some(scope)).await;
-    let local_scan = local_scan
+    let remote_scan = connect_and_list_scope(job, tls, &view, scope).await;
+    let local = local_scan
         .await
         .map_err(|e| format!("local scan: {e}"))?
         .map_err(|e| format!("cannot read local directory {}: {e}", job.local.display()))?;
-    let (session, spare, remote_scan) = remote_scan?;
-    let Some(remote_scan) = remote_scan else {
+    let (session, remote) = remote_scan?;
+    let Some(remote) = remote else {
         tracing::info!("a changed path's directory is not on the server; looking at everything");
-        quit_all(spare).await;
         session.quit().await;
         return Ok(None);
     };
-    Ok(Some(Scanned {
-        view,
-        local: local_scan,
+    tracing::info!(
+        local = local.snapshot.len(),
+        hashed = local.hashed,
+        remote = remote.snapshot.len(),
+        incremental = scope.len(),
+        "scanned"
+    );
+    let mut the_plan = plan(
+        PlanOptions {
+            direction: job.direction,
+            mode: job.mode,
+            max_delete: job.max_delete,
+            dest_files: Some(dest_files),
+        },
+        &view,
+        &local.snapshot,
+        &remote.snapshot,
+    )
+    .map_err(|e| format!("job {}: {e}", job.name))?;
+    spare_unreadable(&mut the_plan, &local.unreadable);
+    let mut failures = local.failures;
+    failures.extend(remote.failures);
+    Ok(Some(Surveyed {
+        plan: the_plan,
         session,
-        spare,
-        remote: remote_scan,
-        dest_files: Some(dest_files),
+        spare: Vec::new(),
+        failures,
+        dest_temps: remote.temps,
+        root_missing: remote.root_missing,
     }))
 }
 
-/// Connects and lists the remote tree (or only `scope`), retrying transient failures with
+/// Connects and lists the directories `scope` needs, retrying transient failures with
 /// backoff. The scan is `None` when the scope cannot be listed on its own.
-async fn connect_and_list(
+async fn connect_and_list_scope(
     job: &Job,
     tls: &TlsContext,
     view: &LedgerView,
-    scope: Option<&Scope>,
-) -> Result<(Session, Vec<Session>, Option<Scan>), String> {
+    scope: &Scope,
+) -> Result<(Session, Option<Scan>), String> {
     let mut attempt = 0;
     loop {
-        let mut spare = Vec::new();
-        let connecting = std::time::Instant::now();
         let listed = match Session::connect(&job.remote, tls).await {
             Ok(mut session) => {
                 tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
-                let listed = match scope {
-                    None => scan_remote(
-                        &mut session,
-                        &mut spare,
-                        Some(MoreConnections {
-                            remote: &job.remote,
-                            tls,
-                            max: job.transfers,
-                            connect_time: connecting.elapsed(),
-                        }),
-                        &job.remote.path,
-                        &job.filter,
-                        view,
-                        job.remote.list_time_offset,
-                    )
-                    .await
-                    .map(Some),
-                    Some(scope) => {
-                        scan_remote_scope(
-                            &mut session,
-                            &job.remote.path,
-                            scope,
-                            &job.filter,
-                            view,
-                            job.remote.list_time_offset,
-                        )
-                        .await
-                    }
-                };
+                let listed = scan_remote_scope(
+                    &mut session,
+                    &job.remote.path,
+                    scope,
+                    &job.filter,
+                    view,
+                    job.remote.list_time_offset,
+                )
+                .await;
                 match listed {
-                    Ok(scan) => return Ok((session, spare, scan)),
+                    Ok(scan) => return Ok((session, scan)),
                     Err(e) => e,
                 }
             }

@@ -2,7 +2,8 @@
 //!
 //! The pipeline runs one way: [`config`] -> trigger ([`agent`]) -> [`scan`] -> [`plan`] ->
 //! execute ([`transfer`], over [`ftps`]) -> [`ledger`] -> status ([`cli`]). [`job_run`] wires
-//! the stages of one run together.
+//! the stages of one run together; in a full run [`walk`] drives scan and plan one directory
+//! at a time, so that no whole tree is held in memory.
 
 pub mod agent;
 pub mod cli;
@@ -20,4 +21,5 @@ pub mod scope;
 pub mod snapshot;
 pub mod tls;
 pub mod transfer;
+pub mod walk;
 pub mod watch;

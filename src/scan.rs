@@ -9,16 +9,15 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{ListTimeOffset, PathFilter, Remote};
+use crate::config::{ListTimeOffset, PathFilter};
 use crate::ftps::{FtpsError, Session};
 use crate::ledger::PathFailure;
 use crate::listing::{self, ListedKind, Precision};
 use crate::plan::{local_hash, LedgerView, LocalHash};
 use crate::scope::{self, Scope};
 use crate::snapshot::{self, check_remote_name, is_temp_name, Entry, Kind, Snapshot};
-use crate::tls::TlsContext;
 
 /// A scanned tree and the paths that could not be read.
 #[derive(Debug, Default)]
@@ -31,6 +30,10 @@ pub struct Scan {
     pub root_missing: bool,
     /// Temporary files of transfers (`.NAME.ferrysync-part`), relative paths.
     pub temps: Vec<String>,
+    /// Local paths whose content or directory could not be read (each also in `failures`):
+    /// they are not absent, only unknown, so nothing at or below them may be deleted or
+    /// forgotten (see [`crate::plan::spare`]).
+    pub unreadable: Vec<String>,
 }
 
 pub fn system_time_ns(t: SystemTime) -> i64 {
@@ -71,19 +74,6 @@ pub fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
         hasher.update(&buf[..n]);
     }
     Ok(hasher.finalize())
-}
-
-/// Walks the local tree under `root` (blocking; run it on a blocking thread).
-pub fn scan_local(root: &Path, filter: &PathFilter, ledger: &LedgerView) -> std::io::Result<Scan> {
-    let mut scan = Scan::default();
-    // The root itself must be readable: anything else is a failure of the whole run.
-    std::fs::read_dir(root)?;
-    let rules = LocalRules::new(filter, ledger);
-    walk_local(root, vec![String::new()], &rules, &mut scan);
-    if filter.has_includes() {
-        prune_dirs(&mut scan.snapshot);
-    }
-    Ok(scan)
 }
 
 /// The local side of an incremental run: each root of `scope` (stat-ed, and walked when it is
@@ -153,52 +143,76 @@ impl<'a> LocalRules<'a> {
 /// Walks the directories `dirs` (relative paths) and everything below them into `scan`.
 fn walk_local(root: &Path, mut dirs: Vec<String>, rules: &LocalRules<'_>, scan: &mut Scan) {
     while let Some(rel_dir) = dirs.pop() {
-        let abs_dir = local_path(root, &rel_dir);
-        let entries = match std::fs::read_dir(&abs_dir) {
-            Ok(rd) => rd,
+        read_local_dir(root, &rel_dir, rules, scan, &mut dirs);
+    }
+}
+
+/// The direct children of one local directory of the job (blocking: run it on a blocking
+/// thread), keyed by their paths relative to `root`, against `ledger`, the ledger's rows of
+/// that directory (see [`crate::plan::TreePlan`]). A directory that cannot be read is in the
+/// scan's `unreadable`.
+pub fn scan_local_dir(
+    root: &Path,
+    rel_dir: &str,
+    filter: &PathFilter,
+    ledger: &LedgerView,
+) -> Scan {
+    let mut scan = Scan::default();
+    let rules = LocalRules::new(filter, ledger);
+    read_local_dir(root, rel_dir, &rules, &mut scan, &mut Vec::new());
+    scan
+}
+
+/// Adds the children of `rel_dir` to `scan`, and its subdirectories to `dirs`.
+fn read_local_dir(
+    root: &Path,
+    rel_dir: &str,
+    rules: &LocalRules<'_>,
+    scan: &mut Scan,
+    dirs: &mut Vec<String>,
+) {
+    let abs_dir = local_path(root, rel_dir);
+    let unreadable = |scan: &mut Scan, e: std::io::Error| {
+        scan.failures.push(PathFailure {
+            path: rel_dir.to_string(),
+            error: format!("cannot read local directory {}: {e}", abs_dir.display()),
+        });
+        scan.unreadable.push(rel_dir.to_string());
+    };
+    let entries = match std::fs::read_dir(&abs_dir) {
+        Ok(rd) => rd,
+        Err(e) => return unreadable(scan, e),
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            // What was read so far is not the whole directory.
+            Err(e) => return unreadable(scan, e),
+        };
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            scan.failures.push(PathFailure {
+                path: snapshot::join(rel_dir, &entry.file_name().to_string_lossy()),
+                error: "the name is not valid UTF-8 and cannot be sent to an FTP server".into(),
+            });
+            continue;
+        };
+        let rel = snapshot::join(rel_dir, &name);
+        if is_temp_name(&name) {
+            scan.temps.push(rel);
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(m) => m,
             Err(e) => {
                 scan.failures.push(PathFailure {
-                    path: rel_dir.clone(),
-                    error: format!("cannot read local directory {}: {e}", abs_dir.display()),
+                    path: rel.clone(),
+                    error: format!("cannot stat: {e}"),
                 });
+                scan.unreadable.push(rel);
                 continue;
             }
         };
-        for entry in entries {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    scan.failures.push(PathFailure {
-                        path: rel_dir.clone(),
-                        error: format!("cannot read local directory {}: {e}", abs_dir.display()),
-                    });
-                    continue;
-                }
-            };
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                scan.failures.push(PathFailure {
-                    path: snapshot::join(&rel_dir, &entry.file_name().to_string_lossy()),
-                    error: "the name is not valid UTF-8 and cannot be sent to an FTP server".into(),
-                });
-                continue;
-            };
-            let rel = snapshot::join(&rel_dir, &name);
-            if is_temp_name(&name) {
-                scan.temps.push(rel);
-                continue;
-            }
-            let meta = match entry.metadata() {
-                Ok(m) => m,
-                Err(e) => {
-                    scan.failures.push(PathFailure {
-                        path: rel,
-                        error: format!("cannot stat: {e}"),
-                    });
-                    continue;
-                }
-            };
-            add_local(rel, &meta, &entry.path(), rules, scan, &mut dirs);
-        }
+        add_local(rel, &meta, &entry.path(), rules, scan, dirs);
     }
 }
 
@@ -236,9 +250,10 @@ fn add_local(
                 }
                 Err(e) => {
                     scan.failures.push(PathFailure {
-                        path: rel,
+                        path: rel.clone(),
                         error: format!("cannot read: {e}"),
                     });
+                    scan.unreadable.push(rel);
                     return;
                 }
             },
@@ -272,128 +287,6 @@ fn prune_dirs(snap: &mut Snapshot) {
     snap.retain(|path, e| e.kind == Kind::File || keep.contains(path));
 }
 
-/// Where more connections for a listing come from: the job's server, at most `max` in all,
-/// and what the first one cost to open.
-pub struct MoreConnections<'a> {
-    pub remote: &'a Remote,
-    pub tls: &'a TlsContext,
-    pub max: usize,
-    pub connect_time: Duration,
-}
-
-/// Whether listing `waiting` directories, at `per_dir` each on one connection, is worth opening
-/// more connections that cost `connect_time` each (opened side by side). On loopback a listing
-/// takes a few ms and a login tens of ms, so a 20-directory tree is listed faster alone
-/// (measured: 0.14 s alone, 0.25 s with three more connections); over a WAN link a listing is
-/// several round trips and the same tree gains.
-fn worth_more_connections(waiting: usize, per_dir: Duration, connect_time: Duration) -> bool {
-    waiting >= 2
-        && per_dir.saturating_mul(u32::try_from(waiting).unwrap_or(u32::MAX)) > connect_time * 4
-}
-
-/// Lists the remote tree under `root` (an absolute path), breadth first. `LIST` times are put
-/// in UTC and settled against the ledger (see [`RemoteTimes`]).
-///
-/// A wide tree is listed on several connections at once: one listing is a round trip and a
-/// data connection per directory, so at 100,000 files in 1,000 directories one connection
-/// spends seconds waiting. When the directories waiting would take long enough alone (see
-/// [`worth_more_connections`]), up to `more.max` connections list them, level by level; they
-/// are left in `spare` for the transfers.
-pub async fn scan_remote(
-    session: &mut Session,
-    spare: &mut Vec<Session>,
-    more: Option<MoreConnections<'_>>,
-    root: &str,
-    filter: &PathFilter,
-    ledger: &LedgerView,
-    offset: ListTimeOffset,
-) -> Result<Scan, FtpsError> {
-    let mut parts = vec![(Scan::default(), RemoteTimes::new(ledger, offset))];
-    let started = Instant::now();
-    let mut level = {
-        let (scan, times) = &mut parts[0];
-        match list_remote_dir(session, root, "", filter, |_| true, scan, times).await {
-            Ok(subdirs) => subdirs,
-            Err(e) if matches!(e.code(), Some(550)) => {
-                scan.root_missing = true;
-                return Ok(std::mem::take(scan));
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    // What one directory takes to list on one connection, from the last level listed alone.
-    let mut per_dir = started.elapsed();
-    let mut more = more;
-    while !level.is_empty() {
-        if more
-            .as_ref()
-            .is_some_and(|m| worth_more_connections(level.len(), per_dir, m.connect_time))
-        {
-            if let Some(m) = more.take() {
-                let wanted = m.max.saturating_sub(1 + spare.len()).min(level.len() - 1);
-                tracing::debug!(
-                    waiting = level.len(),
-                    per_dir_ms = per_dir.as_millis() as u64,
-                    connect_ms = m.connect_time.as_millis() as u64,
-                    "listing on {wanted} more connections"
-                );
-                let opened = futures_util::future::join_all(
-                    (0..wanted).map(|_| Session::connect(m.remote, m.tls)),
-                )
-                .await;
-                for s in opened {
-                    match s {
-                        Ok(s) => spare.push(s),
-                        // Too many connections, say: list on the ones there are.
-                        Err(e) => tracing::debug!("no extra connection for the listing: {e}"),
-                    }
-                }
-            }
-        }
-        let alone = spare.is_empty();
-        let sessions: Vec<&mut Session> = std::iter::once(&mut *session)
-            .chain(spare.iter_mut())
-            .collect();
-        while parts.len() < sessions.len() {
-            parts.push((Scan::default(), RemoteTimes::new(ledger, offset)));
-        }
-        let (level_started, level_len) = (Instant::now(), level.len());
-        let queue = std::sync::Mutex::new(std::mem::take(&mut level).into_iter());
-        let next_dir = || queue.lock().ok().and_then(|mut q| q.next());
-        let listed =
-            futures_util::future::join_all(sessions.into_iter().zip(parts.iter_mut()).map(
-                |(session, (scan, times))| async {
-                    let mut subdirs = Vec::new();
-                    while let Some(dir) = next_dir() {
-                        subdirs.extend(
-                            list_remote_dir(session, root, &dir, filter, |_| true, scan, times)
-                                .await?,
-                        );
-                    }
-                    Ok::<_, FtpsError>(subdirs)
-                },
-            ))
-            .await;
-        for subdirs in listed {
-            level.extend(subdirs?);
-        }
-        if alone {
-            per_dir = level_started.elapsed() / u32::try_from(level_len).unwrap_or(u32::MAX);
-        }
-    }
-    let mut scan = Scan::default();
-    for (mut part, times) in parts {
-        times.finish(&mut part);
-        scan.snapshot.append(&mut part.snapshot);
-        scan.failures.append(&mut part.failures);
-        scan.temps.append(&mut part.temps);
-    }
-    if filter.has_includes() {
-        prune_dirs(&mut scan.snapshot);
-    }
-    Ok(scan)
-}
-
 /// The remote side of an incremental run: the directory holding each root of `scope` is
 /// listed (once per directory) for that root's entry, and a root that is a directory on the
 /// server is listed to the bottom. `None` when a root's directory does not exist on the server
@@ -415,20 +308,20 @@ pub async fn scan_remote_scope(
         by_parent.entry(parent).or_default().insert(name);
     }
     let mut scan = Scan::default();
-    let mut times = RemoteTimes::new(ledger, offset);
+    let mut times = ListTimes::new(offset);
     for (parent, names) in by_parent {
         let wanted = |name: &str| names.contains(snapshot::temp_owner(name).unwrap_or(name));
-        let mut queue =
-            match list_remote_dir(session, root, parent, filter, wanted, &mut scan, &mut times)
-                .await
-            {
-                Ok(subdirs) => VecDeque::from(subdirs),
-                Err(e) if matches!(e.code(), Some(550)) => {
-                    tracing::debug!(dir = %parent, "not on the server: {e}");
-                    return Ok(None);
-                }
-                Err(e) => return Err(e),
-            };
+        let listed = list_remote_dir(
+            session, root, parent, filter, wanted, ledger, &mut scan, &mut times,
+        );
+        let mut queue = match listed.await {
+            Ok(subdirs) => VecDeque::from(subdirs),
+            Err(e) if matches!(e.code(), Some(550)) => {
+                tracing::debug!(dir = %parent, "not on the server: {e}");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         while let Some(rel_dir) = queue.pop_front() {
             let subdirs = list_remote_dir(
                 session,
@@ -436,6 +329,7 @@ pub async fn scan_remote_scope(
                 &rel_dir,
                 filter,
                 |_| true,
+                ledger,
                 &mut scan,
                 &mut times,
             )
@@ -453,72 +347,123 @@ pub async fn scan_remote_scope(
 /// Lists one remote directory (`rel_dir`, relative to `root`) into `scan`, keeping the names
 /// `wanted` accepts (a temporary file counts as the file it is for); returns the directories
 /// found, to be listed in turn. Times of `LIST` entries are settled by `times`.
-async fn list_remote_dir(
+#[allow(clippy::too_many_arguments)] // the listing's inputs, each used once
+pub async fn list_remote_dir(
     session: &mut Session,
     root: &str,
     rel_dir: &str,
     filter: &PathFilter,
     wanted: impl Fn(&str) -> bool,
+    ledger: &LedgerView,
     scan: &mut Scan,
-    times: &mut RemoteTimes<'_>,
+    times: &mut ListTimes,
 ) -> Result<Vec<String>, FtpsError> {
-    let abs = remote_path(root, rel_dir);
-    let (lines, mlsd) = session.list_dir(&abs).await?;
-    let mut subdirs = Vec::new();
-    for line in lines {
-        let Some(file) = listing::parse_line(&line, mlsd) else {
-            continue;
-        };
-        let name = file.name;
-        if file.kind == ListedKind::Dir && (name == "." || name == "..") {
-            continue;
-        }
-        if !wanted(&name) {
-            continue;
-        }
-        if let Err(e) = check_remote_name(&abs, &name) {
-            scan.failures.push(PathFailure {
-                path: snapshot::join(rel_dir, &name.escape_debug().to_string()),
-                error: e.to_string(),
-            });
-            continue;
-        }
-        let rel = snapshot::join(rel_dir, &name);
-        if is_temp_name(&name) {
-            if file.kind == ListedKind::File {
-                scan.temps.push(rel);
-            }
-            continue;
-        }
-        match file.kind {
-            ListedKind::Symlink => tracing::warn!(path = %rel, "skipping remote symbolic link"),
-            ListedKind::Dir => {
-                if filter.excludes(&rel) {
-                    continue;
-                }
-                scan.snapshot.insert(rel.clone(), Entry::dir());
-                subdirs.push(rel);
-            }
-            ListedKind::File => {
-                if !filter.includes_file(&rel) {
-                    continue;
-                }
-                let mtime = times
-                    .settle(session, root, &rel, file.mtime, file.precision)
-                    .await;
-                scan.snapshot.insert(
-                    rel,
-                    Entry {
-                        kind: Kind::File,
-                        size: file.size,
-                        mtime,
-                        hash: None,
-                    },
-                );
-            }
-        }
+    let listed = RemoteListing::fetch(session, root, rel_dir).await?;
+    listed
+        .add_to(session, root, filter, wanted, ledger, scan, times)
+        .await
+}
+
+/// The raw lines of one remote directory's listing, before they are checked and parsed (see
+/// [`RemoteListing::add_to`]).
+pub struct RemoteListing {
+    rel_dir: String,
+    lines: Vec<String>,
+    mlsd: bool,
+}
+
+impl RemoteListing {
+    /// Lists `rel_dir` (relative to `root`), MLSD where offered, LIST otherwise.
+    pub async fn fetch(
+        session: &mut Session,
+        root: &str,
+        rel_dir: &str,
+    ) -> Result<RemoteListing, FtpsError> {
+        let (lines, mlsd) = session.list_dir(&remote_path(root, rel_dir)).await?;
+        Ok(RemoteListing {
+            rel_dir: rel_dir.to_string(),
+            lines,
+            mlsd,
+        })
     }
-    Ok(subdirs)
+
+    /// Adds the listing's entries to `scan` (see [`list_remote_dir`]); `session` answers the
+    /// MDTM that may tell the server's LIST time offset.
+    #[allow(clippy::too_many_arguments)] // as list_remote_dir
+    pub async fn add_to(
+        self,
+        session: &mut Session,
+        root: &str,
+        filter: &PathFilter,
+        wanted: impl Fn(&str) -> bool,
+        ledger: &LedgerView,
+        scan: &mut Scan,
+        times: &mut ListTimes,
+    ) -> Result<Vec<String>, FtpsError> {
+        let RemoteListing {
+            rel_dir,
+            lines,
+            mlsd,
+        } = self;
+        let rel_dir = rel_dir.as_str();
+        let abs = remote_path(root, rel_dir);
+        let mut subdirs = Vec::new();
+        for line in lines {
+            let Some(file) = listing::parse_line(&line, mlsd) else {
+                continue;
+            };
+            let name = file.name;
+            if file.kind == ListedKind::Dir && (name == "." || name == "..") {
+                continue;
+            }
+            if !wanted(&name) {
+                continue;
+            }
+            if let Err(e) = check_remote_name(&abs, &name) {
+                scan.failures.push(PathFailure {
+                    path: snapshot::join(rel_dir, &name.escape_debug().to_string()),
+                    error: e.to_string(),
+                });
+                continue;
+            }
+            let rel = snapshot::join(rel_dir, &name);
+            if is_temp_name(&name) {
+                if file.kind == ListedKind::File {
+                    scan.temps.push(rel);
+                }
+                continue;
+            }
+            match file.kind {
+                ListedKind::Symlink => tracing::warn!(path = %rel, "skipping remote symbolic link"),
+                ListedKind::Dir => {
+                    if filter.excludes(&rel) {
+                        continue;
+                    }
+                    scan.snapshot.insert(rel.clone(), Entry::dir());
+                    subdirs.push(rel);
+                }
+                ListedKind::File => {
+                    if !filter.includes_file(&rel) {
+                        continue;
+                    }
+                    let recorded = ledger.get(&rel).and_then(|e| e.remote_mtime);
+                    let mtime = times
+                        .settle(session, root, &rel, file.mtime, file.precision, recorded)
+                        .await;
+                    scan.snapshot.insert(
+                        rel,
+                        Entry {
+                            kind: Kind::File,
+                            size: file.size,
+                            mtime,
+                            hash: None,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(subdirs)
+    }
 }
 
 /// Puts `LIST` times in UTC and, where they agree with the ledger's record at the listing's
@@ -526,18 +471,17 @@ async fn list_remote_dir(
 /// listing goes: the offset is learnt from the first minute-precise file (one MDTM), and only
 /// the files listed before that one wait for it. (Remembering every imprecise file until the
 /// end cost 64 MB at a million files.)
-struct RemoteTimes<'a> {
-    ledger: &'a LedgerView,
+#[derive(Debug, Clone, Default)]
+pub struct ListTimes {
     /// Seconds east of UTC, once known.
     offset: Option<i64>,
-    /// Imprecise files listed before the offset was known.
-    pending: Vec<(String, Precision)>,
+    /// Imprecise files listed before the offset was known, with their recorded remote times.
+    pending: Vec<(String, Precision, Option<i64>)>,
 }
 
-impl<'a> RemoteTimes<'a> {
-    fn new(ledger: &'a LedgerView, offset: ListTimeOffset) -> Self {
-        RemoteTimes {
-            ledger,
+impl ListTimes {
+    pub fn new(offset: ListTimeOffset) -> Self {
+        ListTimes {
             offset: match offset {
                 ListTimeOffset::Fixed(secs) => Some(secs),
                 ListTimeOffset::Auto => None,
@@ -546,7 +490,23 @@ impl<'a> RemoteTimes<'a> {
         }
     }
 
-    /// The time to record for a file listed at `listed` with `precision`.
+    /// The server's offset, if known (set in the job, or learnt).
+    pub fn offset(&self) -> Option<i64> {
+        self.offset
+    }
+
+    /// Takes an offset learnt elsewhere in the run, unless one is known already.
+    pub fn learn(&mut self, offset: Option<i64>) {
+        self.offset = self.offset.or(offset);
+    }
+
+    /// Whether files wait for the offset to be known.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The time to record for a file listed at `listed` with `precision`; `recorded` is the
+    /// ledger's remote time of that file.
     async fn settle(
         &mut self,
         session: &mut Session,
@@ -554,6 +514,7 @@ impl<'a> RemoteTimes<'a> {
         rel: &str,
         listed: i64,
         precision: Precision,
+        recorded: Option<i64>,
     ) -> i64 {
         if precision == Precision::Exact {
             return listed;
@@ -562,25 +523,26 @@ impl<'a> RemoteTimes<'a> {
             self.offset = Some(detect_list_offset(session, root, rel, listed).await);
         }
         match self.offset {
-            Some(offset) => self.settled(rel, listed, precision, offset),
+            Some(offset) => {
+                listing::settle_time(listing::apply_offset(listed, offset), precision, recorded)
+            }
             None => {
-                self.pending.push((rel.to_string(), precision));
+                self.pending.push((rel.to_string(), precision, recorded));
                 listed
             }
         }
     }
 
-    fn settled(&self, rel: &str, listed: i64, precision: Precision, offset: i64) -> i64 {
-        let recorded = self.ledger.get(rel).and_then(|e| e.remote_mtime);
-        listing::settle_time(listing::apply_offset(listed, offset), precision, recorded)
-    }
-
     /// Settles the files that waited for an offset (UTC when no file was minute-precise).
-    fn finish(self, scan: &mut Scan) {
+    pub fn finish(&mut self, scan: &mut Scan) {
         let offset = self.offset.unwrap_or(0);
-        for (rel, precision) in &self.pending {
-            if let Some(e) = scan.snapshot.get_mut(rel) {
-                e.mtime = self.settled(rel, e.mtime, *precision, offset);
+        for (rel, precision, recorded) in self.pending.drain(..) {
+            if let Some(e) = scan.snapshot.get_mut(&rel) {
+                e.mtime = listing::settle_time(
+                    listing::apply_offset(e.mtime, offset),
+                    precision,
+                    recorded,
+                );
             }
         }
     }
@@ -622,9 +584,10 @@ async fn detect_list_offset(session: &mut Session, root: &str, rel: &str, listed
 mod tests {
     use super::*;
     use crate::plan::SyncedEntry;
+    use std::time::Duration;
 
     #[test]
-    fn local_scan_finds_files_dirs_and_reuses_hashes() {
+    fn a_local_directory_is_read_with_its_children_only_and_reuses_hashes() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("a b/ünï")).unwrap();
@@ -632,12 +595,18 @@ mod tests {
         std::fs::write(root.join("a b/ünï/f.txt"), b"hello").unwrap();
         std::fs::write(root.join("zero"), b"").unwrap();
         std::fs::write(root.join(snapshot::temp_name("zero")), b"partial").unwrap();
-        let s = scan_local(root, &PathFilter::all(), &LedgerView::new()).unwrap();
+        let all = PathFilter::all();
+        let s = scan_local_dir(root, "", &all, &LedgerView::new());
         let keys: Vec<&str> = s.snapshot.keys().map(String::as_str).collect();
-        assert_eq!(keys, ["a b", "a b/ünï", "a b/ünï/f.txt", "empty", "zero"]);
-        assert_eq!(s.hashed, 2);
+        assert_eq!(keys, ["a b", "empty", "zero"]);
+        assert!(s.snapshot["a b"].is_dir());
+        assert_eq!(s.temps, [snapshot::temp_name("zero")]);
+        assert!(s.unreadable.is_empty());
+
+        let s = scan_local_dir(root, "a b/ünï", &all, &LedgerView::new());
         let f = &s.snapshot["a b/ünï/f.txt"];
         assert_eq!(f.hash, Some(blake3::hash(b"hello")));
+        assert_eq!(s.hashed, 1);
 
         let mut ledger = LedgerView::new();
         ledger.insert(
@@ -650,12 +619,20 @@ mod tests {
                 remote_mtime: None,
             },
         );
-        let s = scan_local(root, &PathFilter::all(), &ledger).unwrap();
-        assert_eq!(s.hashed, 1, "unchanged size+mtime reuses the ledger's hash");
+        let s = scan_local_dir(root, "a b/ünï", &all, &ledger);
+        assert_eq!(s.hashed, 0, "unchanged size+mtime reuses the ledger's hash");
         assert_eq!(
             s.snapshot["a b/ünï/f.txt"].hash,
             Some(blake3::hash(b"remembered"))
         );
+
+        let s = scan_local_dir(root, "gone", &all, &LedgerView::new());
+        assert_eq!(
+            s.unreadable,
+            ["gone"],
+            "an unreadable directory is unknown, not empty"
+        );
+        assert_eq!(s.failures.len(), 1);
     }
 
     #[test]
@@ -671,7 +648,7 @@ mod tests {
             .unwrap()
             .set_modified(an_hour_ago)
             .unwrap();
-        let s = scan_local(root, &PathFilter::all(), &LedgerView::new()).unwrap();
+        let s = scan_local_dir(root, "", &PathFilter::all(), &LedgerView::new());
         assert_eq!(s.snapshot["old.csv"].hash, None, "hashed before it is sent");
         assert_eq!(s.snapshot["old.csv"].size, 7);
         assert_eq!(
@@ -714,18 +691,6 @@ mod tests {
         assert_eq!(keys, ["d/a.csv", "new", "new/x", "new/x/y.csv"]);
         assert!(s.failures.is_empty(), "{:?}", s.failures);
         assert_eq!(s.hashed, 2);
-    }
-
-    #[test]
-    fn more_connections_only_when_listing_alone_takes_longer() {
-        let ms = Duration::from_millis;
-        // Loopback: 20 directories at 3 ms against a 20 ms login: alone.
-        assert!(!worth_more_connections(20, ms(3), ms(20)));
-        // 1,000 directories: more connections.
-        assert!(worth_more_connections(1000, ms(3), ms(20)));
-        // A WAN link (30 ms round trips): 20 directories at 120 ms against a 240 ms login.
-        assert!(worth_more_connections(20, ms(120), ms(240)));
-        assert!(!worth_more_connections(1, ms(1000), ms(1)));
     }
 
     #[test]
