@@ -279,7 +279,9 @@ async fn execute_run(
     if root_missing {
         make_remote_root(&mut session, &job.remote.path).await?;
     }
-    clean_up_temps(job, ledger, &mut session, &the_plan, &dest_temps, scope).await;
+    let mut the_plan = the_plan;
+    let work = the_plan.take_transfers();
+    clean_up_temps(job, ledger, &mut session, &work, &dest_temps, scope).await;
 
     // 1. Directories, parents first.
     for a in &the_plan.actions {
@@ -302,16 +304,6 @@ async fn execute_run(
     }
 
     // 2. Transfers on a pool of connections.
-    let work: VecDeque<(String, Entry)> = the_plan
-        .actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Upload { path, source } | Action::Download { path, source } => {
-                Some((path.clone(), source.clone()))
-            }
-            _ => None,
-        })
-        .collect();
     if opts.stop_requested() {
         report.interrupted = true;
         quit_all(spare).await;
@@ -405,18 +397,10 @@ async fn clean_up_temps(
     job: &Job,
     ledger: &SharedLedger,
     session: &mut Session,
-    plan: &SyncPlan,
+    transfers: &VecDeque<Action>,
     dest_temps: &[String],
     scope: Option<&Scope>,
 ) {
-    let transferring: std::collections::HashSet<&str> = plan
-        .actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Upload { path, .. } | Action::Download { path, .. } => Some(path.as_str()),
-            _ => None,
-        })
-        .collect();
     let journal = match lock(ledger).journal(&job.name) {
         Ok(j) => j,
         Err(e) => {
@@ -424,6 +408,15 @@ async fn clean_up_temps(
             return;
         }
     };
+    // The journal is short, the transfers may be a million: look each transfer up in it.
+    let journaled: std::collections::HashSet<&str> =
+        journal.iter().map(|j| j.path.as_str()).collect();
+    let transferring: std::collections::HashSet<String> = transfers
+        .iter()
+        .map(Action::path)
+        .filter(|p| journaled.contains(p))
+        .map(str::to_string)
+        .collect();
     let mut keep = std::collections::HashSet::new();
     // An incremental run saw only its scope: transfers journaled elsewhere wait for a run
     // that looks there.
@@ -680,7 +673,7 @@ async fn transfer_all(
     tls: &Arc<TlsContext>,
     // The connection that listed, and any more the listing opened.
     (first, mut spare): (Session, Vec<Session>),
-    work: VecDeque<(String, Entry)>,
+    work: VecDeque<Action>,
     report: &mut RunReport,
 ) -> Option<Session> {
     if work.is_empty() {
@@ -688,7 +681,13 @@ async fn transfer_all(
         return Some(first);
     }
     let total_files = work.len() as u64;
-    let total_bytes: u64 = work.iter().map(|(_, e)| e.size).sum();
+    let total_bytes: u64 = work
+        .iter()
+        .map(|a| match a {
+            Action::Upload { source, .. } | Action::Download { source, .. } => source.size,
+            _ => 0,
+        })
+        .sum();
     let workers = job.transfers.min(work.len()).max(1);
     let queue = Arc::new(Mutex::new(work));
     let counter = ByteCounter::default();
@@ -793,13 +792,12 @@ async fn transfer_all(
     }
     // Whatever no worker could take (every connection lost) fails with a reason; after a stop
     // request it is simply left for the next run.
-    let left: Vec<(String, Entry)> = lock_queue(&queue).drain(..).collect();
     if opts.stop_requested() {
         return survivor;
     }
-    for (path, _) in left {
+    for a in lock_queue(&queue).drain(..) {
         report.failures.push(PathFailure {
-            path,
+            path: a.path().to_string(),
             error: "not transferred: no connection to the server could be kept".into(),
         });
     }
@@ -855,6 +853,14 @@ fn commit_batch(
     }
 }
 
+/// The queue's action for sending `path` in `direction`.
+fn transfer_of(direction: Direction, path: String, source: Entry) -> Action {
+    match direction {
+        Direction::Push => Action::Upload { path, source },
+        Direction::Pull => Action::Download { path, source },
+    }
+}
+
 fn lock_queue<T>(q: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     q.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -867,7 +873,8 @@ struct WorkerPool {
     job: Arc<Job>,
     ledger: SharedLedger,
     tls: Arc<TlsContext>,
-    queue: Arc<Mutex<VecDeque<(String, Entry)>>>,
+    /// Upload or Download actions, taken from the plan without a copy.
+    queue: Arc<Mutex<VecDeque<Action>>>,
     tx: mpsc::UnboundedSender<WorkerNews>,
     counter: ByteCounter,
     stop: Option<tokio::sync::watch::Receiver<bool>>,
@@ -905,8 +912,11 @@ async fn transfer_worker(pool: WorkerPool, mut session: Option<Session>) -> Opti
             return session;
         }
         let next = lock_queue(queue).pop_front();
-        let Some((path, source)) = next else {
+        let Some(action) = next else {
             return session;
+        };
+        let (Action::Upload { path, source } | Action::Download { path, source }) = action else {
+            continue;
         };
         let _ = tx.send(WorkerNews::Started(path.clone()));
         let mut attempt = 0;
@@ -922,7 +932,7 @@ async fn transfer_worker(pool: WorkerPool, mut session: Option<Session>) -> Opti
                         tracing::warn!(
                             "the server refused one more connection, going on with fewer: {e}"
                         );
-                        lock_queue(queue).push_front((path, source));
+                        lock_queue(queue).push_front(transfer_of(job.direction, path, source));
                         return None;
                     }
                     Err(e) if e.is_transient() && attempt + 1 < job.retries.attempts => {
@@ -935,7 +945,7 @@ async fn transfer_worker(pool: WorkerPool, mut session: Option<Session>) -> Opti
                         // This worker cannot get a connection: give the file back to the queue
                         // for the others, unless none of them is left to take it.
                         tracing::warn!("connection refused: {e}");
-                        lock_queue(queue).push_front((path, source));
+                        lock_queue(queue).push_front(transfer_of(job.direction, path, source));
                         return None;
                     }
                 }

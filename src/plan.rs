@@ -4,7 +4,7 @@
 //! ledger remembers, per file, the local size/mtime/BLAKE3 and the remote size/mtime as they
 //! were when the file was last synced; a side is "unchanged" when it still matches that record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::config::{Direction, MaxDelete, SyncMode};
 use crate::snapshot::{Entry, Kind, Snapshot};
@@ -91,6 +91,10 @@ impl Action {
         }
     }
 
+    pub fn is_transfer(&self) -> bool {
+        matches!(self, Action::Upload { .. } | Action::Download { .. })
+    }
+
     /// Whether the action changes either side (as opposed to the ledger only).
     pub fn changes_files(&self) -> bool {
         !matches!(self, Action::Record { .. } | Action::Forget { .. })
@@ -113,6 +117,29 @@ pub struct SyncPlan {
 }
 
 impl SyncPlan {
+    /// Takes the transfers out of the plan, in their order, without copying them (see
+    /// [`Decided::into_plan`]): [`plan`] and [`TreePlan`] put every transfer in one run.
+    pub fn take_transfers(&mut self) -> VecDeque<Action> {
+        let actions = &mut self.actions;
+        let start = actions
+            .iter()
+            .position(Action::is_transfer)
+            .unwrap_or(actions.len());
+        let end = start
+            + actions[start..]
+                .iter()
+                .take_while(|a| a.is_transfer())
+                .count();
+        let mut rest = actions.split_off(end);
+        let before: Vec<Action> = actions.drain(..start).collect();
+        let mut transfers = VecDeque::from(std::mem::replace(actions, before));
+        // Transfers out of that run (none from this module's planners) still go.
+        transfers.extend(rest.iter().filter(|a| a.is_transfer()).cloned());
+        rest.retain(|a| !a.is_transfer());
+        actions.append(&mut rest);
+        transfers
+    }
+
     pub fn count(&self, pred: impl Fn(&Action) -> bool) -> usize {
         self.actions.iter().filter(|a| pred(a)).count()
     }
@@ -193,8 +220,10 @@ struct Decided {
 
 impl Decided {
     fn into_plan(self) -> SyncPlan {
-        let mut actions = self.first;
-        actions.extend(self.transfers);
+        // Built on the transfers' own buffer, the largest by far on a first sync (a million
+        // uploads are ~130 MB): moving them into another would hold both at once.
+        let mut actions = self.transfers;
+        actions.splice(0..0, self.first);
         actions.extend(self.delete_files);
         actions.extend(self.delete_dirs);
         actions.extend(self.forgets);
@@ -905,6 +934,30 @@ mod tests {
         // Modified moments ago: it may still be being written, so the content is kept.
         assert_eq!(local_hash(None, 3, now - 1, now), LocalHash::Compute);
         assert_eq!(local_hash(Some(&same), 4, now - 1, now), LocalHash::Compute);
+    }
+
+    #[test]
+    fn transfers_come_out_of_a_plan_in_order_and_the_rest_stays() {
+        let up = |p: &str| Action::Upload {
+            path: p.into(),
+            source: file(b"x", 1),
+        };
+        let mut p = SyncPlan {
+            actions: vec![
+                Action::MakeDir { path: "d".into() },
+                up("d/a"),
+                up("d/b"),
+                Action::DeleteFile { path: "z".into() },
+                up("late"),
+                Action::Forget { path: "f".into() },
+            ],
+            conflicts: Vec::new(),
+        };
+        let t = p.take_transfers();
+        let paths: Vec<&str> = t.iter().map(Action::path).collect();
+        assert_eq!(paths, ["d/a", "d/b", "late"]);
+        let rest: Vec<&str> = p.actions.iter().map(Action::path).collect();
+        assert_eq!(rest, ["d", "z", "f"]);
     }
 
     #[test]
