@@ -477,54 +477,70 @@ async fn survey_all(
     tls: &TlsContext,
     write_ledger: bool,
 ) -> Result<Surveyed, String> {
-    let mut attempt = 0;
-    loop {
+    let w = with_retries(job, tls, || async {
         let connecting = Instant::now();
-        let failed = match Session::connect(&job.remote, tls).await {
-            Ok(session) => {
-                tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
-                let connect_time = connecting.elapsed();
-                match walk(job, ledger, tls, session, connect_time, write_ledger).await {
-                    Ok(w) => {
-                        tracing::info!(
-                            local = w.local_entries,
-                            hashed = w.hashed,
-                            remote = w.remote_entries,
-                            connections = w.sessions.len(),
-                            "scanned"
-                        );
-                        let mut sessions = w.sessions;
-                        let Some(session) = sessions.pop() else {
-                            return Err("the walk kept no connection".into());
-                        };
-                        return Ok(Surveyed {
-                            plan: w.plan,
-                            session,
-                            spare: sessions,
-                            failures: w.failures,
-                            dest_temps: match job.direction {
-                                Direction::Push => w.remote_temps,
-                                Direction::Pull => w.local_temps,
-                            },
-                            root_missing: w.root_missing,
-                        });
-                    }
-                    Err(WalkError::Run(e)) => return Err(e),
-                    Err(WalkError::Remote(e)) => e,
-                }
-            }
+        let session = Session::connect(&job.remote, tls).await?;
+        tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
+        let connect_time = connecting.elapsed();
+        match walk(job, ledger, tls, session, connect_time, write_ledger).await {
+            Ok(w) => Ok(Ok(w)),
+            Err(WalkError::Run(e)) => Ok(Err(e)),
+            Err(WalkError::Remote(e)) => Err(e),
+        }
+    })
+    .await?;
+    tracing::info!(
+        local = w.local_entries,
+        hashed = w.hashed,
+        remote = w.remote_entries,
+        connections = w.sessions.len(),
+        "scanned"
+    );
+    let mut sessions = w.sessions;
+    let Some(session) = sessions.pop() else {
+        return Err("the walk kept no connection".into());
+    };
+    Ok(Surveyed {
+        plan: w.plan,
+        session,
+        spare: sessions,
+        failures: w.failures,
+        dest_temps: match job.direction {
+            Direction::Push => w.remote_temps,
+            Direction::Pull => w.local_temps,
+        },
+        root_missing: w.root_missing,
+    })
+}
+
+/// Runs `attempt` until it succeeds or fails for good: a server error (`Err`) that is
+/// transient is tried again after the job's backoff, up to `retries.attempts` times in all; a
+/// 425 also moves the run to TLS 1.2. `Ok(Err(reason))` fails at once.
+async fn with_retries<T, F, Fut>(job: &Job, tls: &TlsContext, mut attempt: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Result<T, String>, crate::ftps::FtpsError>>,
+{
+    let mut n = 0;
+    loop {
+        let failed = match attempt().await {
+            Ok(done) => return done,
             Err(e) => e,
         };
         if failed.code() == Some(425) {
             note_tls12_fallback(tls);
         }
-        if !failed.is_transient() || attempt + 1 >= job.retries.attempts {
+        if !failed.is_transient() || n + 1 >= job.retries.attempts {
             return Err(failed.to_string());
         }
-        let wait = job.retries.delay(attempt);
-        tracing::warn!(attempt, "retrying in {:.1}s: {failed}", wait.as_secs_f64());
+        let wait = job.retries.delay(n);
+        tracing::warn!(
+            attempt = n,
+            "retrying in {:.1}s: {failed}",
+            wait.as_secs_f64()
+        );
         tokio::time::sleep(wait).await;
-        attempt += 1;
+        n += 1;
     }
 }
 
@@ -601,38 +617,21 @@ async fn connect_and_list_scope(
     view: &LedgerView,
     scope: &Scope,
 ) -> Result<(Session, Option<Scan>), String> {
-    let mut attempt = 0;
-    loop {
-        let listed = match Session::connect(&job.remote, tls).await {
-            Ok(mut session) => {
-                tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
-                let listed = scan_remote_scope(
-                    &mut session,
-                    &job.remote.path,
-                    scope,
-                    &job.filter,
-                    view,
-                    job.remote.list_time_offset,
-                )
-                .await;
-                match listed {
-                    Ok(scan) => return Ok((session, scan)),
-                    Err(e) => e,
-                }
-            }
-            Err(e) => e,
-        };
-        if listed.code() == Some(425) {
-            note_tls12_fallback(tls);
-        }
-        if !listed.is_transient() || attempt + 1 >= job.retries.attempts {
-            return Err(listed.to_string());
-        }
-        let wait = job.retries.delay(attempt);
-        tracing::warn!(attempt, "retrying in {:.1}s: {listed}", wait.as_secs_f64());
-        tokio::time::sleep(wait).await;
-        attempt += 1;
-    }
+    with_retries(job, tls, || async {
+        let mut session = Session::connect(&job.remote, tls).await?;
+        tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
+        let scan = scan_remote_scope(
+            &mut session,
+            &job.remote.path,
+            scope,
+            &job.filter,
+            view,
+            job.remote.list_time_offset,
+        )
+        .await?;
+        Ok(Ok((session, scan)))
+    })
+    .await
 }
 
 async fn quit_all(sessions: Vec<Session>) {
