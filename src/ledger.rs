@@ -475,7 +475,9 @@ impl Ledger {
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
 
-    /// Every synced path of `job`.
+    /// Every synced path of `job` (runs read the rows of one directory at a time: see
+    /// [`Ledger::children`]).
+    #[cfg(test)]
     pub fn entries(&self, job: &str) -> Result<LedgerView, LedgerError> {
         let mut stmt = self
             .conn
