@@ -421,9 +421,9 @@ impl TreePlan {
         local: &Snapshot,
         remote: &Snapshot,
     ) -> DirOutcome {
-        let (source, dest) = match self.opts.direction {
-            Direction::Push => (local, remote),
-            Direction::Pull => (remote, local),
+        let dest = match self.opts.direction {
+            Direction::Push => remote,
+            Direction::Pull => local,
         };
         for (side, other, dirs, against) in [
             (
@@ -443,7 +443,8 @@ impl TreePlan {
             for (path, e) in side {
                 match e.kind {
                     Kind::Dir => {
-                        dirs.insert(path.clone(), false);
+                        // A subdirectory may have been added first (see `dir_visits`).
+                        dirs.entry(path.clone()).or_insert(false);
                     }
                     Kind::File => {
                         has_file = true;
@@ -495,7 +496,22 @@ impl TreePlan {
                     .filter(|a| !is_spared(a.path(), &self.spared)),
             )
             .collect();
-        let visits = local
+        DirOutcome {
+            visits: self.dir_visits(dir, local, remote),
+            ledger_only,
+        }
+    }
+
+    /// The subdirectories of `dir` to visit, given its children on each side: what
+    /// [`TreePlan::add_dir`] returns, known before the directory itself is added (a walk that
+    /// must wait to add a directory can visit below it meanwhile; the plan does not depend on
+    /// the order in which directories are added).
+    pub fn dir_visits(&self, dir: &DirVisit, local: &Snapshot, remote: &Snapshot) -> Vec<DirVisit> {
+        let (source, dest) = match self.opts.direction {
+            Direction::Push => (local, remote),
+            Direction::Pull => (remote, local),
+        };
+        local
             .iter()
             .chain(remote.iter())
             .filter(|(_, e)| e.is_dir())
@@ -510,11 +526,7 @@ impl TreePlan {
                     || (dest.get(path).is_some_and(Entry::is_dir)
                         && source.get(path).is_some_and(|e| !e.is_dir())),
             })
-            .collect();
-        DirOutcome {
-            visits,
-            ledger_only,
-        }
+            .collect()
     }
 
     /// A local path that could not be read (a file whose content is needed, or a directory,
@@ -522,9 +534,17 @@ impl TreePlan {
     /// below it is deleted or forgotten. Call it before adding the directory that holds it.
     pub fn spare(&mut self, path: &str) {
         self.spared.push(path.to_string());
-        // An unreadable directory keeps its place on both sides, include patterns or not.
-        mark_has_file(&mut self.local_dirs, path);
-        mark_has_file(&mut self.remote_dirs, path);
+        // An unreadable directory keeps its place on both sides, include patterns or not; an
+        // unreadable file keeps its local directory.
+        let local_dir = if self.local_dirs.contains_key(path) {
+            path
+        } else {
+            crate::scope::split_parent(path).0
+        };
+        mark_has_file(&mut self.local_dirs, local_dir);
+        if self.remote_dirs.contains_key(path) {
+            mark_has_file(&mut self.remote_dirs, path);
+        }
     }
 
     /// Whether the walk entered the directory `path`, or spared it (rows of a directory it
@@ -607,14 +627,17 @@ pub fn spare(plan: &mut SyncPlan, unreadable: &[String]) {
     });
 }
 
-/// Marks `dir` and its ancestors in `dirs` as leading to a file.
+/// Marks `dir` and its ancestors in `dirs`, directories of that side, as leading to a file
+/// (adding those not seen yet: a directory may be added before its parent).
 fn mark_has_file(dirs: &mut BTreeMap<String, bool>, dir: &str) {
     let mut at = dir;
     while !at.is_empty() {
         match dirs.get_mut(at) {
             Some(true) => return,
             Some(has_file) => *has_file = true,
-            None => {}
+            None => {
+                dirs.insert(at.to_string(), true);
+            }
         }
         at = at.rfind('/').map_or("", |i| &at[..i]);
     }
@@ -1110,17 +1133,22 @@ mod tests {
 
     /// The walk of a full run over in-memory trees: breadth first, each directory's direct
     /// children (the unpruned tree's, as a scan of one directory sees them) handed to a
-    /// [`TreePlan`], then the rows of directories never entered forgotten.
+    /// [`TreePlan`], then the rows of directories never entered forgotten. Where `deferrals`
+    /// says so (one flag per directory, in visiting order), a directory is added only at the
+    /// end, after what lies below it, as the walk does while a server's LIST offset is unknown.
     fn plan_by_directories(
         o: PlanOptions,
         ledger: &LedgerView,
         local: &Snapshot,
         remote: &Snapshot,
         prune: bool,
+        deferrals: &[bool],
     ) -> Result<SyncPlan, PlanError> {
         let mut tree = TreePlan::new(o);
         let mut ledger_only = Vec::new();
         let mut queue = std::collections::VecDeque::from([DirVisit::root(true, true)]);
+        let mut deferred = Vec::new();
+        let mut n = 0;
         while let Some(d) = queue.pop_front() {
             let rows: LedgerView = ledger
                 .iter()
@@ -1138,9 +1166,19 @@ mod tests {
             } else {
                 empty
             };
+            let defer = deferrals.get(n).copied().unwrap_or(false);
+            n += 1;
+            if defer {
+                queue.extend(tree.dir_visits(&d, &l, &r));
+                deferred.push((d, rows, l, r));
+                continue;
+            }
             let out = tree.add_dir(&d, &rows, &l, &r);
             queue.extend(out.visits);
             ledger_only.extend(out.ledger_only);
+        }
+        for (d, rows, l, r) in deferred.into_iter().rev() {
+            ledger_only.extend(tree.add_dir(&d, &rows, &l, &r).ledger_only);
         }
         for path in ledger.keys() {
             if !tree.visited(crate::scope::split_parent(path).0) {
@@ -1441,6 +1479,7 @@ mod tests {
             mirror in any::<bool>(),
             max_delete in prop::option::of(0u64..4),
             prune in any::<bool>(),
+            deferrals in prop::collection::vec(any::<bool>(), 0..8),
         ) {
             let dir = if push { Direction::Push } else { Direction::Pull };
             let mode = if mirror { SyncMode::Mirror } else { SyncMode::Copy };
@@ -1460,7 +1499,7 @@ mod tests {
             }
             o.max_delete = max_delete.map(MaxDelete::Count);
             // The scan of one directory sees every subdirectory; a whole-tree scan prunes.
-            let by_dirs = plan_by_directories(o, &ledger, &local, &remote, prune);
+            let by_dirs = plan_by_directories(o, &ledger, &local, &remote, prune, &deferrals);
             if prune {
                 prune_tree(&mut local);
                 prune_tree(&mut remote);

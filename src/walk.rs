@@ -81,6 +81,8 @@ struct Visited {
     root_missing: bool,
     /// How long the listing took.
     took: Duration,
+    /// Its subdirectories are queued already (it waited for the server's LIST offset).
+    visits_queued: bool,
 }
 
 /// What every visit of one walk shares.
@@ -163,6 +165,7 @@ impl WalkContext<'_> {
             times,
             root_missing,
             took,
+            visits_queued: false,
         };
         (session, Ok(visited))
     }
@@ -269,7 +272,7 @@ pub async fn walk(
             continue;
         };
         idle.push(session);
-        let visited = visited?;
+        let mut visited = visited?;
         if sessions == 1 && visited.visit.remote {
             listed_alone = (listed_alone.0 + visited.took, listed_alone.1 + 1);
         }
@@ -281,7 +284,15 @@ pub async fn walk(
                 }
             }
         }
-        if offset.is_none() && visited.times.has_pending() {
+        let unreadable = visited.local.unreadable.contains(&visited.visit.path);
+        if offset.is_none() && visited.times.has_pending() && !unreadable {
+            // What lies below is visited meanwhile: a later directory may tell the offset.
+            queue.extend(tree.dir_visits(
+                &visited.visit,
+                &visited.local.snapshot,
+                &visited.remote.snapshot,
+            ));
+            visited.visits_queued = true;
             deferred.push(visited);
             continue;
         }
@@ -365,7 +376,9 @@ fn plan_dir(
         tree.spare(path);
     }
     let out = tree.add_dir(&d.visit, &d.rows, &d.local.snapshot, &d.remote.snapshot);
-    queue.extend(out.visits);
+    if !d.visits_queued {
+        queue.extend(out.visits);
+    }
     got.ledger_only.extend(out.ledger_only);
     Ok(())
 }

@@ -578,6 +578,55 @@ fn list_with_server_local_times_keeps_exact_mtimes() {
     assert_eq!(mtime("recent.txt"), at(recent + 120));
 }
 
+/// The walk lists the root first; there the only file is older than six months (LIST shows its
+/// day, in the server's zone, UTC+3), and it was modified at 22:30 UTC, already the next day
+/// there. The offset is learnt only from the recent file in the subdirectory listed later, so
+/// the root must wait for it: read as UTC, the old file's day would not contain its time, and it
+/// would get a wrong mtime and look changed in every run.
+#[test]
+fn list_times_wait_for_the_offset_learnt_in_a_later_directory() {
+    let Some(server) = Server::proftpd() else {
+        return;
+    };
+    if std::env::var("FERRYSYNC_PROFTPD_LIST_TZ").as_deref() != Ok("<+03>-3") {
+        eprintln!("skipped: ProFTPD was not started with PROFTPD_LIST_TZ=<+03>-3");
+        return;
+    }
+    let s = Sandbox::new(&server, "listtzlater");
+    let at = |secs: i64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+    let set_remote_mtime = |rel: &str, secs: i64| {
+        std::fs::File::options()
+            .write(true)
+            .open(s.remote_root().join(rel))
+            .unwrap()
+            .set_modified(at(secs))
+            .unwrap();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let recent = now - 3600 - now % 60 + 17;
+    let late_evening = 1_709_332_207; // 2024-03-01 22:30:07 UTC, 2024-03-02 01:30 in UTC+3
+    s.put_remote("old.txt", b"old");
+    s.put_remote("sub/recent.txt", b"recent");
+    set_remote_mtime("old.txt", late_evening);
+    set_remote_mtime("sub/recent.txt", recent);
+    s.job("j", "  listing: list\ndirection: pull\ntransfers: 1\n");
+    s.sync("j").expect_code(0);
+    assert_eq!(s.counts("j"), (0, 2, 0, 0));
+    let mtime = |rel: &str| {
+        std::fs::metadata(s.local.join(rel))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    assert_eq!(mtime("old.txt"), at(late_evening));
+    assert_eq!(mtime("sub/recent.txt"), at(recent));
+    s.sync("j").expect_code(0);
+    assert_eq!(s.counts("j"), (0, 0, 0, 0), "{}", s.text_of_last_run("j"));
+}
+
 #[test]
 fn implicit_ftps_push_and_pull_with_vsftpd() {
     let Some(server) = Server::vsftpd_implicit() else {
