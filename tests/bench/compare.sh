@@ -13,7 +13,8 @@
 #   large down   one 200 MiB file pulled from each server (ferrysync pull job, `lftp mirror`,
 #                `rclone copy remote: local`, bare client `down`)
 #   small        2,000 files of 4 KiB in 20 directories pushed to vsftpd, 4 parallel transfers
-#                for every tool, then a re-run of every tool with nothing changed
+#                for every tool, then a re-run of every tool with nothing changed; also
+#                ferrysync with `tls.max_version: "1.2"` (a row for information, not a target)
 #   1 GiB        one 1 GiB file pushed to vsftpd (skipped with BENCH_QUICK=1)
 #   scaling      with BENCH_LARGE=1: 100,000 files of 4 KiB in 1,000 directories pushed to
 #                vsftpd by every tool, then ferrysync's no-change re-run and a re-run with one
@@ -213,7 +214,7 @@ seed_remote() { # S DIR NAME
 }
 
 # ------------------------------------------------------------------ commands
-write_job() { # S NAME LOCAL REMOTE_DIR DIRECTION
+write_job() { # S NAME LOCAL REMOTE_DIR DIRECTION [TLS_LINE]
   cat >"$work/jobs/$2.yaml" <<YAML
 local: $3
 remote:
@@ -224,6 +225,7 @@ remote:
   password_file: ${PWFILE[$1]}
   tls:
     ca_file: ${CA[$1]}
+${6:-}
 direction: $5
 transfers: 4
 YAML
@@ -240,6 +242,14 @@ cmd_ferrysync() {
   local name
   name=$(job_name "$1" "$3" "$4")
   [[ -f $work/jobs/$name.yaml ]] || write_job "$1" "$name" "$3" "$4" "$2"
+  CMD=("$fs_bin" sync "$name" --jobs "$work/jobs" --state "$work/state/$name.db")
+}
+# The same with `tls.max_version: "1.2"` (informational, small files only: README "TLS session
+# reuse and TLS 1.3"); the targets are judged on the default above.
+cmd_ferrysync12() {
+  local name
+  name=$(job_name "$1" "$3" "$4")-tls12
+  [[ -f $work/jobs/$name.yaml ]] || write_job "$1" "$name" "$3" "$4" "$2" '    max_version: "1.2"'
   CMD=("$fs_bin" sync "$name" --jobs "$work/jobs" --state "$work/state/$name.db")
 }
 cmd_lftp() {
@@ -265,6 +275,7 @@ cmd_bare() { # one file: LOCAL/big.bin <-> REMOTE_DIR/big.bin
 tool_label() {
   case $1 in
   ferrysync) echo ferrysync ;;
+  ferrysync12) echo "ferrysync (tls.max_version 1.2)" ;;
   lftp) echo lftp ;;
   rclone) [[ $2 == vsftpd ]] && echo "rclone (disable_tls13)" || echo rclone ;;
   bare) echo "bare client (ceiling)" ;;
@@ -394,6 +405,8 @@ if wants small; then
     cell "2,000 x 4 KiB up" vsftpd "$tool" push "$work/data/small" "/small-$tool" "$b" "$f" "$TMO" 1
     small_dest+=("$LAST_DEST")
   done
+  cell "2,000 x 4 KiB up" vsftpd ferrysync12 push "$work/data/small" "/small-ferrysync12" "$b" "$f" "$TMO" 1
+  rm -rf "${ROOT[vsftpd]:?}"/small-ferrysync12*
   # Re-run with nothing changed, into each tool's own last destination (0 bytes move; files/s
   # is the tree's size over the seconds).
   i=0
@@ -442,6 +455,7 @@ table=$(awk -F'\t' -v OFS='\t' '
   function label(tool, s) {
     if (tool == "rclone" && s == "vsftpd") return "rclone (disable_tls13)"
     if (tool == "bare") return "bare client (ceiling)"
+    if (tool == "ferrysync12") return "ferrysync (tls.max_version 1.2)"
     return tool
   }
   { n++; wl[n] = $1; sv[n] = $2; tool[n] = $3; s[n] = $4; b[n] = $5; f[n] = $6; rss[n] = $7
@@ -464,7 +478,7 @@ targets=$(awk -F'\t' '
   { k = $1 SUBSEP $2; if ($8 != "complete") next
     if ($3 == "ferrysync") fs[k] = $4
     else if ($3 == "bare") bare[k] = $4
-    else { if (!(k in peer) || $4 < peer[k]) { peer[k] = $4; peername[k] = $3 } }
+    else if ($3 == "lftp" || $3 == "rclone") { if (!(k in peer) || $4 < peer[k]) { peer[k] = $4; peername[k] = $3 } }
     if ($3 == "rclone") rc[k] = $4
     order[k] = ++n; wl[k] = $1; sv[k] = $2 }
   END {
