@@ -537,6 +537,8 @@ command_line="bash tests/bench/compare.sh"
 [[ $LARGE == 1 ]] && command_line="BENCH_LARGE=1 $command_line"
 [[ $QUICK == 1 ]] && command_line="BENCH_QUICK=1 $command_line"
 [[ -n ${BENCH_REPEAT:-} ]] && command_line="BENCH_REPEAT=$REPEAT $command_line"
+[[ -n ${BENCH_WORKLOADS:-} ]] && command_line="BENCH_WORKLOADS=\"$WORKLOADS\" $command_line"
+[[ -n ${BENCH_SERVERS:-} ]] && command_line="BENCH_SERVERS=\"$SERVERS\" $command_line"
 echo
 { echo "$header"; echo "$table"; } | column -t -s $'\t'
 echo
