@@ -518,6 +518,40 @@ fn proftpd_with_tls13_falls_back_to_tls12() {
     assert_eq!(capped.remote_tree(), capped.local_tree());
 }
 
+/// ProFTPD listing LIST times in UTC+3 (tests/run.sh starts it so), or `None`, said why.
+fn proftpd_listing_in_utc_plus_3() -> Option<Server> {
+    let server = Server::proftpd()?;
+    if std::env::var("FERRYSYNC_PROFTPD_LIST_TZ").as_deref() != Ok("<+03>-3") {
+        eprintln!("skipped: ProFTPD was not started with PROFTPD_LIST_TZ=<+03>-3");
+        return None;
+    }
+    Some(server)
+}
+
+/// `secs` after the Unix epoch.
+fn at(secs: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64)
+}
+
+/// An hour ago, at second 17 of its minute: recent enough for LIST to show the minute.
+fn an_hour_ago() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    now - 3600 - now % 60 + 17
+}
+
+/// Sets the modification time of the server's copy of `rel`.
+fn set_remote_mtime(s: &Sandbox, rel: &str, secs: i64) {
+    std::fs::File::options()
+        .write(true)
+        .open(s.remote_root().join(rel))
+        .unwrap()
+        .set_modified(at(secs))
+        .unwrap();
+}
+
 /// ProFTPD as tests/run.sh starts it (`PROFTPD_LIST_TZ="<+03>-3"`) lists times in UTC+3, as
 /// many servers do, while its MDTM and MLSD speak UTC. With `listing: list` ferrysync reads
 /// LIST, learns the offset from one file's MDTM, and gives pulled files their exact times; a
@@ -525,28 +559,12 @@ fn proftpd_with_tls13_falls_back_to_tls12() {
 /// same-size change a minute later is still seen.
 #[test]
 fn list_with_server_local_times_keeps_exact_mtimes() {
-    let Some(server) = Server::proftpd() else {
+    let Some(server) = proftpd_listing_in_utc_plus_3() else {
         return;
     };
-    if std::env::var("FERRYSYNC_PROFTPD_LIST_TZ").as_deref() != Ok("<+03>-3") {
-        eprintln!("skipped: ProFTPD was not started with PROFTPD_LIST_TZ=<+03>-3");
-        return;
-    }
     let s = Sandbox::new(&server, "listtz");
-    let at = |secs: i64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
-    let set_remote_mtime = |rel: &str, secs: i64| {
-        std::fs::File::options()
-            .write(true)
-            .open(s.remote_root().join(rel))
-            .unwrap()
-            .set_modified(at(secs))
-            .unwrap();
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let recent = now - 3600 - now % 60 + 17;
+    let set_remote_mtime = |rel: &str, secs: i64| set_remote_mtime(&s, rel, secs);
+    let recent = an_hour_ago();
     let old = 1_709_287_207; // 2024-03-01 10:00:07 UTC
     s.put_remote("recent.txt", b"recent");
     s.put_remote("sub dir/old \u{fc}.txt", b"old");
@@ -585,28 +603,12 @@ fn list_with_server_local_times_keeps_exact_mtimes() {
 /// would get a wrong mtime and look changed in every run.
 #[test]
 fn list_times_wait_for_the_offset_learnt_in_a_later_directory() {
-    let Some(server) = Server::proftpd() else {
+    let Some(server) = proftpd_listing_in_utc_plus_3() else {
         return;
     };
-    if std::env::var("FERRYSYNC_PROFTPD_LIST_TZ").as_deref() != Ok("<+03>-3") {
-        eprintln!("skipped: ProFTPD was not started with PROFTPD_LIST_TZ=<+03>-3");
-        return;
-    }
     let s = Sandbox::new(&server, "listtzlater");
-    let at = |secs: i64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
-    let set_remote_mtime = |rel: &str, secs: i64| {
-        std::fs::File::options()
-            .write(true)
-            .open(s.remote_root().join(rel))
-            .unwrap()
-            .set_modified(at(secs))
-            .unwrap();
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let recent = now - 3600 - now % 60 + 17;
+    let set_remote_mtime = |rel: &str, secs: i64| set_remote_mtime(&s, rel, secs);
+    let recent = an_hour_ago();
     let late_evening = 1_709_332_207; // 2024-03-01 22:30:07 UTC, 2024-03-02 01:30 in UTC+3
     s.put_remote("old.txt", b"old");
     s.put_remote("sub/recent.txt", b"recent");
