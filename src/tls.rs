@@ -560,8 +560,9 @@ impl FlushingTlsStream {
                 Poll::Ready(Ok(())) if !rb.filled().is_empty() => continue,
                 // The FIN, or a reset: the TLS stream had ended either way.
                 Poll::Ready(_) if self.shut => return Poll::Ready(Ok(())),
-                Poll::Ready(_) => break,
-                Poll::Pending => break,
+                // Nothing yet, or the end before our own close_notify is out: wait for that,
+                // or for the deadline.
+                _ => break,
             }
         }
         match self.closing.as_mut().map(|d| d.as_mut().poll(cx)) {
