@@ -246,7 +246,7 @@ async fn execute_run(
     };
     let scope = surveyed.as_ref().and(scope);
     let Surveyed {
-        plan: the_plan,
+        plan: mut the_plan,
         mut session,
         spare,
         failures,
@@ -279,7 +279,6 @@ async fn execute_run(
     if root_missing {
         make_remote_root(&mut session, &job.remote.path).await?;
     }
-    let mut the_plan = the_plan;
     let work = the_plan.take_transfers();
     clean_up_temps(job, ledger, &mut session, &work, &dest_temps, scope).await;
 
@@ -490,9 +489,9 @@ async fn survey_all(
     })
     .await?;
     tracing::info!(
-        local = w.local_entries,
-        hashed = w.hashed,
-        remote = w.remote_entries,
+        local = w.found.local_entries,
+        hashed = w.found.hashed,
+        remote = w.found.remote_entries,
         connections = w.sessions.len(),
         "scanned"
     );
@@ -504,12 +503,12 @@ async fn survey_all(
         plan: w.plan,
         session,
         spare: sessions,
-        failures: w.failures,
+        failures: w.found.failures,
         dest_temps: match job.direction {
-            Direction::Push => w.remote_temps,
-            Direction::Pull => w.local_temps,
+            Direction::Push => w.found.remote_temps,
+            Direction::Pull => w.found.local_temps,
         },
-        root_missing: w.root_missing,
+        root_missing: w.found.root_missing,
     })
 }
 

@@ -33,6 +33,12 @@ pub struct Walked {
     pub plan: SyncPlan,
     /// The connection the walk started on, and any more it opened, all logged in.
     pub sessions: Vec<Session>,
+    pub found: Found,
+}
+
+/// What a walk found on both sides, besides what it planned.
+#[derive(Default)]
+pub struct Found {
     pub local_entries: u64,
     pub remote_entries: u64,
     /// Local files hashed by the scan (the rest reused the ledger's hash or left it to the
@@ -87,7 +93,7 @@ struct Visited {
 
 /// What every visit of one walk shares.
 struct WalkContext<'a> {
-    job: &'a str,
+    job_name: &'a str,
     ledger: SharedLedger,
     remote_root: &'a str,
     local_root: PathBuf,
@@ -104,7 +110,7 @@ impl WalkContext<'_> {
         offset: Option<i64>,
     ) -> (Session, Result<Visited, WalkError>) {
         let local = {
-            let (job, ledger) = (self.job.to_string(), self.ledger.clone());
+            let (job, ledger) = (self.job_name.to_string(), self.ledger.clone());
             let (root, filter, dir) = (self.local_root.clone(), self.filter.clone(), visit.clone());
             tokio::task::spawn_blocking(move || {
                 let rows = lock(&ledger)
@@ -174,13 +180,7 @@ impl WalkContext<'_> {
 /// What the walk has gathered so far, besides the plan.
 #[derive(Default)]
 struct Gathered {
-    local_entries: u64,
-    remote_entries: u64,
-    hashed: u64,
-    failures: Vec<PathFailure>,
-    local_temps: Vec<String>,
-    remote_temps: Vec<String>,
-    root_missing: bool,
+    found: Found,
     /// Ledger-only actions not written yet (kept to the end in a dry run).
     ledger_only: Vec<Action>,
 }
@@ -197,7 +197,7 @@ pub async fn walk(
     write_ledger: bool,
 ) -> Result<Walked, WalkError> {
     let ctx = WalkContext {
-        job: &job.name,
+        job_name: &job.name,
         ledger: ledger.clone(),
         remote_root: &job.remote.path,
         local_root: job.local.clone(),
@@ -328,13 +328,7 @@ pub async fn walk(
     Ok(Walked {
         plan,
         sessions: idle,
-        local_entries: got.local_entries,
-        remote_entries: got.remote_entries,
-        hashed: got.hashed,
-        failures: got.failures,
-        local_temps: got.local_temps,
-        remote_temps: got.remote_temps,
-        root_missing: got.root_missing,
+        found: got.found,
     })
 }
 
@@ -349,19 +343,20 @@ fn plan_dir(
     d.times.learn(offset);
     d.times.finish(&mut d.remote);
     if d.root_missing {
-        got.root_missing = true;
+        got.found.root_missing = true;
         d.visit.remote = false;
     }
-    got.local_entries += d.local.snapshot.len() as u64;
-    got.remote_entries += d.remote.snapshot.len() as u64;
-    got.hashed += d.local.hashed;
-    got.local_temps.append(&mut d.local.temps);
-    got.remote_temps.append(&mut d.remote.temps);
-    got.failures.append(&mut d.local.failures);
-    got.failures.append(&mut d.remote.failures);
+    got.found.local_entries += d.local.snapshot.len() as u64;
+    got.found.remote_entries += d.remote.snapshot.len() as u64;
+    got.found.hashed += d.local.hashed;
+    got.found.local_temps.append(&mut d.local.temps);
+    got.found.remote_temps.append(&mut d.remote.temps);
+    got.found.failures.append(&mut d.local.failures);
+    got.found.failures.append(&mut d.remote.failures);
     if d.local.unreadable.contains(&d.visit.path) {
         if d.visit.path.is_empty() {
             let reason = got
+                .found
                 .failures
                 .pop()
                 .map(|f| f.error)

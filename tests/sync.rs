@@ -542,6 +542,14 @@ fn an_hour_ago() -> i64 {
     now - 3600 - now % 60 + 17
 }
 
+/// The modification time of the local copy of `rel`.
+fn local_mtime(s: &Sandbox, rel: &str) -> std::time::SystemTime {
+    std::fs::metadata(s.local.join(rel))
+        .unwrap()
+        .modified()
+        .unwrap()
+}
+
 /// Sets the modification time of the server's copy of `rel`.
 fn set_remote_mtime(s: &Sandbox, rel: &str, secs: i64) {
     std::fs::File::options()
@@ -573,12 +581,7 @@ fn list_with_server_local_times_keeps_exact_mtimes() {
     s.job("j", "  listing: list\ndirection: pull\n");
     s.sync("j").expect_code(0);
     assert_eq!(s.counts("j"), (0, 2, 0, 0));
-    let mtime = |rel: &str| {
-        std::fs::metadata(s.local.join(rel))
-            .unwrap()
-            .modified()
-            .unwrap()
-    };
+    let mtime = |rel: &str| local_mtime(&s, rel);
     assert_eq!(mtime("recent.txt"), at(recent));
     assert_eq!(mtime("sub dir/old \u{fc}.txt"), at(old));
 
@@ -617,12 +620,7 @@ fn list_times_wait_for_the_offset_learnt_in_a_later_directory() {
     s.job("j", "  listing: list\ndirection: pull\ntransfers: 1\n");
     s.sync("j").expect_code(0);
     assert_eq!(s.counts("j"), (0, 2, 0, 0));
-    let mtime = |rel: &str| {
-        std::fs::metadata(s.local.join(rel))
-            .unwrap()
-            .modified()
-            .unwrap()
-    };
+    let mtime = |rel: &str| local_mtime(&s, rel);
     assert_eq!(mtime("old.txt"), at(late_evening));
     assert_eq!(mtime("sub/recent.txt"), at(recent));
     s.sync("j").expect_code(0);
