@@ -14,16 +14,14 @@ use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, Principa
 pub struct ThrowAwayCert {
     pub cert_pem: String,
     pub key_pem: String,
-    pub der: Vec<u8>,
 }
 
-pub fn make_cert() -> anyhow::Result<ThrowAwayCert> {
+pub(crate) fn make_cert() -> anyhow::Result<ThrowAwayCert> {
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let certified = rcgen::generate_simple_self_signed(names)?;
     Ok(ThrowAwayCert {
         cert_pem: certified.cert.pem(),
         key_pem: certified.key_pair.serialize_pem(),
-        der: certified.cert.der().to_vec(),
     })
 }
 

@@ -1,5 +1,8 @@
-//! The `ferrysync` binary: parse arguments, run the command, map the result to an exit code.
+//! The `ferrysync` binary: parse arguments once, run the command, map the result to an exit code.
+//! Everything it does goes through the library; human formatting lives here, in [`cli`].
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    ferrysync::cli::main()
+    cli::main()
 }

@@ -213,7 +213,7 @@ mod scenarios {
         // The right pin (of the server's certificate) works.
         let pem = std::fs::read(&server.ca).unwrap();
         let der = rustls_pemfile_certs(&pem);
-        let good = ferrysync::tls::fingerprint(&der).to_string();
+        let good = ferrysync::remote::fingerprint(&der).to_string();
         if server.kind == "loopback" {
             let yaml = s.job_yaml("").replace(
                 &format!("    ca_file: {}\n", server.ca.display()),

@@ -13,7 +13,7 @@ pub struct CheckCmd {
 
 impl CheckCmd {
     pub fn execute(self) -> CmdResult {
-        let jobs = crate::config::load_jobs(&self.jobs.dir)?;
+        let jobs = ferrysync::config::load_jobs(&self.jobs.dir)?;
         if jobs.is_empty() {
             println!("{}: no job files (*.yaml)", self.jobs.dir.display());
         }

@@ -4,12 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 
 use super::{runtime, CmdResult, Failure, JobsArg, StateArg};
-use crate::job_run::{run_job, RunOptions};
-use crate::ledger::{Ledger, Outcome};
-use crate::loopback::{self, LoopbackOptions};
+use ferrysync::loopback::{self, LoopbackOptions};
+use ferrysync::state::{Ledger, Outcome, SharedLedger};
+use ferrysync::sync::{run_job, RunOptions};
 
 /// Run jobs/example.yaml against an embedded loopback FTPS server.
 #[derive(Debug, clap::Args)]
@@ -137,12 +136,12 @@ impl DemoCmd {
                 .map_err(|e| Failure::run(format!("cannot write demo/ca.pem: {e}")))?;
             println!("demo: FTPS server on 127.0.0.1:{} serving {}", server.port, server_root.display());
 
-            let job = crate::config::find_job(&jobs_dir, &self.job)?;
-            let ledger = Arc::new(Mutex::new(Ledger::open(&self.state.path)?));
+            let job = ferrysync::config::find_job(&jobs_dir, &self.job)?;
+            let ledger = SharedLedger::new(Ledger::open(&self.state.path)?);
             let opts = RunOptions {
                 trigger: "demo".into(),
                 dry_run: false,
-                progress: true,
+                progress: super::progress::on_terminal(),
                 stop: None,
                 scope: None,
             };

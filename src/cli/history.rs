@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use super::{iso_time, CmdResult, Failure, StateArg};
-use crate::job_run::human_bytes;
-use crate::ledger::Ledger;
+use ferrysync::state::Ledger;
+use ferrysync::sync::human_bytes;
 
 /// Show past runs of a job.
 #[derive(Debug, clap::Args)]

@@ -4,6 +4,7 @@
 mod check;
 mod demo;
 mod history;
+mod progress;
 mod run;
 mod status;
 mod sync;
@@ -37,14 +38,14 @@ impl Failure {
     }
 }
 
-impl From<crate::ledger::LedgerError> for Failure {
-    fn from(e: crate::ledger::LedgerError) -> Self {
+impl From<ferrysync::state::LedgerError> for Failure {
+    fn from(e: ferrysync::state::LedgerError) -> Self {
         Failure::run(e)
     }
 }
 
-impl From<crate::config::ConfigError> for Failure {
-    fn from(e: crate::config::ConfigError) -> Self {
+impl From<ferrysync::config::ConfigError> for Failure {
+    fn from(e: ferrysync::config::ConfigError) -> Self {
         Failure::config(e)
     }
 }
@@ -167,4 +168,4 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::run(format!("cannot start the async runtime: {e}")))
 }
 
-pub use crate::ledger::iso_time;
+pub use ferrysync::state::iso_time;

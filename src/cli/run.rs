@@ -1,14 +1,13 @@
 //! `ferrysync run`: the agent, until SIGTERM or SIGINT; SIGHUP re-reads the job files.
 
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{runtime, CmdResult, Failure, JobsArg, StateArg};
-use crate::agent::{Agent, AgentOptions, DEFAULT_MAX_RUNS};
-use crate::ledger::Ledger;
+use ferrysync::agent::{Agent, AgentOptions, DEFAULT_MAX_RUNS};
+use ferrysync::state::{Ledger, SharedLedger};
 
 /// Run the agent: schedules, watches and polls until SIGTERM (SIGHUP reloads the job files).
 #[derive(Debug, clap::Args)]
@@ -28,8 +27,8 @@ pub struct RunCmd {
 
 impl RunCmd {
     pub fn execute(self) -> CmdResult {
-        let jobs = crate::config::load_jobs(&self.jobs.dir)?;
-        let ledger = Arc::new(Mutex::new(Ledger::open(&self.state.path)?));
+        let jobs = ferrysync::config::load_jobs(&self.jobs.dir)?;
+        let ledger = SharedLedger::new(Ledger::open(&self.state.path)?);
         let rt = runtime()?;
         let result = rt.block_on(async move {
             let listen = |kind: SignalKind, name: &str| {

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::{iso_time, CmdResult, Failure, StateArg};
-use crate::job_run::human_bytes;
-use crate::ledger::{Ledger, Outcome, RunRecord};
+use ferrysync::state::{Ledger, Outcome, RunRecord};
+use ferrysync::sync::human_bytes;
 
 /// Show what each job did and will do next.
 #[derive(Debug, clap::Args)]
@@ -54,9 +54,9 @@ struct StatusJson {
 
 /// The next time a cron schedule fires after now, in its time zone (the agent's DST rule).
 pub fn next_run(schedule: Option<&str>, timezone: Option<&str>) -> Option<String> {
-    let schedule = crate::config::Schedule::parse(schedule?).ok()?;
+    let schedule = ferrysync::config::Schedule::parse(schedule?).ok()?;
     let tz = timezone.and_then(|t| t.parse::<chrono_tz::Tz>().ok());
-    let next = crate::agent::next_fire(&schedule, tz, chrono::Utc::now())?;
+    let next = ferrysync::agent::next_fire(&schedule, tz, chrono::Utc::now())?;
     Some(iso_time(next.timestamp()))
 }
 

@@ -1,13 +1,11 @@
 //! `ferrysync sync JOB [--dry-run]`: run one job once, now.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 
 use super::{runtime, CmdResult, Failure, JobsArg, StateArg};
-use crate::job_run::{human_bytes, run_job, RunOptions};
-use crate::ledger::{Ledger, Outcome};
-use crate::plan::Action;
+use ferrysync::model::Action;
+use ferrysync::state::{Ledger, Outcome, SharedLedger};
+use ferrysync::sync::{human_bytes, run_job, RunOptions};
 
 /// Run one job once, now.
 #[derive(Debug, clap::Args)]
@@ -28,13 +26,17 @@ pub struct SyncCmd {
 
 impl SyncCmd {
     pub fn execute(self) -> CmdResult {
-        let job = crate::config::find_job(&self.jobs.dir, &self.job)?;
-        let ledger = Arc::new(Mutex::new(Ledger::open(&self.state.path)?));
+        let job = ferrysync::config::find_job(&self.jobs.dir, &self.job)?;
+        let ledger = SharedLedger::new(Ledger::open(&self.state.path)?);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let opts = RunOptions {
             trigger: "manual".into(),
             dry_run: self.dry_run,
-            progress: !self.quiet && std::io::stderr().is_terminal(),
+            progress: if self.quiet {
+                None
+            } else {
+                super::progress::on_terminal()
+            },
             stop: Some(stop_rx),
             scope: None,
         };

@@ -726,7 +726,7 @@ pub fn pin_sha256(server: &Server) -> String {
         .next()
         .unwrap_or_else(|| panic!("{}: no certificate", path.display()))
         .unwrap();
-    ferrysync::tls::fingerprint(&der).to_string()
+    ferrysync::remote::fingerprint(&der).to_string()
 }
 
 static LOOPBACK_PROXIES: AtomicUsize = AtomicUsize::new(0);

@@ -179,7 +179,7 @@ fn active_mode_with_the_loopback_server_falls_back_to_port() {
     assert_eq!(back.local_tree(), s.local_tree());
 }
 
-/// Through one [`Session`](ferrysync::ftps::Session) made from the sandbox's job with `opts`:
+/// Through one [`Session`](ferrysync::remote::Session) made from the sandbox's job with `opts`:
 /// a download resumed at an offset (REST) returns exactly the file's tail, and a download
 /// dropped half-way does not put the control connection out of step.
 fn rest_and_an_abandoned_download(server: &Server, name: &str, opts: &[&str]) {
@@ -195,8 +195,8 @@ fn rest_and_an_abandoned_download(server: &Server, name: &str, opts: &[&str]) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let tls = ferrysync::tls::TlsContext::new(&job.remote.tls).unwrap();
-        let mut session = ferrysync::ftps::Session::connect(&job.remote, &tls)
+        let tls = ferrysync::remote::TlsContext::new(&job.remote.tls).unwrap();
+        let mut session = ferrysync::remote::Session::connect(&job.remote, &tls)
             .await
             .unwrap();
         // The first data command of the connection: on the NAT server EPSV is refused here

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct JobLock {
     _file: File,
-    pub path: PathBuf,
 }
 
 /// Why a lock could not be taken.
@@ -75,12 +74,12 @@ impl JobLock {
         let me = format!(
             "pid {} (started {})",
             std::process::id(),
-            crate::cli::iso_time(crate::ledger::now_unix())
+            crate::state::ledger::iso_time(crate::state::ledger::now_unix())
         );
         file.set_len(0).map_err(io)?;
         file.rewind().map_err(io)?;
         file.write_all(me.as_bytes()).map_err(io)?;
-        Ok(JobLock { _file: file, path })
+        Ok(JobLock { _file: file })
     }
 }
 

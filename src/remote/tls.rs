@@ -117,7 +117,7 @@ impl TlsContext {
 
     /// The run's flag "a PASV address was replaced": the substitution is logged at info once
     /// per run, not once per data connection.
-    pub fn passive_substitution_note(&self) -> Arc<AtomicBool> {
+    pub(crate) fn passive_substitution_note(&self) -> Arc<AtomicBool> {
         self.passive_substitution_noted.clone()
     }
 
@@ -157,7 +157,7 @@ impl TlsContext {
     /// Offers only TLS 1.2 to the run's new connections, before any transfer fails: called
     /// when a TLS 1.3 control session has no ticket left for its next data connection (see
     /// [`Resumption`]). Returns true if this call made the switch.
-    pub fn switch_to_tls12(&self) -> bool {
+    pub(crate) fn switch_to_tls12(&self) -> bool {
         !self.tls12_only.swap(true, Ordering::Relaxed)
     }
 
@@ -166,7 +166,7 @@ impl TlsContext {
     /// [`Resumption`], which normally sees it coming); this is the safety net for a server
     /// that drops tickets ferrysync still counts. Returns true if this call switched the run's
     /// new connections to TLS 1.2.
-    pub fn fall_back_to_tls12(&self) -> bool {
+    pub(crate) fn fall_back_to_tls12(&self) -> bool {
         self.used_tls13.load(Ordering::Relaxed) && !self.tls12_only.swap(true, Ordering::Relaxed)
     }
 }
@@ -289,7 +289,7 @@ pub struct TlsConnector {
 impl TlsConnector {
     /// What this connection's data connections can resume; read it before handing the
     /// connector to suppaftp.
-    pub fn resumption(&self) -> Arc<Resumption> {
+    pub(crate) fn resumption(&self) -> Arc<Resumption> {
         self.resumption.clone()
     }
 }
@@ -324,14 +324,14 @@ pub struct Resumption {
 impl Resumption {
     /// A TLS 1.3 control connection with no ticket left, on a server not known to accept data
     /// connections without one: its next data connection may be refused.
-    pub fn exhausted(&self) -> bool {
+    pub(crate) fn exhausted(&self) -> bool {
         self.first_was_tls13.get() == Some(&true)
             && self.store.tls13_tickets.load(Ordering::Relaxed) == 0
             && !self.unresumed_accepted.load(Ordering::Relaxed)
     }
 
     /// The server completed the transfer of the last data connection (its 226 arrived).
-    pub fn data_transfer_completed(&self) {
+    pub(crate) fn data_transfer_completed(&self) {
         if self.unresumed_pending.swap(false, Ordering::Relaxed)
             && !self.unresumed_accepted.swap(true, Ordering::Relaxed)
         {

@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::config::{Job, ListTimeOffset, PathFilter};
-use crate::ftps::{FtpsError, Session};
-use crate::job_run::{lock, SharedLedger};
-use crate::ledger::PathFailure;
-use crate::plan::{Action, DirVisit, LedgerView, PlanOptions, SyncPlan, TreePlan};
-use crate::scan::{scan_local_dir, ListTimes, RemoteListing, Scan};
-use crate::tls::TlsContext;
+use crate::model::plan::{Action, DirVisit, LedgerView, PlanOptions, SyncPlan, TreePlan};
+use crate::remote::session::{FtpsError, Session};
+use crate::remote::tls::TlsContext;
+use crate::state::ledger::PathFailure;
+use crate::state::SharedLedger;
+use crate::sync::scan::{scan_local_dir, ListTimes, RemoteListing, Scan};
 
 /// Both trees as a full run found them, and what to do about them.
 pub struct Walked {
@@ -113,7 +113,8 @@ impl WalkContext<'_> {
             let (job, ledger) = (self.job_name.to_string(), self.ledger.clone());
             let (root, filter, dir) = (self.local_root.clone(), self.filter.clone(), visit.clone());
             tokio::task::spawn_blocking(move || {
-                let rows = lock(&ledger)
+                let rows = ledger
+                    .lock()
                     .children(&job, &dir.path)
                     .map_err(|e| e.to_string())?;
                 let scan = if dir.local {
@@ -302,7 +303,7 @@ pub async fn walk(
 
     // Rows of directories the walk never entered: gone from both sides, or excluded.
     let unvisited = {
-        let l = lock(ledger);
+        let l = ledger.lock();
         let mut rows = Vec::new();
         for parent in l
             .parents(&job.name)
@@ -391,7 +392,8 @@ fn flush_ledger(
         return Ok(());
     }
     let actions = std::mem::take(&mut got.ledger_only);
-    lock(ledger)
+    ledger
+        .lock()
         .batch(|l| {
             for a in &actions {
                 match a {

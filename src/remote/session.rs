@@ -16,8 +16,8 @@ use suppaftp::{FtpError, Mode, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::config::{DataMode, Listing, PassiveAddress, Remote, Security};
-use crate::data_channel::{self, ActiveTransfer};
-use crate::tls::{FlushingTlsStream, TlsConnector, TlsContext};
+use crate::remote::data_channel::{self, ActiveTransfer};
+use crate::remote::tls::{FlushingTlsStream, TlsConnector, TlsContext};
 
 pub type FtpStream = ImplAsyncFtpStream<FlushingTlsStream>;
 
@@ -136,7 +136,7 @@ impl FtpsError {
     /// Whether trying again later may succeed: connections refused, reset or timed out, and
     /// 4xx replies (421 too many connections, 425/426 data connection trouble, 450/451).
     /// Login, certificate and 5xx failures are permanent.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             FtpsError::Connect { .. }
             | FtpsError::Connection { .. }
@@ -150,7 +150,7 @@ impl FtpsError {
     }
 
     /// The server's reply code, if the error is a reply.
-    pub fn code(&self) -> Option<u32> {
+    pub(crate) fn code(&self) -> Option<u32> {
         match self {
             FtpsError::Reply { code, .. } => Some(*code),
             _ => None,
@@ -269,7 +269,7 @@ fn check_listing_complete(
 pub struct Session {
     ftp: FtpStream,
     /// Whether data connections can still resume the control connection's TLS session.
-    resumption: Option<std::sync::Arc<crate::tls::Resumption>>,
+    resumption: Option<std::sync::Arc<crate::remote::tls::Resumption>>,
     pub features: Features,
     /// `user@host:port`, for errors and logs.
     pub server: String,
@@ -507,7 +507,7 @@ impl Session {
 
     /// The control connection speaks TLS 1.3 and has no session ticket left: its next data
     /// connection would need a full handshake, which servers requiring session reuse refuse.
-    pub fn data_resumption_exhausted(&self) -> bool {
+    pub(crate) fn data_resumption_exhausted(&self) -> bool {
         self.resumption.as_ref().is_some_and(|r| r.exhausted())
     }
 
@@ -673,23 +673,23 @@ impl Session {
         })
     }
 
-    pub async fn mkdir(&mut self, path: &str) -> Result<(), FtpsError> {
+    pub(crate) async fn mkdir(&mut self, path: &str) -> Result<(), FtpsError> {
         let p = path.to_string();
         self.step("MKD", path, |f| Box::pin(f.mkdir(p))).await
     }
 
-    pub async fn rename(&mut self, from: &str, to: &str) -> Result<(), FtpsError> {
+    pub(crate) async fn rename(&mut self, from: &str, to: &str) -> Result<(), FtpsError> {
         let (a, b) = (from.to_string(), to.to_string());
         self.step("RNFR/RNTO", to, |f| Box::pin(f.rename(a, b)))
             .await
     }
 
-    pub async fn delete_file(&mut self, path: &str) -> Result<(), FtpsError> {
+    pub(crate) async fn delete_file(&mut self, path: &str) -> Result<(), FtpsError> {
         let p = path.to_string();
         self.step("DELE", path, |f| Box::pin(f.rm(p))).await
     }
 
-    pub async fn remove_dir(&mut self, path: &str) -> Result<(), FtpsError> {
+    pub(crate) async fn remove_dir(&mut self, path: &str) -> Result<(), FtpsError> {
         let p = path.to_string();
         self.step("RMD", path, |f| Box::pin(f.rmdir(p))).await
     }
@@ -702,7 +702,7 @@ impl Session {
     }
 
     /// A file's modification time from MDTM (UTC by RFC 3659), in nanoseconds since the epoch.
-    pub async fn mdtm(&mut self, path: &str) -> Result<i64, FtpsError> {
+    pub(crate) async fn mdtm(&mut self, path: &str) -> Result<i64, FtpsError> {
         let p = path.to_string();
         self.step("MDTM", path, |f| Box::pin(f.mdtm(p)))
             .await
@@ -710,7 +710,7 @@ impl Session {
     }
 
     /// Sets a file's modification time with MFMT (only called where FEAT offers it).
-    pub async fn set_mtime(&mut self, path: &str, unix_secs: i64) -> Result<(), FtpsError> {
+    pub(crate) async fn set_mtime(&mut self, path: &str, unix_secs: i64) -> Result<(), FtpsError> {
         let stamp = chrono::DateTime::from_timestamp(unix_secs, 0)
             .map(|t| t.format("%Y%m%d%H%M%S").to_string())
             .unwrap_or_else(|| "19700101000000".to_string());
@@ -722,7 +722,10 @@ impl Session {
     }
 
     /// The server's SHA-256 of `path`, where it offers a hash command (see [`Features`]).
-    pub async fn remote_sha256(&mut self, path: &str) -> Result<Option<[u8; 32]>, FtpsError> {
+    pub(crate) async fn remote_sha256(
+        &mut self,
+        path: &str,
+    ) -> Result<Option<[u8; 32]>, FtpsError> {
         let (cmd, expected) = match self.features.sha256 {
             None => return Ok(None),
             Some(Sha256Command::Hash) => {
@@ -766,7 +769,7 @@ impl Session {
     }
 
     /// Opens a STOR to `path`; write the bytes, then [`Session::finish`].
-    pub async fn store(&mut self, path: &str) -> Result<DataStream, FtpsError> {
+    pub(crate) async fn store(&mut self, path: &str) -> Result<DataStream, FtpsError> {
         let restart = self.restart.take();
         if self.data_mode == DataMode::Active {
             let t = self

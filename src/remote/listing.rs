@@ -11,9 +11,9 @@
 //! `LIST` time) or set in the job, and [`settle_time`] keeps the ledger's exact time when the
 //! listing is consistent with it. Everything here is pure.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use suppaftp::list::ListParser;
+
+use crate::model::snapshot::system_time_ns;
 
 const NS: i64 = 1_000_000_000;
 
@@ -55,13 +55,6 @@ pub struct ListedEntry {
     /// zone, read as if it were UTC: see [`apply_offset`]).
     pub mtime: i64,
     pub precision: Precision,
-}
-
-fn system_time_ns(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
-    }
 }
 
 /// Parses one listing line; `None` for lines that describe no entry (`total 12`, MLSD's
@@ -243,31 +236,6 @@ pub fn settle_time(listed_utc: i64, precision: Precision, recorded: Option<i64>)
     }
 }
 
-/// Parses an offset from the job (`+02:00`, `-0530`, `UTC`, `0`) into seconds east of UTC.
-pub fn parse_offset(text: &str) -> Result<i64, String> {
-    let t = text.trim();
-    if t.eq_ignore_ascii_case("utc") || t.eq_ignore_ascii_case("z") || t == "0" {
-        return Ok(0);
-    }
-    let bad = || format!("`{t}` is not an offset like +02:00, -05:30 or UTC");
-    let (sign, rest) = match t.as_bytes().first() {
-        Some(b'+') => (1, &t[1..]),
-        Some(b'-') => (-1, &t[1..]),
-        _ => return Err(bad()),
-    };
-    let (h, m) = match rest.split_once(':') {
-        Some((h, m)) => (h, m),
-        None if rest.len() == 4 => rest.split_at(2),
-        None => (rest, "0"),
-    };
-    let h: i64 = h.parse().map_err(|_| bad())?;
-    let m: i64 = m.parse().map_err(|_| bad())?;
-    if h > 14 || m > 59 {
-        return Err(bad());
-    }
-    Ok(sign * (h * 3600 + m * 60))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,16 +359,5 @@ mod tests {
         // Nothing recorded, or an exact listing: the listing's own time.
         assert_eq!(settle_time(minute, Precision::Minute, None), minute);
         assert_eq!(settle_time(exact, Precision::Exact, Some(minute)), exact);
-    }
-
-    #[test]
-    fn offsets_parse_from_the_job() {
-        assert_eq!(parse_offset("UTC"), Ok(0));
-        assert_eq!(parse_offset("+02:00"), Ok(7200));
-        assert_eq!(parse_offset("-05:30"), Ok(-19800));
-        assert_eq!(parse_offset("+0545"), Ok(20700));
-        assert_eq!(parse_offset("+3"), Ok(10800));
-        assert!(parse_offset("Europe/Berlin").is_err());
-        assert!(parse_offset("+15:00").is_err());
     }
 }

@@ -2,6 +2,9 @@
 //! the plan compares, and the rules for names that may cross from a server onto a local disk.
 
 use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::model::paths::{join, split_parent};
 
 /// Whether an entry is a regular file or a directory. Symbolic links are not synced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +24,7 @@ pub struct Entry {
     pub mtime: i64,
     /// BLAKE3 of the content: never known for remote files; for local ones, known where the
     /// plan compares content or the file may still be changing, otherwise left to the transfer
-    /// (see [`crate::plan::local_hash`]).
+    /// (see [`crate::model::plan::local_hash`]).
     pub hash: Option<blake3::Hash>,
 }
 
@@ -76,15 +79,6 @@ pub fn check_remote_name(dir: &str, name: &str) -> Result<(), HostileName> {
     }
 }
 
-/// `parent/name`, or `name` at the root.
-pub fn join(parent: &str, name: &str) -> String {
-    if parent.is_empty() {
-        name.to_string()
-    } else {
-        format!("{parent}/{name}")
-    }
-}
-
 /// Temporary names carry this marker so that scans skip them and a later run can find them.
 pub const TEMP_MARKER: &str = ".ferrysync-part";
 
@@ -97,11 +91,25 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(TEMP_MARKER)
 }
 
+/// The temporary path (relative to the job's root) of the file at `rel`.
+pub fn temp_rel(rel: &str) -> String {
+    let (parent, name) = split_parent(rel);
+    join(parent, &temp_name(name))
+}
+
 /// The name a temporary file is for (`.a.csv.ferrysync-part` -> `a.csv`).
 pub fn temp_owner(name: &str) -> Option<&str> {
     name.strip_prefix('.')?
         .strip_suffix(TEMP_MARKER)
         .filter(|n| !n.is_empty())
+}
+
+/// A file time as a snapshot holds it: nanoseconds since the Unix epoch (negative before it).
+pub fn system_time_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
 }
 
 #[cfg(test)]

@@ -4,11 +4,13 @@
 //! file costs seconds at 100,000 files, so a watch-triggered run of a push job looks only at the
 //! *roots*: the changed paths, each with everything below it (a created, deleted or renamed
 //! directory brings its whole subtree). Both sides and the ledger are read for the roots only,
-//! and the same pure [`crate::plan::plan`] decides over that subset. Outside the roots the run
+//! and the same pure [`crate::model::plan::plan`] decides over that subset. Outside the roots the run
 //! changes nothing; full runs (start-up, schedule, poll, an overflowed watch, a failed run)
 //! still compare everything.
 
 use std::collections::BTreeSet;
+
+use crate::model::paths::ancestors;
 
 /// At most this many roots make an incremental run; more and a full run is cheaper than a
 /// listing of each root's directory.
@@ -75,33 +77,10 @@ impl Scope {
     }
 }
 
-/// Whether `path` is strictly inside `dir`.
-pub fn is_under(path: &str, dir: &str) -> bool {
-    path.strip_prefix(dir)
-        .is_some_and(|rest| rest.starts_with('/'))
-}
-
-/// `a/b/c` -> `a/b`, `a`; the job's root (`""`) is not included.
-pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
-    let mut p = path;
-    std::iter::from_fn(move || {
-        let i = p.rfind('/')?;
-        p = &p[..i];
-        Some(p)
-    })
-}
-
-/// The directory holding `path` (`""` for the job's root) and the name in it.
-pub fn split_parent(path: &str) -> (&str, &str) {
-    match path.rfind('/') {
-        Some(i) => (&path[..i], &path[i + 1..]),
-        None => ("", path),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::paths::is_under;
     use proptest::prelude::*;
 
     fn roots(s: &Scope) -> Vec<&str> {
@@ -134,11 +113,6 @@ mod tests {
 
     #[test]
     fn helpers() {
-        assert_eq!(ancestors("a/b/c").collect::<Vec<_>>(), ["a/b", "a"]);
-        assert_eq!(ancestors("a").count(), 0);
-        assert_eq!(split_parent("a/b/c"), ("a/b", "c"));
-        assert_eq!(split_parent("c"), ("", "c"));
-        assert!(is_under("a/b", "a") && !is_under("ab", "a") && !is_under("a", "a"));
         let u = Scope::of_changed(["x/y"])
             .unwrap()
             .union(&Scope::of_changed(["x", "z"]).unwrap())

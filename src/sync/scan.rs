@@ -1,23 +1,26 @@
 //! Scans: what the local tree and the remote tree hold now, as [`Snapshot`]s.
 //!
 //! The local scan hashes a file only where the plan compares content (see
-//! [`crate::plan::local_hash`]): a file whose size and mtime are the ledger's keeps the recorded
+//! [`crate::model::plan::local_hash`]): a file whose size and mtime are the ledger's keeps the recorded
 //! hash, and a new or resized file is hashed by its transfer, in the same read that sends it;
 //! the remote scan lists directories (MLSD where offered, LIST otherwise) and refuses names that
 //! could escape the job's directory before they ever reach a local path.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::SystemTime;
 
 use crate::config::{ListTimeOffset, PathFilter};
-use crate::ftps::{FtpsError, Session};
-use crate::ledger::PathFailure;
-use crate::listing::{self, ListedKind, Precision};
-use crate::plan::{local_hash, LedgerView, LocalHash};
-use crate::scope::{self, Scope};
-use crate::snapshot::{self, check_remote_name, is_temp_name, Entry, Kind, Snapshot};
+use crate::model::paths::{self, local_path, remote_path};
+use crate::model::plan::{local_hash, LedgerView, LocalHash};
+use crate::model::scope::Scope;
+use crate::model::snapshot::{
+    check_remote_name, is_temp_name, system_time_ns, Entry, Kind, Snapshot,
+};
+use crate::remote::listing::{self, ListedKind, Precision};
+use crate::remote::session::{FtpsError, Session};
+use crate::state::ledger::PathFailure;
 
 /// A scanned tree and the paths that could not be read.
 #[derive(Debug, Default)]
@@ -32,33 +35,8 @@ pub struct Scan {
     pub temps: Vec<String>,
     /// Local paths whose content or directory could not be read (each also in `failures`):
     /// they are not absent, only unknown, so nothing at or below them may be deleted or
-    /// forgotten (see [`crate::plan::spare`]).
+    /// forgotten (see [`crate::model::plan::spare`]).
     pub unreadable: Vec<String>,
-}
-
-pub fn system_time_ns(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
-    }
-}
-
-/// The local path of a relative `/`-separated path.
-pub fn local_path(root: &Path, rel: &str) -> PathBuf {
-    let mut p = root.to_path_buf();
-    for part in rel.split('/') {
-        p.push(part);
-    }
-    p
-}
-
-/// The absolute remote path of a relative path under the job's remote directory.
-pub fn remote_path(root: &str, rel: &str) -> String {
-    match (root, rel) {
-        (_, "") => root.to_string(),
-        ("/", _) => format!("/{rel}"),
-        _ => format!("{root}/{rel}"),
-    }
 }
 
 /// BLAKE3 of a whole file.
@@ -88,10 +66,10 @@ pub fn scan_local_scope(
     std::fs::read_dir(root)?;
     let rules = LocalRules::new(filter, ledger);
     for rel in scope.roots() {
-        let (_, name) = scope::split_parent(rel);
+        let (_, name) = paths::split_parent(rel);
         // Inside an excluded directory, or a transfer's temporary file: a full scan never
         // looks there either.
-        if is_temp_name(name) || scope::ancestors(rel).any(|a| filter.excludes(a)) {
+        if is_temp_name(name) || paths::ancestors(rel).any(|a| filter.excludes(a)) {
             continue;
         }
         let abs = local_path(root, rel);
@@ -123,7 +101,7 @@ pub fn scan_local_scope(
 }
 
 /// What decides how the local scan takes in a path: the job's filter, the ledger's records
-/// (for the hashes they spare) and the scan's clock (see [`crate::plan::local_hash`]).
+/// (for the hashes they spare) and the scan's clock (see [`crate::model::plan::local_hash`]).
 struct LocalRules<'a> {
     filter: &'a PathFilter,
     ledger: &'a LedgerView,
@@ -149,7 +127,7 @@ fn walk_local(root: &Path, mut dirs: Vec<String>, rules: &LocalRules<'_>, scan: 
 
 /// The direct children of one local directory of the job (blocking: run it on a blocking
 /// thread), keyed by their paths relative to `root`, against `ledger`, the ledger's rows of
-/// that directory (see [`crate::plan::TreePlan`]). A directory that cannot be read is in the
+/// that directory (see [`crate::model::plan::TreePlan`]). A directory that cannot be read is in the
 /// scan's `unreadable`.
 pub fn scan_local_dir(
     root: &Path,
@@ -191,12 +169,12 @@ fn read_local_dir(
         };
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
             scan.failures.push(PathFailure {
-                path: snapshot::join(rel_dir, &entry.file_name().to_string_lossy()),
+                path: paths::join(rel_dir, &entry.file_name().to_string_lossy()),
                 error: "the name is not valid UTF-8 and cannot be sent to an FTP server".into(),
             });
             continue;
         };
-        let rel = snapshot::join(rel_dir, &name);
+        let rel = paths::join(rel_dir, &name);
         if is_temp_name(&name) {
             scan.temps.push(rel);
             continue;
@@ -217,7 +195,7 @@ fn read_local_dir(
 }
 
 /// Adds one local file or directory (not followed if a link) to `scan`; a directory is also
-/// pushed onto `dirs` to be walked. A file is hashed only where [`crate::plan::local_hash`]
+/// pushed onto `dirs` to be walked. A file is hashed only where [`crate::model::plan::local_hash`]
 /// says the plan needs it.
 fn add_local(
     rel: String,
@@ -301,16 +279,17 @@ pub async fn scan_remote_scope(
 ) -> Result<Option<Scan>, FtpsError> {
     let mut by_parent: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for rel in scope.roots() {
-        if scope::ancestors(rel).any(|a| filter.excludes(a)) {
+        if paths::ancestors(rel).any(|a| filter.excludes(a)) {
             continue;
         }
-        let (parent, name) = scope::split_parent(rel);
+        let (parent, name) = paths::split_parent(rel);
         by_parent.entry(parent).or_default().insert(name);
     }
     let mut scan = Scan::default();
     let mut times = ListTimes::new(offset);
     for (parent, names) in by_parent {
-        let wanted = |name: &str| names.contains(snapshot::temp_owner(name).unwrap_or(name));
+        let wanted =
+            |name: &str| names.contains(crate::model::snapshot::temp_owner(name).unwrap_or(name));
         let listed = list_remote_dir(
             session, root, parent, filter, wanted, ledger, &mut scan, &mut times,
         );
@@ -421,12 +400,12 @@ impl RemoteListing {
             }
             if let Err(e) = check_remote_name(&abs, &name) {
                 scan.failures.push(PathFailure {
-                    path: snapshot::join(rel_dir, &name.escape_debug().to_string()),
+                    path: paths::join(rel_dir, &name.escape_debug().to_string()),
                     error: e.to_string(),
                 });
                 continue;
             }
-            let rel = snapshot::join(rel_dir, &name);
+            let rel = paths::join(rel_dir, &name);
             if is_temp_name(&name) {
                 if file.kind == ListedKind::File {
                     scan.temps.push(rel);
@@ -583,7 +562,7 @@ async fn detect_list_offset(session: &mut Session, root: &str, rel: &str, listed
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::SyncedEntry;
+    use crate::model::plan::SyncedEntry;
     use std::time::Duration;
 
     #[test]
@@ -594,13 +573,17 @@ mod tests {
         std::fs::create_dir_all(root.join("empty")).unwrap();
         std::fs::write(root.join("a b/ünï/f.txt"), b"hello").unwrap();
         std::fs::write(root.join("zero"), b"").unwrap();
-        std::fs::write(root.join(snapshot::temp_name("zero")), b"partial").unwrap();
+        std::fs::write(
+            root.join(crate::model::snapshot::temp_name("zero")),
+            b"partial",
+        )
+        .unwrap();
         let all = PathFilter::all();
         let s = scan_local_dir(root, "", &all, &LedgerView::new());
         let keys: Vec<&str> = s.snapshot.keys().map(String::as_str).collect();
         assert_eq!(keys, ["a b", "empty", "zero"]);
         assert!(s.snapshot["a b"].is_dir());
-        assert_eq!(s.temps, [snapshot::temp_name("zero")]);
+        assert_eq!(s.temps, [crate::model::snapshot::temp_name("zero")]);
         assert!(s.unreadable.is_empty());
 
         let s = scan_local_dir(root, "a b/ünï", &all, &LedgerView::new());
@@ -673,7 +656,12 @@ mod tests {
             std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
             std::fs::write(root.join(p), p).unwrap();
         }
-        std::fs::write(root.join("d").join(snapshot::temp_name("a.csv")), b"part").unwrap();
+        std::fs::write(
+            root.join("d")
+                .join(crate::model::snapshot::temp_name("a.csv")),
+            b"part",
+        )
+        .unwrap();
         let filter = crate::config::PathFilter::new(&[], &["skip".into()]).unwrap();
         let scope = Scope::of_changed([
             "d/a.csv",

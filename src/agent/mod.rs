@@ -11,6 +11,10 @@
 //! forward) fires at the moment the clocks jump, i.e. 02:30 fires at 03:00 (several skipped
 //! times fire once, together). A time that exists twice (the hour repeated when clocks fall
 //! back) fires on its first occurrence only. See [`next_fire`].
+//!
+//! May import: every layer below it (`model`, `config`, `state`, `remote`, `sync`).
+
+pub(crate) mod folder_watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,10 +25,13 @@ use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::config::{Direction, Job, Schedule};
-use crate::job_run::{job_record, lock, run_job, RunOptions, SharedLedger};
-use crate::ledger::{Outcome, RunCounts};
-use crate::scope::Scope;
+use crate::config::{Job, Schedule};
+use crate::model::policy::Direction;
+use crate::model::scope::Scope;
+use crate::state::ledger::JobRecord;
+use crate::state::ledger::{Outcome, RunCounts};
+use crate::state::SharedLedger;
+use crate::sync::run::{run_job, RunOptions};
 
 /// The default number of jobs that may run at the same time.
 pub const DEFAULT_MAX_RUNS: usize = 4;
@@ -84,7 +91,7 @@ fn end_of_gap<Z: TimeZone>(tz: &Z, wall: NaiveDateTime) -> Option<DateTime<Utc>>
 }
 
 /// `catch_up`: the first scheduled time after the job's last run, if it has already passed.
-pub fn missed_fire(
+pub(crate) fn missed_fire(
     schedule: &Schedule,
     tz: Option<chrono_tz::Tz>,
     last_run: DateTime<Utc>,
@@ -95,7 +102,7 @@ pub fn missed_fire(
 
 /// What starts a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     Poll,
     Watch,
     /// A watched job's first run: changes made while nobody watched.
@@ -119,7 +126,7 @@ impl Trigger {
 
 /// What a runner is asked to do: a run, and how much of the tree it must look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     pub trigger: Trigger,
     /// The changed paths a watch named (an incremental run); `None`: a full run.
     pub scope: Option<Scope>,
@@ -219,7 +226,7 @@ impl Agent {
 
     fn start_job(&mut self, job: Job, source: String, at_startup: bool) {
         let name = job.name.clone();
-        if let Err(e) = lock(&self.ledger).upsert_job(&job_record(&job)) {
+        if let Err(e) = self.ledger.lock().upsert_job(&JobRecord::of(&job)) {
             tracing::error!(job = %name, "cannot record the job in the ledger: {e}");
         }
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -246,7 +253,7 @@ impl Agent {
             let _ = tx.send(Trigger::Startup.into());
             let (job, tx, stop) = (job.clone(), tx.clone(), stop_rx.clone());
             handles.push(tokio::spawn(async move {
-                crate::watch::watch_job(&job, stop, |fire| {
+                crate::agent::folder_watch::watch_job(&job, stop, |fire| {
                     let scope = fire
                         .changed
                         .as_deref()
@@ -296,7 +303,7 @@ impl Agent {
     }
 
     fn catch_up(&self, job: &Job, schedule: &Schedule, tx: &mpsc::UnboundedSender<Request>) {
-        let last = match lock(&self.ledger).runs(&job.name, 1) {
+        let last = match self.ledger.lock().runs(&job.name, 1) {
             Ok(runs) => runs.first().map(|r| r.started_at),
             Err(e) => {
                 tracing::error!(job = %job.name, "catch_up: cannot read the history: {e}");
@@ -485,7 +492,7 @@ async fn runner(
         let opts = RunOptions {
             trigger: trigger.label().to_string(),
             dry_run: false,
-            progress: false,
+            progress: None,
             // SIGTERM: files in flight stop at their next checkpoint, the run is recorded
             // as interrupted, and the next start resumes them.
             stop: Some(stop.clone()),
@@ -497,7 +504,7 @@ async fn runner(
             && report.counts == RunCounts::default()
             && report.failures.is_empty();
         if trigger == Trigger::Poll && idle {
-            match lock(&ledger).fold_idle_poll(&job.name) {
+            match ledger.lock().fold_idle_poll(&job.name) {
                 Ok(_) => tracing::debug!(job = %job.name, "poll: nothing changed"),
                 Err(e) => tracing::warn!(job = %job.name, "poll: cannot fold the idle run: {e}"),
             }

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
 use crate::config::PassiveAddress;
-use crate::tls::FlushingTlsStream;
+use crate::remote::tls::FlushingTlsStream;
 
 /// Whether `ip` cannot be reached from outside its own network: private (RFC 1918, IPv6 unique
 /// local), loopback, link-local, carrier-grade NAT (100.64.0.0/10), unspecified, documentation

@@ -8,8 +8,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::plan::{LedgerView, SyncedEntry};
-use crate::scope::Scope;
+use crate::model::plan::{LedgerView, SyncedEntry};
+use crate::model::scope::Scope;
 
 /// path, size, mtime, BLAKE3 (hex), remote size, remote mtime: one row of `entries`.
 type EntryRow = (String, i64, i64, String, i64, Option<i64>);
@@ -271,6 +271,20 @@ pub struct JobRecord {
     pub timezone: Option<String>,
 }
 
+impl JobRecord {
+    /// The row of `job` in the ledger's table of jobs.
+    pub(crate) fn of(job: &crate::config::Job) -> JobRecord {
+        JobRecord {
+            name: job.name.clone(),
+            direction: job.direction.to_string(),
+            local: job.local.display().to_string(),
+            remote: format!("{}:{}{}", job.remote.host, job.remote.port, job.remote.path),
+            schedule: job.schedule.as_ref().map(|s| s.expr.clone()),
+            timezone: job.timezone.map(|t| t.name().to_string()),
+        }
+    }
+}
+
 pub struct Ledger {
     conn: Connection,
     path: PathBuf,
@@ -425,14 +439,14 @@ impl Ledger {
         Ok(())
     }
 
-    pub fn schema_version(&self) -> Result<i64, LedgerError> {
+    pub(crate) fn schema_version(&self) -> Result<i64, LedgerError> {
         self.conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(self.err())
     }
 
     /// Remembers a job's identity and schedule for `status`.
-    pub fn upsert_job(&self, job: &JobRecord) -> Result<(), LedgerError> {
+    pub(crate) fn upsert_job(&self, job: &JobRecord) -> Result<(), LedgerError> {
         self.conn
             .execute(
                 "INSERT INTO jobs (name, direction, local, remote, schedule, timezone, updated_at)
@@ -478,7 +492,7 @@ impl Ledger {
     /// Every synced path of `job` (runs read the rows of one directory at a time: see
     /// [`Ledger::children`]).
     #[cfg(test)]
-    pub fn entries(&self, job: &str) -> Result<LedgerView, LedgerError> {
+    pub(crate) fn entries(&self, job: &str) -> Result<LedgerView, LedgerError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -495,7 +509,7 @@ impl Ledger {
     }
 
     /// The synced paths of `job` directly inside the directory `dir` (`""`: the job's root).
-    pub fn children(&self, job: &str, dir: &str) -> Result<LedgerView, LedgerError> {
+    pub(crate) fn children(&self, job: &str, dir: &str) -> Result<LedgerView, LedgerError> {
         // The planner does not pick the index of a generated column by itself.
         let mut stmt = self
             .conn
@@ -516,7 +530,7 @@ impl Ledger {
     }
 
     /// Every directory of `job` that holds a synced path.
-    pub fn parents(&self, job: &str) -> Result<Vec<String>, LedgerError> {
+    pub(crate) fn parents(&self, job: &str) -> Result<Vec<String>, LedgerError> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -528,7 +542,7 @@ impl Ledger {
     }
 
     /// The synced paths of `job` directly inside `dir`, without their records.
-    pub fn paths_in(&self, job: &str, dir: &str) -> Result<Vec<String>, LedgerError> {
+    pub(crate) fn paths_in(&self, job: &str, dir: &str) -> Result<Vec<String>, LedgerError> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -543,7 +557,7 @@ impl Ledger {
 
     /// The synced paths of `job` inside `scope` (each root and everything below it): what an
     /// incremental run needs, without reading the rows of the whole tree.
-    pub fn entries_in(&self, job: &str, scope: &Scope) -> Result<LedgerView, LedgerError> {
+    pub(crate) fn entries_in(&self, job: &str, scope: &Scope) -> Result<LedgerView, LedgerError> {
         let mut out = LedgerView::new();
         for root in scope.roots() {
             // `path` is compared bytewise: everything below `root/` lies in [`root/`, `root0`).
@@ -594,7 +608,7 @@ impl Ledger {
     }
 
     /// Records a committed path.
-    pub fn record(&self, job: &str, path: &str, e: &SyncedEntry) -> Result<(), LedgerError> {
+    pub(crate) fn record(&self, job: &str, path: &str, e: &SyncedEntry) -> Result<(), LedgerError> {
         self.exec_cached(
                 "INSERT INTO entries (job, path, size, mtime, blake3, remote_size, remote_mtime, synced_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -613,7 +627,7 @@ impl Ledger {
         )
     }
 
-    pub fn forget(&self, job: &str, path: &str) -> Result<(), LedgerError> {
+    pub(crate) fn forget(&self, job: &str, path: &str) -> Result<(), LedgerError> {
         self.exec_cached(
             "DELETE FROM entries WHERE job = ?1 AND path = ?2",
             params![job, path],
@@ -630,7 +644,7 @@ impl Ledger {
     }
 
     /// Starts a run in the history; its id is passed to [`Ledger::finish_run`].
-    pub fn begin_run(&self, job: &str, trigger: &str) -> Result<i64, LedgerError> {
+    pub(crate) fn begin_run(&self, job: &str, trigger: &str) -> Result<i64, LedgerError> {
         self.conn
             .execute(
                 "INSERT INTO runs (job, trigger, started_at, outcome) VALUES (?1, ?2, ?3, 'running')",
@@ -640,7 +654,7 @@ impl Ledger {
         Ok(self.conn.last_insert_rowid())
     }
 
-    pub fn finish_run(
+    pub(crate) fn finish_run(
         &self,
         id: i64,
         outcome: Outcome,
@@ -673,7 +687,7 @@ impl Ledger {
     }
 
     /// Publishes the progress of a running run.
-    pub fn set_progress(&self, id: i64, p: &RunProgress) -> Result<(), LedgerError> {
+    pub(crate) fn set_progress(&self, id: i64, p: &RunProgress) -> Result<(), LedgerError> {
         let text = serde_json::to_string(p).unwrap_or_default();
         self.conn
             .execute(
@@ -737,7 +751,7 @@ impl Ledger {
     }
 
     /// Runs left `running` by a process that died are marked failed when the next one starts.
-    pub fn close_abandoned_runs(&self, job: &str) -> Result<usize, LedgerError> {
+    pub(crate) fn close_abandoned_runs(&self, job: &str) -> Result<usize, LedgerError> {
         self.conn
             .execute(
                 "UPDATE runs SET outcome = 'failed', error = 'the process running this job stopped before the run ended'
@@ -747,14 +761,15 @@ impl Ledger {
             .map_err(self.err())
     }
 
-    pub fn integrity_check(&self) -> Result<String, LedgerError> {
+    #[cfg(test)]
+    pub(crate) fn integrity_check(&self) -> Result<String, LedgerError> {
         self.conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .map_err(self.err())
     }
 
     /// Journals a transfer before its first byte moves, so that a later run can resume it.
-    pub fn journal_begin(&self, job: &str, j: &JournalEntry) -> Result<(), LedgerError> {
+    pub(crate) fn journal_begin(&self, job: &str, j: &JournalEntry) -> Result<(), LedgerError> {
         self.exec_cached(
                 "INSERT INTO transfers (job, path, direction, temp_name, size, mtime, blake3, offset, started_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -775,7 +790,7 @@ impl Ledger {
     }
 
     /// Records how many bytes of a journaled transfer are safely on the destination.
-    pub fn journal_checkpoint(
+    pub(crate) fn journal_checkpoint(
         &self,
         job: &str,
         path: &str,
@@ -787,7 +802,7 @@ impl Ledger {
         )
     }
 
-    pub fn journal_end(&self, job: &str, path: &str) -> Result<(), LedgerError> {
+    pub(crate) fn journal_end(&self, job: &str, path: &str) -> Result<(), LedgerError> {
         self.exec_cached(
             "DELETE FROM transfers WHERE job = ?1 AND path = ?2",
             params![job, path],
@@ -795,7 +810,7 @@ impl Ledger {
     }
 
     /// The journal entry of one path, if its transfer was started and not committed.
-    pub fn journal_entry(
+    pub(crate) fn journal_entry(
         &self,
         job: &str,
         path: &str,
@@ -813,12 +828,12 @@ impl Ledger {
     }
 
     /// The ledger file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Every transfer of `job` that was started and not committed.
-    pub fn journal(&self, job: &str) -> Result<Vec<JournalEntry>, LedgerError> {
+    pub(crate) fn journal(&self, job: &str) -> Result<Vec<JournalEntry>, LedgerError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -831,7 +846,7 @@ impl Ledger {
 
     /// A transfer is committed (renamed into place): its path is recorded and its journal
     /// entry dropped, in one transaction.
-    pub fn commit_transfer(
+    pub(crate) fn commit_transfer(
         &mut self,
         job: &str,
         path: &str,
@@ -841,7 +856,7 @@ impl Ledger {
     }
 
     /// Several committed transfers in one transaction: all are recorded, or none.
-    pub fn commit_transfers<'a>(
+    pub(crate) fn commit_transfers<'a>(
         &mut self,
         job: &str,
         done: impl IntoIterator<Item = (&'a str, &'a SyncedEntry)>,
@@ -856,7 +871,7 @@ impl Ledger {
     }
 
     /// Runs `f` inside one transaction, so a batch of ledger writes costs one commit.
-    pub fn batch<T>(
+    pub(crate) fn batch<T>(
         &mut self,
         f: impl FnOnce(&Ledger) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
@@ -880,7 +895,7 @@ impl Ledger {
     /// A `poll` run that changed nothing and failed nothing leaves no row in the history: if
     /// the newest run of `job` is one, it is removed and counted in `jobs.polls` (and
     /// `jobs.last_poll_at`) instead. Returns whether it was.
-    pub fn fold_idle_poll(&mut self, job: &str) -> Result<bool, LedgerError> {
+    pub(crate) fn fold_idle_poll(&mut self, job: &str) -> Result<bool, LedgerError> {
         self.batch(|l| {
             let idle: Option<(i64, i64)> = l
                 .conn
@@ -911,7 +926,8 @@ impl Ledger {
     }
 
     /// How many idle polls were folded by [`Ledger::fold_idle_poll`], and when the last began.
-    pub fn polls(&self, job: &str) -> Result<(u64, Option<i64>), LedgerError> {
+    #[cfg(test)]
+    pub(crate) fn polls(&self, job: &str) -> Result<(u64, Option<i64>), LedgerError> {
         self.conn
             .query_row(
                 "SELECT polls, last_poll_at FROM jobs WHERE name = ?1",

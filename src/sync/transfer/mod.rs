@@ -14,14 +14,16 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Direction, Job};
-use crate::ftps::{FtpsError, Session};
-use crate::job_run::SharedLedger;
-use crate::ledger::JournalEntry;
-use crate::listing::{self, Precision};
-use crate::plan::SyncedEntry;
-use crate::scan::{local_path, remote_path, system_time_ns};
-use crate::snapshot::{temp_name, Entry};
+use crate::config::Job;
+use crate::model::paths::{local_path, remote_path};
+use crate::model::plan::SyncedEntry;
+use crate::model::policy::Direction;
+use crate::model::snapshot::system_time_ns;
+use crate::model::snapshot::{temp_rel, Entry};
+use crate::remote::listing::{self, Precision};
+use crate::remote::session::{FtpsError, Session};
+use crate::state::ledger::JournalEntry;
+use crate::state::SharedLedger;
 
 const CHUNK: usize = 256 * 1024;
 
@@ -64,7 +66,7 @@ pub enum TransferError {
         expected: u64,
     },
     #[error(transparent)]
-    Ledger(#[from] crate::ledger::LedgerError),
+    Ledger(#[from] crate::state::ledger::LedgerError),
     /// The server refused the temporary name (553, e.g. Pure-FTPd's `ProhibitDotFilesWrite`).
     #[error("{0} (the server refuses the temporary name .NAME.ferrysync-part: if it forbids dot files, set upload.temp_name: false)")]
     TempNameRefused(FtpsError),
@@ -118,7 +120,6 @@ pub struct Transferred {
     pub entry: SyncedEntry,
     /// Bytes that crossed the network in this attempt (less than the size after a resume).
     pub bytes_moved: u64,
-    pub resumed_from: u64,
 }
 
 /// What a transfer needs besides the connection.
@@ -139,16 +140,19 @@ impl TransferContext<'_> {
         if size < JOURNAL_MIN {
             return Ok(None);
         }
-        Ok(crate::job_run::lock(self.ledger).journal_entry(&self.job.name, path)?)
+        Ok(self.ledger.lock().journal_entry(&self.job.name, path)?)
     }
     fn journal_begin(&self, j: &JournalEntry) -> Result<(), TransferError> {
         if j.size < JOURNAL_MIN {
             return Ok(());
         }
-        Ok(crate::job_run::lock(self.ledger).journal_begin(&self.job.name, j)?)
+        Ok(self.ledger.lock().journal_begin(&self.job.name, j)?)
     }
     fn checkpoint(&self, path: &str, offset: u64) -> Result<(), TransferError> {
-        Ok(crate::job_run::lock(self.ledger).journal_checkpoint(&self.job.name, path, offset)?)
+        Ok(self
+            .ledger
+            .lock()
+            .journal_checkpoint(&self.job.name, path, offset)?)
     }
 }
 
@@ -175,19 +179,6 @@ impl Checkpoints {
             false
         }
     }
-}
-
-fn split_parent(rel: &str) -> (&str, &str) {
-    match rel.rfind('/') {
-        Some(i) => (&rel[..i], &rel[i + 1..]),
-        None => ("", rel),
-    }
-}
-
-/// The temporary path (relative to the job's root) of `rel`.
-pub fn temp_rel(rel: &str) -> String {
-    let (parent, name) = split_parent(rel);
-    crate::snapshot::join(parent, &temp_name(name))
 }
 
 async fn timed<T>(
@@ -770,7 +761,6 @@ pub async fn upload(
             remote_mtime: None,
         },
         bytes_moved: sent,
-        resumed_from: offset,
     })
 }
 
@@ -965,13 +955,13 @@ pub async fn download(
             remote_mtime: Some(remote_mtime),
         },
         bytes_moved: received,
-        resumed_from: offset,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::snapshot::temp_name;
 
     fn patterned(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
@@ -1024,17 +1014,17 @@ mod tests {
             server.cert_pem_path.display()
         );
         let job = crate::config::parse_job(&dir.join("t.yaml"), &yaml).unwrap();
-        let tls = crate::tls::TlsContext::new(&job.remote.tls).unwrap();
+        let tls = crate::remote::tls::TlsContext::new(&job.remote.tls).unwrap();
         let session = Session::connect(&job.remote, &tls).await.unwrap();
-        let ledger = crate::ledger::Ledger::open(&dir.join("state.db")).unwrap();
-        (job, session, Arc::new(std::sync::Mutex::new(ledger)))
+        let ledger = crate::state::ledger::Ledger::open(&dir.join("state.db")).unwrap();
+        (job, session, SharedLedger::new(ledger))
     }
 
-    /// The file as a scan that did not hash it saw it (see [`crate::plan::local_hash`]).
+    /// The file as a scan that did not hash it saw it (see [`crate::model::plan::local_hash`]).
     fn unhashed_entry(path: &Path) -> Entry {
         let meta = std::fs::metadata(path).unwrap();
         Entry {
-            kind: crate::snapshot::Kind::File,
+            kind: crate::model::snapshot::Kind::File,
             size: meta.len(),
             mtime: system_time_ns(meta.modified().unwrap()),
             hash: None,

@@ -6,7 +6,7 @@
 //! watch waits until the folder has been quiet for the job's `debounce`, then until every
 //! changed file's size and mtime have been stable for that long (a file still being written is
 //! not taken half-way), bounded by [`max_settle`]. A fire names the paths that changed, so the
-//! run can look at those only (see [`crate::scope`]); when it cannot name them all (the
+//! run can look at those only (see [`crate::model::scope`]); when it cannot name them all (the
 //! kernel's event queue overflowed, notify's rescan flag, or more than [`MAX_TRACKED`] paths)
 //! it says so, and the run compares everything.
 

@@ -2,34 +2,37 @@
 //! record each committed path and the run itself in the ledger.
 
 use std::collections::VecDeque;
-use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::config::{Direction, Job};
-use crate::ftps::Session;
-use crate::ledger::{JobRecord, Ledger, Outcome, PathFailure, RunCounts, RunProgress};
-use crate::plan::{plan, spare as spare_unreadable, Action, LedgerView, PlanOptions, SyncPlan};
-use crate::scan::{local_path, remote_path, scan_local_scope, scan_remote_scope, Scan};
-use crate::scope::Scope;
-use crate::snapshot::Entry;
-use crate::tls::TlsContext;
-use crate::transfer::{self, ByteCounter, TransferContext, Transferred};
-use crate::walk::{walk, WalkError};
-
-/// The ledger, shared by the run's tasks; writes happen on the coordinating task only.
-pub type SharedLedger = Arc<Mutex<Ledger>>;
+use crate::config::Job;
+use crate::model::paths::{local_path, remote_path};
+use crate::model::plan::{
+    plan, spare as spare_unreadable, Action, LedgerView, PlanOptions, SyncPlan,
+};
+use crate::model::policy::Direction;
+use crate::model::scope::Scope;
+use crate::model::snapshot::Entry;
+use crate::remote::session::Session;
+use crate::remote::tls::TlsContext;
+use crate::state::ledger::{JobRecord, Outcome, PathFailure, RunProgress};
+use crate::state::SharedLedger;
+use crate::sync::report::RunReport;
+use crate::sync::scan::{scan_local_scope, scan_remote_scope, Scan};
+use crate::sync::transfer::{self, ByteCounter, TransferContext, Transferred};
+use crate::sync::walk::{walk, WalkError};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// What started the run: `manual`, `schedule`, `watch`, `poll`, `demo`.
     pub trigger: String,
     pub dry_run: bool,
-    /// Show a progress line on stderr (only when it is a terminal).
-    pub progress: bool,
+    /// Told how the transfers are going, about four times a second and once at their end
+    /// (the command line draws its progress line from it).
+    pub progress: Option<ProgressObserver>,
     /// Turns true when the run must stop (SIGTERM, Ctrl-C): no new file is started, and files
     /// in flight stop at their next checkpoint, to be resumed by the next run.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
@@ -38,96 +41,32 @@ pub struct RunOptions {
     pub scope: Option<Scope>,
 }
 
+/// How far a run's transfers are: what a [`ProgressObserver`] is shown.
+#[derive(Debug, Clone, Copy)]
+pub struct TransferProgress<'a> {
+    pub job: &'a str,
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// The last call: every transfer has ended.
+    pub finished: bool,
+}
+
+/// A callback for [`TransferProgress`]; it runs on the run's coordinating task, so it must be
+/// quick.
+#[derive(Clone)]
+pub struct ProgressObserver(pub Arc<dyn Fn(&TransferProgress<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressObserver")
+    }
+}
+
 impl RunOptions {
     pub fn stop_requested(&self) -> bool {
         self.stop.as_ref().is_some_and(|s| *s.borrow())
-    }
-}
-
-/// What a run did.
-#[derive(Debug, Clone)]
-pub struct RunReport {
-    pub job: String,
-    pub outcome: Outcome,
-    pub counts: RunCounts,
-    pub failures: Vec<PathFailure>,
-    /// Why the run as a whole failed, if it did.
-    pub error: Option<String>,
-    /// The plan (kept for `--dry-run`).
-    pub plan: Option<SyncPlan>,
-    pub elapsed: Duration,
-    /// The run's row in the history (none for a dry run).
-    pub run_id: Option<i64>,
-    /// The run stopped on request before its end.
-    pub interrupted: bool,
-}
-
-impl RunReport {
-    /// One line for people and scripts alike.
-    pub fn summary(&self) -> String {
-        let c = &self.counts;
-        let mut s = format!(
-            "{}: {} ({} uploaded, {}; {} downloaded, {}; {} deleted; {} failed) in {:.1}s",
-            self.job,
-            match self.outcome {
-                Outcome::Ok => "ok",
-                Outcome::Partial => "finished with failures",
-                Outcome::Failed => "FAILED",
-                Outcome::Running => "running",
-                Outcome::Interrupted => "interrupted (the next run resumes)",
-            },
-            c.files_up,
-            human_bytes(c.bytes_up),
-            c.files_down,
-            human_bytes(c.bytes_down),
-            c.files_deleted,
-            c.files_failed,
-            self.elapsed.as_secs_f64()
-        );
-        if let Some(e) = &self.error {
-            s.push_str(&format!("\n  error: {e}"));
-        }
-        for f in self.failures.iter().take(20) {
-            s.push_str(&format!("\n  failed: {}: {}", f.path, f.error));
-        }
-        if self.failures.len() > 20 {
-            s.push_str(&format!(
-                "\n  ... and {} more failed paths (see `ferrysync history`)",
-                self.failures.len() - 20
-            ));
-        }
-        s
-    }
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-pub fn lock(ledger: &SharedLedger) -> std::sync::MutexGuard<'_, Ledger> {
-    // A panic while holding the lock cannot leave SQLite inconsistent; keep going.
-    ledger.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-pub fn job_record(job: &Job) -> JobRecord {
-    JobRecord {
-        name: job.name.clone(),
-        direction: job.direction.to_string(),
-        local: job.local.display().to_string(),
-        remote: format!("{}:{}{}", job.remote.host, job.remote.port, job.remote.path),
-        schedule: job.schedule.as_ref().map(|s| s.expr.clone()),
-        timezone: job.timezone.map(|t| t.name().to_string()),
     }
 }
 
@@ -145,7 +84,7 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
     let mut report = RunReport {
         job: job.name.clone(),
         outcome: Outcome::Failed,
-        counts: RunCounts::default(),
+        counts: Default::default(),
         failures: Vec::new(),
         error: None,
         plan: None,
@@ -155,8 +94,8 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
     };
     // One run of a job at a time, across processes; held until the report is returned. A run
     // left `running` in the ledger can only be a dead process's once the lock is ours.
-    let state_path = lock(ledger).path().to_path_buf();
-    let _job_lock = match crate::lock::JobLock::acquire(&state_path, &job.name) {
+    let state_path = ledger.lock().path().to_path_buf();
+    let _job_lock = match crate::state::lock::JobLock::acquire(&state_path, &job.name) {
         Ok(l) => l,
         Err(e) => {
             report.error = Some(e.to_string());
@@ -167,9 +106,9 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
     let run_id = if opts.dry_run {
         None
     } else {
-        let l = lock(ledger);
+        let l = ledger.lock();
         let begun = l
-            .upsert_job(&job_record(job))
+            .upsert_job(&JobRecord::of(job))
             .and_then(|_| l.close_abandoned_runs(&job.name))
             .and_then(|_| l.begin_run(&job.name, &opts.trigger));
         match begun {
@@ -197,7 +136,7 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
     report.counts.files_failed = report.failures.len() as u64;
     report.elapsed = started.elapsed();
     if let Some(id) = run_id {
-        let l = lock(ledger);
+        let l = ledger.lock();
         if let Err(e) = l.finish_run(
             id,
             report.outcome,
@@ -336,7 +275,7 @@ async fn execute_run(
                 match deleted {
                     Ok(()) => {
                         report.counts.files_deleted += 1;
-                        if let Err(e) = lock(ledger).forget(&job.name, path) {
+                        if let Err(e) = ledger.lock().forget(&job.name, path) {
                             report.failures.push(PathFailure {
                                 path: path.clone(),
                                 error: e.to_string(),
@@ -365,7 +304,7 @@ async fn execute_run(
                 }
             }
             Action::Record { path, entry } => {
-                if let Err(e) = lock(ledger).record(&job.name, path, entry) {
+                if let Err(e) = ledger.lock().record(&job.name, path, entry) {
                     report.failures.push(PathFailure {
                         path: path.clone(),
                         error: e.to_string(),
@@ -373,7 +312,7 @@ async fn execute_run(
                 }
             }
             Action::Forget { path } => {
-                if let Err(e) = lock(ledger).forget(&job.name, path) {
+                if let Err(e) = ledger.lock().forget(&job.name, path) {
                     report.failures.push(PathFailure {
                         path: path.clone(),
                         error: e.to_string(),
@@ -400,7 +339,7 @@ async fn clean_up_temps(
     dest_temps: &[String],
     scope: Option<&Scope>,
 ) {
-    let journal = match lock(ledger).journal(&job.name) {
+    let journal = match ledger.lock().journal(&job.name) {
         Ok(j) => j,
         Err(e) => {
             tracing::warn!("cannot read the transfer journal: {e}");
@@ -425,7 +364,7 @@ async fn clean_up_temps(
     {
         if transferring.contains(j.path.as_str()) {
             keep.insert(j.temp_name);
-        } else if let Err(e) = lock(ledger).journal_end(&job.name, &j.path) {
+        } else if let Err(e) = ledger.lock().journal_end(&job.name, &j.path) {
             tracing::warn!("cannot update the transfer journal: {e}");
         }
     }
@@ -469,7 +408,7 @@ struct Surveyed {
 }
 
 /// A full run: both trees walked directory by directory against the ledger (see
-/// [`crate::walk`]), retrying transient failures with backoff. `write_ledger`: not a dry run.
+/// [`crate::sync::walk`]), retrying transient failures with backoff. `write_ledger`: not a dry run.
 async fn survey_all(
     job: &Job,
     ledger: &SharedLedger,
@@ -518,7 +457,7 @@ async fn survey_all(
 async fn with_retries<T, F, Fut>(job: &Job, tls: &TlsContext, mut attempt: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Result<T, String>, crate::ftps::FtpsError>>,
+    Fut: std::future::Future<Output = Result<Result<T, String>, crate::remote::session::FtpsError>>,
 {
     let mut n = 0;
     loop {
@@ -552,7 +491,7 @@ async fn survey_scope(
     scope: &Scope,
 ) -> Result<Option<Surveyed>, String> {
     let (view, dest_files) = {
-        let l = lock(ledger);
+        let l = ledger.lock();
         let view = l.entries_in(&job.name, scope).map_err(|e| e.to_string())?;
         // max_delete is relative to the whole destination: what the ledger knows is there.
         let count = l.entry_count(&job.name).map_err(|e| e.to_string())?;
@@ -715,7 +654,18 @@ async fn transfer_all(
 
     // Finished transfers wait here for their ledger commit (see COMMIT_BATCH).
     let mut committing: Vec<(String, Transferred)> = Vec::new();
-    let show = opts.progress && std::io::stderr().is_terminal();
+    let show = |finished: bool, files_done: u64, bytes_done: u64| {
+        if let Some(observer) = &opts.progress {
+            (observer.0)(&TransferProgress {
+                job: &job.name,
+                files_done,
+                files_total: total_files,
+                bytes_done,
+                bytes_total: total_bytes,
+                finished,
+            });
+        }
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut done_files = 0u64;
     let mut ticks = 0u64;
@@ -758,26 +708,16 @@ async fn transfer_all(
                         bytes_total: total_bytes,
                         current: in_flight.iter().cloned().collect(),
                     };
-                    if let Err(e) = lock(ledger).set_progress(id, &progress) {
+                    if let Err(e) = ledger.lock().set_progress(id, &progress) {
                         tracing::debug!("cannot publish progress: {e}");
                     }
                 }
-                if !show {
-                    continue;
-                }
-                eprint!("\r{}: {done_files}/{total_files} files, {} of {}    ", job.name, human_bytes(counter.get()), human_bytes(total_bytes));
+                show(false, done_files, counter.get());
             }
         }
     }
     commit_batch(&job, ledger, &mut committing, report);
-    if show {
-        eprintln!(
-            "\r{}: {done_files}/{total_files} files, {} of {}    ",
-            job.name,
-            human_bytes(counter.get()),
-            human_bytes(total_bytes)
-        );
-    }
+    show(true, done_files, counter.get());
     let mut survivor = None;
     for h in handles {
         if let Ok(Some(s)) = h.await {
@@ -820,7 +760,7 @@ fn commit_batch(
         return;
     }
     let batch = std::mem::take(done);
-    let mut l = lock(ledger);
+    let mut l = ledger.lock();
     let all = l.commit_transfers(
         &job.name,
         batch.iter().map(|(path, t)| (path.as_str(), &t.entry)),

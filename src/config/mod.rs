@@ -4,6 +4,8 @@
 //! wrong types, cron expressions, time zones, durations, glob patterns, and whether the password
 //! can be read. Every error names `file:line:col`. Secrets are wrapped in [`Secret`], whose
 //! `Debug` and `Display` never show the value, so they cannot leak through logs or errors.
+//!
+//! May import: `model`.
 
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -13,6 +15,8 @@ use std::time::Duration;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
+
+use crate::model::policy::{Direction, MaxDelete, SyncMode};
 
 /// A configuration error, already formatted as `file:line:col: reason`.
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +33,6 @@ pub struct ConfigError {
 pub struct Secret(String);
 
 impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
     /// The only way to read the value: at the point where it is sent to the server.
     pub fn expose(&self) -> &str {
         &self.0
@@ -48,33 +49,6 @@ impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// local -> remote
-    Push,
-    /// remote -> local
-    Pull,
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Direction::Push => "push",
-            Direction::Pull => "pull",
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncMode {
-    /// Also delete what the source no longer has.
-    Mirror,
-    /// Never delete.
-    Copy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -143,32 +117,6 @@ fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
 enum RawPorts {
     One(u16),
     Range(String),
-}
-
-/// `max_delete`: an absolute count or a percentage of the destination's files.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum MaxDelete {
-    Count(u64),
-    Percent(f64),
-}
-
-impl MaxDelete {
-    /// The number of deletions allowed when the destination holds `dest_files` files.
-    pub fn limit(&self, dest_files: u64) -> u64 {
-        match *self {
-            MaxDelete::Count(n) => n,
-            MaxDelete::Percent(p) => ((dest_files as f64) * p / 100.0).floor() as u64,
-        }
-    }
-}
-
-impl fmt::Display for MaxDelete {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MaxDelete::Count(n) => write!(f, "{n}"),
-            MaxDelete::Percent(p) => write!(f, "{p}%"),
-        }
-    }
 }
 
 /// How often a transfer or listing is retried after a transient failure (a dropped
@@ -439,11 +387,11 @@ impl Default for RawWatch {
 }
 
 /// How long the agent waits for a watched folder to be quiet, at least and at most.
-pub const DEBOUNCE_RANGE: (Duration, Duration) =
+pub(crate) const DEBOUNCE_RANGE: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(3600));
 
 /// The poll watcher's interval when `watch: poll` has no `poll:`.
-pub const DEFAULT_WATCH_POLL: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_WATCH_POLL: Duration = Duration::from_secs(30);
 
 fn default_direction() -> Direction {
     Direction::Push
@@ -831,7 +779,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
     }
     let list_time_offset = match r.list_time_offset.as_deref().map(str::trim) {
         None | Some("auto") => ListTimeOffset::Auto,
-        Some(t) => ListTimeOffset::Fixed(crate::listing::parse_offset(t).map_err(|e| {
+        Some(t) => ListTimeOffset::Fixed(parse_offset(t).map_err(|e| {
             fail(
                 &["remote", "list_time_offset"],
                 format!("remote.list_time_offset: {e} (or auto)"),
@@ -1129,6 +1077,31 @@ fn locate(text: &str, keys: &[&str]) -> (usize, usize) {
     found
 }
 
+/// Parses an offset from the job (`+02:00`, `-0530`, `UTC`, `0`) into seconds east of UTC.
+pub(crate) fn parse_offset(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("utc") || t.eq_ignore_ascii_case("z") || t == "0" {
+        return Ok(0);
+    }
+    let bad = || format!("`{t}` is not an offset like +02:00, -05:30 or UTC");
+    let (sign, rest) = match t.as_bytes().first() {
+        Some(b'+') => (1, &t[1..]),
+        Some(b'-') => (-1, &t[1..]),
+        _ => return Err(bad()),
+    };
+    let (h, m) = match rest.split_once(':') {
+        Some((h, m)) => (h, m),
+        None if rest.len() == 4 => rest.split_at(2),
+        None => (rest, "0"),
+    };
+    let h: i64 = h.parse().map_err(|_| bad())?;
+    let m: i64 = m.parse().map_err(|_| bad())?;
+    if h > 14 || m > 59 {
+        return Err(bad());
+    }
+    Ok(sign * (h * 3600 + m * 60))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1138,6 +1111,17 @@ mod tests {
     }
 
     const GOOD: &str = "local: /srv/out\nremote:\n  host: ftp.example\n  user: u\n  password: p\n";
+
+    #[test]
+    fn offsets_parse_from_the_job() {
+        assert_eq!(parse_offset("UTC"), Ok(0));
+        assert_eq!(parse_offset("+02:00"), Ok(7200));
+        assert_eq!(parse_offset("-05:30"), Ok(-19800));
+        assert_eq!(parse_offset("+0545"), Ok(20700));
+        assert_eq!(parse_offset("+3"), Ok(10800));
+        assert!(parse_offset("Europe/Berlin").is_err());
+        assert!(parse_offset("+15:00").is_err());
+    }
 
     #[test]
     fn minimal_job_gets_defaults() {

@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::config::{Direction, MaxDelete, SyncMode};
-use crate::snapshot::{Entry, Kind, Snapshot};
+use crate::model::policy::{Direction, MaxDelete, SyncMode};
+use crate::model::snapshot::{Entry, Kind, Snapshot};
 
 /// What the ledger remembers of one synced file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -539,7 +539,7 @@ impl TreePlan {
         let local_dir = if self.local_dirs.contains_key(path) {
             path
         } else {
-            crate::scope::split_parent(path).0
+            crate::model::paths::split_parent(path).0
         };
         mark_has_file(&mut self.local_dirs, local_dir);
         if self.remote_dirs.contains_key(path) {
@@ -554,11 +554,6 @@ impl TreePlan {
             || self.local_dirs.contains_key(path)
             || self.remote_dirs.contains_key(path)
             || is_spared(path, &self.spared)
-    }
-
-    /// The destination's files seen so far.
-    pub fn dest_files(&self) -> u64 {
-        self.dest_files
     }
 
     /// The whole plan, once every directory was added. `prune`: the job has include patterns,
@@ -610,7 +605,7 @@ impl TreePlan {
 fn is_spared(path: &str, spared: &[String]) -> bool {
     spared
         .iter()
-        .any(|s| path == s || crate::scope::is_under(path, s))
+        .any(|s| path == s || crate::model::paths::is_under(path, s))
 }
 
 /// Drops from `plan` every delete and forget at or below a local path that could not be read
@@ -1096,7 +1091,7 @@ mod tests {
         file_of: impl Fn(u8) -> Entry,
     ) {
         for (path, what) in edits {
-            side.retain(|p, _| p != path && !crate::scope::is_under(p, path));
+            side.retain(|p, _| p != path && !crate::model::paths::is_under(p, path));
             let Some(content) = what else { continue };
             // Parents become directories (a file in the way goes, with what was below it).
             let mut at = path.as_str();
@@ -1121,12 +1116,14 @@ mod tests {
             .filter(|(_, e)| !e.is_dir())
             .map(|(p, _)| p.clone())
             .collect();
-        side.retain(|p, e| !e.is_dir() || files.iter().any(|f| crate::scope::is_under(f, p)));
+        side.retain(|p, e| {
+            !e.is_dir() || files.iter().any(|f| crate::model::paths::is_under(f, p))
+        });
     }
 
     fn children(side: &Snapshot, dir: &str) -> Snapshot {
         side.iter()
-            .filter(|(p, _)| crate::scope::split_parent(p).0 == dir)
+            .filter(|(p, _)| crate::model::paths::split_parent(p).0 == dir)
             .map(|(p, e)| (p.clone(), e.clone()))
             .collect()
     }
@@ -1152,7 +1149,7 @@ mod tests {
         while let Some(d) = queue.pop_front() {
             let rows: LedgerView = ledger
                 .iter()
-                .filter(|(p, _)| crate::scope::split_parent(p).0 == d.path)
+                .filter(|(p, _)| crate::model::paths::split_parent(p).0 == d.path)
                 .map(|(p, e)| (p.clone(), e.clone()))
                 .collect();
             let empty = Snapshot::new();
@@ -1181,7 +1178,7 @@ mod tests {
             ledger_only.extend(tree.add_dir(&d, &rows, &l, &r).ledger_only);
         }
         for path in ledger.keys() {
-            if !tree.visited(crate::scope::split_parent(path).0) {
+            if !tree.visited(crate::model::paths::split_parent(path).0) {
                 ledger_only.push(Action::Forget { path: path.clone() });
             }
         }
@@ -1341,7 +1338,7 @@ mod tests {
             let mut changed_to = src.clone();
             for (path, edit) in &edits {
                 match edit {
-                    None => changed_to.retain(|p, _| p != path && !crate::scope::is_under(p, path)),
+                    None => changed_to.retain(|p, _| p != path && !crate::model::paths::is_under(p, path)),
                     Some(content) => {
                         changed_to.insert(path.clone(), *content);
                     }
@@ -1355,7 +1352,7 @@ mod tests {
                 .map(|(p, _)| p.as_str())
                 .collect();
             changed.extend(extra.iter().map(String::as_str));
-            let Some(scope) = crate::scope::Scope::of_changed(changed.iter().copied()) else {
+            let Some(scope) = crate::model::scope::Scope::of_changed(changed.iter().copied()) else {
                 return Ok(());
             };
             o.max_delete = max_percent.map(|p| MaxDelete::Percent(f64::from(p)));
@@ -1495,7 +1492,7 @@ mod tests {
             // directories under a conflicting file).
             for side in [&mut local, &mut remote] {
                 let files: Vec<String> = side.iter().filter(|(_, e)| !e.is_dir()).map(|(p, _)| p.clone()).collect();
-                side.retain(|p, _| !files.iter().any(|f| crate::scope::is_under(p, f)));
+                side.retain(|p, _| !files.iter().any(|f| crate::model::paths::is_under(p, f)));
             }
             o.max_delete = max_delete.map(MaxDelete::Count);
             // The scan of one directory sees every subdirectory; a whole-tree scan prunes.
@@ -1514,10 +1511,10 @@ mod tests {
                     let made: Vec<&str> = by_dirs.actions.iter().filter_map(|a| match a { Action::MakeDir { path } => Some(path.as_str()), _ => None }).collect();
                     let removed: Vec<&str> = by_dirs.actions.iter().filter_map(|a| match a { Action::DeleteDir { path } => Some(path.as_str()), _ => None }).collect();
                     for (i, a) in made.iter().enumerate() {
-                        prop_assert!(!made[..i].iter().any(|b| crate::scope::is_under(b, a)), "{:?}", made);
+                        prop_assert!(!made[..i].iter().any(|b| crate::model::paths::is_under(b, a)), "{:?}", made);
                     }
                     for (i, a) in removed.iter().enumerate() {
-                        prop_assert!(!removed[..i].iter().any(|b| crate::scope::is_under(a, b)), "{:?}", removed);
+                        prop_assert!(!removed[..i].iter().any(|b| crate::model::paths::is_under(a, b)), "{:?}", removed);
                     }
                 }
                 (whole, by_dirs) => prop_assert_eq!(whole.err(), by_dirs.err()),

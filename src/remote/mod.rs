@@ -1,0 +1,14 @@
+//! The FTPS client: a logged-in [`Session`] with every command the sync needs (each with a
+//! timeout and an error naming the server, the command, the path and the reply), the TLS set-up
+//! and verification behind it, the passive and active data connections, and the parsers of
+//! LIST and MLSD lines. It knows nothing of jobs' runs, plans or the ledger.
+//!
+//! May import: `model`, `config`.
+
+pub(crate) mod data_channel;
+pub(crate) mod listing;
+pub(crate) mod session;
+pub(crate) mod tls;
+
+pub use session::{FtpStream, FtpsError, Session};
+pub use tls::{fingerprint, TlsContext};

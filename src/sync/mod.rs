@@ -1,0 +1,15 @@
+//! One run of one job: survey both sides against the ledger (a full walk, one directory at a
+//! time, or only the paths a watch saw change), plan, then execute on a pool of connections:
+//! directories, transfers (temporary name, verification, rename), deletes; each path recorded
+//! in the ledger only once its transfer is committed.
+//!
+//! May import: `model`, `config`, `state`, `remote`.
+
+pub(crate) mod report;
+pub(crate) mod run;
+pub(crate) mod scan;
+pub(crate) mod transfer;
+pub(crate) mod walk;
+
+pub use report::{human_bytes, RunReport};
+pub use run::{run_job, ProgressObserver, RunOptions, TransferProgress};
