@@ -79,6 +79,14 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action that sends `path` the job's way: an upload for a push, a download for a pull.
+    pub fn transfer(direction: Direction, path: String, source: Entry) -> Action {
+        match direction {
+            Direction::Push => Action::Upload { path, source },
+            Direction::Pull => Action::Download { path, source },
+        }
+    }
+
     pub fn path(&self) -> &str {
         match self {
             Action::MakeDir { path }

@@ -193,6 +193,27 @@ pub struct RunCounts {
     pub files_failed: u64,
 }
 
+impl RunCounts {
+    /// Counts a committed transfer of `bytes` bytes the job's way.
+    pub(crate) fn add_transferred(
+        &mut self,
+        direction: crate::model::policy::Direction,
+        bytes: u64,
+    ) {
+        use crate::model::policy::Direction;
+        match direction {
+            Direction::Push => {
+                self.files_up += 1;
+                self.bytes_up += bytes;
+            }
+            Direction::Pull => {
+                self.files_down += 1;
+                self.bytes_down += bytes;
+            }
+        }
+    }
+}
+
 /// A path as the path part of an SQLite `file:` URI.
 fn uri_path(path: &Path) -> String {
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());

@@ -5,11 +5,17 @@
 //!
 //! May import: `model`, `config`, `state`, `remote`.
 
+pub(crate) mod destination;
+pub(crate) mod error;
 pub(crate) mod report;
+pub(crate) mod retry;
 pub(crate) mod run;
 pub(crate) mod scan;
+pub(crate) mod survey;
 pub(crate) mod transfer;
 pub(crate) mod walk;
+pub(crate) mod workers;
 
+pub use error::RunError;
 pub use report::{human_bytes, RunReport};
 pub use run::{run_job, ProgressObserver, RunOptions, TransferProgress};

@@ -5,16 +5,17 @@ use std::time::Duration;
 
 use crate::model::plan::SyncPlan;
 use crate::state::ledger::{Outcome, PathFailure, RunCounts};
+use crate::sync::error::RunError;
 
 /// What a run did.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RunReport {
     pub job: String,
     pub outcome: Outcome,
     pub counts: RunCounts,
     pub failures: Vec<PathFailure>,
     /// Why the run as a whole failed, if it did.
-    pub error: Option<String>,
+    pub error: Option<RunError>,
     /// The plan (kept for `--dry-run`).
     pub plan: Option<SyncPlan>,
     pub elapsed: Duration,

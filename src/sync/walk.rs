@@ -21,10 +21,12 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::config::{Job, ListTimeOffset, PathFilter};
 use crate::model::plan::{Action, DirVisit, LedgerView, PlanOptions, SyncPlan, TreePlan};
-use crate::remote::session::{FtpsError, Session};
+use crate::model::policy::Direction;
+use crate::remote::session::Session;
 use crate::remote::tls::TlsContext;
 use crate::state::ledger::PathFailure;
 use crate::state::SharedLedger;
+use crate::sync::error::RunError;
 use crate::sync::scan::{scan_local_dir, ListTimes, RemoteListing, Scan};
 
 /// Both trees as a full run found them, and what to do about them.
@@ -52,15 +54,14 @@ pub struct Found {
     pub root_missing: bool,
 }
 
-/// Why a walk stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum WalkError {
-    /// The server failed a listing (retried by the caller if transient).
-    #[error(transparent)]
-    Remote(#[from] FtpsError),
-    /// Anything else: the local root unreadable, the ledger, `max_delete`.
-    #[error("{0}")]
-    Run(String),
+impl Found {
+    /// The temporary files found on the side a job writes to.
+    pub fn dest_temps(&mut self, direction: Direction) -> Vec<String> {
+        match direction {
+            Direction::Push => std::mem::take(&mut self.remote_temps),
+            Direction::Pull => std::mem::take(&mut self.local_temps),
+        }
+    }
 }
 
 /// Writes of ledger-only actions are batched this many to a transaction.
@@ -108,21 +109,18 @@ impl WalkContext<'_> {
         mut session: Session,
         visit: DirVisit,
         offset: Option<i64>,
-    ) -> (Session, Result<Visited, WalkError>) {
+    ) -> (Session, Result<Visited, RunError>) {
         let local = {
             let (job, ledger) = (self.job_name.to_string(), self.ledger.clone());
             let (root, filter, dir) = (self.local_root.clone(), self.filter.clone(), visit.clone());
             tokio::task::spawn_blocking(move || {
-                let rows = ledger
-                    .lock()
-                    .children(&job, &dir.path)
-                    .map_err(|e| e.to_string())?;
+                let rows = ledger.lock().children(&job, &dir.path)?;
                 let scan = if dir.local {
                     scan_local_dir(&root, &dir.path, &filter, &rows)
                 } else {
                     Scan::default()
                 };
-                Ok::<_, String>((rows, scan))
+                Ok::<_, RunError>((rows, scan))
             })
         };
         let started = Instant::now();
@@ -136,8 +134,8 @@ impl WalkContext<'_> {
         let took = started.elapsed();
         let (rows, local) = match local.await {
             Ok(Ok(read)) => read,
-            Ok(Err(e)) => return (session, Err(WalkError::Run(e))),
-            Err(e) => return (session, Err(WalkError::Run(format!("local scan: {e}")))),
+            Ok(Err(e)) => return (session, Err(e)),
+            Err(_) => return (session, Err(RunError::Task("local scan"))),
         };
         let mut remote = Scan::default();
         let mut times = ListTimes::default();
@@ -196,7 +194,7 @@ pub async fn walk(
     first: Session,
     connect_time: Duration,
     write_ledger: bool,
-) -> Result<Walked, WalkError> {
+) -> Result<Walked, RunError> {
     let ctx = WalkContext {
         job_name: &job.name,
         ledger: ledger.clone(),
@@ -305,15 +303,9 @@ pub async fn walk(
     let unvisited = {
         let l = ledger.lock();
         let mut rows = Vec::new();
-        for parent in l
-            .parents(&job.name)
-            .map_err(|e| WalkError::Run(e.to_string()))?
-        {
+        for parent in l.parents(&job.name)? {
             if !tree.visited(&parent) {
-                rows.extend(
-                    l.paths_in(&job.name, &parent)
-                        .map_err(|e| WalkError::Run(e.to_string()))?,
-                );
+                rows.extend(l.paths_in(&job.name, &parent)?);
             }
         }
         rows
@@ -324,7 +316,10 @@ pub async fn walk(
 
     let mut plan = tree
         .finish(job.filter.has_includes())
-        .map_err(|e| WalkError::Run(format!("job {}: {e}", job.name)))?;
+        .map_err(|source| RunError::Plan {
+            job: job.name.clone(),
+            source,
+        })?;
     plan.actions.append(&mut got.ledger_only);
     Ok(Walked {
         plan,
@@ -340,7 +335,7 @@ fn plan_dir(
     tree: &mut TreePlan,
     queue: &mut VecDeque<DirVisit>,
     got: &mut Gathered,
-) -> Result<(), WalkError> {
+) -> Result<(), RunError> {
     d.times.learn(offset);
     d.times.finish(&mut d.remote);
     if d.root_missing {
@@ -362,7 +357,7 @@ fn plan_dir(
                 .pop()
                 .map(|f| f.error)
                 .unwrap_or_else(|| "cannot read the local directory".into());
-            return Err(WalkError::Run(reason));
+            return Err(RunError::LocalRoot(reason));
         }
         // Nothing below it is known: it is left as it is, on both sides.
         tree.spare(&d.visit.path);
@@ -387,7 +382,7 @@ fn flush_ledger(
     got: &mut Gathered,
     write: bool,
     at_least: usize,
-) -> Result<(), WalkError> {
+) -> Result<(), RunError> {
     if !write || got.ledger_only.is_empty() || got.ledger_only.len() < at_least {
         return Ok(());
     }
@@ -404,7 +399,7 @@ fn flush_ledger(
             }
             Ok(())
         })
-        .map_err(|e| WalkError::Run(e.to_string()))
+        .map_err(RunError::from)
 }
 
 #[cfg(test)]

@@ -1,0 +1,192 @@
+//! The first stage of a run: both sides looked at against the ledger, and the plan made of
+//! them. A full run walks both trees directory by directory ([`crate::sync::walk`]); a
+//! watch-triggered run of a push job looks only at the paths that changed ([`Scope`]). Either
+//! is retried with backoff while the server's failures are transient.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Job;
+use crate::model::plan::{plan, spare as spare_unreadable, LedgerView, PlanOptions, SyncPlan};
+use crate::model::scope::Scope;
+use crate::remote::session::Session;
+use crate::remote::tls::TlsContext;
+use crate::state::ledger::PathFailure;
+use crate::state::SharedLedger;
+use crate::sync::error::RunError;
+use crate::sync::retry::with_retries;
+use crate::sync::scan::{scan_local_scope, scan_remote_scope, Scan};
+use crate::sync::walk::walk;
+
+/// Both sides of a job as a run found them, and the plan made of them.
+pub(crate) struct Surveyed {
+    pub plan: SyncPlan,
+    pub session: Session,
+    /// More connections the listing opened, for the transfers.
+    pub spare: Vec<Session>,
+    pub failures: Vec<PathFailure>,
+    /// Temporary files of transfers found on the destination.
+    pub dest_temps: Vec<String>,
+    /// The job's remote directory does not exist.
+    pub root_missing: bool,
+}
+
+/// After a 425 on a TLS 1.3 data connection, the run's next connections use TLS 1.2.
+pub(crate) fn note_tls12_fallback(tls: &TlsContext) {
+    if tls.fall_back_to_tls12() {
+        tracing::warn!(
+            "the server refused a TLS 1.3 data connection (425): it needs the control connection's TLS session, and that session's single-use tickets can run out; this run now uses TLS 1.2 (set remote.tls.max_version: \"1.2\" to start there)"
+        );
+    }
+}
+
+/// Retries `attempt` per the job's policy; a 425 moves the run to TLS 1.2 first.
+async fn retried<T, F, Fut>(job: &Job, tls: &TlsContext, attempt: F) -> Result<T, RunError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RunError>>,
+{
+    with_retries(
+        &job.retries,
+        |e: &RunError| {
+            if e.code() == Some(425) {
+                note_tls12_fallback(tls);
+            }
+        },
+        RunError::is_transient,
+        attempt,
+    )
+    .await
+}
+
+/// A full run: both trees walked directory by directory against the ledger (see
+/// [`crate::sync::walk`]). `write_ledger`: not a dry run.
+pub(crate) async fn survey_all(
+    job: &Job,
+    ledger: &SharedLedger,
+    tls: &TlsContext,
+    write_ledger: bool,
+) -> Result<Surveyed, RunError> {
+    let mut w = retried(job, tls, || async {
+        let connecting = Instant::now();
+        let session = Session::connect(&job.remote, tls).await?;
+        tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
+        let connect_time = connecting.elapsed();
+        walk(job, ledger, tls, session, connect_time, write_ledger).await
+    })
+    .await?;
+    tracing::info!(
+        local = w.found.local_entries,
+        hashed = w.found.hashed,
+        remote = w.found.remote_entries,
+        connections = w.sessions.len(),
+        "scanned"
+    );
+    let mut sessions = w.sessions;
+    let session = sessions.pop().ok_or(RunError::NoConnection)?;
+    let dest_temps = w.found.dest_temps(job.direction);
+    Ok(Surveyed {
+        plan: w.plan,
+        session,
+        spare: sessions,
+        failures: w.found.failures,
+        dest_temps,
+        root_missing: w.found.root_missing,
+    })
+}
+
+/// An incremental run: only the paths in `scope`, on both sides and in the ledger, planned
+/// together. `None` when the server lacks a directory the scope needs: a full run then.
+pub(crate) async fn survey_scope(
+    job: &Job,
+    ledger: &SharedLedger,
+    tls: &TlsContext,
+    scope: &Scope,
+) -> Result<Option<Surveyed>, RunError> {
+    let (view, dest_files) = {
+        let l = ledger.lock();
+        let view = l.entries_in(&job.name, scope)?;
+        // max_delete is relative to the whole destination: what the ledger knows is there.
+        let count = l.entry_count(&job.name)?;
+        (Arc::new(view), count)
+    };
+    let local_root = job.local.clone();
+    let filter = job.filter.clone();
+    let view_for_scan = Arc::clone(&view);
+    let scope_for_scan = scope.clone();
+    let local_scan = tokio::task::spawn_blocking(move || {
+        scan_local_scope(&local_root, &scope_for_scan, &filter, &view_for_scan)
+    });
+    let remote_scan = connect_and_list_scope(job, tls, &view, scope).await;
+    let local = local_scan
+        .await
+        .map_err(|_| RunError::Task("local scan"))?
+        .map_err(|e| {
+            RunError::LocalRoot(format!(
+                "cannot read local directory {}: {e}",
+                job.local.display()
+            ))
+        })?;
+    let (session, remote) = remote_scan?;
+    let Some(remote) = remote else {
+        tracing::info!("a changed path's directory is not on the server; looking at everything");
+        session.quit().await;
+        return Ok(None);
+    };
+    tracing::info!(
+        local = local.snapshot.len(),
+        hashed = local.hashed,
+        remote = remote.snapshot.len(),
+        incremental = scope.len(),
+        "scanned"
+    );
+    let options = PlanOptions {
+        direction: job.direction,
+        mode: job.mode,
+        max_delete: job.max_delete,
+        dest_files: Some(dest_files),
+    };
+    let mut the_plan =
+        plan(options, &view, &local.snapshot, &remote.snapshot).map_err(|source| {
+            RunError::Plan {
+                job: job.name.clone(),
+                source,
+            }
+        })?;
+    spare_unreadable(&mut the_plan, &local.unreadable);
+    let mut failures = local.failures;
+    failures.extend(remote.failures);
+    Ok(Some(Surveyed {
+        plan: the_plan,
+        session,
+        spare: Vec::new(),
+        failures,
+        dest_temps: remote.temps,
+        root_missing: remote.root_missing,
+    }))
+}
+
+/// Connects and lists the directories `scope` needs. The scan is `None` when the scope cannot
+/// be listed on its own.
+async fn connect_and_list_scope(
+    job: &Job,
+    tls: &TlsContext,
+    view: &LedgerView,
+    scope: &Scope,
+) -> Result<(Session, Option<Scan>), RunError> {
+    retried(job, tls, || async {
+        let mut session = Session::connect(&job.remote, tls).await?;
+        tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
+        let scan = scan_remote_scope(
+            &mut session,
+            &job.remote.path,
+            scope,
+            &job.filter,
+            view,
+            job.remote.list_time_offset,
+        )
+        .await?;
+        Ok((session, scan))
+    })
+    .await
+}
