@@ -6,9 +6,11 @@
 //! May import: `model`, `config`.
 
 pub(crate) mod data_channel;
+pub(crate) mod error;
 pub(crate) mod listing;
 pub(crate) mod session;
 pub(crate) mod tls;
 
-pub use session::{FtpStream, FtpsError, Session};
+pub use error::FtpsError;
+pub use session::{FtpStream, Session};
 pub use tls::{fingerprint, TlsContext};

@@ -457,7 +457,7 @@ async fn survey_all(
 async fn with_retries<T, F, Fut>(job: &Job, tls: &TlsContext, mut attempt: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Result<T, String>, crate::remote::session::FtpsError>>,
+    Fut: std::future::Future<Output = Result<Result<T, String>, crate::remote::error::FtpsError>>,
 {
     let mut n = 0;
     loop {

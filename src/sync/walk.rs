@@ -21,7 +21,8 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::config::{Job, ListTimeOffset, PathFilter};
 use crate::model::plan::{Action, DirVisit, LedgerView, PlanOptions, SyncPlan, TreePlan};
-use crate::remote::session::{FtpsError, Session};
+use crate::remote::error::FtpsError;
+use crate::remote::session::Session;
 use crate::remote::tls::TlsContext;
 use crate::state::ledger::PathFailure;
 use crate::state::SharedLedger;
