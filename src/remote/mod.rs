@@ -7,6 +7,7 @@
 
 pub(crate) mod data_channel;
 pub(crate) mod error;
+pub(crate) mod features;
 pub(crate) mod listing;
 pub(crate) mod session;
 pub(crate) mod tls;
