@@ -5,9 +5,10 @@
 //!
 //! May import: `model`, `config`.
 
+mod connect;
 pub(crate) mod data_channel;
 pub(crate) mod error;
-pub(crate) mod features;
+mod features;
 pub(crate) mod listing;
 pub(crate) mod session;
 pub(crate) mod tls;

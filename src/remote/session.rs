@@ -11,11 +11,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use suppaftp::tokio::{AsyncDataStream, AsyncTlsConnector, ImplAsyncFtpStream, TransferStream};
-use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::config::{DataMode, Listing, PassiveAddress, Remote, Security};
+use crate::config::{DataMode, PassiveAddress, Remote};
+use crate::remote::connect::{Control, Dialer};
 use crate::remote::data_channel::{self, ActiveTransfer};
 use crate::remote::error::{map_err, reply_text, timeout_err, FtpsError};
 use crate::remote::features::{
@@ -86,8 +86,6 @@ struct PassiveAttempt {
     connected: bool,
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-
 /// One logged-in connection.
 pub struct Session {
     ftp: FtpStream,
@@ -122,187 +120,29 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects, secures, logs in and prepares a connection for binary transfers.
+    /// Connects, secures, logs in and prepares a connection for binary transfers; each step is
+    /// a function of `remote/connect.rs`.
     pub async fn connect(remote: &Remote, tls: &TlsContext) -> Result<Session, FtpsError> {
-        let op = remote.timeout;
-        let server = format!("{}@{}:{}", remote.user, remote.host, remote.port);
-        let setup = |reason: String| FtpsError::Setup {
-            server: server.clone(),
-            reason,
-        };
-        let addr: SocketAddr = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio::net::lookup_host((remote.host.as_str(), remote.port)),
-        )
-        .await
-        .map_err(|_| timeout_err(&server, "resolve", &remote.host, CONNECT_TIMEOUT))?
-        .map_err(|source| FtpsError::Connect {
-            server: server.clone(),
-            source,
-        })?
-        .next()
-        .ok_or_else(|| setup(format!("{} resolves to no address", remote.host)))?;
-        let tls_error = |reason: String| FtpsError::Tls {
-            server: server.clone(),
-            hint: if reason.contains("UnknownIssuer") || reason.contains("NotValidForName") {
-                " (set remote.tls.ca_file to the CA that signed the server's certificate, or pin it with remote.tls.pin_sha256)"
-            } else if reason.contains("CertificateRequired") {
-                " (the server requires a client certificate: set remote.tls.client_cert and remote.tls.client_key)"
-            } else if reason.contains("BadCertificate") || reason.contains("UnknownCA") {
-                " (the server refused the client certificate)"
-            } else {
-                ""
-            },
-            reason,
-        };
-        let connect_error = |e: FtpError| match e {
-            // With TLS 1.3 the server's verdict on a client certificate arrives as an alert
-            // after the client's side of the handshake: still a TLS failure, not a network one.
-            FtpError::ConnectionError(source) if source.to_string().contains("fatal alert") => {
-                tls_error(source.to_string())
-            }
-            FtpError::ConnectionError(source) => FtpsError::Connect {
-                server: server.clone(),
-                source,
-            },
-            // A greeting other than 220, such as 421 "too many connections".
-            FtpError::UnexpectedResponse(r) => FtpsError::Reply {
-                server: server.clone(),
-                command: "connect",
-                path: String::new(),
-                code: r.status.code(),
-                reply: reply_text(&r),
-            },
-            FtpError::SecureError(reason) => tls_error(reason),
-            other => setup(other.to_string()),
-        };
-
-        let mut resumption = None;
-        let mut data_tls = None;
-        let mut ftp = match remote.security {
-            Security::Explicit | Security::None => {
-                let tcp =
-                    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-                        .await
-                        .map_err(|_| {
-                            timeout_err(&server, "connect", &addr.to_string(), CONNECT_TIMEOUT)
-                        })?
-                        .map_err(|source| FtpsError::Connect {
-                            server: server.clone(),
-                            source,
-                        })?;
-                let _ = tcp.set_nodelay(true);
-                let plain = tokio::time::timeout(op, FtpStream::connect_with_stream(tcp))
-                    .await
-                    .map_err(|_| timeout_err(&server, "greeting", "", op))?
-                    .map_err(connect_error)?;
-                if remote.security == Security::None {
-                    plain
-                } else {
-                    let connector = tls.connector().map_err(setup)?;
-                    resumption = Some(connector.resumption());
-                    data_tls = Some(connector.clone());
-                    tokio::time::timeout(op, plain.into_secure(connector, &remote.host))
-                        .await
-                        .map_err(|_| timeout_err(&server, "AUTH TLS", "", op))?
-                        .map_err(|e| match e {
-                            FtpError::UnexpectedResponse(r) => FtpsError::NoTls {
-                                server: server.clone(),
-                                reply: reply_text(&r),
-                            },
-                            other => connect_error(other),
-                        })?
-                }
-            }
-            Security::Implicit => {
-                let connector = tls.connector().map_err(setup)?;
-                resumption = Some(connector.resumption());
-                data_tls = Some(connector.clone());
-                let mut ftp = tokio::time::timeout(
-                    CONNECT_TIMEOUT,
-                    FtpStream::connect_secure_implicit(addr, connector, &remote.host),
-                )
-                .await
-                .map_err(|_| timeout_err(&server, "connect", &addr.to_string(), CONNECT_TIMEOUT))?
-                .map_err(connect_error)?;
-                // suppaftp does not protect the data channel in implicit mode by itself.
-                for cmd in ["PBSZ 0", "PROT P"] {
-                    tokio::time::timeout(op, ftp.custom_command(cmd, &[Status::CommandOk]))
-                        .await
-                        .map_err(|_| timeout_err(&server, "PROT", "", op))?
-                        .map_err(&connect_error)?;
-                }
-                ftp
-            }
-        };
-
-        tokio::time::timeout(
-            op,
-            ftp.login(remote.user.as_str(), remote.password.expose()),
-        )
-        .await
-        .map_err(|_| timeout_err(&server, "login", "", op))?
-        .map_err(|e| match e {
-            FtpError::UnexpectedResponse(r) => FtpsError::Login {
-                server: server.clone(),
-                user: remote.user.clone(),
-                reply: reply_text(&r),
-            },
-            other => connect_error(other),
-        })?;
-
-        let control_local = {
-            // A long data transfer leaves the control connection idle for minutes, and NAT
-            // gateways and firewalls drop idle connections. TCP keepalives keep it open without
-            // a NOOP, whose reply some servers (vsftpd) would only send after the transfer,
-            // where it would be taken for the transfer's own reply. No Nagle delay on commands.
-            let control = ftp.get_ref().await;
-            let sock = socket2::SockRef::from(&*control);
-            let keepalive = socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(60))
-                .with_interval(Duration::from_secs(15));
-            if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
-                tracing::debug!("cannot enable TCP keepalive: {e}");
-            }
-            let _ = control.set_nodelay(true);
-            control.local_addr().map_err(|e| FtpsError::Connect {
-                server: server.clone(),
-                source: e,
-            })?
-        };
-        let mut features = match tokio::time::timeout(op, ftp.feat()).await {
-            Ok(Ok(f)) => Features::from_feat(&f),
-            _ => Features::default(),
-        };
-        if remote.listing == Listing::List {
-            // The job asks for LIST: for servers whose MLSD is broken or slow.
-            features.mlsd = false;
-        }
-        if features.utf8 {
-            // Where offered, ask for UTF-8 names; servers that answer 5xx keep their default.
-            let _ = tokio::time::timeout(op, ftp.opts("UTF8", Some("ON"))).await;
-        }
-        // suppaftp defaults to ASCII, which rewrites line endings: every transfer is binary.
-        tokio::time::timeout(op, ftp.transfer_type(FileType::Binary))
-            .await
-            .map_err(|_| timeout_err(&server, "TYPE I", "", op))?
-            .map_err(|e| map_err(&server, "TYPE I", "", e))?;
-        ftp.set_mode(Mode::ExtendedPassive);
-        let passive_attempt = Arc::new(Mutex::new(PassiveAttempt::default()));
-        let ftp = ftp.passive_stream_builder(passive_connector(
-            addr,
-            remote.passive_address,
-            passive_attempt.clone(),
-            tls.passive_substitution_note(),
-            server.clone(),
-        ));
+        let dialer = Dialer::new(remote);
+        let addr = dialer.resolve().await?;
+        let Control {
+            mut ftp,
+            resumption,
+            data_tls,
+        } = dialer.open(addr, tls).await?;
+        dialer.login(&mut ftp).await?;
+        let control_local = dialer.keep_alive(&ftp).await?;
+        let features = dialer.features(&mut ftp).await;
+        dialer.binary(&mut ftp).await?;
+        let (ftp, passive_attempt) =
+            with_passive_builder(ftp, addr, remote.passive_address, tls, &dialer.server);
         let limit = ftp.get_welcome_msg().and_then(listing_limit);
         Ok(Session {
             ftp,
             resumption,
             features,
-            server,
-            timeout: op,
+            server: dialer.server,
+            timeout: remote.timeout,
             data_mode: remote.data_mode,
             passive_address: remote.passive_address,
             active_ports: remote.active_ports.clone(),
@@ -915,6 +755,27 @@ fn policy_name(p: PassiveAddress) -> &'static str {
         PassiveAddress::Control => "control",
         PassiveAddress::Server => "server",
     }
+}
+
+/// Makes passive data connections EPSV (PASV once the server refuses it) through
+/// [`passive_connector`]; returns the record of each attempt the connector keeps.
+fn with_passive_builder(
+    mut ftp: FtpStream,
+    control_peer: SocketAddr,
+    policy: PassiveAddress,
+    tls: &TlsContext,
+    server: &str,
+) -> (FtpStream, Arc<Mutex<PassiveAttempt>>) {
+    ftp.set_mode(Mode::ExtendedPassive);
+    let attempt = Arc::new(Mutex::new(PassiveAttempt::default()));
+    let ftp = ftp.passive_stream_builder(passive_connector(
+        control_peer,
+        policy,
+        attempt.clone(),
+        tls.passive_substitution_note(),
+        server.to_string(),
+    ));
+    (ftp, attempt)
 }
 
 /// The stream builder of passive data connections: connects where [`data_channel::passive_target`]
