@@ -531,28 +531,67 @@ impl Session {
         restart: Option<u64>,
     ) -> Result<ActiveTransfer, FtpsError> {
         self.read_abandoned_transfer_reply().await?;
+        let (listener, listening) = self.listen(command, path)?;
+        self.announce_listener(path, listening).await?;
+        if let Some(offset) = restart {
+            self.rest_active(path, offset).await?;
+        }
+        self.start_active(command, path, line, listening).await?;
+        // From here on the server owes a completion reply, whatever happens to the connection.
+        let pending = self.active_reply_pending.clone();
+        let connected = match self.accept_server(command, path, listener, listening).await {
+            Ok(tcp) => self.data_handshake(command, path, tcp).await,
+            Err(e) => Err(e),
+        };
+        let socket = connected.inspect_err(|_| pending.store(true, Ordering::Release))?;
+        Ok(ActiveTransfer {
+            socket: Some(socket),
+            upload,
+            reply_pending: pending,
+        })
+    }
+
+    /// A listener for the server's data connection, on the control connection's local address
+    /// and at a port within `remote.active_ports`; with the address it listens on.
+    fn listen(
+        &self,
+        command: &'static str,
+        path: &str,
+    ) -> Result<(tokio::net::TcpListener, SocketAddr), FtpsError> {
         let local_ip = self.control_local.ip();
         let listener = data_channel::bind_listener(local_ip, self.active_ports.as_ref())
             .and_then(|l| l.local_addr().map(|a| (l, a)));
-        let (listener, listening) = listener.map_err(|e| {
+        listener.map_err(|e| {
             self.connection_err(
                 command,
                 path,
                 format!("cannot listen on {local_ip} for the server's data connection: {e}"),
             )
-        })?;
-        self.announce_listener(path, listening).await?;
-        if let Some(offset) = restart {
-            let rest = format!("REST {offset}");
-            self.step("REST", path, move |f| {
-                Box::pin(async move {
-                    f.custom_command(rest, &[Status::RequestFilePending])
-                        .await
-                        .map(|_| ())
-                })
+        })
+    }
+
+    /// REST before an active STOR or RETR.
+    async fn rest_active(&mut self, path: &str, offset: u64) -> Result<(), FtpsError> {
+        let rest = format!("REST {offset}");
+        self.step("REST", path, move |f| {
+            Box::pin(async move {
+                f.custom_command(rest, &[Status::RequestFilePending])
+                    .await
+                    .map(|_| ())
             })
-            .await?;
-        }
+        })
+        .await
+    }
+
+    /// Sends the transfer command of an active data connection; a 425 means the server could
+    /// not reach the listener at `listening`.
+    async fn start_active(
+        &mut self,
+        command: &'static str,
+        path: &str,
+        line: String,
+        listening: SocketAddr,
+    ) -> Result<(), FtpsError> {
         let opened = tokio::time::timeout(
             self.timeout,
             self.ftp
@@ -563,23 +602,29 @@ impl Session {
             Ok(Err(FtpError::UnexpectedResponse(r)))
                 if r.status == Status::CannotOpenDataConnection =>
             {
-                return Err(self.connection_err(
+                Err(self.connection_err(
                     command,
                     path,
                     format!(
                         "the server could not connect to {listening} for the data connection: `{}`{ACTIVE_HINT}",
                         reply_text(&r)
                     ),
-                ));
+                ))
             }
-            other => {
-                self.outcome(command, path, other)?;
-            }
+            other => self.outcome(command, path, other).map(|_| ()),
         }
-        // From here on the server owes a completion reply, whatever happens to the connection.
-        let pending = self.active_reply_pending.clone();
+    }
+
+    /// Waits for the server's data connection on `listener`, which closes once it is taken.
+    async fn accept_server(
+        &self,
+        command: &'static str,
+        path: &str,
+        listener: tokio::net::TcpListener,
+        listening: SocketAddr,
+    ) -> Result<tokio::net::TcpStream, FtpsError> {
         let control_peer = self.control_peer.ip().to_canonical();
-        let server = self.server.clone();
+        let server = &self.server;
         let accept = async {
             loop {
                 match listener.accept().await {
@@ -592,49 +637,47 @@ impl Session {
                 }
             }
         };
-        let tcp = match tokio::time::timeout(self.timeout, accept).await {
-            Ok(Ok(tcp)) => tcp,
+        match tokio::time::timeout(self.timeout, accept).await {
+            Ok(Ok(tcp)) => Ok(tcp),
             failed => {
-                pending.store(true, Ordering::Release);
                 let why = match failed {
                     Ok(Err(e)) => e.to_string(),
                     _ => format!("not within {}s", self.timeout.as_secs()),
                 };
-                return Err(self.connection_err(
+                Err(self.connection_err(
                     command,
                     path,
                     format!("the server did not connect to {listening} for the data connection: {why}{ACTIVE_HINT}"),
-                ));
+                ))
             }
+        }
+    }
+
+    /// Over FTPS, the TLS handshake on an accepted data connection, as the TLS client
+    /// resuming the control connection's session; plain FTP keeps the TCP stream.
+    async fn data_handshake(
+        &self,
+        command: &'static str,
+        path: &str,
+        tcp: tokio::net::TcpStream,
+    ) -> Result<AsyncDataStream<FlushingTlsStream>, FtpsError> {
+        let Some(connector) = &self.data_tls else {
+            return Ok(AsyncDataStream::Tcp(tcp));
         };
-        drop(listener);
-        let socket = match &self.data_tls {
-            None => AsyncDataStream::Tcp(tcp),
-            Some(connector) => {
-                match tokio::time::timeout(self.timeout, connector.connect(&self.tls_domain, tcp))
-                    .await
-                {
-                    Ok(Ok(tls)) => AsyncDataStream::Ssl(Box::new(tls)),
-                    failed => {
-                        pending.store(true, Ordering::Release);
-                        let why = match failed {
-                            Ok(Err(e)) => e.to_string(),
-                            _ => format!("timed out after {}s", self.timeout.as_secs()),
-                        };
-                        return Err(self.connection_err(
-                            command,
-                            path,
-                            format!("TLS handshake on the data connection failed: {why}"),
-                        ));
-                    }
-                }
+        match tokio::time::timeout(self.timeout, connector.connect(&self.tls_domain, tcp)).await {
+            Ok(Ok(tls)) => Ok(AsyncDataStream::Ssl(Box::new(tls))),
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("timed out after {}s", self.timeout.as_secs()),
+                };
+                Err(self.connection_err(
+                    command,
+                    path,
+                    format!("TLS handshake on the data connection failed: {why}"),
+                ))
             }
-        };
-        Ok(ActiveTransfer {
-            socket: Some(socket),
-            upload,
-            reply_pending: pending,
-        })
+        }
     }
 
     /// Tells the server where to connect: EPRT (RFC 2428), or PORT once the server refused
