@@ -5,10 +5,14 @@
 //!
 //! May import: `model`, `config`.
 
+mod connect;
 pub(crate) mod data_channel;
+pub(crate) mod error;
+mod features;
 pub(crate) mod listing;
 pub(crate) mod session;
 pub(crate) mod tls;
 
-pub use session::{FtpStream, FtpsError, Session};
+pub use error::FtpsError;
+pub use session::{FtpStream, Session};
 pub use tls::{fingerprint, TlsContext};

@@ -11,12 +11,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use suppaftp::tokio::{AsyncDataStream, AsyncTlsConnector, ImplAsyncFtpStream, TransferStream};
-use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::config::{DataMode, Listing, PassiveAddress, Remote, Security};
+use crate::config::{DataMode, PassiveAddress, Remote};
+use crate::remote::connect::{Control, Dialer};
 use crate::remote::data_channel::{self, ActiveTransfer};
+use crate::remote::error::{map_err, reply_text, timeout_err, FtpsError};
+use crate::remote::features::{
+    check_listing_complete, listing_limit, sha256_in_reply, Features, Sha256Command,
+};
 use crate::remote::tls::{FlushingTlsStream, TlsConnector, TlsContext};
 
 pub type FtpStream = ImplAsyncFtpStream<FlushingTlsStream>;
@@ -82,189 +86,6 @@ struct PassiveAttempt {
     connected: bool,
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-
-#[derive(Debug, thiserror::Error)]
-pub enum FtpsError {
-    #[error("{server}: {reason}")]
-    Setup { server: String, reason: String },
-    #[error("cannot connect to {server}: {source}")]
-    Connect {
-        server: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{server}: TLS handshake failed: {reason}{hint}")]
-    Tls {
-        server: String,
-        reason: String,
-        hint: &'static str,
-    },
-    #[error("{server} does not offer FTPS: AUTH TLS was answered `{reply}`; ferrysync never falls back to plain FTP (use security: implicit if the server speaks TLS from the first byte)")]
-    NoTls { server: String, reply: String },
-    #[error("{server}: login as `{user}` refused: {reply}")]
-    Login {
-        server: String,
-        user: String,
-        reply: String,
-    },
-    #[error("{server}: {command} {path}: server replied `{reply}`")]
-    Reply {
-        server: String,
-        command: &'static str,
-        path: String,
-        code: u32,
-        reply: String,
-    },
-    #[error("{server}: {command} {path}: timed out after {secs}s")]
-    Timeout {
-        server: String,
-        command: &'static str,
-        path: String,
-        secs: u64,
-    },
-    #[error("{server}: {command} {path}: {reason}")]
-    Connection {
-        server: String,
-        command: &'static str,
-        path: String,
-        reason: String,
-    },
-}
-
-impl FtpsError {
-    /// Whether trying again later may succeed: connections refused, reset or timed out, and
-    /// 4xx replies (421 too many connections, 425/426 data connection trouble, 450/451).
-    /// Login, certificate and 5xx failures are permanent.
-    pub(crate) fn is_transient(&self) -> bool {
-        match self {
-            FtpsError::Connect { .. }
-            | FtpsError::Connection { .. }
-            | FtpsError::Timeout { .. } => true,
-            FtpsError::Reply { code, .. } => (400..500).contains(code),
-            FtpsError::Setup { .. }
-            | FtpsError::Tls { .. }
-            | FtpsError::NoTls { .. }
-            | FtpsError::Login { .. } => false,
-        }
-    }
-
-    /// The server's reply code, if the error is a reply.
-    pub(crate) fn code(&self) -> Option<u32> {
-        match self {
-            FtpsError::Reply { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-}
-
-/// The text of a server reply, with its code in front.
-fn reply_text(r: &suppaftp::types::Response) -> String {
-    let body = String::from_utf8_lossy(&r.body);
-    let body = body.trim();
-    let code = r.status.code().to_string();
-    if body.starts_with(&code) {
-        body.to_string()
-    } else {
-        format!("{code} {body}")
-    }
-}
-
-/// What the server said it can do in FEAT.
-#[derive(Debug, Clone, Default)]
-pub struct Features {
-    pub mlsd: bool,
-    pub mfmt: bool,
-    pub mdtm: bool,
-    pub size: bool,
-    pub utf8: bool,
-    /// How to ask the server for the SHA-256 of a file, if it can tell.
-    pub sha256: Option<Sha256Command>,
-}
-
-/// The server-side hash commands ferrysync can check a file with (SHA-256 only: BLAKE3 is
-/// not offered by servers, and MD5 and CRC32 are too weak to prove a resumed file whole).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sha256Command {
-    /// `HASH` (draft-bryan-ftpext-hash) with SHA-256 among its algorithms.
-    Hash,
-    /// `XSHA256 path` (ProFTPD mod_digest, some appliances).
-    XSha256,
-}
-
-impl Features {
-    /// Reads FEAT's answer: feature name -> optional parameters.
-    fn from_feat(f: &std::collections::HashMap<String, Option<String>>) -> Features {
-        let get = |k: &str| {
-            f.iter()
-                .find(|(key, _)| key.eq_ignore_ascii_case(k))
-                .map(|(_, v)| v.clone().unwrap_or_default())
-        };
-        let sha256 =
-            if get("HASH").is_some_and(|algs| algs.to_ascii_uppercase().contains("SHA-256")) {
-                Some(Sha256Command::Hash)
-            } else if get("XSHA256").is_some() {
-                Some(Sha256Command::XSha256)
-            } else {
-                None
-            };
-        Features {
-            mlsd: get("MLSD").is_some() || get("MLST").is_some(),
-            mfmt: get("MFMT").is_some(),
-            mdtm: get("MDTM").is_some(),
-            size: get("SIZE").is_some(),
-            utf8: get("UTF8").is_some(),
-            sha256,
-        }
-    }
-}
-
-/// The first 64-hex-digit word of a hash reply (`213 SHA-256 0-99 <hex> name`, `250 <hex>`).
-fn sha256_in_reply(reply: &str) -> Option<[u8; 32]> {
-    let word = reply
-        .split_whitespace()
-        .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))?;
-    crate::config::Fingerprint::parse(word).ok().map(|f| f.0)
-}
-
-/// Pure-FTPd ends a listing after `LimitRecursion`'s file count, 10000 by default, and says so
-/// only in the final reply of the transfer (`226 Output truncated to 10000 matches`), which
-/// suppaftp does not hand back. It is known by its greeting (`Welcome to Pure-FTPd`).
-const PUREFTPD_DEFAULT_LIST_LIMIT: usize = 10_000;
-
-/// The number of entries (lines, `.` and `..` included) at which this server, known by its
-/// greeting, cuts a directory listing short without an error; `None` if it is not known to.
-fn listing_limit(greeting: &str) -> Option<usize> {
-    greeting
-        .contains("Pure-FTPd")
-        .then_some(PUREFTPD_DEFAULT_LIST_LIMIT)
-}
-
-/// Refuses a listing that has reached the server's limit: it is probably cut short, and the
-/// missing entries would look deleted to the plan (a pull mirror would delete the local
-/// copies). A directory of exactly the limit's size is refused too: the listing cannot tell.
-fn check_listing_complete(
-    server: &str,
-    command: &'static str,
-    dir: &str,
-    lines: usize,
-    limit: Option<usize>,
-) -> Result<(), FtpsError> {
-    match limit {
-        Some(limit) if lines >= limit => Err(FtpsError::Setup {
-            server: server.to_string(),
-            reason: format!(
-                "{command} {dir}: the listing stopped at {lines} entries, the limit at which \
-                 Pure-FTPd cuts listings short (LimitRecursion, 10000 by default), so it is \
-                 probably incomplete and nothing was changed; ask the server's administrator to \
-                 raise LimitRecursion above the number of entries in the directory, or keep \
-                 fewer than {limit} entries in one directory"
-            ),
-        }),
-        _ => Ok(()),
-    }
-}
-
 /// One logged-in connection.
 pub struct Session {
     ftp: FtpStream,
@@ -298,197 +119,30 @@ pub struct Session {
     listing_limit: Option<usize>,
 }
 
-fn timeout_err(server: &str, command: &'static str, path: &str, d: Duration) -> FtpsError {
-    FtpsError::Timeout {
-        server: server.to_string(),
-        command,
-        path: path.to_string(),
-        secs: d.as_secs(),
-    }
-}
-
 impl Session {
-    /// Connects, secures, logs in and prepares a connection for binary transfers.
+    /// Connects, secures, logs in and prepares a connection for binary transfers; each step is
+    /// a function of `remote/connect.rs`.
     pub async fn connect(remote: &Remote, tls: &TlsContext) -> Result<Session, FtpsError> {
-        let op = remote.timeout;
-        let server = format!("{}@{}:{}", remote.user, remote.host, remote.port);
-        let setup = |reason: String| FtpsError::Setup {
-            server: server.clone(),
-            reason,
-        };
-        let addr: SocketAddr = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio::net::lookup_host((remote.host.as_str(), remote.port)),
-        )
-        .await
-        .map_err(|_| timeout_err(&server, "resolve", &remote.host, CONNECT_TIMEOUT))?
-        .map_err(|source| FtpsError::Connect {
-            server: server.clone(),
-            source,
-        })?
-        .next()
-        .ok_or_else(|| setup(format!("{} resolves to no address", remote.host)))?;
-        let tls_error = |reason: String| FtpsError::Tls {
-            server: server.clone(),
-            hint: if reason.contains("UnknownIssuer") || reason.contains("NotValidForName") {
-                " (set remote.tls.ca_file to the CA that signed the server's certificate, or pin it with remote.tls.pin_sha256)"
-            } else if reason.contains("CertificateRequired") {
-                " (the server requires a client certificate: set remote.tls.client_cert and remote.tls.client_key)"
-            } else if reason.contains("BadCertificate") || reason.contains("UnknownCA") {
-                " (the server refused the client certificate)"
-            } else {
-                ""
-            },
-            reason,
-        };
-        let connect_error = |e: FtpError| match e {
-            // With TLS 1.3 the server's verdict on a client certificate arrives as an alert
-            // after the client's side of the handshake: still a TLS failure, not a network one.
-            FtpError::ConnectionError(source) if source.to_string().contains("fatal alert") => {
-                tls_error(source.to_string())
-            }
-            FtpError::ConnectionError(source) => FtpsError::Connect {
-                server: server.clone(),
-                source,
-            },
-            // A greeting other than 220, such as 421 "too many connections".
-            FtpError::UnexpectedResponse(r) => FtpsError::Reply {
-                server: server.clone(),
-                command: "connect",
-                path: String::new(),
-                code: r.status.code(),
-                reply: reply_text(&r),
-            },
-            FtpError::SecureError(reason) => tls_error(reason),
-            other => setup(other.to_string()),
-        };
-
-        let mut resumption = None;
-        let mut data_tls = None;
-        let mut ftp = match remote.security {
-            Security::Explicit | Security::None => {
-                let tcp =
-                    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-                        .await
-                        .map_err(|_| {
-                            timeout_err(&server, "connect", &addr.to_string(), CONNECT_TIMEOUT)
-                        })?
-                        .map_err(|source| FtpsError::Connect {
-                            server: server.clone(),
-                            source,
-                        })?;
-                let _ = tcp.set_nodelay(true);
-                let plain = tokio::time::timeout(op, FtpStream::connect_with_stream(tcp))
-                    .await
-                    .map_err(|_| timeout_err(&server, "greeting", "", op))?
-                    .map_err(connect_error)?;
-                if remote.security == Security::None {
-                    plain
-                } else {
-                    let connector = tls.connector().map_err(setup)?;
-                    resumption = Some(connector.resumption());
-                    data_tls = Some(connector.clone());
-                    tokio::time::timeout(op, plain.into_secure(connector, &remote.host))
-                        .await
-                        .map_err(|_| timeout_err(&server, "AUTH TLS", "", op))?
-                        .map_err(|e| match e {
-                            FtpError::UnexpectedResponse(r) => FtpsError::NoTls {
-                                server: server.clone(),
-                                reply: reply_text(&r),
-                            },
-                            other => connect_error(other),
-                        })?
-                }
-            }
-            Security::Implicit => {
-                let connector = tls.connector().map_err(setup)?;
-                resumption = Some(connector.resumption());
-                data_tls = Some(connector.clone());
-                let mut ftp = tokio::time::timeout(
-                    CONNECT_TIMEOUT,
-                    FtpStream::connect_secure_implicit(addr, connector, &remote.host),
-                )
-                .await
-                .map_err(|_| timeout_err(&server, "connect", &addr.to_string(), CONNECT_TIMEOUT))?
-                .map_err(connect_error)?;
-                // suppaftp does not protect the data channel in implicit mode by itself.
-                for cmd in ["PBSZ 0", "PROT P"] {
-                    tokio::time::timeout(op, ftp.custom_command(cmd, &[Status::CommandOk]))
-                        .await
-                        .map_err(|_| timeout_err(&server, "PROT", "", op))?
-                        .map_err(&connect_error)?;
-                }
-                ftp
-            }
-        };
-
-        tokio::time::timeout(
-            op,
-            ftp.login(remote.user.as_str(), remote.password.expose()),
-        )
-        .await
-        .map_err(|_| timeout_err(&server, "login", "", op))?
-        .map_err(|e| match e {
-            FtpError::UnexpectedResponse(r) => FtpsError::Login {
-                server: server.clone(),
-                user: remote.user.clone(),
-                reply: reply_text(&r),
-            },
-            other => connect_error(other),
-        })?;
-
-        let control_local = {
-            // A long data transfer leaves the control connection idle for minutes, and NAT
-            // gateways and firewalls drop idle connections. TCP keepalives keep it open without
-            // a NOOP, whose reply some servers (vsftpd) would only send after the transfer,
-            // where it would be taken for the transfer's own reply. No Nagle delay on commands.
-            let control = ftp.get_ref().await;
-            let sock = socket2::SockRef::from(&*control);
-            let keepalive = socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(60))
-                .with_interval(Duration::from_secs(15));
-            if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
-                tracing::debug!("cannot enable TCP keepalive: {e}");
-            }
-            let _ = control.set_nodelay(true);
-            control.local_addr().map_err(|e| FtpsError::Connect {
-                server: server.clone(),
-                source: e,
-            })?
-        };
-        let mut features = match tokio::time::timeout(op, ftp.feat()).await {
-            Ok(Ok(f)) => Features::from_feat(&f),
-            _ => Features::default(),
-        };
-        if remote.listing == Listing::List {
-            // The job asks for LIST: for servers whose MLSD is broken or slow.
-            features.mlsd = false;
-        }
-        if features.utf8 {
-            // Where offered, ask for UTF-8 names; servers that answer 5xx keep their default.
-            let _ = tokio::time::timeout(op, ftp.opts("UTF8", Some("ON"))).await;
-        }
-        // suppaftp defaults to ASCII, which rewrites line endings: every transfer is binary.
-        tokio::time::timeout(op, ftp.transfer_type(FileType::Binary))
-            .await
-            .map_err(|_| timeout_err(&server, "TYPE I", "", op))?
-            .map_err(|e| map_err(&server, "TYPE I", "", e))?;
-        ftp.set_mode(Mode::ExtendedPassive);
-        let passive_attempt = Arc::new(Mutex::new(PassiveAttempt::default()));
-        let ftp = ftp.passive_stream_builder(passive_connector(
-            addr,
-            remote.passive_address,
-            passive_attempt.clone(),
-            tls.passive_substitution_note(),
-            server.clone(),
-        ));
+        let dialer = Dialer::new(remote);
+        let addr = dialer.resolve().await?;
+        let Control {
+            mut ftp,
+            resumption,
+            data_tls,
+        } = dialer.open(addr, tls).await?;
+        dialer.login(&mut ftp).await?;
+        let control_local = dialer.keep_alive(&ftp).await?;
+        let features = dialer.features(&mut ftp).await;
+        dialer.binary(&mut ftp).await?;
+        let (ftp, passive_attempt) =
+            with_passive_builder(ftp, addr, remote.passive_address, tls, &dialer.server);
         let limit = ftp.get_welcome_msg().and_then(listing_limit);
         Ok(Session {
             ftp,
             resumption,
             features,
-            server,
-            timeout: op,
+            server: dialer.server,
+            timeout: remote.timeout,
             data_mode: remote.data_mode,
             passive_address: remote.passive_address,
             active_ports: remote.active_ports.clone(),
@@ -877,28 +531,67 @@ impl Session {
         restart: Option<u64>,
     ) -> Result<ActiveTransfer, FtpsError> {
         self.read_abandoned_transfer_reply().await?;
+        let (listener, listening) = self.listen(command, path)?;
+        self.announce_listener(path, listening).await?;
+        if let Some(offset) = restart {
+            self.rest_active(path, offset).await?;
+        }
+        self.start_active(command, path, line, listening).await?;
+        // From here on the server owes a completion reply, whatever happens to the connection.
+        let pending = self.active_reply_pending.clone();
+        let connected = match self.accept_server(command, path, listener, listening).await {
+            Ok(tcp) => self.data_handshake(command, path, tcp).await,
+            Err(e) => Err(e),
+        };
+        let socket = connected.inspect_err(|_| pending.store(true, Ordering::Release))?;
+        Ok(ActiveTransfer {
+            socket: Some(socket),
+            upload,
+            reply_pending: pending,
+        })
+    }
+
+    /// A listener for the server's data connection, on the control connection's local address
+    /// and at a port within `remote.active_ports`; with the address it listens on.
+    fn listen(
+        &self,
+        command: &'static str,
+        path: &str,
+    ) -> Result<(tokio::net::TcpListener, SocketAddr), FtpsError> {
         let local_ip = self.control_local.ip();
         let listener = data_channel::bind_listener(local_ip, self.active_ports.as_ref())
             .and_then(|l| l.local_addr().map(|a| (l, a)));
-        let (listener, listening) = listener.map_err(|e| {
+        listener.map_err(|e| {
             self.connection_err(
                 command,
                 path,
                 format!("cannot listen on {local_ip} for the server's data connection: {e}"),
             )
-        })?;
-        self.announce_listener(path, listening).await?;
-        if let Some(offset) = restart {
-            let rest = format!("REST {offset}");
-            self.step("REST", path, move |f| {
-                Box::pin(async move {
-                    f.custom_command(rest, &[Status::RequestFilePending])
-                        .await
-                        .map(|_| ())
-                })
+        })
+    }
+
+    /// REST before an active STOR or RETR.
+    async fn rest_active(&mut self, path: &str, offset: u64) -> Result<(), FtpsError> {
+        let rest = format!("REST {offset}");
+        self.step("REST", path, move |f| {
+            Box::pin(async move {
+                f.custom_command(rest, &[Status::RequestFilePending])
+                    .await
+                    .map(|_| ())
             })
-            .await?;
-        }
+        })
+        .await
+    }
+
+    /// Sends the transfer command of an active data connection; a 425 means the server could
+    /// not reach the listener at `listening`.
+    async fn start_active(
+        &mut self,
+        command: &'static str,
+        path: &str,
+        line: String,
+        listening: SocketAddr,
+    ) -> Result<(), FtpsError> {
         let opened = tokio::time::timeout(
             self.timeout,
             self.ftp
@@ -909,23 +602,29 @@ impl Session {
             Ok(Err(FtpError::UnexpectedResponse(r)))
                 if r.status == Status::CannotOpenDataConnection =>
             {
-                return Err(self.connection_err(
+                Err(self.connection_err(
                     command,
                     path,
                     format!(
                         "the server could not connect to {listening} for the data connection: `{}`{ACTIVE_HINT}",
                         reply_text(&r)
                     ),
-                ));
+                ))
             }
-            other => {
-                self.outcome(command, path, other)?;
-            }
+            other => self.outcome(command, path, other).map(|_| ()),
         }
-        // From here on the server owes a completion reply, whatever happens to the connection.
-        let pending = self.active_reply_pending.clone();
+    }
+
+    /// Waits for the server's data connection on `listener`, which closes once it is taken.
+    async fn accept_server(
+        &self,
+        command: &'static str,
+        path: &str,
+        listener: tokio::net::TcpListener,
+        listening: SocketAddr,
+    ) -> Result<tokio::net::TcpStream, FtpsError> {
         let control_peer = self.control_peer.ip().to_canonical();
-        let server = self.server.clone();
+        let server = &self.server;
         let accept = async {
             loop {
                 match listener.accept().await {
@@ -938,49 +637,47 @@ impl Session {
                 }
             }
         };
-        let tcp = match tokio::time::timeout(self.timeout, accept).await {
-            Ok(Ok(tcp)) => tcp,
+        match tokio::time::timeout(self.timeout, accept).await {
+            Ok(Ok(tcp)) => Ok(tcp),
             failed => {
-                pending.store(true, Ordering::Release);
                 let why = match failed {
                     Ok(Err(e)) => e.to_string(),
                     _ => format!("not within {}s", self.timeout.as_secs()),
                 };
-                return Err(self.connection_err(
+                Err(self.connection_err(
                     command,
                     path,
                     format!("the server did not connect to {listening} for the data connection: {why}{ACTIVE_HINT}"),
-                ));
+                ))
             }
+        }
+    }
+
+    /// Over FTPS, the TLS handshake on an accepted data connection, as the TLS client
+    /// resuming the control connection's session; plain FTP keeps the TCP stream.
+    async fn data_handshake(
+        &self,
+        command: &'static str,
+        path: &str,
+        tcp: tokio::net::TcpStream,
+    ) -> Result<AsyncDataStream<FlushingTlsStream>, FtpsError> {
+        let Some(connector) = &self.data_tls else {
+            return Ok(AsyncDataStream::Tcp(tcp));
         };
-        drop(listener);
-        let socket = match &self.data_tls {
-            None => AsyncDataStream::Tcp(tcp),
-            Some(connector) => {
-                match tokio::time::timeout(self.timeout, connector.connect(&self.tls_domain, tcp))
-                    .await
-                {
-                    Ok(Ok(tls)) => AsyncDataStream::Ssl(Box::new(tls)),
-                    failed => {
-                        pending.store(true, Ordering::Release);
-                        let why = match failed {
-                            Ok(Err(e)) => e.to_string(),
-                            _ => format!("timed out after {}s", self.timeout.as_secs()),
-                        };
-                        return Err(self.connection_err(
-                            command,
-                            path,
-                            format!("TLS handshake on the data connection failed: {why}"),
-                        ));
-                    }
-                }
+        match tokio::time::timeout(self.timeout, connector.connect(&self.tls_domain, tcp)).await {
+            Ok(Ok(tls)) => Ok(AsyncDataStream::Ssl(Box::new(tls))),
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("timed out after {}s", self.timeout.as_secs()),
+                };
+                Err(self.connection_err(
+                    command,
+                    path,
+                    format!("TLS handshake on the data connection failed: {why}"),
+                ))
             }
-        };
-        Ok(ActiveTransfer {
-            socket: Some(socket),
-            upload,
-            reply_pending: pending,
-        })
+        }
     }
 
     /// Tells the server where to connect: EPRT (RFC 2428), or PORT once the server refused
@@ -1103,6 +800,27 @@ fn policy_name(p: PassiveAddress) -> &'static str {
     }
 }
 
+/// Makes passive data connections EPSV (PASV once the server refuses it) through
+/// [`passive_connector`]; returns the record of each attempt the connector keeps.
+fn with_passive_builder(
+    mut ftp: FtpStream,
+    control_peer: SocketAddr,
+    policy: PassiveAddress,
+    tls: &TlsContext,
+    server: &str,
+) -> (FtpStream, Arc<Mutex<PassiveAttempt>>) {
+    ftp.set_mode(Mode::ExtendedPassive);
+    let attempt = Arc::new(Mutex::new(PassiveAttempt::default()));
+    let ftp = ftp.passive_stream_builder(passive_connector(
+        control_peer,
+        policy,
+        attempt.clone(),
+        tls.passive_substitution_note(),
+        server.to_string(),
+    ));
+    (ftp, attempt)
+}
+
 /// The stream builder of passive data connections: connects where [`data_channel::passive_target`]
 /// says, records the attempt for errors, and logs a substituted address once per run.
 fn passive_connector(
@@ -1191,53 +909,9 @@ fn listing_lines(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-fn map_err(server: &str, command: &'static str, path: &str, e: FtpError) -> FtpsError {
-    match e {
-        FtpError::UnexpectedResponse(r) => FtpsError::Reply {
-            server: server.to_string(),
-            command,
-            path: path.to_string(),
-            code: r.status.code(),
-            reply: reply_text(&r),
-        },
-        other => FtpsError::Connection {
-            server: server.to_string(),
-            command,
-            path: path.to_string(),
-            reason: other.to_string(),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hash_features_and_replies() {
-        let feat = |pairs: &[(&str, Option<&str>)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
-                .collect::<std::collections::HashMap<_, _>>()
-        };
-        let f = Features::from_feat(&feat(&[
-            ("HASH", Some("SHA-1;SHA-256*;MD5")),
-            ("MLST", Some("type*;size*;")),
-        ]));
-        assert_eq!(f.sha256, Some(Sha256Command::Hash));
-        assert!(f.mlsd);
-        let f = Features::from_feat(&feat(&[("XSHA256", None), ("HASH", Some("MD5*"))]));
-        assert_eq!(f.sha256, Some(Sha256Command::XSha256));
-        assert_eq!(Features::from_feat(&feat(&[("XMD5", None)])).sha256, None);
-        let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
-        assert_eq!(
-            sha256_in_reply(&format!("213 SHA-256 0-3 {hex} a b.txt")).unwrap()[0],
-            0xba
-        );
-        assert_eq!(sha256_in_reply(&format!("250 {hex}")).unwrap()[31], 0xad);
-        assert!(sha256_in_reply("213 SHA-256 0-3 zz a.txt").is_none());
-    }
 
     #[test]
     fn passive_failures_say_which_address_and_what_to_set() {
@@ -1282,35 +956,5 @@ mod tests {
             vec!["a b".to_string(), "c".to_string(), "d\u{fffd}".to_string()]
         );
         assert!(listing_lines(b"").is_empty());
-    }
-
-    #[test]
-    fn a_pureftpd_listing_at_its_limit_is_refused() {
-        let greeting = "220---------- Welcome to Pure-FTPd [privsep] [TLS] ----------\n220-You are user number 1 of 50 allowed.";
-        let limit = listing_limit(greeting);
-        assert_eq!(limit, Some(10_000));
-        assert_eq!(listing_limit("220 (vsFTPd 3.0.3)"), None);
-        assert_eq!(
-            listing_limit("220 ProFTPD Server (ferrysync test ProFTPD)"),
-            None
-        );
-        assert!(check_listing_complete("s", "MLSD", "/d", 9_999, limit).is_ok());
-        let err = check_listing_complete("s", "MLSD", "/d", 10_000, limit).unwrap_err();
-        assert!(!err.is_transient());
-        let text = err.to_string();
-        assert!(
-            text.contains("MLSD /d") && text.contains("LimitRecursion"),
-            "{text}"
-        );
-        assert!(check_listing_complete("s", "LIST", "/d", 50_000, None).is_ok());
-    }
-
-    #[test]
-    fn reply_text_keeps_the_code() {
-        let r =
-            suppaftp::types::Response::new(Status::FileUnavailable, b"550 No such file".to_vec());
-        assert_eq!(reply_text(&r), "550 No such file");
-        let r = suppaftp::types::Response::new(Status::FileUnavailable, b"No such file".to_vec());
-        assert_eq!(reply_text(&r), "550 No such file");
     }
 }

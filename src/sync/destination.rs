@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use crate::config::Job;
 use crate::model::paths::{local_path, remote_path};
 use crate::model::policy::Direction;
-use crate::remote::session::{FtpsError, Session};
+use crate::remote::error::FtpsError;
+use crate::remote::session::Session;
 
 /// Why a change on the destination failed; its text goes to the run's failed paths.
 #[derive(Debug, thiserror::Error)]

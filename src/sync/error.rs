@@ -3,7 +3,7 @@
 //! that needs a person (a wrong password, a refused plan, an unreadable folder).
 
 use crate::model::plan::PlanError;
-use crate::remote::session::FtpsError;
+use crate::remote::error::FtpsError;
 use crate::state::ledger::LedgerError;
 use crate::state::lock::LockError;
 

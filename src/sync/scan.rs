@@ -18,8 +18,9 @@ use crate::model::scope::Scope;
 use crate::model::snapshot::{
     check_remote_name, is_temp_name, system_time_ns, Entry, Kind, Snapshot,
 };
+use crate::remote::error::FtpsError;
 use crate::remote::listing::{self, ListedKind, Precision};
-use crate::remote::session::{FtpsError, Session};
+use crate::remote::session::Session;
 use crate::state::ledger::PathFailure;
 
 /// A scanned tree and the paths that could not be read.

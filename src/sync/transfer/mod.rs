@@ -20,8 +20,9 @@ use crate::model::plan::SyncedEntry;
 use crate::model::policy::Direction;
 use crate::model::snapshot::system_time_ns;
 use crate::model::snapshot::{temp_rel, Entry};
+use crate::remote::error::FtpsError;
 use crate::remote::listing::{self, Precision};
-use crate::remote::session::{FtpsError, Session};
+use crate::remote::session::Session;
 use crate::state::ledger::JournalEntry;
 use crate::state::SharedLedger;
 

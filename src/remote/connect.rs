@@ -1,0 +1,332 @@
+//! Setting up a control connection, one step per function: resolve; TCP and the greeting (with
+//! TLS from the first byte for implicit FTPS); AUTH TLS for explicit FTPS, PBSZ 0 / PROT P for
+//! implicit; login; then the preparation for transfers (TCP keepalive, FEAT, OPTS UTF8,
+//! TYPE I). [`Session::connect`](crate::remote::session::Session::connect) runs them in order.
+//!
+//! Every step maps its failures through the [`Dialer`], which knows the server's name and the
+//! hints that go with TLS failures.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use suppaftp::types::FileType;
+use suppaftp::{FtpError, Status};
+
+use crate::config::{Listing, Remote, Security};
+use crate::remote::error::{map_err, reply_text, timeout_err, FtpsError};
+use crate::remote::features::Features;
+use crate::remote::session::FtpStream;
+use crate::remote::tls::{Resumption, TlsConnector, TlsContext};
+
+/// How long resolving the host, and opening the TCP connection (with the TLS handshake for
+/// implicit FTPS), may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A control connection before login: secured as the job's `security` says, with the TLS
+/// connector its data connections share (`None` for plain FTP).
+pub(super) struct Control {
+    pub(super) ftp: FtpStream,
+    /// Whether data connections can still resume the control connection's TLS session.
+    pub(super) resumption: Option<Arc<Resumption>>,
+    /// A clone of the control connection's TLS connector, for active data connections.
+    pub(super) data_tls: Option<TlsConnector>,
+}
+
+/// One connection set-up to the job's server: the steps, and the errors they fail with.
+pub(super) struct Dialer<'a> {
+    remote: &'a Remote,
+    /// `user@host:port`, for errors and logs.
+    pub(super) server: String,
+    /// How long one command may take.
+    op: Duration,
+}
+
+impl<'a> Dialer<'a> {
+    pub(super) fn new(remote: &'a Remote) -> Dialer<'a> {
+        Dialer {
+            remote,
+            server: format!("{}@{}:{}", remote.user, remote.host, remote.port),
+            op: remote.timeout,
+        }
+    }
+
+    /// The first address the host resolves to.
+    pub(super) async fn resolve(&self) -> Result<SocketAddr, FtpsError> {
+        let host = &self.remote.host;
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::lookup_host((host.as_str(), self.remote.port)),
+        )
+        .await
+        .map_err(|_| timeout_err(&self.server, "resolve", host, CONNECT_TIMEOUT))?
+        .map_err(|source| self.cannot_connect(source))?
+        .next()
+        .ok_or_else(|| self.setup(format!("{host} resolves to no address")))
+    }
+
+    /// Connects to `addr` and secures the connection as the job's `security` says.
+    pub(super) async fn open(
+        &self,
+        addr: SocketAddr,
+        tls: &TlsContext,
+    ) -> Result<Control, FtpsError> {
+        match self.remote.security {
+            Security::None => Ok(Control {
+                ftp: self.open_plain(addr).await?,
+                resumption: None,
+                data_tls: None,
+            }),
+            Security::Explicit => {
+                let plain = self.open_plain(addr).await?;
+                self.auth_tls(plain, tls).await
+            }
+            Security::Implicit => self.open_implicit(addr, tls).await,
+        }
+    }
+
+    /// TCP and the server's greeting, in the clear.
+    async fn open_plain(&self, addr: SocketAddr) -> Result<FtpStream, FtpsError> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| timeout_err(&self.server, "connect", &addr.to_string(), CONNECT_TIMEOUT))?
+            .map_err(|source| self.cannot_connect(source))?;
+        let _ = tcp.set_nodelay(true);
+        tokio::time::timeout(self.op, FtpStream::connect_with_stream(tcp))
+            .await
+            .map_err(|_| timeout_err(&self.server, "greeting", "", self.op))?
+            .map_err(|e| self.connect_error(e))
+    }
+
+    /// Explicit FTPS: AUTH TLS on the plain connection. A server that refuses it is an error:
+    /// ferrysync never falls back to plain FTP.
+    async fn auth_tls(&self, plain: FtpStream, tls: &TlsContext) -> Result<Control, FtpsError> {
+        let connector = tls.connector().map_err(|reason| self.setup(reason))?;
+        let resumption = Some(connector.resumption());
+        let data_tls = Some(connector.clone());
+        let ftp = tokio::time::timeout(self.op, plain.into_secure(connector, &self.remote.host))
+            .await
+            .map_err(|_| timeout_err(&self.server, "AUTH TLS", "", self.op))?
+            .map_err(|e| match e {
+                FtpError::UnexpectedResponse(r) => FtpsError::NoTls {
+                    server: self.server.clone(),
+                    reply: reply_text(&r),
+                },
+                other => self.connect_error(other),
+            })?;
+        Ok(Control {
+            ftp,
+            resumption,
+            data_tls,
+        })
+    }
+
+    /// Implicit FTPS: TCP and TLS from the first byte, the greeting, then PBSZ 0 / PROT P.
+    async fn open_implicit(
+        &self,
+        addr: SocketAddr,
+        tls: &TlsContext,
+    ) -> Result<Control, FtpsError> {
+        let connector = tls.connector().map_err(|reason| self.setup(reason))?;
+        let resumption = Some(connector.resumption());
+        let data_tls = Some(connector.clone());
+        let mut ftp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            FtpStream::connect_secure_implicit(addr, connector, &self.remote.host),
+        )
+        .await
+        .map_err(|_| timeout_err(&self.server, "connect", &addr.to_string(), CONNECT_TIMEOUT))?
+        .map_err(|e| self.connect_error(e))?;
+        self.protect_data_channel(&mut ftp).await?;
+        Ok(Control {
+            ftp,
+            resumption,
+            data_tls,
+        })
+    }
+
+    /// PBSZ 0 and PROT P: suppaftp does not protect the data channel in implicit mode by itself.
+    async fn protect_data_channel(&self, ftp: &mut FtpStream) -> Result<(), FtpsError> {
+        for cmd in ["PBSZ 0", "PROT P"] {
+            tokio::time::timeout(self.op, ftp.custom_command(cmd, &[Status::CommandOk]))
+                .await
+                .map_err(|_| timeout_err(&self.server, "PROT", "", self.op))?
+                .map_err(|e| self.connect_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// USER and PASS.
+    pub(super) async fn login(&self, ftp: &mut FtpStream) -> Result<(), FtpsError> {
+        let user = &self.remote.user;
+        tokio::time::timeout(
+            self.op,
+            ftp.login(user.as_str(), self.remote.password.expose()),
+        )
+        .await
+        .map_err(|_| timeout_err(&self.server, "login", "", self.op))?
+        .map_err(|e| match e {
+            FtpError::UnexpectedResponse(r) => FtpsError::Login {
+                server: self.server.clone(),
+                user: user.clone(),
+                reply: reply_text(&r),
+            },
+            other => self.connect_error(other),
+        })
+    }
+
+    /// Sets the control connection's socket up for a long life; returns its local address
+    /// (active listeners bind its IP).
+    pub(super) async fn keep_alive(&self, ftp: &FtpStream) -> Result<SocketAddr, FtpsError> {
+        // A long data transfer leaves the control connection idle for minutes, and NAT
+        // gateways and firewalls drop idle connections. TCP keepalives keep it open without
+        // a NOOP, whose reply some servers (vsftpd) would only send after the transfer,
+        // where it would be taken for the transfer's own reply. No Nagle delay on commands.
+        let control = ftp.get_ref().await;
+        let sock = socket2::SockRef::from(&*control);
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(60))
+            .with_interval(Duration::from_secs(15));
+        if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+            tracing::debug!("cannot enable TCP keepalive: {e}");
+        }
+        let _ = control.set_nodelay(true);
+        control
+            .local_addr()
+            .map_err(|source| self.cannot_connect(source))
+    }
+
+    /// FEAT (a server that does not answer it offers nothing), with MLSD dropped where the job
+    /// asks for LIST; OPTS UTF8 ON where the server offers UTF8.
+    pub(super) async fn features(&self, ftp: &mut FtpStream) -> Features {
+        let mut features = match tokio::time::timeout(self.op, ftp.feat()).await {
+            Ok(Ok(f)) => Features::from_feat(&f),
+            _ => Features::default(),
+        };
+        if self.remote.listing == Listing::List {
+            // The job asks for LIST: for servers whose MLSD is broken or slow.
+            features.mlsd = false;
+        }
+        if features.utf8 {
+            // Where offered, ask for UTF-8 names; servers that answer 5xx keep their default.
+            let _ = tokio::time::timeout(self.op, ftp.opts("UTF8", Some("ON"))).await;
+        }
+        features
+    }
+
+    /// TYPE I: suppaftp defaults to ASCII, which rewrites line endings; every transfer is binary.
+    pub(super) async fn binary(&self, ftp: &mut FtpStream) -> Result<(), FtpsError> {
+        tokio::time::timeout(self.op, ftp.transfer_type(FileType::Binary))
+            .await
+            .map_err(|_| timeout_err(&self.server, "TYPE I", "", self.op))?
+            .map_err(|e| map_err(&self.server, "TYPE I", "", e))
+    }
+
+    // ---- the errors of the set-up
+
+    fn setup(&self, reason: String) -> FtpsError {
+        FtpsError::Setup {
+            server: self.server.clone(),
+            reason,
+        }
+    }
+
+    fn cannot_connect(&self, source: std::io::Error) -> FtpsError {
+        FtpsError::Connect {
+            server: self.server.clone(),
+            source,
+        }
+    }
+
+    fn tls_error(&self, reason: String) -> FtpsError {
+        FtpsError::Tls {
+            server: self.server.clone(),
+            hint: tls_hint(&reason),
+            reason,
+        }
+    }
+
+    /// A failure of the connection, the greeting, the TLS handshake or the login exchange that
+    /// is not the server's answer to the step itself.
+    fn connect_error(&self, e: FtpError) -> FtpsError {
+        match e {
+            // With TLS 1.3 the server's verdict on a client certificate arrives as an alert
+            // after the client's side of the handshake: still a TLS failure, not a network one.
+            FtpError::ConnectionError(source) if source.to_string().contains("fatal alert") => {
+                self.tls_error(source.to_string())
+            }
+            FtpError::ConnectionError(source) => self.cannot_connect(source),
+            // A greeting other than 220, such as 421 "too many connections".
+            FtpError::UnexpectedResponse(r) => FtpsError::Reply {
+                server: self.server.clone(),
+                command: "connect",
+                path: String::new(),
+                code: r.status.code(),
+                reply: reply_text(&r),
+            },
+            FtpError::SecureError(reason) => self.tls_error(reason),
+            other => self.setup(other.to_string()),
+        }
+    }
+}
+
+/// What to set when a TLS handshake fails for `reason` (rustls's words for it).
+fn tls_hint(reason: &str) -> &'static str {
+    if reason.contains("UnknownIssuer") || reason.contains("NotValidForName") {
+        " (set remote.tls.ca_file to the CA that signed the server's certificate, or pin it with remote.tls.pin_sha256)"
+    } else if reason.contains("CertificateRequired") {
+        " (the server requires a client certificate: set remote.tls.client_cert and remote.tls.client_key)"
+    } else if reason.contains("BadCertificate") || reason.contains("UnknownCA") {
+        " (the server refused the client certificate)"
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_up_failures_keep_their_variants_and_hints() {
+        let yaml = "local: /srv/out\nremote:\n  host: ftp.example\n  user: u\n  password: p\n";
+        let job = crate::config::parse_job(std::path::Path::new("/jobs/acme.yaml"), yaml).unwrap();
+        let dialer = Dialer::new(&job.remote);
+        assert_eq!(dialer.server, "u@ftp.example:21");
+        let io = |text: &str| std::io::Error::other(text.to_string());
+
+        let e = dialer.connect_error(FtpError::SecureError(
+            "invalid peer certificate: UnknownIssuer".into(),
+        ));
+        assert!(matches!(e, FtpsError::Tls { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .ends_with("or pin it with remote.tls.pin_sha256)"),
+            "{e}"
+        );
+        let e = dialer.connect_error(FtpError::ConnectionError(io(
+            "received fatal alert: CertificateRequired",
+        )));
+        assert!(
+            e.to_string().contains("requires a client certificate"),
+            "{e}"
+        );
+        let e = dialer.connect_error(FtpError::ConnectionError(io("refused")));
+        assert!(
+            matches!(e, FtpsError::Connect { .. }) && e.is_transient(),
+            "{e:?}"
+        );
+        let busy = suppaftp::types::Response::new(Status::NotAvailable, b"421 Too many".to_vec());
+        let e = dialer.connect_error(FtpError::UnexpectedResponse(busy));
+        assert_eq!(e.code(), Some(421));
+        assert_eq!(
+            e.to_string(),
+            "u@ftp.example:21: connect : server replied `421 Too many`"
+        );
+        assert_eq!(
+            tls_hint("BadCertificate"),
+            " (the server refused the client certificate)"
+        );
+        assert_eq!(tls_hint("HandshakeFailure"), "");
+    }
+}

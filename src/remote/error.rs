@@ -1,0 +1,139 @@
+//! The errors of the FTPS client: [`FtpsError`], which names the server, the command, the path
+//! and the server's reply, and the mappings from suppaftp's errors and from timeouts into it.
+
+use std::time::Duration;
+
+use suppaftp::FtpError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FtpsError {
+    #[error("{server}: {reason}")]
+    Setup { server: String, reason: String },
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{server}: TLS handshake failed: {reason}{hint}")]
+    Tls {
+        server: String,
+        reason: String,
+        hint: &'static str,
+    },
+    #[error("{server} does not offer FTPS: AUTH TLS was answered `{reply}`; ferrysync never falls back to plain FTP (use security: implicit if the server speaks TLS from the first byte)")]
+    NoTls { server: String, reply: String },
+    #[error("{server}: login as `{user}` refused: {reply}")]
+    Login {
+        server: String,
+        user: String,
+        reply: String,
+    },
+    #[error("{server}: {command} {path}: server replied `{reply}`")]
+    Reply {
+        server: String,
+        command: &'static str,
+        path: String,
+        code: u32,
+        reply: String,
+    },
+    #[error("{server}: {command} {path}: timed out after {secs}s")]
+    Timeout {
+        server: String,
+        command: &'static str,
+        path: String,
+        secs: u64,
+    },
+    #[error("{server}: {command} {path}: {reason}")]
+    Connection {
+        server: String,
+        command: &'static str,
+        path: String,
+        reason: String,
+    },
+}
+
+impl FtpsError {
+    /// Whether trying again later may succeed: connections refused, reset or timed out, and
+    /// 4xx replies (421 too many connections, 425/426 data connection trouble, 450/451).
+    /// Login, certificate and 5xx failures are permanent.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            FtpsError::Connect { .. }
+            | FtpsError::Connection { .. }
+            | FtpsError::Timeout { .. } => true,
+            FtpsError::Reply { code, .. } => (400..500).contains(code),
+            FtpsError::Setup { .. }
+            | FtpsError::Tls { .. }
+            | FtpsError::NoTls { .. }
+            | FtpsError::Login { .. } => false,
+        }
+    }
+
+    /// The server's reply code, if the error is a reply.
+    pub(crate) fn code(&self) -> Option<u32> {
+        match self {
+            FtpsError::Reply { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// The text of a server reply, with its code in front.
+pub(super) fn reply_text(r: &suppaftp::types::Response) -> String {
+    let body = String::from_utf8_lossy(&r.body);
+    let body = body.trim();
+    let code = r.status.code().to_string();
+    if body.starts_with(&code) {
+        body.to_string()
+    } else {
+        format!("{code} {body}")
+    }
+}
+
+pub(super) fn timeout_err(
+    server: &str,
+    command: &'static str,
+    path: &str,
+    d: Duration,
+) -> FtpsError {
+    FtpsError::Timeout {
+        server: server.to_string(),
+        command,
+        path: path.to_string(),
+        secs: d.as_secs(),
+    }
+}
+
+pub(super) fn map_err(server: &str, command: &'static str, path: &str, e: FtpError) -> FtpsError {
+    match e {
+        FtpError::UnexpectedResponse(r) => FtpsError::Reply {
+            server: server.to_string(),
+            command,
+            path: path.to_string(),
+            code: r.status.code(),
+            reply: reply_text(&r),
+        },
+        other => FtpsError::Connection {
+            server: server.to_string(),
+            command,
+            path: path.to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use suppaftp::Status;
+
+    #[test]
+    fn reply_text_keeps_the_code() {
+        let r =
+            suppaftp::types::Response::new(Status::FileUnavailable, b"550 No such file".to_vec());
+        assert_eq!(reply_text(&r), "550 No such file");
+        let r = suppaftp::types::Response::new(Status::FileUnavailable, b"No such file".to_vec());
+        assert_eq!(reply_text(&r), "550 No such file");
+    }
+}
