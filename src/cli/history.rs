@@ -1,7 +1,5 @@
 //! `ferrysync history JOB [--limit N] [--json]`: past runs of a job, newest first.
 
-use std::process::ExitCode;
-
 use super::{iso_time, CmdResult, Failure, StateArg};
 use ferrysync::state::Ledger;
 use ferrysync::sync::human_bytes;
@@ -31,7 +29,7 @@ impl HistoryCmd {
                 "{}",
                 serde_json::to_string_pretty(&runs).map_err(Failure::run)?
             );
-            return Ok(ExitCode::SUCCESS);
+            return Ok(());
         }
         if runs.is_empty() {
             println!(
@@ -39,7 +37,7 @@ impl HistoryCmd {
                 self.job,
                 self.state.path.display()
             );
-            return Ok(ExitCode::SUCCESS);
+            return Ok(());
         }
         println!(
             "{:>6} {:<21} {:<9} {:<8} {:>14} {:>14} {:>6} {:>6}",
@@ -51,7 +49,7 @@ impl HistoryCmd {
                 r.id,
                 iso_time(r.started_at),
                 r.trigger,
-                format!("{:?}", r.outcome).to_lowercase(),
+                r.outcome.to_string(),
                 format!("{} ({})", r.counts.files_up, human_bytes(r.counts.bytes_up)),
                 format!(
                     "{} ({})",
@@ -65,6 +63,6 @@ impl HistoryCmd {
                 println!("       error: {e}");
             }
         }
-        Ok(ExitCode::SUCCESS)
+        Ok(())
     }
 }

@@ -14,25 +14,46 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// A failure that decides the exit code.
+/// The exit statuses of the contract (README, "Commands"), numbered here and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// 0: the command did what it was asked.
+    Success,
+    /// 1: the sync (or other work) ran and something failed.
+    RunFailed,
+    /// 2: bad usage or configuration; nothing ran.
+    BadUsage,
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(status: ExitStatus) -> ExitCode {
+        ExitCode::from(match status {
+            ExitStatus::Success => 0,
+            ExitStatus::RunFailed => 1,
+            ExitStatus::BadUsage => 2,
+        })
+    }
+}
+
+/// A command that did not succeed: what to print, and the exit status.
 #[derive(Debug)]
 pub struct Failure {
-    pub code: u8,
+    pub status: ExitStatus,
     pub message: String,
 }
 
 impl Failure {
-    /// Bad usage or configuration: exit 2.
+    /// Bad usage or configuration.
     pub fn config(message: impl std::fmt::Display) -> Failure {
         Failure {
-            code: 2,
+            status: ExitStatus::BadUsage,
             message: message.to_string(),
         }
     }
-    /// The work ran and failed: exit 1.
+    /// The work ran and failed.
     pub fn run(message: impl std::fmt::Display) -> Failure {
         Failure {
-            code: 1,
+            status: ExitStatus::RunFailed,
             message: message.to_string(),
         }
     }
@@ -50,7 +71,8 @@ impl From<ferrysync::config::ConfigError> for Failure {
     }
 }
 
-pub type CmdResult = Result<ExitCode, Failure>;
+/// What every command returns; `Ok` exits 0.
+pub type CmdResult = Result<(), Failure>;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -152,10 +174,10 @@ pub fn main() -> ExitCode {
         Command::Demo(c) => c.execute(),
     };
     match result {
-        Ok(code) => code,
+        Ok(()) => ExitStatus::Success.into(),
         Err(f) => {
             eprintln!("ferrysync: {}", f.message);
-            ExitCode::from(f.code)
+            f.status.into()
         }
     }
 }

@@ -1,12 +1,10 @@
 //! `ferrysync status [JOB] [--json]`: last run, next run, counts and errors of each job, read
 //! from the ledger (never from the job files, so it works while a run holds the server).
 
-use std::process::ExitCode;
-
 use serde::Serialize;
 
 use super::{iso_time, CmdResult, Failure, StateArg};
-use ferrysync::state::{Ledger, Outcome, RunRecord};
+use ferrysync::state::{JobRecord, Ledger, LedgerError, Outcome, RunRecord};
 use ferrysync::sync::human_bytes;
 
 /// Show what each job did and will do next.
@@ -63,28 +61,7 @@ pub fn next_run(schedule: Option<&str>, timezone: Option<&str>) -> Option<String
 impl StatusCmd {
     pub fn execute(self) -> CmdResult {
         let Some(ledger) = Ledger::open_read_only(&self.state.path)? else {
-            if let Some(name) = &self.job {
-                return Err(Failure::config(format!(
-                    "job `{name}` has never run (no ledger at {})",
-                    self.state.path.display()
-                )));
-            }
-            if self.json {
-                let doc = StatusJson {
-                    state: self.state.path.display().to_string(),
-                    jobs: Vec::new(),
-                };
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&doc).map_err(Failure::run)?
-                );
-            } else {
-                println!(
-                    "no job has run yet (no ledger at {})",
-                    self.state.path.display()
-                );
-            }
-            return Ok(ExitCode::SUCCESS);
+            return self.without_ledger();
         };
         let mut jobs = ledger.jobs()?;
         if let Some(name) = &self.job {
@@ -96,116 +73,155 @@ impl StatusCmd {
                 )));
             }
         }
-        let mut out = Vec::new();
-        for j in jobs {
-            let last_run = ledger.runs(&j.name, 1)?.into_iter().next();
-            let recent = ledger.runs(&j.name, 50)?;
-            // Interrupted runs (a stop on request) are neither successes nor failures.
-            let finished = recent
-                .iter()
-                .filter(|r| !matches!(r.outcome, Outcome::Running | Outcome::Interrupted));
-            let consecutive_failures = finished
-                .clone()
-                .take_while(|r| matches!(r.outcome, Outcome::Failed | Outcome::Partial))
-                .count() as u64;
-            let last_error = finished.clone().find_map(|r| {
-                r.error.clone().or_else(|| {
-                    r.failures
-                        .first()
-                        .map(|f| format!("{}: {}", f.path, f.error))
-                })
-            });
-            let state = match (recent.first().map(|r| r.outcome), consecutive_failures) {
-                (Some(Outcome::Running), _) => "running",
-                (_, n) if n > 0 => "failing",
-                _ => "idle",
-            };
-            out.push(JobStatus {
-                state,
-                consecutive_failures,
-                last_error,
-                next_run: next_run(j.schedule.as_deref(), j.timezone.as_deref()),
-                last_success: ledger.last_success(&j.name)?.map(iso_time),
-                synced_files: ledger.entry_count(&j.name)?,
-                name: j.name,
-                direction: j.direction,
-                local: j.local,
-                remote: j.remote,
-                schedule: j.schedule,
-                timezone: j.timezone,
-                last_run,
-            });
-        }
+        let out = jobs
+            .into_iter()
+            .map(|j| JobStatus::of(&ledger, j))
+            .collect::<Result<Vec<_>, _>>()?;
         if self.json {
-            let doc = StatusJson {
-                state: self.state.path.display().to_string(),
-                jobs: out,
-            };
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&doc).map_err(Failure::run)?
-            );
-            return Ok(ExitCode::SUCCESS);
+            return self.print_json(out);
         }
         if out.is_empty() {
             println!("no job has run yet (ledger {})", self.state.path.display());
-            return Ok(ExitCode::SUCCESS);
+            return Ok(());
+        }
+        print_table(&out);
+        Ok(())
+    }
+
+    /// No ledger yet: nothing has run.
+    fn without_ledger(&self) -> CmdResult {
+        if let Some(name) = &self.job {
+            return Err(Failure::config(format!(
+                "job `{name}` has never run (no ledger at {})",
+                self.state.path.display()
+            )));
+        }
+        if self.json {
+            return self.print_json(Vec::new());
         }
         println!(
-            "{:<20} {:<8} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  NEXT RUN",
-            "JOB", "STATE", "DIR", "LAST RUN", "OUTCOME", "UP", "DOWN", "DEL", "FAILED", "FILES"
+            "no job has run yet (no ledger at {})",
+            self.state.path.display()
         );
-        for j in &out {
-            let (when, outcome, up, down, del, failed) = match &j.last_run {
-                Some(r) => (
-                    iso_time(r.started_at),
-                    format!("{:?}", r.outcome).to_lowercase(),
-                    r.counts.files_up,
-                    r.counts.files_down,
-                    r.counts.files_deleted,
-                    r.counts.files_failed,
-                ),
-                None => ("never".into(), "-".into(), 0, 0, 0, 0),
-            };
-            println!(
-                "{:<20} {:<8} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  {}",
-                j.name,
-                j.state,
-                j.direction,
-                when,
-                outcome,
-                up,
-                down,
-                del,
-                failed,
-                j.synced_files,
-                j.next_run.as_deref().unwrap_or("-")
-            );
-            if let Some(p) = j.last_run.as_ref().and_then(|r| r.progress.as_ref()) {
-                println!(
-                    "  progress: {}/{} files, {} of {}",
-                    p.files_done,
-                    p.files_total,
-                    human_bytes(p.bytes_done),
-                    human_bytes(p.bytes_total)
-                );
-                for f in &p.current {
-                    println!("  transferring: {f}");
-                }
-            }
-            if j.consecutive_failures > 1 {
-                println!("  {} runs in a row have failed", j.consecutive_failures);
-            }
-            if let Some(r) = &j.last_run {
-                if let Some(e) = &r.error {
-                    println!("  error: {e}");
-                }
-                for f in r.failures.iter().take(5) {
-                    println!("  failed: {}: {}", f.path, f.error);
-                }
-            }
+        Ok(())
+    }
+
+    fn print_json(&self, jobs: Vec<JobStatus>) -> CmdResult {
+        let doc = StatusJson {
+            state: self.state.path.display().to_string(),
+            jobs,
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(Failure::run)?
+        );
+        Ok(())
+    }
+}
+
+impl JobStatus {
+    /// The status of the job recorded as `j`, from its recent runs.
+    fn of(ledger: &Ledger, j: JobRecord) -> Result<JobStatus, LedgerError> {
+        let last_run = ledger.runs(&j.name, 1)?.into_iter().next();
+        let recent = ledger.runs(&j.name, 50)?;
+        // Interrupted runs (a stop on request) are neither successes nor failures.
+        let finished = recent
+            .iter()
+            .filter(|r| !matches!(r.outcome, Outcome::Running | Outcome::Interrupted));
+        let consecutive_failures = finished
+            .clone()
+            .take_while(|r| matches!(r.outcome, Outcome::Failed | Outcome::Partial))
+            .count() as u64;
+        let last_error = finished.clone().find_map(|r| {
+            r.error.clone().or_else(|| {
+                r.failures
+                    .first()
+                    .map(|f| format!("{}: {}", f.path, f.error))
+            })
+        });
+        let state = match (recent.first().map(|r| r.outcome), consecutive_failures) {
+            (Some(Outcome::Running), _) => "running",
+            (_, n) if n > 0 => "failing",
+            _ => "idle",
+        };
+        Ok(JobStatus {
+            state,
+            consecutive_failures,
+            last_error,
+            next_run: next_run(j.schedule.as_deref(), j.timezone.as_deref()),
+            last_success: ledger.last_success(&j.name)?.map(iso_time),
+            synced_files: ledger.entry_count(&j.name)?,
+            name: j.name,
+            direction: j.direction,
+            local: j.local,
+            remote: j.remote,
+            schedule: j.schedule,
+            timezone: j.timezone,
+            last_run,
+        })
+    }
+}
+
+/// The human form: one row per job, with progress, failures and errors below it.
+fn print_table(out: &[JobStatus]) {
+    println!(
+        "{:<20} {:<8} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  NEXT RUN",
+        "JOB", "STATE", "DIR", "LAST RUN", "OUTCOME", "UP", "DOWN", "DEL", "FAILED", "FILES"
+    );
+    for j in out {
+        let (when, outcome, up, down, del, failed) = match &j.last_run {
+            Some(r) => (
+                iso_time(r.started_at),
+                r.outcome.to_string(),
+                r.counts.files_up,
+                r.counts.files_down,
+                r.counts.files_deleted,
+                r.counts.files_failed,
+            ),
+            None => ("never".into(), "-".into(), 0, 0, 0, 0),
+        };
+        println!(
+            "{:<20} {:<8} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  {}",
+            j.name,
+            j.state,
+            j.direction,
+            when,
+            outcome,
+            up,
+            down,
+            del,
+            failed,
+            j.synced_files,
+            j.next_run.as_deref().unwrap_or("-")
+        );
+        print_details(j);
+    }
+}
+
+/// What follows a job's row: live progress, a failing streak, the last run's errors.
+fn print_details(j: &JobStatus) {
+    if let Some(p) = j.last_run.as_ref().and_then(|r| r.progress.as_ref()) {
+        println!(
+            "  progress: {}/{} files, {} of {}",
+            p.files_done,
+            p.files_total,
+            human_bytes(p.bytes_done),
+            human_bytes(p.bytes_total)
+        );
+        for f in &p.current {
+            println!("  transferring: {f}");
         }
-        Ok(ExitCode::SUCCESS)
+    }
+    if j.consecutive_failures > 1 {
+        println!("  {} runs in a row have failed", j.consecutive_failures);
+    }
+    if let Some(r) = &j.last_run {
+        if let Some(e) = &r.error {
+            println!("  error: {e}");
+        }
+        for f in r.failures.iter().take(5) {
+            println!("  failed: {}: {}", f.path, f.error);
+        }
     }
 }
 

@@ -1,7 +1,5 @@
 //! `ferrysync sync JOB [--dry-run]`: run one job once, now.
 
-use std::process::ExitCode;
-
 use super::{runtime, CmdResult, Failure, JobsArg, StateArg};
 use ferrysync::model::Action;
 use ferrysync::state::{Ledger, Outcome, SharedLedger};
@@ -92,7 +90,7 @@ impl SyncCmd {
             println!("{}", report.summary());
         }
         match report.outcome {
-            Outcome::Ok => Ok(ExitCode::SUCCESS),
+            Outcome::Ok => Ok(()),
             _ => Err(Failure::run(match &report.error {
                 Some(e) => format!("job {} failed: {e}", job.name),
                 None if report.outcome == Outcome::Interrupted => format!(

@@ -154,7 +154,14 @@ pub enum Outcome {
     Interrupted,
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Outcome {
+    /// The word the ledger stores and `status` and `history` show.
     fn as_str(self) -> &'static str {
         match self {
             Outcome::Running => "running",

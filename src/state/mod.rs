@@ -9,7 +9,9 @@ pub(crate) mod lock;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use ledger::{iso_time, now_unix, Ledger, LedgerError, Outcome, RunCounts, RunRecord};
+pub use ledger::{
+    iso_time, now_unix, JobRecord, Ledger, LedgerError, Outcome, RunCounts, RunRecord,
+};
 
 /// The ledger, shared by a run's tasks and by the agent's runners; writes happen on one task
 /// at a time.

@@ -3,7 +3,7 @@
 //! without asking which side it is; the transfers themselves (`transfer`) are the one place
 //! where push and pull differ in kind.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::config::Job;
 use crate::model::paths::{local_path, remote_path};
@@ -50,59 +50,50 @@ impl<'s> Destination<'s> {
         }
     }
 
-    fn session(&mut self) -> Result<(&mut Session, &str), DestinationError> {
+    /// Makes `change` at `rel`.
+    async fn apply(&mut self, change: Change, rel: &str) -> Result<(), DestinationError> {
         match self {
-            Destination::Server {
-                root,
-                session: Some(s),
-            } => Ok((&mut **s, *root)),
-            _ => Err(DestinationError::NoConnection),
+            Destination::Folder { root } => {
+                let path = local_path(root, rel);
+                let (action, done) = match change {
+                    Change::MakeDir => ("create local directory", std::fs::create_dir_all(path)),
+                    Change::DeleteFile => ("delete local file", std::fs::remove_file(path)),
+                    Change::RemoveDir => ("delete local directory", std::fs::remove_dir(path)),
+                };
+                done.map_err(|source| DestinationError::Local { action, source })
+            }
+            Destination::Server { root, session } => {
+                let session = session.as_mut().ok_or(DestinationError::NoConnection)?;
+                let path = remote_path(root, rel);
+                Ok(match change {
+                    Change::MakeDir => session.mkdir(&path).await,
+                    Change::DeleteFile => session.delete_file(&path).await,
+                    Change::RemoveDir => session.remove_dir(&path).await,
+                }?)
+            }
         }
-    }
-
-    fn local(root: &Path, rel: &str) -> PathBuf {
-        local_path(root, rel)
     }
 
     /// Creates the directory `rel` (its parent exists: the plan orders parents first).
     pub(crate) async fn make_dir(&mut self, rel: &str) -> Result<(), DestinationError> {
-        if let Destination::Folder { root } = self {
-            return std::fs::create_dir_all(Self::local(root, rel)).map_err(|source| {
-                DestinationError::Local {
-                    action: "create local directory",
-                    source,
-                }
-            });
-        }
-        let (session, root) = self.session()?;
-        Ok(session.mkdir(&remote_path(root, rel)).await?)
+        self.apply(Change::MakeDir, rel).await
     }
 
     /// Deletes the file `rel`.
     pub(crate) async fn delete_file(&mut self, rel: &str) -> Result<(), DestinationError> {
-        if let Destination::Folder { root } = self {
-            return std::fs::remove_file(Self::local(root, rel)).map_err(|source| {
-                DestinationError::Local {
-                    action: "delete local file",
-                    source,
-                }
-            });
-        }
-        let (session, root) = self.session()?;
-        Ok(session.delete_file(&remote_path(root, rel)).await?)
+        self.apply(Change::DeleteFile, rel).await
     }
 
     /// Removes the directory `rel`, which must be empty.
     pub(crate) async fn remove_dir(&mut self, rel: &str) -> Result<(), DestinationError> {
-        if let Destination::Folder { root } = self {
-            return std::fs::remove_dir(Self::local(root, rel)).map_err(|source| {
-                DestinationError::Local {
-                    action: "delete local directory",
-                    source,
-                }
-            });
-        }
-        let (session, root) = self.session()?;
-        Ok(session.remove_dir(&remote_path(root, rel)).await?)
+        self.apply(Change::RemoveDir, rel).await
     }
+}
+
+/// The changes a run makes on its destination besides transfers.
+#[derive(Clone, Copy)]
+enum Change {
+    MakeDir,
+    DeleteFile,
+    RemoveDir,
 }
