@@ -202,114 +202,72 @@ pub async fn walk(
         local_root: job.local.clone(),
         filter: Arc::new(job.filter.clone()),
     };
-    let mut tree = TreePlan::new(PlanOptions {
-        direction: job.direction,
-        mode: job.mode,
-        max_delete: job.max_delete,
-        dest_files: None,
-    });
-    let mut got = Gathered::default();
-    let mut offset = match job.remote.list_time_offset {
-        ListTimeOffset::Fixed(secs) => Some(secs),
-        ListTimeOffset::Auto => None,
+    let mut planning = Planning {
+        tree: TreePlan::new(PlanOptions {
+            direction: job.direction,
+            mode: job.mode,
+            max_delete: job.max_delete,
+            dest_files: None,
+        }),
+        got: Gathered::default(),
+        offset: match job.remote.list_time_offset {
+            ListTimeOffset::Fixed(secs) => Some(secs),
+            ListTimeOffset::Auto => None,
+        },
+        queue: VecDeque::from([DirVisit::root(job.local.is_dir(), true)]),
+        deferred: Vec::new(),
     };
-    let mut queue = VecDeque::from([DirVisit::root(job.local.is_dir(), true)]);
     let mut idle = vec![first];
     let mut sessions = 1;
     let mut in_flight = FuturesUnordered::new();
-    // Directories whose LIST times wait for the server's offset (only LIST servers, and only
-    // while no listed file was recent enough to learn it from).
-    let mut deferred: Vec<Visited> = Vec::new();
     // What one listing takes, from those done on a single connection.
     let mut listed_alone = (Duration::ZERO, 0u32);
     let mut more_wanted = job.transfers > 1;
 
     loop {
-        if more_wanted && sessions == 1 && listed_alone.1 > 0 && queue.len() >= 2 {
+        let waiting = planning.queue.len();
+        if more_wanted && sessions == 1 && listed_alone.1 > 0 && waiting >= 2 {
             let per_dir = listed_alone.0 / listed_alone.1;
-            if worth_more_connections(queue.len(), per_dir, connect_time) {
+            if worth_more_connections(waiting, per_dir, connect_time) {
                 more_wanted = false;
-                let wanted = (job.transfers - 1).min(queue.len() - 1);
+                let wanted = (job.transfers - 1).min(waiting - 1);
                 tracing::debug!(
-                    waiting = queue.len(),
+                    waiting,
                     per_dir_ms = per_dir.as_millis() as u64,
                     connect_ms = connect_time.as_millis() as u64,
                     "listing on {wanted} more connections"
                 );
-                let opened = futures_util::future::join_all(
-                    (0..wanted).map(|_| Session::connect(&job.remote, tls)),
-                )
-                .await;
-                for s in opened {
-                    match s {
-                        Ok(s) => {
-                            idle.push(s);
-                            sessions += 1;
-                        }
-                        // Too many connections, say: list on the ones there are.
-                        Err(e) => tracing::debug!("no extra connection for the listing: {e}"),
-                    }
-                }
+                let opened = open_connections(job, tls, wanted).await;
+                sessions += opened.len();
+                idle.extend(opened);
             }
         }
-        while !queue.is_empty() && !idle.is_empty() {
-            let (Some(visit), Some(session)) = (queue.pop_front(), idle.pop()) else {
+        while !planning.queue.is_empty() && !idle.is_empty() {
+            let (Some(visit), Some(session)) = (planning.queue.pop_front(), idle.pop()) else {
                 break;
             };
-            in_flight.push(ctx.visit(session, visit, offset));
+            in_flight.push(ctx.visit(session, visit, planning.offset));
         }
         let Some((session, visited)) = in_flight.next().await else {
-            if deferred.is_empty() {
+            if !planning.release_deferred()? {
                 break;
             }
-            // No listed file told the server's offset: its LIST times are read as UTC.
-            offset = Some(offset.unwrap_or(0));
-            for d in std::mem::take(&mut deferred) {
-                plan_dir(d, offset, &mut tree, &mut queue, &mut got)?;
-            }
-            flush_ledger(job, ledger, &mut got, write_ledger, 0)?;
+            flush_ledger(job, ledger, &mut planning.got, write_ledger, 0)?;
             continue;
         };
         idle.push(session);
-        let mut visited = visited?;
+        let visited = visited?;
         if sessions == 1 && visited.visit.remote {
             listed_alone = (listed_alone.0 + visited.took, listed_alone.1 + 1);
         }
-        if offset.is_none() {
-            offset = visited.times.offset();
-            if offset.is_some() {
-                for d in std::mem::take(&mut deferred) {
-                    plan_dir(d, offset, &mut tree, &mut queue, &mut got)?;
-                }
-            }
+        if planning.take(visited)? {
+            flush_ledger(job, ledger, &mut planning.got, write_ledger, LEDGER_BATCH)?;
         }
-        let unreadable = visited.local.unreadable.contains(&visited.visit.path);
-        if offset.is_none() && visited.times.has_pending() && !unreadable {
-            // What lies below is visited meanwhile: a later directory may tell the offset.
-            queue.extend(tree.dir_visits(
-                &visited.visit,
-                &visited.local.snapshot,
-                &visited.remote.snapshot,
-            ));
-            visited.visits_queued = true;
-            deferred.push(visited);
-            continue;
-        }
-        plan_dir(visited, offset, &mut tree, &mut queue, &mut got)?;
-        flush_ledger(job, ledger, &mut got, write_ledger, LEDGER_BATCH)?;
     }
+    let Planning { tree, mut got, .. } = planning;
 
     // Rows of directories the walk never entered: gone from both sides, or excluded.
-    let unvisited = {
-        let l = ledger.lock();
-        let mut rows = Vec::new();
-        for parent in l.parents(&job.name)? {
-            if !tree.visited(&parent) {
-                rows.extend(l.paths_in(&job.name, &parent)?);
-            }
-        }
-        rows
-    };
+    let unvisited = unvisited_rows(job, ledger, &tree)?;
     got.ledger_only
         .extend(unvisited.into_iter().map(|path| Action::Forget { path }));
     flush_ledger(job, ledger, &mut got, write_ledger, 0)?;
@@ -326,6 +284,104 @@ pub async fn walk(
         sessions: idle,
         found: got.found,
     })
+}
+
+/// `wanted` more logged-in connections, opened side by side; as many as the server allows.
+async fn open_connections(job: &Job, tls: &TlsContext, wanted: usize) -> Vec<Session> {
+    let opened =
+        futures_util::future::join_all((0..wanted).map(|_| Session::connect(&job.remote, tls)))
+            .await;
+    opened
+        .into_iter()
+        .filter_map(|s| {
+            // Too many connections, say: list on the ones there are.
+            s.inspect_err(|e| tracing::debug!("no extra connection for the listing: {e}"))
+                .ok()
+        })
+        .collect()
+}
+
+/// The ledger's rows in directories the walk never entered.
+fn unvisited_rows(
+    job: &Job,
+    ledger: &SharedLedger,
+    tree: &TreePlan,
+) -> Result<Vec<String>, RunError> {
+    let l = ledger.lock();
+    let mut rows = Vec::new();
+    for parent in l.parents(&job.name)? {
+        if !tree.visited(&parent) {
+            rows.extend(l.paths_in(&job.name, &parent)?);
+        }
+    }
+    Ok(rows)
+}
+
+/// The plan of a walk as it grows, and the directories still to visit.
+struct Planning {
+    tree: TreePlan,
+    got: Gathered,
+    /// The offset of the server's LIST times, once known.
+    offset: Option<i64>,
+    queue: VecDeque<DirVisit>,
+    /// Directories whose LIST times wait for the server's offset (only LIST servers, and only
+    /// while no listed file was recent enough to learn it from).
+    deferred: Vec<Visited>,
+}
+
+impl Planning {
+    /// A directory's listing arrived: planned at once, or deferred until the server's LIST
+    /// offset is known (its subdirectories are visited meanwhile). `true`: it was planned.
+    fn take(&mut self, mut visited: Visited) -> Result<bool, RunError> {
+        if self.offset.is_none() {
+            self.offset = visited.times.offset();
+            if self.offset.is_some() {
+                self.plan_deferred()?;
+            }
+        }
+        let unreadable = visited.local.unreadable.contains(&visited.visit.path);
+        if self.offset.is_none() && visited.times.has_pending() && !unreadable {
+            // What lies below is visited meanwhile: a later directory may tell the offset.
+            self.queue.extend(self.tree.dir_visits(
+                &visited.visit,
+                &visited.local.snapshot,
+                &visited.remote.snapshot,
+            ));
+            visited.visits_queued = true;
+            self.deferred.push(visited);
+            return Ok(false);
+        }
+        self.plan(visited)?;
+        Ok(true)
+    }
+
+    /// Nothing is listing any more: no listed file told the server's offset, so the deferred
+    /// directories' LIST times are read as UTC. `false`: there were none, the walk is over.
+    fn release_deferred(&mut self) -> Result<bool, RunError> {
+        if self.deferred.is_empty() {
+            return Ok(false);
+        }
+        self.offset = Some(self.offset.unwrap_or(0));
+        self.plan_deferred()?;
+        Ok(true)
+    }
+
+    fn plan_deferred(&mut self) -> Result<(), RunError> {
+        for d in std::mem::take(&mut self.deferred) {
+            self.plan(d)?;
+        }
+        Ok(())
+    }
+
+    fn plan(&mut self, visited: Visited) -> Result<(), RunError> {
+        plan_dir(
+            visited,
+            self.offset,
+            &mut self.tree,
+            &mut self.queue,
+            &mut self.got,
+        )
+    }
 }
 
 /// Hands one visited directory to the plan, and its subdirectories to the queue.
