@@ -165,13 +165,12 @@ fn transfers(raw: Option<u16>, ctx: &Ctx) -> Result<u16, ConfigError> {
 
 /// Loads every `*.yaml`/`*.yml` file in `dir`, in name order; stops at the first bad one.
 pub fn load_jobs(dir: &Path) -> Result<Vec<Job>, ConfigError> {
-    let mut files = job_files(dir).map_err(|e| ConfigError {
+    let files = job_files(dir).map_err(|e| ConfigError {
         file: dir.to_path_buf(),
         line: 1,
         column: 1,
-        reason: e,
+        reason: format!("cannot read the jobs directory: {e}"),
     })?;
-    files.sort();
     let mut jobs: Vec<Job> = Vec::new();
     for f in files {
         let job = load_job(&f)?;
@@ -208,17 +207,17 @@ pub fn find_job(dir: &Path, name: &str) -> Result<Job, ConfigError> {
     })
 }
 
-fn job_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("cannot read the jobs directory: {e}"))?;
+/// The `*.yaml` and `*.yml` files of `dir`, in name order.
+pub(crate) fn job_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|e| format!("cannot read the jobs directory: {e}"))?;
-        let p = entry.path();
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
         let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
         if (ext == "yaml" || ext == "yml") && p.is_file() {
             out.push(p);
         }
     }
+    out.sort();
     Ok(out)
 }
 

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use filter::PathFilter;
+pub(crate) use job::job_files;
 pub use job::{find_job, load_job, load_jobs, parse_job, Job};
 pub use policy::{RetryPolicy, UploadOptions};
 pub use remote::{
