@@ -25,7 +25,7 @@ use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::config::{Job, Schedule};
+use crate::config::{job_files, Job, Schedule};
 use crate::model::policy::Direction;
 use crate::model::scope::Scope;
 use crate::state::ledger::JobRecord;
@@ -432,20 +432,6 @@ async fn futures_join(handles: Vec<JoinHandle<()>>) {
     for h in handles {
         let _ = h.await;
     }
-}
-
-/// `*.yaml` and `*.yml` files of `dir`, in name order.
-fn job_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let p = entry?.path();
-        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if (ext == "yaml" || ext == "yml") && p.is_file() {
-            out.push(p);
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// The runs of one job, one at a time; triggers that arrive during a run make one more run.

@@ -1,0 +1,268 @@
+//! A job file as a whole: its name, the top-level keys, and the sections in order; and the
+//! jobs directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::filter::PathFilter;
+use super::policy::{self, RetryPolicy, UploadOptions};
+use super::raw::RawJob;
+use super::remote::Remote;
+use super::trigger::{self, Intervals, Schedule, Watch};
+use super::{ConfigError, Ctx};
+use crate::model::policy::{Direction, MaxDelete, SyncMode};
+
+/// One validated job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The file stem of the job file.
+    pub name: String,
+    pub file: PathBuf,
+    pub local: PathBuf,
+    pub remote: Remote,
+    pub direction: Direction,
+    pub mode: SyncMode,
+    pub schedule: Option<Schedule>,
+    pub timezone: Option<chrono_tz::Tz>,
+    /// `watch: true` or `watch: poll`: the agent syncs soon after local changes.
+    pub watch: bool,
+    /// `watch: poll`: the local tree is polled at this interval (the job's `poll:`, default
+    /// 30s) instead of watched with inotify; `poll:` then does not start runs by itself.
+    pub watch_poll: Option<Duration>,
+    pub debounce: Duration,
+    pub poll: Option<Duration>,
+    /// `catch_up: true`: a scheduled time missed while the agent was down runs at start-up.
+    pub catch_up: bool,
+    pub filter: PathFilter,
+    pub transfers: usize,
+    pub max_delete: Option<MaxDelete>,
+    pub retries: RetryPolicy,
+    pub upload: UploadOptions,
+    /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
+    /// every run's log so they are never forgotten.
+    pub warnings: Vec<String>,
+}
+
+/// Loads and validates one job file.
+pub fn load_job(file: &Path) -> Result<Job, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        line: 1,
+        column: 1,
+        reason: format!("cannot read job file: {e}"),
+    })?;
+    parse_job(file, &text)
+}
+
+/// Parses job text; `file` names the job and anchors relative paths.
+pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
+    let mut ctx = Ctx::new(file, text);
+    let name = job_name(&ctx)?;
+    let raw = raw_job(&ctx)?;
+    let remote = Remote::from_raw(raw.remote, &mut ctx)?;
+    let local = local(&raw.local, &ctx)?;
+    let transfers = transfers(raw.transfers, &ctx)?;
+    let watch = Watch::from_raw(&raw.watch, raw.direction, &ctx)?;
+    let filter = PathFilter::from_raw(raw.include, raw.exclude, &ctx)?;
+    let schedule = Schedule::from_raw(raw.schedule.as_deref(), &ctx)?;
+    let timezone = trigger::timezone(raw.timezone.as_deref(), &ctx)?;
+    let intervals = Intervals::from_raw(raw.debounce.as_deref(), raw.poll.as_deref(), &ctx)?;
+    let max_delete = policy::max_delete(raw.max_delete, &ctx)?;
+    let retries = RetryPolicy::from_raw(raw.retries, &ctx)?;
+    let upload = UploadOptions::from_raw(raw.upload, &mut ctx)?;
+    // Only the first mistake in a file is reported; these two checks have always come last,
+    // so they stay last and a file with several mistakes still gets the same error.
+    intervals.check(&ctx)?;
+    trigger::check_catch_up(raw.catch_up, schedule.as_ref(), &ctx)?;
+    Ok(Job {
+        name,
+        file: file.to_path_buf(),
+        local,
+        remote,
+        direction: raw.direction,
+        mode: raw.mode,
+        schedule,
+        timezone,
+        watch: watch.on,
+        watch_poll: intervals.watch_poll(watch),
+        debounce: intervals.debounce,
+        poll: intervals.poll,
+        catch_up: raw.catch_up,
+        filter,
+        transfers: usize::from(transfers),
+        max_delete,
+        retries,
+        upload,
+        warnings: ctx.warnings,
+    })
+}
+
+/// The job's name: the job file's stem, which logs, the ledger and the CLI use.
+fn job_name(ctx: &Ctx) -> Result<String, ConfigError> {
+    let name = ctx
+        .file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ctx.fail(&[], "the job file needs a UTF-8 name"))?
+        .to_string();
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(ctx.fail(
+            &[],
+            format!(
+                "job name `{name}` (the file name) may use only letters, digits, `-`, `_` and `.`"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// The job text as serde reads it: shape, types and unknown keys, at serde_yaml's position.
+fn raw_job(ctx: &Ctx) -> Result<RawJob, ConfigError> {
+    if ctx.text.trim().is_empty() {
+        return Err(ctx.fail(&[], "the job file is empty"));
+    }
+    serde_yaml::from_str(ctx.text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        ctx.error_at(line, column, one_line(&e.to_string()))
+    })
+}
+
+/// serde_yaml sometimes appends " at line L column C"; the location is printed in front instead.
+fn one_line(msg: &str) -> String {
+    let first = msg.lines().next().unwrap_or(msg);
+    match first.find(" at line ") {
+        Some(i) => first[..i].to_string(),
+        None => first.to_string(),
+    }
+}
+
+/// `local:`, made absolute.
+fn local(raw: &Path, ctx: &Ctx) -> Result<PathBuf, ConfigError> {
+    if raw.as_os_str().is_empty() {
+        return Err(ctx.fail(&["local"], "local is empty"));
+    }
+    Ok(ctx.resolve(raw))
+}
+
+/// `transfers:`, the number of connections: 4 by default.
+fn transfers(raw: Option<u16>, ctx: &Ctx) -> Result<u16, ConfigError> {
+    let transfers = raw.unwrap_or(4);
+    if !(1..=64).contains(&transfers) {
+        return Err(ctx.fail(
+            &["transfers"],
+            format!("transfers: {transfers} is outside 1..64"),
+        ));
+    }
+    Ok(transfers)
+}
+
+/// Loads every `*.yaml`/`*.yml` file in `dir`, in name order; stops at the first bad one.
+pub fn load_jobs(dir: &Path) -> Result<Vec<Job>, ConfigError> {
+    let files = job_files(dir).map_err(|e| ConfigError {
+        file: dir.to_path_buf(),
+        line: 1,
+        column: 1,
+        reason: format!("cannot read the jobs directory: {e}"),
+    })?;
+    let mut jobs: Vec<Job> = Vec::new();
+    for f in files {
+        let job = load_job(&f)?;
+        if let Some(other) = jobs.iter().find(|j| j.name == job.name) {
+            return Err(ConfigError {
+                file: f.clone(),
+                line: 1,
+                column: 1,
+                reason: format!(
+                    "job `{}` is also defined by {}",
+                    job.name,
+                    other.file.display()
+                ),
+            });
+        }
+        jobs.push(job);
+    }
+    Ok(jobs)
+}
+
+/// Finds the job file for `name` in `dir`.
+pub fn find_job(dir: &Path, name: &str) -> Result<Job, ConfigError> {
+    for ext in ["yaml", "yml"] {
+        let f = dir.join(format!("{name}.{ext}"));
+        if f.exists() {
+            return load_job(&f);
+        }
+    }
+    Err(ConfigError {
+        file: dir.join(format!("{name}.yaml")),
+        line: 1,
+        column: 1,
+        reason: format!("no job named `{name}` in {}", dir.display()),
+    })
+}
+
+/// The `*.yaml` and `*.yml` files of `dir`, in name order.
+pub(crate) fn job_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if (ext == "yaml" || ext == "yml") && p.is_file() {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testing::{parse, GOOD};
+    use crate::config::Security;
+
+    #[test]
+    fn minimal_job_gets_defaults() {
+        let job = parse(GOOD).unwrap();
+        assert_eq!(job.name, "acme");
+        assert_eq!(job.remote.port, 21);
+        assert_eq!(job.remote.security, Security::Explicit);
+        assert_eq!(job.direction, Direction::Push);
+        assert_eq!(job.mode, SyncMode::Mirror);
+        assert_eq!(job.transfers, 4);
+        assert_eq!(job.remote.path, "/");
+        assert_eq!(job.warnings.len(), 1, "inline password warns");
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_position() {
+        let e = parse(&format!("{GOOD}colour: blue\n")).unwrap_err();
+        assert_eq!((e.line, e.column), (6, 1), "{e}");
+        assert!(e.reason.contains("colour"), "{e}");
+        let e = parse("local: /x\nremote:\n  host: h\n  user: u\n  password: p\n  prot: 1\n")
+            .unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_missing_keys() {
+        let e = parse(&format!("{GOOD}transfers: many\n")).unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        let e = parse("remote:\n  host: h\n  user: u\n  password: p\n").unwrap_err();
+        assert!(e.reason.contains("local"), "{e}");
+        let e = parse("local: /x\nremote:\n  user: u\n  password: p\n").unwrap_err();
+        assert!(e.reason.contains("host"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_are_anchored_at_the_job_file() {
+        let job = parse(GOOD.replace("/srv/out", "../data").as_str()).unwrap();
+        assert_eq!(job.local, PathBuf::from("/etc/jobs/../data"));
+    }
+}

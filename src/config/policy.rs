@@ -1,0 +1,181 @@
+//! How a run treats the server: `retries:`, `upload:` and `max_delete:`.
+
+use std::time::Duration;
+
+use super::raw::{RawMaxDelete, RawRetries, RawUpload};
+use super::{parse_duration, ConfigError, Ctx};
+use crate::model::policy::MaxDelete;
+
+/// How often a transfer or listing is retried after a transient failure (a dropped
+/// connection, a timeout, a 4xx reply), and how long the backoff may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `n + 1` (n from 0): 1 s doubling up to `max_delay`, with
+    /// ±25% jitter so parallel connections do not retry in lockstep.
+    pub fn delay(&self, n: u32) -> Duration {
+        let base = Duration::from_secs(1).saturating_mul(1u32 << n.min(16));
+        base.min(self.max_delay)
+            .mul_f64(0.75 + fastrand::f64() * 0.5)
+    }
+
+    /// Validates `retries:`; what it leaves out keeps its default.
+    pub(super) fn from_raw(raw: Option<RawRetries>, ctx: &Ctx) -> Result<Self, ConfigError> {
+        let retries = match raw {
+            None => RetryPolicy::default(),
+            Some(RawRetries::Attempts(attempts)) => RetryPolicy {
+                attempts,
+                ..RetryPolicy::default()
+            },
+            Some(RawRetries::Full(r)) => RetryPolicy {
+                attempts: r.attempts.unwrap_or(RetryPolicy::default().attempts),
+                max_delay: match &r.max_delay {
+                    Some(d) => parse_duration("retries.max_delay", d)
+                        .map_err(|e| ctx.fail(&["retries", "max_delay"], e))?,
+                    None => RetryPolicy::default().max_delay,
+                },
+            },
+        };
+        if !(1..=100).contains(&retries.attempts) {
+            return Err(ctx.fail(
+                &["retries"],
+                format!("retries: {} attempts is outside 1..100", retries.attempts),
+            ));
+        }
+        Ok(retries)
+    }
+}
+
+/// How uploads reach their final name, and what is checked before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadOptions {
+    /// Upload to a temporary name and rename (default). `false` for servers that refuse
+    /// RNFR/RNTO: consumers may then see a partial file, and an interrupted upload starts over.
+    pub temp_name: bool,
+    /// Check the server's SIZE (and hash, on resume) before the rename (default). `false`
+    /// (`verify: none`) for write-only drop folders that refuse SIZE and reading back.
+    pub verify: bool,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            temp_name: true,
+            verify: true,
+        }
+    }
+}
+
+impl UploadOptions {
+    /// Validates `upload:`; turning a safeguard off is allowed, with a warning.
+    pub(super) fn from_raw(raw: Option<RawUpload>, ctx: &mut Ctx) -> Result<Self, ConfigError> {
+        let upload = match raw {
+            None => UploadOptions::default(),
+            Some(u) => {
+                let verify = match u.verify.as_deref() {
+                    None | Some("size") => true,
+                    Some("none") => false,
+                    Some(other) => {
+                        return Err(ctx.fail(
+                            &["upload", "verify"],
+                            format!("upload.verify: `{other}` is not `size` or `none`"),
+                        ))
+                    }
+                };
+                UploadOptions {
+                    temp_name: u.temp_name.unwrap_or(true),
+                    verify,
+                }
+            }
+        };
+        if !upload.temp_name {
+            ctx.warn("upload.temp_name: false: files are written under their final name, so a consumer can see a partial file, and an interrupted upload starts over");
+        }
+        if !upload.verify {
+            ctx.warn("upload.verify: none: the size the server stored is not checked before a file counts as sent");
+        }
+        Ok(upload)
+    }
+}
+
+/// Validates `max_delete:`: a count or a percentage of the files the job knows.
+pub(super) fn max_delete(
+    raw: Option<RawMaxDelete>,
+    ctx: &Ctx,
+) -> Result<Option<MaxDelete>, ConfigError> {
+    match raw {
+        None => Ok(None),
+        Some(RawMaxDelete::Count(n)) => Ok(Some(MaxDelete::Count(n))),
+        Some(RawMaxDelete::Text(t)) => parse_max_delete(&t)
+            .map(Some)
+            .map_err(|e| ctx.fail(&["max_delete"], e)),
+    }
+}
+
+fn parse_max_delete(s: &str) -> Result<MaxDelete, String> {
+    let s = s.trim();
+    if let Some(p) = s.strip_suffix('%') {
+        let p: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("max_delete: `{s}` is not a percentage like `25%`"))?;
+        if !(0.0..=100.0).contains(&p) {
+            return Err(format!("max_delete: {p}% is outside 0%..100%"));
+        }
+        Ok(MaxDelete::Percent(p))
+    } else {
+        s.parse()
+            .map(MaxDelete::Count)
+            .map_err(|_| format!("max_delete: `{s}` is neither a count nor a percentage"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testing::{parse, GOOD};
+
+    #[test]
+    fn retries_forms_and_backoff() {
+        assert_eq!(parse(GOOD).unwrap().retries, RetryPolicy::default());
+        let job = parse(&format!("{GOOD}retries: 2\n")).unwrap();
+        assert_eq!(job.retries.attempts, 2);
+        let job = parse(&format!("{GOOD}retries:\n  attempts: 8\n  max_delay: 5s\n")).unwrap();
+        assert_eq!(
+            job.retries,
+            RetryPolicy {
+                attempts: 8,
+                max_delay: Duration::from_secs(5)
+            }
+        );
+        assert!(job.retries.delay(10) <= Duration::from_millis(6250));
+        assert!(job.retries.delay(0) >= Duration::from_millis(750));
+        assert!(parse(&format!("{GOOD}retries: 0\n")).is_err());
+        assert!(parse(&format!("{GOOD}retries:\n  tries: 3\n")).is_err());
+    }
+
+    #[test]
+    fn max_delete_forms() {
+        let job = parse(&format!("{GOOD}max_delete: 25%\n")).unwrap();
+        assert_eq!(job.max_delete, Some(MaxDelete::Percent(25.0)));
+        assert_eq!(job.max_delete.unwrap().limit(12), 3);
+        let job = parse(&format!("{GOOD}max_delete: 10\n")).unwrap();
+        assert_eq!(job.max_delete, Some(MaxDelete::Count(10)));
+        assert!(parse(&format!("{GOOD}max_delete: lots\n")).is_err());
+        assert!(parse(&format!("{GOOD}max_delete: 150%\n")).is_err());
+    }
+}
