@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::config::Job;
 use crate::model::paths::{local_path, remote_path};
@@ -24,8 +24,10 @@ use crate::state::ledger::JournalEntry;
 use crate::state::SharedLedger;
 
 mod file_io;
+mod upload;
 
-use file_io::{open_at, sha256_of, FileReader, FileWriter, Written};
+use file_io::{open_at, FileWriter, Written};
+pub(crate) use upload::upload;
 
 const CHUNK: usize = 256 * 1024;
 
@@ -206,176 +208,6 @@ async fn timed<T>(
         .into()),
         Ok(Ok(v)) => Ok(v),
     }
-}
-
-/// Uploads `rel`; returns what the ledger must record once the caller commits it.
-pub async fn upload(
-    session: &mut Session,
-    ctx: &TransferContext<'_>,
-    rel: &str,
-    source: &Entry,
-) -> Result<Transferred, TransferError> {
-    let job = ctx.job;
-    let final_path = remote_path(&job.remote.path, rel);
-    // Without a temporary name the bytes go straight to the final name.
-    let temp = if job.upload.temp_name {
-        temp_rel(rel)
-    } else {
-        rel.to_string()
-    };
-    let temp_path = remote_path(&job.remote.path, &temp);
-    let local = local_path(&job.local, rel);
-    let local_err = |action, source| TransferError::Local {
-        path: local.display().to_string(),
-        action,
-        source,
-    };
-
-    // Resume only the same transfer of the same unchanged file, from what the server holds.
-    let journal = ctx.journal_entry(rel, source.size)?;
-    let same = journal.as_ref().is_some_and(|j| {
-        j.direction == Direction::Push.to_string()
-            && j.temp_name == temp
-            && j.size == source.size
-            && j.mtime == source.mtime
-            // A hash on both sides must agree; a file the scan did not hash is known by size and
-            // mtime, and the server's hash check (where offered) covers the joined bytes.
-            && (j.hash.is_none() || source.hash.is_none() || j.hash == source.hash)
-    });
-    let mut offset = 0;
-    if same && job.upload.temp_name && job.upload.verify {
-        if let Ok(on_server) = session.size(&temp_path).await {
-            if on_server <= source.size {
-                offset = on_server;
-            }
-        }
-    } else {
-        ctx.journal_begin(&JournalEntry {
-            path: rel.to_string(),
-            direction: Direction::Push.to_string(),
-            temp_name: temp.clone(),
-            size: source.size,
-            mtime: source.mtime,
-            hash: source.hash,
-            offset: 0,
-        })?;
-    }
-
-    if offset > 0 {
-        tracing::info!(path = rel, offset, "resuming upload");
-    }
-    let mut reader = FileReader::start(
-        local.clone(),
-        offset,
-        buffer_len(source.size.saturating_sub(offset)),
-    );
-
-    let mut sent = 0u64;
-    if offset < source.size || source.size == 0 {
-        // The first buffer (or the open's error) before the data connection: a file that
-        // cannot be read costs no STOR.
-        let mut next = reader.next().await;
-        if offset > 0 {
-            session.restart_at(&temp_path, offset).await?;
-        }
-        if let Some(Err(e)) = next {
-            return Err(local_err("read", e));
-        }
-        let mut stream = match session.store(&temp_path).await {
-            Err(e) if e.code() == Some(553) && job.upload.temp_name => {
-                return Err(TransferError::TempNameRefused(e))
-            }
-            other => other?,
-        };
-        let mut checkpoints = Checkpoints::new(offset);
-        while let Some(read) = next {
-            let buf = read.map_err(|e| local_err("read", e))?;
-            let n = buf.len() as u64;
-            timed(session, "STOR", &temp_path, stream.write_all(&buf)).await?;
-            reader.recycle(buf);
-            sent += n;
-            ctx.counter.add(n);
-            if checkpoints.due(offset + sent) {
-                ctx.checkpoint(rel, offset + sent)?;
-                if ctx.stop_requested() {
-                    // The server keeps what it received; the next run resumes from its SIZE.
-                    drop(stream);
-                    return Err(TransferError::Interrupted(rel.to_string()));
-                }
-            }
-            next = reader.next().await;
-        }
-        session.finish("STOR", &temp_path, stream).await?;
-    } else {
-        // Nothing left to send (the server already holds every byte): drain the reader so its
-        // hash covers the whole file.
-        while let Some(read) = reader.next().await {
-            let buf = read.map_err(|e| local_err("read", e))?;
-            reader.recycle(buf);
-        }
-    }
-    let read = reader.finish().await.map_err(|e| local_err("read", e))?;
-
-    let total = offset + sent;
-    let hash = read.hasher.finalize();
-    // The bytes sent are the file the plan saw: the same content where the scan hashed it;
-    // otherwise (a file the scan left to the transfer, settled for seconds) the same size and
-    // mtime after the last read, which any write since the scan would have moved.
-    let as_scanned = match source.hash {
-        Some(scanned) => scanned == hash,
-        None => read.size == source.size && read.mtime == source.mtime,
-    };
-    if !as_scanned || total != source.size {
-        let _ = session.delete_file(&temp_path).await;
-        return Err(TransferError::Verify(format!(
-            "{rel}: the local file changed while it was being uploaded; it will be sent again by the next run"
-        )));
-    }
-    if session.features.size && job.upload.verify {
-        let remote_size = session.size(&temp_path).await?;
-        if remote_size != total {
-            let _ = session.delete_file(&temp_path).await;
-            return Err(TransferError::Verify(format!(
-                "{rel}: the server stored {remote_size} bytes of {total}; the upload was discarded"
-            )));
-        }
-    }
-    if offset > 0 && session.features.sha256.is_some() && job.upload.verify {
-        // A resumed upload joined two sessions' bytes on the server: where the server can hash
-        // a file, compare its SHA-256 with the local file's before the rename.
-        let local_sha = sha256_of(local.clone())
-            .await
-            .map_err(|e| local_err("read", e))?;
-        if let Some(remote_sha) = session.remote_sha256(&temp_path).await? {
-            if remote_sha != local_sha {
-                let _ = session.delete_file(&temp_path).await;
-                return Err(TransferError::Verify(format!(
-                    "{rel}: the server's SHA-256 of the resumed upload differs from the local file; the upload was discarded and starts over next time"
-                )));
-            }
-        }
-    }
-    if job.upload.temp_name {
-        session.rename(&temp_path, &final_path).await?;
-    }
-    if session.features.mfmt {
-        if let Err(e) = session
-            .set_mtime(&final_path, source.mtime.div_euclid(1_000_000_000))
-            .await
-        {
-            tracing::warn!("cannot preserve the modification time: {e}");
-        }
-    }
-    Ok(Transferred {
-        entry: SyncedEntry {
-            size: total,
-            mtime: source.mtime,
-            hash,
-            remote_size: total,
-            remote_mtime: None,
-        },
-        bytes_moved: sent,
-    })
 }
 
 /// Downloads `rel`; returns what the ledger must record once the caller commits it.
@@ -570,90 +402,4 @@ pub async fn download(
         },
         bytes_moved: received,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::snapshot::temp_name;
-    use std::path::Path;
-
-    /// A push job against the in-process server, and a connection to it.
-    async fn loopback_job(dir: &Path) -> (Job, Session, SharedLedger) {
-        let server = crate::loopback::start(crate::loopback::LoopbackOptions {
-            root: dir.join("server"),
-            cert_dir: dir.join("tls"),
-            user: "u".into(),
-            password: "p".into(),
-            port: None,
-            tls: true,
-        })
-        .await
-        .unwrap();
-        std::fs::create_dir_all(dir.join("local")).unwrap();
-        let yaml = format!(
-            "local: {}\nremote:\n  host: 127.0.0.1\n  port: {}\n  path: /\n  user: u\n  password: p\n  tls:\n    ca_file: {}\n",
-            dir.join("local").display(),
-            server.port,
-            server.cert_pem_path.display()
-        );
-        let job = crate::config::parse_job(&dir.join("t.yaml"), &yaml).unwrap();
-        let tls = crate::remote::tls::TlsContext::new(&job.remote.tls).unwrap();
-        let session = Session::connect(&job.remote, &tls).await.unwrap();
-        let ledger = crate::state::ledger::Ledger::open(&dir.join("state.db")).unwrap();
-        (job, session, SharedLedger::new(ledger))
-    }
-
-    /// The file as a scan that did not hash it saw it (see [`crate::model::plan::local_hash`]).
-    fn unhashed_entry(path: &Path) -> Entry {
-        let meta = std::fs::metadata(path).unwrap();
-        Entry {
-            kind: crate::model::snapshot::Kind::File,
-            size: meta.len(),
-            mtime: system_time_ns(meta.modified().unwrap()),
-            hash: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn an_unhashed_file_written_after_the_scan_is_not_uploaded() {
-        let dir = tempfile::tempdir().unwrap();
-        let (job, mut session, ledger) = loopback_job(dir.path()).await;
-        let local = dir.path().join("local/a.csv");
-        std::fs::write(&local, b"old content").unwrap();
-        let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-        let f = std::fs::File::options().write(true).open(&local).unwrap();
-        f.set_modified(an_hour_ago).unwrap();
-        let scanned = unhashed_entry(&local);
-        // Rewritten after the scan, with the same size: only the mtime tells.
-        std::fs::write(&local, b"new content").unwrap();
-        let counter = ByteCounter::default();
-        let ctx = TransferContext {
-            job: &job,
-            ledger: &ledger,
-            counter: &counter,
-            stop: None,
-        };
-        let err = upload(&mut session, &ctx, "a.csv", &scanned)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, TransferError::Verify(_)), "{err}");
-        let server_root = dir.path().join("server");
-        assert!(
-            !server_root.join("a.csv").exists(),
-            "a changed file went live"
-        );
-        assert!(!server_root.join(temp_name("a.csv")).exists());
-
-        // As the next scan sees it: sent, and recorded with the hash of the bytes sent.
-        let rescanned = unhashed_entry(&local);
-        let done = upload(&mut session, &ctx, "a.csv", &rescanned)
-            .await
-            .unwrap();
-        assert_eq!(done.entry.hash, blake3::hash(b"new content"));
-        assert_eq!(
-            std::fs::read(server_root.join("a.csv")).unwrap(),
-            b"new content"
-        );
-    }
 }
