@@ -10,23 +10,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
-
 use crate::config::Job;
-use crate::model::paths::{local_path, remote_path};
 use crate::model::plan::SyncedEntry;
-use crate::model::policy::Direction;
-use crate::model::snapshot::system_time_ns;
-use crate::model::snapshot::{temp_rel, Entry};
-use crate::remote::listing::{self, Precision};
 use crate::remote::session::{FtpsError, Session};
 use crate::state::ledger::JournalEntry;
 use crate::state::SharedLedger;
 
+mod download;
 mod file_io;
 mod upload;
 
-use file_io::{open_at, FileWriter, Written};
+pub(crate) use download::download;
 pub(crate) use upload::upload;
 
 const CHUNK: usize = 256 * 1024;
@@ -208,198 +202,4 @@ async fn timed<T>(
         .into()),
         Ok(Ok(v)) => Ok(v),
     }
-}
-
-/// Downloads `rel`; returns what the ledger must record once the caller commits it.
-pub async fn download(
-    session: &mut Session,
-    ctx: &TransferContext<'_>,
-    rel: &str,
-    source: &Entry,
-) -> Result<Transferred, TransferError> {
-    let job = ctx.job;
-    let remote = remote_path(&job.remote.path, rel);
-    let final_path = local_path(&job.local, rel);
-    let temp = temp_rel(rel);
-    let temp_path = local_path(&job.local, &temp);
-    let local_err = |action, source| TransferError::Local {
-        path: final_path.display().to_string(),
-        action,
-        source,
-    };
-
-    // Resume from the bytes both on disk and confirmed by the last checkpoint (the checkpoint
-    // follows an fsync, so those bytes survive even a power cut).
-    let journal = ctx.journal_entry(rel, source.size)?;
-    let kept = journal
-        .filter(|j| {
-            j.direction == Direction::Pull.to_string()
-                && j.temp_name == temp
-                && j.size == source.size
-                && j.mtime == source.mtime
-        })
-        .map(|j| {
-            let on_disk = std::fs::metadata(&temp_path).map(|m| m.len()).unwrap_or(0);
-            on_disk.min(j.offset)
-        });
-    let offset = kept.unwrap_or(0);
-    if kept.is_none() {
-        ctx.journal_begin(&JournalEntry {
-            path: rel.to_string(),
-            direction: Direction::Pull.to_string(),
-            temp_name: temp.clone(),
-            size: source.size,
-            mtime: source.mtime,
-            hash: None,
-            offset: 0,
-        })?;
-    }
-    let opened = {
-        let temp_path = temp_path.clone();
-        tokio::task::spawn_blocking(move || open_at(&temp_path, offset, true))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|opened| opened)
-    };
-    let (hasher, file) = opened.map_err(|e| local_err("open the temporary file", e))?;
-    if offset > 0 {
-        tracing::info!(path = rel, offset, "resuming download");
-        session.restart_at(&remote, offset).await?;
-    }
-
-    let mut stream = session.retrieve(&remote).await?;
-    let len = buffer_len(source.size.saturating_sub(offset));
-    let mut writer = FileWriter::start(file, hasher, offset, len);
-    let mut received = 0u64;
-    let mut checkpoints = Checkpoints::new(offset);
-    // Why the loop ended early: the network's error, a write error (in the writer's result),
-    // or a stop request.
-    let mut failed: Option<TransferError> = None;
-    let mut stopped = false;
-    'transfer: loop {
-        // Fill a whole buffer (fewer, larger hand-overs to the writer), with the timeout on
-        // every single read as before.
-        let mut buf = writer.buffer();
-        let mut filled = 0;
-        while filled < buf.len() {
-            match timed(session, "RETR", &remote, stream.read(&mut buf[filled..])).await {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        if filled > 0 {
-            buf.truncate(filled);
-            if !writer.write(buf).await {
-                break 'transfer; // the write failed: the writer's result says why
-            }
-            received += filled as u64;
-            ctx.counter.add(filled as u64);
-        }
-        if failed.is_some() || filled == 0 {
-            break;
-        }
-        if checkpoints.due(offset + received) {
-            writer.request_sync().await;
-        }
-        if let Some(durable) = writer.durable().map_err(|e| local_err("sync", e))? {
-            ctx.checkpoint(rel, durable)?;
-            if ctx.stop_requested() {
-                stopped = true;
-                break;
-            }
-        }
-    }
-    let written = writer.finish().await.map_err(|e| local_err("write", e))?;
-    let Written {
-        file,
-        hasher,
-        len: total,
-        error,
-    } = written;
-    if failed.is_some() || stopped || error.is_some() {
-        drop(stream);
-        // What arrived is kept, made durable and checkpointed for the next attempt (a full
-        // disk included: the bytes before the failed write stay for a later resume).
-        if tokio::task::spawn_blocking({
-            let file = file.try_clone();
-            move || file.and_then(|f| f.sync_data())
-        })
-        .await
-        .is_ok_and(|synced| synced.is_ok())
-        {
-            let _ = ctx.checkpoint(rel, total);
-        }
-        if let Some(e) = error {
-            return Err(local_err("write", e));
-        }
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        return Err(TransferError::Interrupted(rel.to_string()));
-    }
-    session.finish("RETR", &remote, stream).await?;
-    if total < source.size {
-        let synced = tokio::task::spawn_blocking({
-            let file = file.try_clone();
-            move || file.and_then(|f| f.sync_data())
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|synced| synced);
-        synced.map_err(|e| local_err("sync", e))?;
-        ctx.checkpoint(rel, total)?;
-        return Err(TransferError::Short {
-            path: rel.to_string(),
-            got: total,
-            expected: source.size,
-        });
-    }
-    // A LIST time is only minute- (or day-) precise: where the server has MDTM, the local
-    // file and the ledger get the exact second, if it lies in the window the listing showed.
-    let remote_mtime = if !session.features.mlsd && session.features.mdtm {
-        match session.mdtm(&remote).await {
-            Ok(exact) => listing::settle_time(source.mtime, Precision::Day, Some(exact)),
-            Err(e) => {
-                tracing::debug!(path = rel, "MDTM: {e}");
-                source.mtime
-            }
-        }
-    } else {
-        source.mtime
-    };
-    let mtime =
-        std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(remote_mtime).unwrap_or(0));
-    let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        file.set_modified(mtime)?;
-        file.sync_all()
-    })
-    .await
-    .map_err(|e| local_err("sync", std::io::Error::other(e)))?;
-    synced.map_err(|e| local_err("sync", e))?;
-    tokio::fs::rename(&temp_path, &final_path)
-        .await
-        .map_err(|e| local_err("rename into place", e))?;
-    if let Some(dir) = final_path.parent() {
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    let meta = tokio::fs::metadata(&final_path)
-        .await
-        .map_err(|e| local_err("stat", e))?;
-    Ok(Transferred {
-        entry: SyncedEntry {
-            size: total,
-            mtime: meta.modified().map(system_time_ns).unwrap_or(remote_mtime),
-            hash: hasher.finalize(),
-            remote_size: source.size,
-            remote_mtime: Some(remote_mtime),
-        },
-        bytes_moved: received,
-    })
 }
