@@ -231,62 +231,17 @@ impl FileWriter {
         offset: u64,
         len: usize,
     ) -> FileWriter {
-        let (to_writer, mut from_task) = tokio::sync::mpsc::channel(BUFFERS_IN_FLIGHT);
+        let (to_writer, from_task) = tokio::sync::mpsc::channel(BUFFERS_IN_FLIGHT);
         let (empty_tx, empty) = std::sync::mpsc::channel::<Vec<u8>>();
         let (durable_tx, durable) = tokio::sync::mpsc::unbounded_channel();
         let thread = tokio::task::spawn_blocking(move || {
-            let mut w = Written {
+            let w = Written {
                 file,
                 hasher,
                 len: offset,
                 error: None,
             };
-            // Started at the first checkpoint: small files never need it.
-            let mut syncer: Option<(std::sync::mpsc::Sender<u64>, std::thread::JoinHandle<()>)> =
-                None;
-            // The bytes before `offset` were durable when this attempt began.
-            let progress = SharedSyncProgress::default();
-            if let Ok(mut p) = progress.0.lock() {
-                p.durable = offset;
-            }
-            while let Some(msg) = from_task.blocking_recv() {
-                match msg {
-                    ToWriter::Data(buf) => {
-                        if let Some((to_syncer, _)) = &syncer {
-                            wait_for_sync(&progress, to_syncer, w.len);
-                        }
-                        if let Err(e) = std::io::Write::write_all(&mut w.file, &buf) {
-                            w.error = Some(e);
-                            break;
-                        }
-                        w.hasher.update(&buf);
-                        w.len += buf.len() as u64;
-                        let _ = empty_tx.send(buf);
-                    }
-                    ToWriter::Sync => {
-                        if syncer.is_none() {
-                            match w.file.try_clone() {
-                                Ok(f) => {
-                                    syncer =
-                                        Some(start_syncer(f, durable_tx.clone(), progress.clone()))
-                                }
-                                Err(e) => {
-                                    let _ = durable_tx.send(Err(e));
-                                    continue;
-                                }
-                            }
-                        }
-                        if let Some((to_syncer, _)) = &syncer {
-                            let _ = to_syncer.send(w.len);
-                        }
-                    }
-                }
-            }
-            if let Some((to_syncer, thread)) = syncer {
-                drop(to_syncer);
-                let _ = thread.join();
-            }
-            w
+            write_file(w, from_task, empty_tx, durable_tx)
         });
         FileWriter {
             to_writer,
@@ -330,6 +285,61 @@ impl FileWriter {
         drop(self.to_writer);
         self.thread.await.map_err(std::io::Error::other)
     }
+}
+
+/// The thread of a [`FileWriter`]: writes and hashes each buffer from the network task (handing
+/// it back for reuse) and passes the sync requests of checkpoints on to the syncer, started at
+/// the first; ends with the transfer or at the first failed write.
+fn write_file(
+    mut w: Written,
+    mut from_task: tokio::sync::mpsc::Receiver<ToWriter>,
+    empty_tx: std::sync::mpsc::Sender<Vec<u8>>,
+    durable_tx: tokio::sync::mpsc::UnboundedSender<std::io::Result<u64>>,
+) -> Written {
+    // Started at the first checkpoint: small files never need it.
+    let mut syncer: Option<(std::sync::mpsc::Sender<u64>, std::thread::JoinHandle<()>)> = None;
+    // The bytes before the offset it starts at (`w.len`) were durable when this attempt began.
+    let progress = SharedSyncProgress::default();
+    if let Ok(mut p) = progress.0.lock() {
+        p.durable = w.len;
+    }
+    while let Some(msg) = from_task.blocking_recv() {
+        match msg {
+            ToWriter::Data(buf) => {
+                if let Some((to_syncer, _)) = &syncer {
+                    wait_for_sync(&progress, to_syncer, w.len);
+                }
+                if let Err(e) = std::io::Write::write_all(&mut w.file, &buf) {
+                    w.error = Some(e);
+                    break;
+                }
+                w.hasher.update(&buf);
+                w.len += buf.len() as u64;
+                let _ = empty_tx.send(buf);
+            }
+            ToWriter::Sync => {
+                if syncer.is_none() {
+                    match w.file.try_clone() {
+                        Ok(f) => {
+                            syncer = Some(start_syncer(f, durable_tx.clone(), progress.clone()))
+                        }
+                        Err(e) => {
+                            let _ = durable_tx.send(Err(e));
+                            continue;
+                        }
+                    }
+                }
+                if let Some((to_syncer, _)) = &syncer {
+                    let _ = to_syncer.send(w.len);
+                }
+            }
+        }
+    }
+    if let Some((to_syncer, thread)) = syncer {
+        drop(to_syncer);
+        let _ = thread.join();
+    }
+    w
 }
 
 /// Blocks the writer while it is more than [`MAX_UNSYNCED`] bytes ahead of the durable offset,
