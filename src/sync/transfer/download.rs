@@ -344,3 +344,106 @@ async fn put_in_place(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::snapshot::temp_name;
+    use crate::sync::transfer::test_support::loopback_job;
+    use crate::sync::transfer::ByteCounter;
+
+    fn patterned(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    /// The server's file as a listing shows it (whole seconds, as MLSD gives them).
+    fn listed(len: usize) -> Entry {
+        Entry {
+            kind: crate::model::snapshot::Kind::File,
+            size: len as u64,
+            mtime: 1_700_000_000 * 1_000_000_000,
+            hash: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_download_lands_whole_with_the_listed_mtime_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let data = patterned(2 * super::super::CHUNK + 777);
+        std::fs::write(dir.path().join("server/b.bin"), &data).unwrap();
+        let source = listed(data.len());
+        let counter = ByteCounter::default();
+        let ctx = TransferContext {
+            job: &job,
+            ledger: &ledger,
+            counter: &counter,
+            stop: None,
+        };
+        let done = download(&mut session, &ctx, "b.bin", &source)
+            .await
+            .unwrap();
+        let local = dir.path().join("local/b.bin");
+        assert_eq!(std::fs::read(&local).unwrap(), data);
+        assert!(!dir.path().join("local").join(temp_name("b.bin")).exists());
+        assert_eq!(done.bytes_moved, data.len() as u64);
+        assert_eq!(counter.get(), data.len() as u64);
+        assert_eq!(done.entry.size, data.len() as u64);
+        assert_eq!(done.entry.hash, blake3::hash(&data));
+        assert_eq!(done.entry.mtime, source.mtime);
+        assert_eq!(done.entry.remote_mtime, Some(source.mtime));
+        let on_disk = std::fs::metadata(&local).unwrap().modified().unwrap();
+        assert_eq!(system_time_ns(on_disk), source.mtime);
+    }
+
+    #[tokio::test]
+    async fn a_download_resumes_from_the_checkpoint_not_from_what_follows_it_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let data = patterned(3 << 20);
+        std::fs::write(dir.path().join("server/big.bin"), &data).unwrap();
+        let source = listed(data.len());
+        // An earlier attempt: 1 MiB + 5 bytes checkpointed, and unsynced garbage after them.
+        let kept = (1 << 20) + 5;
+        let mut partial = data[..kept].to_vec();
+        partial.extend_from_slice(&[0xEE; 4000]);
+        let temp = dir.path().join("local").join(temp_name("big.bin"));
+        std::fs::write(&temp, &partial).unwrap();
+        ledger
+            .lock()
+            .journal_begin(
+                &job.name,
+                &JournalEntry {
+                    path: "big.bin".into(),
+                    direction: Direction::Pull.to_string(),
+                    temp_name: temp_rel("big.bin"),
+                    size: source.size,
+                    mtime: source.mtime,
+                    hash: None,
+                    offset: 0,
+                },
+            )
+            .unwrap();
+        ledger
+            .lock()
+            .journal_checkpoint(&job.name, "big.bin", kept as u64)
+            .unwrap();
+        let counter = ByteCounter::default();
+        let ctx = TransferContext {
+            job: &job,
+            ledger: &ledger,
+            counter: &counter,
+            stop: None,
+        };
+        let done = download(&mut session, &ctx, "big.bin", &source)
+            .await
+            .unwrap();
+        assert_eq!(done.bytes_moved, (data.len() - kept) as u64);
+        assert_eq!(done.entry.hash, blake3::hash(&data));
+        assert_eq!(
+            std::fs::read(dir.path().join("local/big.bin")).unwrap(),
+            data
+        );
+        assert!(!temp.exists());
+    }
+}

@@ -203,3 +203,40 @@ async fn timed<T>(
         Ok(Ok(v)) => Ok(v),
     }
 }
+
+/// What the unit tests of upload and download share.
+#[cfg(test)]
+mod test_support {
+    use std::path::Path;
+
+    use crate::config::Job;
+    use crate::remote::session::Session;
+    use crate::state::SharedLedger;
+
+    /// A job against the in-process server (push, the default: a download needs only its
+    /// paths), and a connection to it.
+    pub(super) async fn loopback_job(dir: &Path) -> (Job, Session, SharedLedger) {
+        let server = crate::loopback::start(crate::loopback::LoopbackOptions {
+            root: dir.join("server"),
+            cert_dir: dir.join("tls"),
+            user: "u".into(),
+            password: "p".into(),
+            port: None,
+            tls: true,
+        })
+        .await
+        .unwrap();
+        std::fs::create_dir_all(dir.join("local")).unwrap();
+        let yaml = format!(
+            "local: {}\nremote:\n  host: 127.0.0.1\n  port: {}\n  path: /\n  user: u\n  password: p\n  tls:\n    ca_file: {}\n",
+            dir.join("local").display(),
+            server.port,
+            server.cert_pem_path.display()
+        );
+        let job = crate::config::parse_job(&dir.join("t.yaml"), &yaml).unwrap();
+        let tls = crate::remote::tls::TlsContext::new(&job.remote.tls).unwrap();
+        let session = Session::connect(&job.remote, &tls).await.unwrap();
+        let ledger = crate::state::ledger::Ledger::open(&dir.join("state.db")).unwrap();
+        (job, session, SharedLedger::new(ledger))
+    }
+}

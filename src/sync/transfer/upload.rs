@@ -302,36 +302,10 @@ async fn commit(
 mod tests {
     use super::*;
     use crate::model::snapshot::{system_time_ns, temp_name};
-    use crate::state::SharedLedger;
+    use crate::sync::transfer::test_support::loopback_job;
     use crate::sync::transfer::ByteCounter;
     use std::path::Path;
     use std::time::Duration;
-
-    /// A push job against the in-process server, and a connection to it.
-    async fn loopback_job(dir: &Path) -> (Job, Session, SharedLedger) {
-        let server = crate::loopback::start(crate::loopback::LoopbackOptions {
-            root: dir.join("server"),
-            cert_dir: dir.join("tls"),
-            user: "u".into(),
-            password: "p".into(),
-            port: None,
-            tls: true,
-        })
-        .await
-        .unwrap();
-        std::fs::create_dir_all(dir.join("local")).unwrap();
-        let yaml = format!(
-            "local: {}\nremote:\n  host: 127.0.0.1\n  port: {}\n  path: /\n  user: u\n  password: p\n  tls:\n    ca_file: {}\n",
-            dir.join("local").display(),
-            server.port,
-            server.cert_pem_path.display()
-        );
-        let job = crate::config::parse_job(&dir.join("t.yaml"), &yaml).unwrap();
-        let tls = crate::remote::tls::TlsContext::new(&job.remote.tls).unwrap();
-        let session = Session::connect(&job.remote, &tls).await.unwrap();
-        let ledger = crate::state::ledger::Ledger::open(&dir.join("state.db")).unwrap();
-        (job, session, SharedLedger::new(ledger))
-    }
 
     /// The file as a scan that did not hash it saw it (see [`crate::model::plan::local_hash`]).
     fn unhashed_entry(path: &Path) -> Entry {
@@ -384,5 +358,48 @@ mod tests {
             std::fs::read(server_root.join("a.csv")).unwrap(),
             b"new content"
         );
+    }
+
+    #[tokio::test]
+    async fn an_upload_resumes_from_what_the_server_holds_of_the_journaled_transfer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let data: Vec<u8> = (0..3usize << 20).map(|i| (i * 31 % 251) as u8).collect();
+        let local = dir.path().join("local/big.bin");
+        std::fs::write(&local, &data).unwrap();
+        let source = unhashed_entry(&local);
+        // An earlier attempt of the same transfer left 1 MiB + 5 bytes on the server.
+        let kept = (1 << 20) + 5;
+        let server_root = dir.path().join("server");
+        std::fs::write(server_root.join(temp_name("big.bin")), &data[..kept]).unwrap();
+        ledger
+            .lock()
+            .journal_begin(
+                &job.name,
+                &JournalEntry {
+                    path: "big.bin".into(),
+                    direction: Direction::Push.to_string(),
+                    temp_name: temp_rel("big.bin"),
+                    size: source.size,
+                    mtime: source.mtime,
+                    hash: None,
+                    offset: 0,
+                },
+            )
+            .unwrap();
+        let counter = ByteCounter::default();
+        let ctx = TransferContext {
+            job: &job,
+            ledger: &ledger,
+            counter: &counter,
+            stop: None,
+        };
+        let done = upload(&mut session, &ctx, "big.bin", &source)
+            .await
+            .unwrap();
+        assert_eq!(done.bytes_moved, (data.len() - kept) as u64);
+        assert_eq!(done.entry.hash, blake3::hash(&data));
+        assert_eq!(std::fs::read(server_root.join("big.bin")).unwrap(), data);
+        assert!(!server_root.join(temp_name("big.bin")).exists());
     }
 }
