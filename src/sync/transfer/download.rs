@@ -1,0 +1,449 @@
+//! A download, step by step: the resume decision, the temporary file, streaming into it (or
+//! keeping what arrived when that fails), the short-transfer check, the exact mtime, and the
+//! commit (fsync, rename into place, fsync of the directory).
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use super::file_io::{open_at, FileWriter, Written};
+use super::{buffer_len, timed, Checkpoints, TransferContext, TransferError, Transferred};
+use crate::config::Job;
+use crate::model::paths::{local_path, remote_path};
+use crate::model::plan::SyncedEntry;
+use crate::model::policy::Direction;
+use crate::model::snapshot::system_time_ns;
+use crate::model::snapshot::{temp_rel, Entry};
+use crate::remote::listing::{self, Precision};
+use crate::remote::session::{DataStream, Session};
+use crate::state::ledger::JournalEntry;
+
+/// Where the bytes of one download come from and go to.
+struct DownloadPaths<'a> {
+    rel: &'a str,
+    /// The source, on the server.
+    remote: String,
+    /// The target, and the temporary file beside it the bytes are written to.
+    final_path: std::path::PathBuf,
+    temp_path: std::path::PathBuf,
+    /// The temporary file relative to the job's local root (as the journal has it).
+    temp: String,
+}
+
+impl<'a> DownloadPaths<'a> {
+    fn new(job: &Job, rel: &'a str) -> Self {
+        let temp = temp_rel(rel);
+        DownloadPaths {
+            rel,
+            remote: remote_path(&job.remote.path, rel),
+            final_path: local_path(&job.local, rel),
+            temp_path: local_path(&job.local, &temp),
+            temp,
+        }
+    }
+
+    fn local_err(&self, action: &'static str, source: std::io::Error) -> TransferError {
+        TransferError::Local {
+            path: self.final_path.display().to_string(),
+            action,
+            source,
+        }
+    }
+}
+
+/// How the streaming loop of a download ended.
+struct Received {
+    /// Bytes that crossed the network in this attempt.
+    bytes: u64,
+    /// The network's error, if that ended the loop (a write error is in the writer's result).
+    failed: Option<TransferError>,
+    /// Stopped on request at a checkpoint.
+    stopped: bool,
+}
+
+/// Downloads `rel`; returns what the ledger must record once the caller commits it.
+pub(crate) async fn download(
+    session: &mut Session,
+    ctx: &TransferContext<'_>,
+    rel: &str,
+    source: &Entry,
+) -> Result<Transferred, TransferError> {
+    let paths = DownloadPaths::new(ctx.job, rel);
+    let offset = resume_offset(ctx, &paths, source)?;
+    let (hasher, file) = open_temp(&paths, offset).await?;
+    if offset > 0 {
+        tracing::info!(path = rel, offset, "resuming download");
+        session.restart_at(&paths.remote, offset).await?;
+    }
+
+    let mut stream = session.retrieve(&paths.remote).await?;
+    let len = buffer_len(source.size.saturating_sub(offset));
+    let mut writer = FileWriter::start(file, hasher, offset, len);
+    let received = receive(session, ctx, &paths, &mut stream, &mut writer, offset).await?;
+    let written = writer
+        .finish()
+        .await
+        .map_err(|e| paths.local_err("write", e))?;
+    if received.failed.is_some() || received.stopped || written.error.is_some() {
+        drop(stream);
+        return Err(keep_what_arrived(ctx, &paths, written, received.failed).await);
+    }
+    session.finish("RETR", &paths.remote, stream).await?;
+    let Written {
+        file,
+        hasher,
+        len: total,
+        error: _,
+    } = written;
+    check_complete(ctx, &paths, &file, total, source.size).await?;
+
+    let remote_mtime = settle_mtime(session, &paths, source.mtime).await;
+    put_in_place(&paths, file, remote_mtime).await?;
+    let meta = tokio::fs::metadata(&paths.final_path)
+        .await
+        .map_err(|e| paths.local_err("stat", e))?;
+    Ok(Transferred {
+        entry: SyncedEntry {
+            size: total,
+            mtime: meta.modified().map(system_time_ns).unwrap_or(remote_mtime),
+            hash: hasher.finalize(),
+            remote_size: source.size,
+            remote_mtime: Some(remote_mtime),
+        },
+        bytes_moved: received.bytes,
+    })
+}
+
+/// The resume decision: the bytes of this same transfer both on disk and confirmed by the last
+/// checkpoint, or 0 after journaling a fresh transfer.
+fn resume_offset(
+    ctx: &TransferContext<'_>,
+    paths: &DownloadPaths<'_>,
+    source: &Entry,
+) -> Result<u64, TransferError> {
+    // Resume from the bytes both on disk and confirmed by the last checkpoint (the checkpoint
+    // follows an fsync, so those bytes survive even a power cut).
+    let journal = ctx.journal_entry(paths.rel, source.size)?;
+    let kept = journal
+        .filter(|j| {
+            j.direction == Direction::Pull.to_string()
+                && j.temp_name == paths.temp
+                && j.size == source.size
+                && j.mtime == source.mtime
+        })
+        .map(|j| {
+            let on_disk = std::fs::metadata(&paths.temp_path)
+                .map(|m| m.len())
+                .unwrap_or(0);
+            on_disk.min(j.offset)
+        });
+    let offset = kept.unwrap_or(0);
+    if kept.is_none() {
+        ctx.journal_begin(&JournalEntry {
+            path: paths.rel.to_string(),
+            direction: Direction::Pull.to_string(),
+            temp_name: paths.temp.clone(),
+            size: source.size,
+            mtime: source.mtime,
+            hash: None,
+            offset: 0,
+        })?;
+    }
+    Ok(offset)
+}
+
+/// Opens (creating) the temporary file, cut to `offset`, with the BLAKE3 state of the bytes
+/// before it.
+async fn open_temp(
+    paths: &DownloadPaths<'_>,
+    offset: u64,
+) -> Result<(blake3::Hasher, std::fs::File), TransferError> {
+    let opened = {
+        let temp_path = paths.temp_path.clone();
+        tokio::task::spawn_blocking(move || open_at(&temp_path, offset, true))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|opened| opened)
+    };
+    opened.map_err(|e| paths.local_err("open the temporary file", e))
+}
+
+/// Streams the RETR into `writer`, with checkpoints of what an fsync made durable, until the
+/// data connection ends, the network or a write fails, or a stop is requested at a checkpoint.
+async fn receive(
+    session: &Session,
+    ctx: &TransferContext<'_>,
+    paths: &DownloadPaths<'_>,
+    stream: &mut DataStream,
+    writer: &mut FileWriter,
+    offset: u64,
+) -> Result<Received, TransferError> {
+    let mut received = 0u64;
+    let mut checkpoints = Checkpoints::new(offset);
+    // Why the loop ended early: the network's error (set by every pass, before any way out of
+    // the loop), a write error (in the writer's result), or a stop request.
+    let mut failed: Option<TransferError>;
+    let mut stopped = false;
+    loop {
+        let mut buf = writer.buffer();
+        let filled;
+        (filled, failed) = fill(session, &paths.remote, stream, &mut buf).await;
+        if filled > 0 {
+            buf.truncate(filled);
+            if !writer.write(buf).await {
+                break; // the write failed: the writer's result says why
+            }
+            received += filled as u64;
+            ctx.counter.add(filled as u64);
+        }
+        if failed.is_some() || filled == 0 {
+            break;
+        }
+        if checkpoints.due(offset + received) {
+            writer.request_sync().await;
+        }
+        if let Some(durable) = writer.durable().map_err(|e| paths.local_err("sync", e))? {
+            ctx.checkpoint(paths.rel, durable)?;
+            if ctx.stop_requested() {
+                stopped = true;
+                break;
+            }
+        }
+    }
+    Ok(Received {
+        bytes: received,
+        failed,
+        stopped,
+    })
+}
+
+/// Fills `buf` from the data connection (fewer, larger hand-overs to the writer), with the
+/// timeout on every single read; returns the bytes read and the error that ended it early.
+async fn fill(
+    session: &Session,
+    remote: &str,
+    stream: &mut DataStream,
+    buf: &mut [u8],
+) -> (usize, Option<TransferError>) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match timed(session, "RETR", remote, stream.read(&mut buf[filled..])).await {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) => return (filled, Some(e)),
+        }
+    }
+    (filled, None)
+}
+
+/// The failure path of the streaming loop (a network error, a failed write, a stop request):
+/// returns why the transfer failed, a write error first, then the network's, else the stop.
+async fn keep_what_arrived(
+    ctx: &TransferContext<'_>,
+    paths: &DownloadPaths<'_>,
+    written: Written,
+    failed: Option<TransferError>,
+) -> TransferError {
+    let Written {
+        file,
+        hasher: _,
+        len: total,
+        error,
+    } = written;
+    // What arrived is kept, made durable and checkpointed for the next attempt (a full
+    // disk included: the bytes before the failed write stay for a later resume).
+    if tokio::task::spawn_blocking({
+        let file = file.try_clone();
+        move || file.and_then(|f| f.sync_data())
+    })
+    .await
+    .is_ok_and(|synced| synced.is_ok())
+    {
+        let _ = ctx.checkpoint(paths.rel, total);
+    }
+    if let Some(e) = error {
+        return paths.local_err("write", e);
+    }
+    if let Some(e) = failed {
+        return e;
+    }
+    TransferError::Interrupted(paths.rel.to_string())
+}
+
+/// The short-transfer check: a data connection that closed cleanly before `expected` bytes
+/// leaves what arrived durable and checkpointed, and fails the transfer as short (transient:
+/// the next attempt resumes).
+async fn check_complete(
+    ctx: &TransferContext<'_>,
+    paths: &DownloadPaths<'_>,
+    file: &std::fs::File,
+    total: u64,
+    expected: u64,
+) -> Result<(), TransferError> {
+    if total < expected {
+        let synced = tokio::task::spawn_blocking({
+            let file = file.try_clone();
+            move || file.and_then(|f| f.sync_data())
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|synced| synced);
+        synced.map_err(|e| paths.local_err("sync", e))?;
+        ctx.checkpoint(paths.rel, total)?;
+        return Err(TransferError::Short {
+            path: paths.rel.to_string(),
+            got: total,
+            expected,
+        });
+    }
+    Ok(())
+}
+
+/// The file's mtime on the server, as exact as it can be had: the listing's `listed` time,
+/// settled by MDTM where only a LIST (minute- or day-precise) gave it.
+async fn settle_mtime(session: &mut Session, paths: &DownloadPaths<'_>, listed: i64) -> i64 {
+    // A LIST time is only minute- (or day-) precise: where the server has MDTM, the local
+    // file and the ledger get the exact second, if it lies in the window the listing showed.
+    if !session.features.mlsd && session.features.mdtm {
+        match session.mdtm(&paths.remote).await {
+            Ok(exact) => listing::settle_time(listed, Precision::Day, Some(exact)),
+            Err(e) => {
+                tracing::debug!(path = paths.rel, "MDTM: {e}");
+                listed
+            }
+        }
+    } else {
+        listed
+    }
+}
+
+/// Sets the temporary file's mtime, fsyncs it, renames it into place and fsyncs the directory
+/// so that the rename itself is durable.
+async fn put_in_place(
+    paths: &DownloadPaths<'_>,
+    file: std::fs::File,
+    remote_mtime: i64,
+) -> Result<(), TransferError> {
+    let mtime =
+        std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(remote_mtime).unwrap_or(0));
+    let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        file.set_modified(mtime)?;
+        file.sync_all()
+    })
+    .await
+    .map_err(|e| paths.local_err("sync", std::io::Error::other(e)))?;
+    synced.map_err(|e| paths.local_err("sync", e))?;
+    tokio::fs::rename(&paths.temp_path, &paths.final_path)
+        .await
+        .map_err(|e| paths.local_err("rename into place", e))?;
+    if let Some(dir) = paths.final_path.parent() {
+        // Make the rename itself durable.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::snapshot::temp_name;
+    use crate::sync::transfer::test_support::loopback_job;
+    use crate::sync::transfer::ByteCounter;
+
+    fn patterned(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    /// The server's file as a listing shows it (whole seconds, as MLSD gives them).
+    fn listed(len: usize) -> Entry {
+        Entry {
+            kind: crate::model::snapshot::Kind::File,
+            size: len as u64,
+            mtime: 1_700_000_000 * 1_000_000_000,
+            hash: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_download_lands_whole_with_the_listed_mtime_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let data = patterned(2 * super::super::CHUNK + 777);
+        std::fs::write(dir.path().join("server/b.bin"), &data).unwrap();
+        let source = listed(data.len());
+        let counter = ByteCounter::default();
+        let ctx = TransferContext {
+            job: &job,
+            ledger: &ledger,
+            counter: &counter,
+            stop: None,
+        };
+        let done = download(&mut session, &ctx, "b.bin", &source)
+            .await
+            .unwrap();
+        let local = dir.path().join("local/b.bin");
+        assert_eq!(std::fs::read(&local).unwrap(), data);
+        assert!(!dir.path().join("local").join(temp_name("b.bin")).exists());
+        assert_eq!(done.bytes_moved, data.len() as u64);
+        assert_eq!(counter.get(), data.len() as u64);
+        assert_eq!(done.entry.size, data.len() as u64);
+        assert_eq!(done.entry.hash, blake3::hash(&data));
+        assert_eq!(done.entry.mtime, source.mtime);
+        assert_eq!(done.entry.remote_mtime, Some(source.mtime));
+        let on_disk = std::fs::metadata(&local).unwrap().modified().unwrap();
+        assert_eq!(system_time_ns(on_disk), source.mtime);
+    }
+
+    #[tokio::test]
+    async fn a_download_resumes_from_the_checkpoint_not_from_what_follows_it_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let data = patterned(3 << 20);
+        std::fs::write(dir.path().join("server/big.bin"), &data).unwrap();
+        let source = listed(data.len());
+        // An earlier attempt: 1 MiB + 5 bytes checkpointed, and unsynced garbage after them.
+        let kept = (1 << 20) + 5;
+        let mut partial = data[..kept].to_vec();
+        partial.extend_from_slice(&[0xEE; 4000]);
+        let temp = dir.path().join("local").join(temp_name("big.bin"));
+        std::fs::write(&temp, &partial).unwrap();
+        ledger
+            .lock()
+            .journal_begin(
+                &job.name,
+                &JournalEntry {
+                    path: "big.bin".into(),
+                    direction: Direction::Pull.to_string(),
+                    temp_name: temp_rel("big.bin"),
+                    size: source.size,
+                    mtime: source.mtime,
+                    hash: None,
+                    offset: 0,
+                },
+            )
+            .unwrap();
+        ledger
+            .lock()
+            .journal_checkpoint(&job.name, "big.bin", kept as u64)
+            .unwrap();
+        let counter = ByteCounter::default();
+        let ctx = TransferContext {
+            job: &job,
+            ledger: &ledger,
+            counter: &counter,
+            stop: None,
+        };
+        let done = download(&mut session, &ctx, "big.bin", &source)
+            .await
+            .unwrap();
+        assert_eq!(done.bytes_moved, (data.len() - kept) as u64);
+        assert_eq!(done.entry.hash, blake3::hash(&data));
+        assert_eq!(
+            std::fs::read(dir.path().join("local/big.bin")).unwrap(),
+            data
+        );
+        assert!(!temp.exists());
+    }
+}
