@@ -39,7 +39,7 @@ pub struct TlsContext {
     /// control session: it does not require session reuse (see [`Resumption`]).
     unresumed_accepted: Arc<AtomicBool>,
     /// A PASV address was replaced by the control connection's during this run (see
-    /// [`TlsContext::first_passive_substitution`]). The context is the one object every
+    /// [`TlsContext::passive_substitution_note`]). The context is the one object every
     /// connection of a run shares, so this run-wide note lives here too.
     passive_substitution_noted: Arc<AtomicBool>,
 }

@@ -120,7 +120,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN last_poll_at INTEGER;",
     // 3: live progress of a running run, for `status`.
     "ALTER TABLE runs ADD COLUMN progress TEXT;",
-    // 4: a full run reads the rows of one directory at a time (src/walk.rs). `parent` is the
+    // 4: a full run reads the rows of one directory at a time (src/sync/walk.rs). `parent` is the
     // path up to its last `/` (`a/b/c` -> `a/b`, `c` -> ``), computed by SQLite, so every
     // writer of rows keeps it right; rtrim strips every character of the path but `/`.
     "ALTER TABLE entries ADD COLUMN parent TEXT
