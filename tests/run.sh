@@ -90,7 +90,9 @@ source "$work/pureftpd/env"
 source "$work/vsftpd/env"
 # shellcheck disable=SC1091
 source "$work/vsftpd-implicit/env"
-export FERRYSYNC_REQUIRE_VSFTPD=1
+# Every server above must reach the tests: one whose variables are missing fails its tests
+# instead of skipping them (tests/integration/harness/mod.rs, Server::from_env).
+export FERRYSYNC_REQUIRE_SERVERS=1
 
 cargo build --all-targets
 cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"

@@ -44,11 +44,14 @@ fn a_wide_tree_is_listed_on_several_connections() {
     assert_eq!(s.remote_tree(), s.local_tree());
 }
 
-/// ProFTPD listing LIST times in UTC+3 (tests/run.sh starts it so), or `None`, said why.
+/// ProFTPD listing LIST times in UTC+3 (tests/run.sh starts it so), or `None`, said why
+/// (a panic under FERRYSYNC_REQUIRE_SERVERS=1).
 fn proftpd_listing_in_utc_plus_3() -> Option<Server> {
     let server = Server::proftpd()?;
     if std::env::var("FERRYSYNC_PROFTPD_LIST_TZ").as_deref() != Ok("<+03>-3") {
-        eprintln!("skipped: ProFTPD was not started with PROFTPD_LIST_TZ=<+03>-3");
+        harness::missing(
+            "FERRYSYNC_PROFTPD_LIST_TZ is not <+03>-3 (start ProFTPD with PROFTPD_LIST_TZ=\"<+03>-3\")",
+        );
         return None;
     }
     Some(server)
