@@ -547,7 +547,9 @@ pub fn hash_file(path: &Path) -> blake3::Hash {
 }
 
 /// One 1 GiB file for the whole test binary (written once, then hard-linked into each test's
-/// local tree): path and BLAKE3.
+/// local tree): path and BLAKE3. Its directory, in the temp dir (TMPDIR), is removed when the
+/// test binary exits; tests/run.sh points TMPDIR into its work directory, so even a killed
+/// binary leaves nothing behind there.
 pub fn gib_file() -> &'static (PathBuf, blake3::Hash) {
     static FILE: std::sync::OnceLock<(PathBuf, blake3::Hash)> = std::sync::OnceLock::new();
     FILE.get_or_init(|| {
@@ -556,10 +558,38 @@ pub fn gib_file() -> &'static (PathBuf, blake3::Hash) {
             .tempdir()
             .unwrap()
             .keep();
+        remove_at_exit(dir.clone());
         let path = dir.join("1GiB.bin");
         let hash = write_patterned_file(&path, 1 << 30);
         (path, hash)
     })
+}
+
+/// Removes `dir` when the test binary exits. A directory shared by several tests is held by a
+/// static, and statics are never dropped, so a `TempDir` there would outlive the run; libc's
+/// `atexit` runs after the test harness returns from `main`, or calls `exit` on failures.
+fn remove_at_exit(dir: PathBuf) {
+    static DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_dirs() {
+        let dirs = DIRS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for dir in dirs.iter() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    extern "C" {
+        fn atexit(callback: extern "C" fn()) -> std::os::raw::c_int;
+    }
+    REGISTER.call_once(|| {
+        // SAFETY: `atexit` is the C library's (std links it); `remove_dirs` is a plain function
+        // that takes no arguments, does not unwind (it swallows every error) and lives as long
+        // as the process.
+        let rc = unsafe { atexit(remove_dirs) };
+        assert_eq!(rc, 0, "atexit could not register the temp dir cleanup");
+    });
+    DIRS.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(dir);
 }
 
 /// A tree of `files` files spread over nested directories, with empty files, an empty
