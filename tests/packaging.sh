@@ -5,7 +5,8 @@
 # installs, removes and purges it with dpkg to exercise the maintainer scripts.
 #   bash tests/packaging.sh
 # FERRYSYNC_PACKAGING_INSTALL=0 skips the dpkg install cycle (it adds a `ferrysync` system user
-# to this machine, which purge leaves in place by design).
+# to this machine, which purge leaves in place by design; when the user and its group did not
+# exist before the cycle, the script removes them again at its end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,8 +42,17 @@ fi
 
 work=$(mktemp -d /tmp/ferrysync-packaging.XXXXXX)
 installed_by_us=
+user_added_by_us=
+group_added_by_us=
 cleanup() {
   if [[ -n $installed_by_us ]]; then dpkg --purge ferrysync >/dev/null 2>&1 || true; fi
+  # The package's purge keeps its user (by design); a test run does not.
+  if [[ -n $user_added_by_us ]] && getent passwd ferrysync >/dev/null; then
+    userdel ferrysync >/dev/null 2>&1 || echo "packaging: userdel ferrysync failed" >&2
+  fi
+  if [[ -n $group_added_by_us ]] && getent group ferrysync >/dev/null; then
+    groupdel ferrysync >/dev/null 2>&1 || echo "packaging: groupdel ferrysync failed" >&2
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -154,6 +164,8 @@ elif ! dpkg-query -W -f='${Status}\n' adduser ca-certificates 2>/dev/null | grep
   echo "     dpkg install cycle skipped (adduser or ca-certificates is not installed)"
 else
   installed_by_us=1
+  getent passwd ferrysync >/dev/null || user_added_by_us=1
+  getent group ferrysync >/dev/null || group_added_by_us=1
   wants=/etc/systemd/system/multi-user.target.wants/ferrysync.service
   quiet() { "$@" >/dev/null; }
   system_user() {

@@ -6,8 +6,10 @@
 # write-only drop folder), vsftpd (behind NAT: no EPSV, PASV naming 127.0.0.200), ProFTPD (TLS
 # 1.2, HASH, LIST in UTC+3), ProFTPD (TLS 1.2 and 1.3), ProFTPD (implicit, session reuse
 # required) and Pure-FTPd (TLS required on control and data connections); runs every unit and
-# integration test against them and the in-process server; and stops every server again, also
-# when a test fails. Needs root (apt-get, local test users, a tmpfs mount in one test).
+# integration test against them and the in-process server; and stops every server again, which
+# removes the local users their starts created, and removes its work directory (in /tmp; the
+# tests' temp dirs are inside it), also when a test fails. Needs root (apt-get, local test
+# users, a tmpfs mount in one test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,11 @@ fi
 
 work=$(mktemp -d /tmp/ferrysync-tests.XXXXXX)
 chmod 711 "$work" # the vsftpd users must reach their home directories below it
+# The tests' temp dirs (sandboxes, the shared 1 GiB file) and those of the builds go inside the
+# work directory, which cleanup removes: whatever a killed or failed test could not remove
+# does not outlive the run. Mode 1777 like /tmp (a test runs the binary as `nobody`).
+mkdir -m 1777 "$work/tmp"
+export TMPDIR=$work/tmp
 cleanup() {
   bash tests/servers/vsftpd.sh stop "$work/vsftpd" || true
   bash tests/servers/vsftpd.sh stop "$work/vsftpd-implicit" || true
@@ -90,7 +97,9 @@ source "$work/pureftpd/env"
 source "$work/vsftpd/env"
 # shellcheck disable=SC1091
 source "$work/vsftpd-implicit/env"
-export FERRYSYNC_REQUIRE_VSFTPD=1
+# Every server above must reach the tests: one whose variables are missing fails its tests
+# instead of skipping them (tests/integration/harness/mod.rs, Server::from_env).
+export FERRYSYNC_REQUIRE_SERVERS=1
 
 cargo build --all-targets
 cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"

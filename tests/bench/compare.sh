@@ -43,7 +43,8 @@
 #   BENCH_VSFTPD_USER, BENCH_PUREFTPD_USER, BENCH_PROFTPD_USER   local users the server scripts
 #                                    create (defaults fsbench-vs, fsbench-pure, fsbench-pro;
 #                                    never the test suite's ferrysync-* users, whose passwords
-#                                    the suite resets)
+#                                    the suite resets and which its servers' stop removes);
+#                                    the cleanup's stop removes the ones this run created
 #   BENCH_PASV_BASE=45000            passive ports: vsftpd BASE..+99, Pure-FTPd +100..+199,
 #                                    ProFTPD +200..+299
 # Needs root (the server scripts create users and start servers); installs lftp, rclone and

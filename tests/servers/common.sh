@@ -165,7 +165,8 @@ stop_instance() {
   return 0
 }
 
-# `stop DIR`: stops the server started for DIR; never fails.
+# `stop DIR`: stops the server started for DIR, and removes the local user if the start for
+# DIR created it; never fails.
 cmd_stop() {
   local dir=$1
   if [[ ! -d $dir ]]; then
@@ -175,6 +176,45 @@ cmd_stop() {
   dir=$(cd "$dir" && pwd -P)
   stop_instance "$dir" || true
   log "$DAEMON for $dir is stopped"
+  remove_created_user "$dir" || true
+}
+
+# ---- the local user: a start that creates it says so in DIR/created-user, and the stop for
+# DIR removes that user again, so test runs leave no accounts behind. A user that existed
+# before the start (someone else's, or one a crashed run left) is never removed.
+
+# Creates the local user FTP_USER with `useradd ARGS...` and records it in DIR/created-user.
+create_user() {
+  local dir=$1
+  shift
+  log "creating user $FTP_USER"
+  useradd "$@" "$FTP_USER" || die "useradd $FTP_USER failed"
+  printf '%s\n' "$FTP_USER" >"$dir/created-user"
+}
+
+# Removes the user named in DIR/created-user (and, as userdel does, its group of the same name),
+# then the record. Its server is stopped by then; userdel refuses while a process of the user
+# is still exiting, so it is tried for up to STOP_TIMEOUT seconds.
+remove_created_user() {
+  local dir=$1 user i
+  [[ -f $dir/created-user ]] || return 0
+  user=$(head -n 1 "$dir/created-user")
+  if ! [[ $user =~ ^[a-z_][a-z0-9_-]{0,30}$ ]] || [[ $user == root ]]; then
+    log "not removing '$user' named in $dir/created-user: not a test user name"
+    return 0
+  fi
+  if getent passwd "$user" >/dev/null; then
+    for ((i = 0; i < STOP_TIMEOUT * 5; i++)); do
+      userdel "$user" 2>/dev/null && break
+      sleep 0.2
+    done
+    if getent passwd "$user" >/dev/null; then
+      log "userdel $user failed; the user stays (remove it with: userdel $user)"
+      return 0
+    fi
+    log "removed user $user"
+  fi
+  rm -f "$dir/created-user"
 }
 
 # ---- servers unpacked from Debian packages rather than installed (they conflict with vsftpd:
@@ -391,9 +431,8 @@ ensure_file_user_account() {
   local dir=$1 home=$2 comment=$3
   [[ $FTP_USER != root ]] || die "refusing to use root as the FTP test user"
   if ! getent passwd "$FTP_USER" >/dev/null; then
-    log "creating user $FTP_USER"
-    useradd --system --user-group --no-create-home --home-dir "$home" --shell /usr/sbin/nologin \
-      --comment "$comment" "$FTP_USER" || die "useradd $FTP_USER failed"
+    create_user "$dir" --system --user-group --no-create-home --home-dir "$home" \
+      --shell /usr/sbin/nologin --comment "$comment"
   fi
   (($(id -u "$FTP_USER") != 0)) || die "user $FTP_USER has uid 0"
   mkdir -p "$home"

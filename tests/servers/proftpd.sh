@@ -3,7 +3,7 @@
 # for ferrysync's integration tests. Must run as root (Debian 12 / ProFTPD 1.3.8).
 #
 #   bash tests/servers/proftpd.sh start DIR   # fetch if needed, configure, start
-#   bash tests/servers/proftpd.sh stop  DIR   # stop the proftpd started for DIR
+#   bash tests/servers/proftpd.sh stop  DIR   # stop the proftpd started for DIR, remove the user it created
 #
 # After `start`, `source DIR/env` exports FERRYSYNC_PROFTPD_{HOST,PORT,USER,
 # PASSWORD_FILE,CA,ROOT,LOG}. See tests/servers/README.md.
@@ -56,7 +56,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 usage() {
   cat >&2 <<EOF
 usage: bash $0 start DIR   (fetch, configure and start proftpd; writes DIR/env)
-       bash $0 stop DIR    (stop the proftpd started for DIR; never fails)
+       bash $0 stop DIR    (stop the proftpd started for DIR, remove the user it created; never fails)
 EOF
   exit 2
 }

@@ -4,7 +4,7 @@
 # 1.0.50).
 #
 #   bash tests/servers/pureftpd.sh start DIR   # fetch if needed, configure, start
-#   bash tests/servers/pureftpd.sh stop  DIR   # stop the pure-ftpd started for DIR
+#   bash tests/servers/pureftpd.sh stop  DIR   # stop the pure-ftpd started for DIR, remove the user it created
 #
 # After `start`, `source DIR/env` exports FERRYSYNC_PUREFTPD_{HOST,PORT,USER,
 # PASSWORD_FILE,CA,ROOT,LOG}. See tests/servers/README.md.
@@ -51,7 +51,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 usage() {
   cat >&2 <<EOF
 usage: bash $0 start DIR   (fetch, configure and start pure-ftpd; writes DIR/env)
-       bash $0 stop DIR    (stop the pure-ftpd started for DIR; never fails)
+       bash $0 stop DIR    (stop the pure-ftpd started for DIR, remove the user it created; never fails)
 EOF
   exit 2
 }

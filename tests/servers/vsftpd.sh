@@ -3,7 +3,7 @@
 # for ferrysync's integration tests. Must run as root (Debian 12 / vsftpd 3.0.3).
 #
 #   bash tests/servers/vsftpd.sh start DIR   # install if needed, configure, start
-#   bash tests/servers/vsftpd.sh stop  DIR   # stop the vsftpd started for DIR
+#   bash tests/servers/vsftpd.sh stop  DIR   # stop the vsftpd started for DIR, remove the user it created
 #
 # After `start`, `source DIR/env` exports FERRYSYNC_VSFTPD_{HOST,PORT,USER,
 # PASSWORD_FILE,CA,ROOT,LOG}. See tests/servers/README.md.
@@ -40,7 +40,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 usage() {
   cat >&2 <<EOF
 usage: bash $0 start DIR   (install, configure and start vsftpd; writes DIR/env)
-       bash $0 stop DIR    (stop the vsftpd started for DIR; never fails)
+       bash $0 stop DIR    (stop the vsftpd started for DIR, remove the user it created; never fails)
 EOF
   exit 2
 }
@@ -79,9 +79,8 @@ make_user() {
   [[ $FTP_USER != root ]] || die "refusing to use root as the FTP test user"
   grep -qx '/bin/bash' /etc/shells || die "/bin/bash is not listed in /etc/shells (PAM pam_shells would refuse the login)"
   if ! getent passwd "$FTP_USER" >/dev/null; then
-    log "creating user $FTP_USER"
-    useradd --no-create-home --home-dir "$home" --shell /bin/bash \
-      --comment "ferrysync FTP test user" "$FTP_USER" || die "useradd $FTP_USER failed"
+    create_user "$dir" --no-create-home --home-dir "$home" --shell /bin/bash \
+      --comment "ferrysync FTP test user"
   else
     local cur_home cur_shell
     cur_home=$(getent passwd "$FTP_USER" | cut -d: -f6)

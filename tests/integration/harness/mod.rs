@@ -15,6 +15,30 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
+/// The switch tests/run.sh sets: every server a test asks for must be there (and so must what
+/// else the suite needs, such as a tmpfs mount), and a missing one fails the test instead of
+/// skipping it.
+pub const REQUIRE_SERVERS: &str = "FERRYSYNC_REQUIRE_SERVERS";
+
+/// The switch's first name, from when it covered vsftpd alone; still honoured, so a CI
+/// configuration that sets it keeps failing on a missing server.
+const REQUIRE_SERVERS_OLD_NAME: &str = "FERRYSYNC_REQUIRE_VSFTPD";
+
+/// Whether [`REQUIRE_SERVERS`] (or its old name) is set to 1.
+pub fn servers_required() -> bool {
+    [REQUIRE_SERVERS, REQUIRE_SERVERS_OLD_NAME]
+        .iter()
+        .any(|v| std::env::var(v).as_deref() == Ok("1"))
+}
+
+/// Something a test needs is missing: under [`REQUIRE_SERVERS`] the test fails with `why`;
+/// otherwise it is skipped, said once on stderr, and the caller returns.
+#[track_caller]
+pub fn missing(why: &str) {
+    assert!(!servers_required(), "{REQUIRE_SERVERS}=1 but {why}");
+    eprintln!("skipped: {why}");
+}
+
 /// Where a test's FTPS server comes from.
 pub struct Server {
     pub kind: &'static str,
@@ -84,9 +108,10 @@ impl Server {
         }
     }
 
-    /// vsftpd as started by tests/servers/vsftpd.sh (`source DIR/env`). `None` (and a note on
-    /// stderr) when it is not running, unless FERRYSYNC_REQUIRE_VSFTPD=1, as in CI, where a
-    /// missing server fails the test instead of skipping it.
+    /// vsftpd as started by tests/servers/vsftpd.sh (`source DIR/env`). Like every accessor of
+    /// a server that tests/servers/*.sh start: `None`, said on stderr, when its variables are
+    /// not set, so a plain `cargo test` skips the test; under FERRYSYNC_REQUIRE_SERVERS=1
+    /// (tests/run.sh) a panic naming the variable, so a missing server fails the suite.
     pub fn vsftpd() -> Option<Server> {
         Self::from_env("FERRYSYNC_VSFTPD", "explicit")
     }
@@ -152,24 +177,32 @@ impl Server {
         Self::from_env("FERRYSYNC_VSFTPD_NAT", "explicit")
     }
 
+    /// The server whose tests/servers/*.sh wrote `{prefix}_{PORT,USER,PASSWORD_FILE,CA,ROOT}`
+    /// into the environment; see [`Server::vsftpd`] for what happens when they are missing.
     fn from_env(prefix: &str, security: &'static str) -> Option<Server> {
         let var = |k: &str| std::env::var(format!("{prefix}_{k}")).ok();
         let Some(port) = var("PORT") else {
-            assert!(
-                std::env::var("FERRYSYNC_REQUIRE_VSFTPD").as_deref() != Ok("1"),
-                "FERRYSYNC_REQUIRE_VSFTPD=1 but {prefix}_PORT is not set: start its server with tests/servers/*.sh (see tests/run.sh)"
-            );
-            eprintln!("skipped: {prefix}_PORT is not set (bash tests/servers/NAME.sh start DIR; source DIR/env)");
+            missing(&format!(
+                "{prefix}_PORT is not set: its server is not running \
+                 (bash tests/servers/NAME.sh start DIR; source DIR/env; tests/run.sh starts them all)"
+            ));
             return None;
+        };
+        let required = |k: &str| {
+            var(k).unwrap_or_else(|| {
+                panic!("{prefix}_PORT is set but {prefix}_{k} is not: source the server's DIR/env")
+            })
         };
         Some(Server {
             kind: "vsftpd",
             security,
-            port: port.parse().unwrap(),
-            user: var("USER").unwrap(),
-            password_file: var("PASSWORD_FILE").unwrap().into(),
-            ca: var("CA").unwrap().into(),
-            root: var("ROOT").unwrap().into(),
+            port: port
+                .parse()
+                .unwrap_or_else(|_| panic!("{prefix}_PORT={port:?} is not a port number")),
+            user: required("USER"),
+            password_file: required("PASSWORD_FILE").into(),
+            ca: required("CA").into(),
+            root: required("ROOT").into(),
             _runtime: None,
             _dir: None,
         })
@@ -514,7 +547,9 @@ pub fn hash_file(path: &Path) -> blake3::Hash {
 }
 
 /// One 1 GiB file for the whole test binary (written once, then hard-linked into each test's
-/// local tree): path and BLAKE3.
+/// local tree): path and BLAKE3. Its directory, in the temp dir (TMPDIR), is removed when the
+/// test binary exits; tests/run.sh points TMPDIR into its work directory, so even a killed
+/// binary leaves nothing behind there.
 pub fn gib_file() -> &'static (PathBuf, blake3::Hash) {
     static FILE: std::sync::OnceLock<(PathBuf, blake3::Hash)> = std::sync::OnceLock::new();
     FILE.get_or_init(|| {
@@ -523,10 +558,38 @@ pub fn gib_file() -> &'static (PathBuf, blake3::Hash) {
             .tempdir()
             .unwrap()
             .keep();
+        remove_at_exit(dir.clone());
         let path = dir.join("1GiB.bin");
         let hash = write_patterned_file(&path, 1 << 30);
         (path, hash)
     })
+}
+
+/// Removes `dir` when the test binary exits. A directory shared by several tests is held by a
+/// static, and statics are never dropped, so a `TempDir` there would outlive the run; libc's
+/// `atexit` runs after the test harness returns from `main`, or calls `exit` on failures.
+fn remove_at_exit(dir: PathBuf) {
+    static DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_dirs() {
+        let dirs = DIRS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for dir in dirs.iter() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    extern "C" {
+        fn atexit(callback: extern "C" fn()) -> std::os::raw::c_int;
+    }
+    REGISTER.call_once(|| {
+        // SAFETY: `atexit` is the C library's (std links it); `remove_dirs` is a plain function
+        // that takes no arguments, does not unwind (it swallows every error) and lives as long
+        // as the process.
+        let rc = unsafe { atexit(remove_dirs) };
+        assert_eq!(rc, 0, "atexit could not register the temp dir cleanup");
+    });
+    DIRS.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(dir);
 }
 
 /// A tree of `files` files spread over nested directories, with empty files, an empty

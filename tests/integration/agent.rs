@@ -331,7 +331,8 @@ fn sighup_starts_new_jobs_and_keeps_the_old_version_of_a_broken_one() {
 }
 
 /// The numbers for the closing note: 20 trials of file closed -> renamed into place on
-/// the server, with `debounce: 1s`. `cargo test --test sync agent::measure -- --ignored --nocapture`
+/// the server, with `debounce: 1s`.
+/// `cargo test --test integration agent::measure -- --ignored --nocapture`
 #[test]
 #[ignore]
 fn measure_watch_latency_and_a_burst_of_1000() {

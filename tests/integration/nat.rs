@@ -121,9 +121,7 @@ fn active_mode_push_and_pull_with_vsftpd_over_eprt() {
     let Some(server) = Server::vsftpd() else {
         return;
     };
-    let Ok(log) = std::env::var("FERRYSYNC_VSFTPD_LOG") else {
-        return;
-    };
+    let log = crate::harness::vsftpd_log();
     let ports = format!(
         "active_ports: {}-{}",
         ACTIVE_PORTS.start(),

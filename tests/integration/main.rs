@@ -1,0 +1,19 @@
+//! The integration tests, one test binary (`cargo test --test integration`): the `ferrysync`
+//! binary against real FTPS servers on 127.0.0.1. Every scenario runs against the in-process
+//! loopback server, and against vsftpd (explicit and implicit), ProFTPD (explicit and implicit)
+//! and Pure-FTPd when tests/servers/*.sh have started them (tests/run.sh does, and sets
+//! FERRYSYNC_REQUIRE_SERVERS=1 so none can be skipped there). No test mocks the FTP protocol.
+//!
+//! `harness` is the fluent harness (servers, sandboxes, the fault proxy); `scenarios` holds the
+//! scenarios run once per server; the other modules are named for what they test.
+
+mod agent;
+mod cli;
+mod fault_proxy_selftest;
+mod harness;
+mod listings;
+mod nat;
+mod restricted_servers;
+mod resume;
+mod scenarios;
+mod tls;
