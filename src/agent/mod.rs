@@ -31,7 +31,8 @@ use crate::model::scope::Scope;
 use crate::state::ledger::JobRecord;
 use crate::state::ledger::{Outcome, RunCounts};
 use crate::state::SharedLedger;
-use crate::sync::run::{run_job, RunOptions};
+use crate::sync::options::RunOptions;
+use crate::sync::run::run_job;
 
 /// The default number of jobs that may run at the same time.
 pub const DEFAULT_MAX_RUNS: usize = 4;

@@ -7,6 +7,7 @@
 //!
 //! May import: `model`.
 
+pub(crate) mod choices;
 pub(crate) mod filter;
 pub(crate) mod job;
 pub(crate) mod policy;
@@ -17,14 +18,12 @@ pub(crate) mod trigger;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use choices::{DataMode, Listing, PassiveAddress, Security};
 pub use filter::PathFilter;
 pub(crate) use job::job_files;
 pub use job::{find_job, load_job, load_jobs, parse_job, Job};
 pub use policy::{RetryPolicy, UploadOptions};
-pub use remote::{
-    DataMode, Fingerprint, ListTimeOffset, Listing, PassiveAddress, Remote, Secret, Security,
-    TlsOptions,
-};
+pub use remote::{Fingerprint, ListTimeOffset, Remote, Secret, TlsOptions};
 pub use trigger::Schedule;
 
 /// A configuration error, already formatted as `file:line:col: reason`.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::remote::{DataMode, Listing, PassiveAddress, Security};
+use super::choices::{DataMode, Listing, PassiveAddress, Security};
 use crate::model::policy::{Direction, SyncMode};
 
 #[derive(Debug, Deserialize)]

@@ -16,8 +16,10 @@ use suppaftp::{FtpError, Status};
 use crate::config::{Listing, Remote, Security};
 use crate::remote::error::{map_err, reply_text, timeout_err, FtpsError};
 use crate::remote::features::Features;
-use crate::remote::session::FtpStream;
-use crate::remote::tls::{Resumption, TlsConnector, TlsContext};
+use crate::remote::tls::{FlushingTlsStream, Resumption, TlsConnector, TlsContext};
+
+/// A control connection: suppaftp's, over ferrysync's TLS stream.
+pub type FtpStream = suppaftp::tokio::ImplAsyncFtpStream<FlushingTlsStream>;
 
 /// How long resolving the host, and opening the TCP connection (with the TLS handshake for
 /// implicit FTPS), may take.

@@ -13,6 +13,7 @@ pub(crate) mod listing;
 pub(crate) mod session;
 pub(crate) mod tls;
 
+pub use connect::FtpStream;
 pub use error::FtpsError;
-pub use session::{FtpStream, Session};
+pub use session::Session;
 pub use tls::{fingerprint, TlsContext};

@@ -10,20 +10,18 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use suppaftp::tokio::{AsyncDataStream, AsyncTlsConnector, ImplAsyncFtpStream, TransferStream};
+use suppaftp::tokio::{AsyncDataStream, AsyncTlsConnector, TransferStream};
 use suppaftp::{FtpError, Mode, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::config::{DataMode, PassiveAddress, Remote};
-use crate::remote::connect::{Control, Dialer};
+use crate::remote::connect::{Control, Dialer, FtpStream};
 use crate::remote::data_channel::{self, ActiveTransfer};
 use crate::remote::error::{map_err, reply_text, timeout_err, FtpsError};
 use crate::remote::features::{
     check_listing_complete, listing_limit, sha256_in_reply, Features, Sha256Command,
 };
 use crate::remote::tls::{FlushingTlsStream, TlsConnector, TlsContext};
-
-pub type FtpStream = ImplAsyncFtpStream<FlushingTlsStream>;
 
 /// The replies that end a successful transfer.
 const TRANSFER_COMPLETE: &[Status] =

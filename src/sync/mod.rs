@@ -7,6 +7,7 @@
 
 pub(crate) mod destination;
 pub(crate) mod error;
+pub(crate) mod options;
 pub(crate) mod report;
 pub(crate) mod retry;
 pub(crate) mod run;
@@ -17,5 +18,6 @@ pub(crate) mod walk;
 pub(crate) mod workers;
 
 pub use error::RunError;
+pub use options::{ProgressObserver, RunOptions, TransferProgress};
 pub use report::{human_bytes, RunReport};
-pub use run::{run_job, ProgressObserver, RunOptions, TransferProgress};
+pub use run::run_job;

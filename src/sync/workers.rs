@@ -21,9 +21,9 @@ use crate::remote::session::Session;
 use crate::remote::tls::TlsContext;
 use crate::state::ledger::{PathFailure, RunProgress};
 use crate::state::SharedLedger;
+use crate::sync::options::{RunOptions, TransferProgress};
 use crate::sync::report::RunReport;
 use crate::sync::retry::Attempts;
-use crate::sync::run::{RunOptions, TransferProgress};
 use crate::sync::survey::note_tls12_fallback;
 use crate::sync::transfer::{self, ByteCounter, TransferContext, TransferError, Transferred};
 
