@@ -35,7 +35,11 @@ pub struct Job {
     pub catch_up: bool,
     pub filter: PathFilter,
     pub transfers: usize,
+    /// `None`: the default limit ([`crate::model::policy::default_max_delete`]).
     pub max_delete: Option<MaxDelete>,
+    /// `allow_empty_source: true`: a mirror run whose source lists no file may delete the
+    /// destination's files (refused otherwise: an unmounted disk looks just like that).
+    pub allow_empty_source: bool,
     pub retries: RetryPolicy,
     pub upload: UploadOptions,
     /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
@@ -91,6 +95,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
         filter,
         transfers: usize::from(transfers),
         max_delete,
+        allow_empty_source: raw.allow_empty_source,
         retries,
         upload,
         warnings: ctx.warnings,

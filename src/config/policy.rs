@@ -1,4 +1,5 @@
-//! How a run treats the server: `retries:`, `upload:` and `max_delete:`.
+//! How a run treats the server: `retries:`, `upload:` and `max_delete:` (with
+//! `allow_empty_source:`, read with the job's other top-level keys).
 
 use std::time::Duration;
 
@@ -177,5 +178,24 @@ mod tests {
         assert_eq!(job.max_delete, Some(MaxDelete::Count(10)));
         assert!(parse(&format!("{GOOD}max_delete: lots\n")).is_err());
         assert!(parse(&format!("{GOOD}max_delete: 150%\n")).is_err());
+        // 100% allows any number; no other spelling turns the limit off.
+        let job = parse(&format!("{GOOD}max_delete: 100%\n")).unwrap();
+        assert_eq!(job.max_delete.unwrap().limit(12), u64::MAX);
+        assert!(parse(&format!("{GOOD}max_delete: unlimited\n")).is_err());
+        // None: the plan applies the default (half of the destination, at least 10).
+        assert_eq!(parse(GOOD).unwrap().max_delete, None);
+        assert_eq!(crate::model::policy::default_max_delete(4), 10);
+        assert_eq!(crate::model::policy::default_max_delete(1001), 500);
+    }
+
+    #[test]
+    fn an_empty_source_is_refused_unless_the_job_allows_it() {
+        assert!(!parse(GOOD).unwrap().allow_empty_source);
+        let job = parse(&format!("{GOOD}allow_empty_source: true\n")).unwrap();
+        assert!(job.allow_empty_source);
+        assert!(parse(&format!("{GOOD}allow_empty_source: yes please\n")).is_err());
+        // Unknown keys stay errors: a misspelt opt-in does not silently stay off.
+        let e = parse(&format!("{GOOD}allow_empty_sources: true\n")).unwrap_err();
+        assert!(e.to_string().contains("allow_empty_sources"), "{e}");
     }
 }

@@ -28,6 +28,8 @@ pub(super) struct RawJob {
     pub(super) exclude: Option<PatternList>,
     pub(super) transfers: Option<u16>,
     pub(super) max_delete: Option<RawMaxDelete>,
+    #[serde(default)]
+    pub(super) allow_empty_source: bool,
     pub(super) retries: Option<RawRetries>,
     #[serde(default)]
     pub(super) catch_up: bool,

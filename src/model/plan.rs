@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::model::policy::{Direction, MaxDelete, SyncMode};
+use crate::model::policy::{default_max_delete, Direction, MaxDelete, SyncMode};
 use crate::model::snapshot::{Entry, Kind, Snapshot};
 
 /// What the ledger remembers of one synced file.
@@ -180,6 +180,67 @@ pub enum PlanError {
         dest_files: u64,
         max: String,
     },
+    /// The job sets no `max_delete`, and the run would delete more than
+    /// [`crate::model::policy::default_max_delete`] allows.
+    #[error(
+        "refusing to delete {wanted} of {dest_files} files on the destination: without max_delete a run may delete half of the destination's files, and at least 10, so {limit}; nothing was changed; set max_delete (a count, a percentage, or 100% for no limit) to allow more"
+    )]
+    TooManyDeletesByDefault {
+        wanted: u64,
+        limit: u64,
+        dest_files: u64,
+    },
+    /// The source lists no file at all while the run would delete files on the destination,
+    /// and the job does not set `allow_empty_source`.
+    #[error(
+        "refusing to delete {wanted} of {dest_files} files on the destination: {} lists no file {}; nothing was changed; set allow_empty_source: true to mirror an emptied source",
+        source_name(*.direction, .source_root),
+        ledger_note(*.direction, *.ledger_files)
+    )]
+    EmptySource {
+        wanted: u64,
+        dest_files: u64,
+        /// The job's synced files in the ledger.
+        ledger_files: u64,
+        direction: Direction,
+        /// Where the source is (the local folder, the remote directory), for the message: the
+        /// plan does not know it; the run names it with [`PlanError::naming_source`].
+        source_root: String,
+    },
+}
+
+impl PlanError {
+    /// The error with the source's location (a local folder, a remote directory) in its text.
+    pub fn naming_source(mut self, root: impl Into<String>) -> PlanError {
+        if let PlanError::EmptySource { source_root, .. } = &mut self {
+            *source_root = root.into();
+        }
+        self
+    }
+}
+
+fn source_name(direction: Direction, root: &str) -> String {
+    let side = match direction {
+        Direction::Push => "the local folder",
+        Direction::Pull => "the remote directory",
+    };
+    if root.is_empty() {
+        side.to_string()
+    } else {
+        format!("{side} {root}")
+    }
+}
+
+fn ledger_note(direction: Direction, ledger_files: u64) -> String {
+    let why = match direction {
+        Direction::Push => "an unmounted disk? a moved folder?",
+        Direction::Pull => "a moved directory? a listing that came back empty?",
+    };
+    match ledger_files {
+        0 => format!("and the job has synced nothing yet ({why})"),
+        1 => format!("while the ledger holds 1 synced file ({why})"),
+        n => format!("while the ledger holds {n} synced files ({why})"),
+    }
 }
 
 /// The options of a job that decide the plan.
@@ -187,11 +248,23 @@ pub enum PlanError {
 pub struct PlanOptions {
     pub direction: Direction,
     pub mode: SyncMode,
+    /// `None`: the job sets none, and [`crate::model::policy::default_max_delete`] applies.
     pub max_delete: Option<MaxDelete>,
     /// The number of files on the whole destination, when the snapshots hold only part of the
     /// tree (an incremental run): `max_delete` is relative to the whole destination, so a
     /// percentage must not shrink to a percentage of the part. `None`: the files of `dest`.
     pub dest_files: Option<u64>,
+    /// `allow_empty_source`: a source that lists no file may empty the destination (a mirror
+    /// refuses that otherwise, see [`PlanError::EmptySource`]), and the default limit then
+    /// does not apply either (an explicit `max_delete` still does).
+    pub allow_empty_source: bool,
+    /// Whether the whole source holds no file, when the snapshots hold only part of the tree
+    /// (an incremental run). `None`: whether the source snapshots hold none.
+    pub source_empty: Option<bool>,
+    /// The job's synced files in the ledger, when the ledger view holds only part of them (an
+    /// incremental run, a full run planned directory by directory), for the refusal's text.
+    /// `None`: the rows handed to the plan.
+    pub ledger_files: Option<u64>,
 }
 
 /// Decides the actions of one run.
@@ -202,14 +275,24 @@ pub fn plan(
     remote: &Snapshot,
 ) -> Result<SyncPlan, PlanError> {
     let decided = decide(opts, ledger, local, remote);
-    let dest = match opts.direction {
-        Direction::Push => remote,
-        Direction::Pull => local,
+    let (source, dest) = match opts.direction {
+        Direction::Push => (local, remote),
+        Direction::Pull => (remote, local),
     };
     let dest_files = opts
         .dest_files
         .unwrap_or_else(|| dest.values().filter(|e| e.kind == Kind::File).count() as u64);
-    check_max_delete(opts.max_delete, decided.delete_files.len(), dest_files)?;
+    let source_empty = opts
+        .source_empty
+        .unwrap_or_else(|| !source.values().any(|e| e.kind == Kind::File));
+    let ledger_files = opts.ledger_files.unwrap_or(ledger.len() as u64);
+    check_deletes(
+        opts,
+        decided.delete_files.len(),
+        dest_files,
+        source_empty,
+        ledger_files,
+    )?;
     Ok(decided.into_plan())
 }
 
@@ -242,21 +325,53 @@ impl Decided {
     }
 }
 
-fn check_max_delete(
-    max: Option<MaxDelete>,
+/// Whether a run may make `wanted` file deletions, checked before any change: a source that
+/// lists no file may not empty the destination unless the job allows it, and no run deletes
+/// more than `max_delete` allows, or the default limit where the job sets none.
+fn check_deletes(
+    opts: PlanOptions,
     wanted: usize,
     dest_files: u64,
+    source_empty: bool,
+    ledger_files: u64,
 ) -> Result<(), PlanError> {
-    let Some(max) = max else { return Ok(()) };
     let wanted = wanted as u64;
-    let limit = max.limit(dest_files);
-    if wanted > limit {
-        return Err(PlanError::TooManyDeletes {
+    if wanted == 0 {
+        return Ok(());
+    }
+    if source_empty && !opts.allow_empty_source {
+        return Err(PlanError::EmptySource {
             wanted,
-            limit,
             dest_files,
-            max: max.to_string(),
+            ledger_files,
+            direction: opts.direction,
+            source_root: String::new(),
         });
+    }
+    match opts.max_delete {
+        Some(max) => {
+            let limit = max.limit(dest_files);
+            if wanted > limit {
+                return Err(PlanError::TooManyDeletes {
+                    wanted,
+                    limit,
+                    dest_files,
+                    max: max.to_string(),
+                });
+            }
+        }
+        // A job that allows an empty source and has one deletes everything by definition.
+        None if source_empty => {}
+        None => {
+            let limit = default_max_delete(dest_files);
+            if wanted > limit {
+                return Err(PlanError::TooManyDeletesByDefault {
+                    wanted,
+                    limit,
+                    dest_files,
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -402,6 +517,9 @@ pub struct TreePlan {
     transfers: Vec<Action>,
     delete_files: Vec<Action>,
     dest_files: u64,
+    /// The files seen on the source side, and the ledger rows handed in.
+    source_files: u64,
+    ledger_rows: u64,
 }
 
 impl TreePlan {
@@ -417,6 +535,8 @@ impl TreePlan {
             transfers: Vec::new(),
             delete_files: Vec::new(),
             dest_files: 0,
+            source_files: 0,
+            ledger_rows: 0,
         }
     }
 
@@ -429,9 +549,9 @@ impl TreePlan {
         local: &Snapshot,
         remote: &Snapshot,
     ) -> DirOutcome {
-        let dest = match self.opts.direction {
-            Direction::Push => remote,
-            Direction::Pull => local,
+        let (source, dest) = match self.opts.direction {
+            Direction::Push => (local, remote),
+            Direction::Pull => (remote, local),
         };
         for (side, other, dirs, against) in [
             (
@@ -467,6 +587,8 @@ impl TreePlan {
             }
         }
         self.dest_files += dest.values().filter(|e| e.kind == Kind::File).count() as u64;
+        self.source_files += source.values().filter(|e| e.kind == Kind::File).count() as u64;
+        self.ledger_rows += ledger.len() as u64;
         let at = |side: &Snapshot, path: &str, dir: bool| {
             side.get(path).is_some_and(|e| e.is_dir() == dir)
         };
@@ -594,7 +716,13 @@ impl TreePlan {
         let mut delete_files = self.delete_files;
         delete_files.append(&mut decided.delete_files);
         let dest_files = self.opts.dest_files.unwrap_or(self.dest_files);
-        check_max_delete(self.opts.max_delete, delete_files.len(), dest_files)?;
+        check_deletes(
+            self.opts,
+            delete_files.len(),
+            dest_files,
+            self.opts.source_empty.unwrap_or(self.source_files == 0),
+            self.opts.ledger_files.unwrap_or(self.ledger_rows),
+        )?;
         let mut transfers = self.transfers;
         transfers.append(&mut decided.transfers);
         Ok(Decided {
@@ -721,12 +849,25 @@ mod tests {
             remote_mtime,
         }
     }
+    /// A job with no limit on deletes and an empty source allowed: the rules of what to do,
+    /// without the safeguards (see [`guarded`]).
     fn opts(direction: Direction, mode: SyncMode) -> PlanOptions {
+        PlanOptions {
+            max_delete: Some(MaxDelete::Percent(100.0)),
+            allow_empty_source: true,
+            ..guarded(direction, mode)
+        }
+    }
+    /// A job as a job file without `max_delete` or `allow_empty_source` makes it.
+    fn guarded(direction: Direction, mode: SyncMode) -> PlanOptions {
         PlanOptions {
             direction,
             mode,
             max_delete: None,
             dest_files: None,
+            allow_empty_source: false,
+            source_empty: None,
+            ledger_files: None,
         }
     }
     fn snap(items: &[(&str, Entry)]) -> Snapshot {
@@ -902,6 +1043,231 @@ mod tests {
                 .unwrap()
                 .deletes(),
             3
+        );
+    }
+
+    /// Three files synced both ways, as the ledger remembers them: `(ledger, local, remote)`.
+    fn three_synced() -> (LedgerView, Snapshot, Snapshot) {
+        let names = ["a", "d/b", "d/c"];
+        let ledger = names
+            .iter()
+            .map(|n| (n.to_string(), synced(n.as_bytes(), 1, Some(5))))
+            .collect();
+        let mut local = snap(&[("d", Entry::dir())]);
+        let mut remote = local.clone();
+        for n in names {
+            local.insert(n.to_string(), file(n.as_bytes(), 1));
+            remote.insert(n.to_string(), remote_file(n.len() as u64, 5));
+        }
+        (ledger, local, remote)
+    }
+
+    /// Both planners of a full run: [`plan`] over the whole trees, [`TreePlan`] directory by
+    /// directory; they must agree.
+    fn both_planners(
+        o: PlanOptions,
+        ledger: &LedgerView,
+        local: &Snapshot,
+        remote: &Snapshot,
+    ) -> Result<SyncPlan, PlanError> {
+        let whole = plan(o, ledger, local, remote);
+        let by_dirs = plan_by_directories(o, ledger, local, remote, false, &[]);
+        match (&whole, &by_dirs) {
+            (Ok(w), Ok(d)) => assert_eq!(sorted(&w.actions), sorted(&d.actions)),
+            _ => assert_eq!(whole.clone().err(), by_dirs.err()),
+        }
+        whole
+    }
+
+    #[test]
+    fn an_empty_source_never_empties_the_destination_unless_the_job_allows_it() {
+        for direction in [Direction::Push, Direction::Pull] {
+            let (ledger, local, remote) = three_synced();
+            // The source side lists nothing, or only a directory with nothing in it (a
+            // mount point whose disk is gone).
+            for source in [Snapshot::new(), snap(&[("d", Entry::dir())])] {
+                let (local, remote) = match direction {
+                    Direction::Push => (source.clone(), remote.clone()),
+                    Direction::Pull => (local.clone(), source.clone()),
+                };
+                let o = guarded(direction, SyncMode::Mirror);
+                let e = both_planners(o, &ledger, &local, &remote).unwrap_err();
+                assert_eq!(
+                    e,
+                    PlanError::EmptySource {
+                        wanted: 3,
+                        dest_files: 3,
+                        ledger_files: 3,
+                        direction,
+                        source_root: String::new(),
+                    }
+                );
+                // Even a generous max_delete does not let an empty source through.
+                let generous = PlanOptions {
+                    max_delete: Some(MaxDelete::Percent(100.0)),
+                    ..o
+                };
+                assert_eq!(plan(generous, &ledger, &local, &remote).unwrap_err(), e);
+                // The job opts in: the destination is emptied, the default limit aside.
+                let allowed = PlanOptions {
+                    allow_empty_source: true,
+                    ..o
+                };
+                let p = both_planners(allowed, &ledger, &local, &remote).unwrap();
+                assert_eq!(p.deletes(), 3);
+                // An explicit max_delete still holds.
+                let capped = PlanOptions {
+                    max_delete: Some(MaxDelete::Count(2)),
+                    ..allowed
+                };
+                assert!(matches!(
+                    both_planners(capped, &ledger, &local, &remote),
+                    Err(PlanError::TooManyDeletes {
+                        wanted: 3,
+                        limit: 2,
+                        ..
+                    })
+                ));
+            }
+        }
+        // The text names the count, the source and the option (the job's name is added by
+        // the run).
+        let push = PlanError::EmptySource {
+            wanted: 120,
+            dest_files: 120,
+            ledger_files: 120,
+            direction: Direction::Push,
+            source_root: String::new(),
+        }
+        .naming_source("/srv/out");
+        assert_eq!(
+            push.to_string(),
+            "refusing to delete 120 of 120 files on the destination: the local folder /srv/out lists no file while the ledger holds 120 synced files (an unmounted disk? a moved folder?); nothing was changed; set allow_empty_source: true to mirror an emptied source"
+        );
+        let pull = PlanError::EmptySource {
+            wanted: 2,
+            dest_files: 5,
+            ledger_files: 0,
+            direction: Direction::Pull,
+            source_root: String::new(),
+        }
+        .naming_source("/outbound on ftps.example");
+        assert_eq!(
+            pull.to_string(),
+            "refusing to delete 2 of 5 files on the destination: the remote directory /outbound on ftps.example lists no file and the job has synced nothing yet (a moved directory? a listing that came back empty?); nothing was changed; set allow_empty_source: true to mirror an emptied source"
+        );
+    }
+
+    #[test]
+    fn an_empty_source_with_nothing_to_delete_or_in_copy_mode_is_no_refusal() {
+        let (ledger, local, remote) = three_synced();
+        for direction in [Direction::Push, Direction::Pull] {
+            // Both sides empty: the rows are forgotten, nothing is deleted.
+            let p = both_planners(
+                guarded(direction, SyncMode::Mirror),
+                &ledger,
+                &Snapshot::new(),
+                &Snapshot::new(),
+            )
+            .unwrap();
+            assert_eq!(p.count(|a| matches!(a, Action::Forget { .. })), 3);
+            // Copy mode never deletes, so an empty source changes nothing and is no error.
+            let (l, r) = match direction {
+                Direction::Push => (Snapshot::new(), remote.clone()),
+                Direction::Pull => (local.clone(), Snapshot::new()),
+            };
+            let p = both_planners(guarded(direction, SyncMode::Copy), &ledger, &l, &r).unwrap();
+            assert!(p.actions.iter().all(|a| !a.changes_files()), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn without_max_delete_a_run_deletes_at_most_half_and_always_ten() {
+        // 30 files synced; the source keeps `kept` of them.
+        let setup = |kept: usize| {
+            let mut ledger = LedgerView::new();
+            let (mut local, mut remote) = (Snapshot::new(), Snapshot::new());
+            for i in 0..30 {
+                let name = format!("f{i:02}");
+                ledger.insert(name.clone(), synced(name.as_bytes(), 1, Some(5)));
+                remote.insert(name.clone(), remote_file(name.len() as u64, 5));
+                if i < kept {
+                    local.insert(name.clone(), file(name.as_bytes(), 1));
+                }
+            }
+            (ledger, local, remote)
+        };
+        let o = guarded(Direction::Push, SyncMode::Mirror);
+        let (ledger, local, remote) = setup(14);
+        let e = both_planners(o, &ledger, &local, &remote).unwrap_err();
+        assert_eq!(
+            e,
+            PlanError::TooManyDeletesByDefault {
+                wanted: 16,
+                limit: 15,
+                dest_files: 30
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "refusing to delete 16 of 30 files on the destination: without max_delete a run may delete half of the destination's files, and at least 10, so 15; nothing was changed; set max_delete (a count, a percentage, or 100% for no limit) to allow more"
+        );
+        // Half is allowed; so is any number with max_delete: 100%.
+        let (ledger, local, remote) = setup(15);
+        assert_eq!(
+            both_planners(o, &ledger, &local, &remote)
+                .unwrap()
+                .deletes(),
+            15
+        );
+        let (ledger, local, remote) = setup(1);
+        let all = PlanOptions {
+            max_delete: Some(MaxDelete::Percent(100.0)),
+            ..o
+        };
+        assert_eq!(
+            both_planners(all, &ledger, &local, &remote)
+                .unwrap()
+                .deletes(),
+            29
+        );
+        // A small destination: 3 of 4 files go, under the floor of 10.
+        let (ledger, local, mut remote) = setup(1);
+        remote.retain(|p, _| p.as_str() < "f04");
+        let ledger: LedgerView = ledger
+            .into_iter()
+            .filter(|(p, _)| p.as_str() < "f04")
+            .collect();
+        assert_eq!(
+            both_planners(o, &ledger, &local, &remote)
+                .unwrap()
+                .deletes(),
+            3
+        );
+        // The same for a pull, with the destination's count given (an incremental run).
+        let (ledger, local, remote) = setup(30);
+        let mut pull = guarded(Direction::Pull, SyncMode::Mirror);
+        pull.dest_files = Some(30);
+        let few: Snapshot = remote.into_iter().take(10).collect();
+        assert!(matches!(
+            plan(pull, &ledger, &local, &few),
+            Err(PlanError::TooManyDeletesByDefault {
+                wanted: 20,
+                limit: 15,
+                ..
+            })
+        ));
+        // Copy mode: no limit to meet.
+        assert_eq!(
+            plan(
+                guarded(Direction::Pull, SyncMode::Copy),
+                &ledger,
+                &local,
+                &few
+            )
+            .unwrap()
+            .deletes(),
+            0
         );
     }
 
@@ -1327,6 +1693,7 @@ mod tests {
             ),
             mirror in any::<bool>(),
             max_percent in prop::option::of(0u8..=100),
+            allow_empty in any::<bool>(),
         ) {
             let mode = if mirror { SyncMode::Mirror } else { SyncMode::Copy };
             let mut o = opts(Direction::Push, mode);
@@ -1365,6 +1732,11 @@ mod tests {
             };
             o.max_delete = max_percent.map(|p| MaxDelete::Percent(f64::from(p)));
             o.dest_files = Some(remote.values().filter(|e| e.kind == Kind::File).count() as u64);
+            // What the run knows of the whole source and ledger (a look at the local tree, a
+            // count of the ledger's rows), in both plans.
+            o.allow_empty_source = allow_empty;
+            o.source_empty = Some(!changed_local.values().any(|e| e.kind == Kind::File));
+            o.ledger_files = Some(ledger.len() as u64);
 
             let full = plan(o, &ledger, &changed_local, &remote);
             let part = |m: &Snapshot| -> Snapshot {
@@ -1483,6 +1855,7 @@ mod tests {
             push in any::<bool>(),
             mirror in any::<bool>(),
             max_delete in prop::option::of(0u64..4),
+            allow_empty in any::<bool>(),
             prune in any::<bool>(),
             deferrals in prop::collection::vec(any::<bool>(), 0..8),
         ) {
@@ -1502,7 +1875,10 @@ mod tests {
                 let files: Vec<String> = side.iter().filter(|(_, e)| !e.is_dir()).map(|(p, _)| p.clone()).collect();
                 side.retain(|p, _| !files.iter().any(|f| crate::model::paths::is_under(p, f)));
             }
+            // None: the default limit.
             o.max_delete = max_delete.map(MaxDelete::Count);
+            o.allow_empty_source = allow_empty;
+            o.ledger_files = Some(ledger.len() as u64);
             // The scan of one directory sees every subdirectory; a whole-tree scan prunes.
             let by_dirs = plan_by_directories(o, &ledger, &local, &remote, prune, &deferrals);
             if prune {
@@ -1529,6 +1905,64 @@ mod tests {
             }
         }
 
+        /// After a converged sync the source loses every file (an unmounted disk, a listing
+        /// that came back empty): both planners refuse whenever the destination has a file to
+        /// lose, in both directions, unless the job allows an empty source; copy mode never
+        /// refuses.
+        #[test]
+        fn an_emptied_source_is_refused_by_both_planners(
+            src in tree(),
+            dst in tree(),
+            push in any::<bool>(),
+            mirror in any::<bool>(),
+            keep_dirs in any::<bool>(),
+            allow_empty in any::<bool>(),
+        ) {
+            let dir = if push { Direction::Push } else { Direction::Pull };
+            let mode = if mirror { SyncMode::Mirror } else { SyncMode::Copy };
+            let mut local = local_snap(&src, 10);
+            let mut remote: Snapshot = dst.iter().map(|(p, c)| (p.clone(), c.map(|b| remote_file(u64::from(b % 3) + 1, 5)).unwrap_or_else(Entry::dir))).collect();
+            let mut ledger = LedgerView::new();
+            let p1 = plan(opts(dir, SyncMode::Mirror), &ledger, &local, &remote).unwrap();
+            apply(&p1, dir, &mut ledger, &mut local, &mut remote, 20);
+            // What a real side can hold: nothing below a file (the in-memory executor makes
+            // directories under a conflicting file).
+            for side in [&mut local, &mut remote] {
+                let files: Vec<String> = side.iter().filter(|(_, e)| !e.is_dir()).map(|(p, _)| p.clone()).collect();
+                side.retain(|p, _| !files.iter().any(|f| crate::model::paths::is_under(p, f)));
+            }
+            let source = if push { &mut local } else { &mut remote };
+            source.retain(|_, e| keep_dirs && e.is_dir());
+            let dest = if push { &remote } else { &local };
+            let dest_files = dest.values().filter(|e| !e.is_dir()).count() as u64;
+            let mut o = guarded(dir, mode);
+            o.allow_empty_source = allow_empty;
+            // As the walk gives it: a full run does not hand the plan every row.
+            o.ledger_files = Some(ledger.len() as u64);
+            let whole = plan(o, &ledger, &local, &remote);
+            let by_dirs = plan_by_directories(o, &ledger, &local, &remote, false, &[]);
+            match (&whole, &by_dirs) {
+                (Ok(w), Ok(d)) => prop_assert_eq!(sorted(&w.actions), sorted(&d.actions)),
+                _ => prop_assert_eq!(whole.clone().err(), by_dirs.err()),
+            }
+            // What the run deletes when allowed: every destination file but those that stand
+            // against a source directory (conflicts), none in copy mode.
+            let allowed = plan(PlanOptions { allow_empty_source: true, ..o }, &ledger, &local, &remote).unwrap();
+            let deletes = allowed.deletes() as u64;
+            prop_assert!(deletes <= dest_files && (mirror || deletes == 0));
+            if deletes > 0 && !allow_empty {
+                prop_assert_eq!(whole.err(), Some(PlanError::EmptySource {
+                    wanted: deletes,
+                    dest_files,
+                    ledger_files: ledger.len() as u64,
+                    direction: dir,
+                    source_root: String::new(),
+                }));
+            } else {
+                prop_assert_eq!(whole.unwrap().deletes() as u64, deletes);
+            }
+        }
+
         #[test]
         fn copy_never_deletes(src in tree(), dst in tree(), push in any::<bool>()) {
             let dir = if push { Direction::Push } else { Direction::Pull };
@@ -1548,6 +1982,7 @@ mod tests {
             match plan(o, &LedgerView::new(), &local, &remote) {
                 Ok(p) => prop_assert!(p.deletes() as u64 <= max),
                 Err(PlanError::TooManyDeletes { wanted, limit, .. }) => prop_assert!(wanted > limit),
+                Err(e) => prop_assert!(false, "{e}"),
             }
         }
     }

@@ -48,6 +48,21 @@ pub enum RunError {
     NoConnection,
 }
 
+/// A refused plan as the run reports it: with the job's name, and the source's location
+/// where the refusal names it.
+pub(crate) fn plan_refused(job: &crate::config::Job, source: PlanError) -> RunError {
+    let root = match job.direction {
+        crate::model::policy::Direction::Push => job.local.display().to_string(),
+        crate::model::policy::Direction::Pull => {
+            format!("{} on {}", job.remote.path, job.remote.host)
+        }
+    };
+    RunError::Plan {
+        job: job.name.clone(),
+        source: source.naming_source(root),
+    }
+}
+
 impl RunError {
     /// Whether trying the same run again later may succeed without anyone changing anything:
     /// the server's and the network's transient failures (see [`FtpsError::is_transient`]).

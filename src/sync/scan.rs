@@ -101,6 +101,35 @@ pub fn scan_local_scope(
     Ok(scan)
 }
 
+/// Whether the job's local tree holds a file the job takes (its filter's, not a transfer's
+/// temporary file, not behind a symbolic link), looked for depth first and stopped at the first:
+/// what an incremental run needs to know of the whole source (see `allow_empty_source`). A
+/// directory that cannot be read counts as holding none, as a full run's scan finds none there.
+pub fn local_has_file(root: &Path, filter: &PathFilter) -> bool {
+    let mut dirs = vec![String::new()];
+    while let Some(rel_dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(local_path(root, &rel_dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if is_temp_name(&name) {
+                continue;
+            }
+            let rel = paths::join(&rel_dir, &name);
+            let Ok(ft) = entry.file_type() else { continue };
+            if ft.is_dir() && !filter.excludes(&rel) {
+                dirs.push(rel);
+            } else if ft.is_file() && filter.includes_file(&rel) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// What decides how the local scan takes in a path: the job's filter, the ledger's records
 /// (for the hashes they spare) and the scan's clock (see [`crate::model::plan::local_hash`]).
 struct LocalRules<'a> {
@@ -680,6 +709,29 @@ mod tests {
         assert_eq!(keys, ["d/a.csv", "new", "new/x", "new/x/y.csv"]);
         assert!(s.failures.is_empty(), "{:?}", s.failures);
         assert_eq!(s.hashed, 2);
+    }
+
+    #[test]
+    fn the_look_for_a_local_file_sees_what_the_scan_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let none = PathFilter::new(&[], &[]).unwrap();
+        // An empty folder (an unmounted mount point), then empty directories only.
+        assert!(!local_has_file(root, &none));
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        assert!(!local_has_file(root, &none));
+        // A transfer's temporary file, a symbolic link and an excluded file are not the job's.
+        std::fs::write(root.join("a/.x.ferrysync-part"), b"x").unwrap();
+        std::fs::write(root.join("a/b/skip.tmp"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", root.join("link")).unwrap();
+        let filter = PathFilter::new(&[], &["**/*.tmp".into()]).unwrap();
+        assert!(!local_has_file(root, &filter));
+        assert!(local_has_file(root, &none));
+        let csv = PathFilter::new(&["**/*.csv".into()], &[]).unwrap();
+        assert!(!local_has_file(root, &csv));
+        std::fs::write(root.join("a/b/x.csv"), b"x").unwrap();
+        assert!(local_has_file(root, &csv));
+        assert!(!local_has_file(&root.join("missing"), &none));
     }
 
     #[test]

@@ -8,14 +8,15 @@ use std::time::Instant;
 
 use crate::config::Job;
 use crate::model::plan::{plan, spare as spare_unreadable, LedgerView, PlanOptions, SyncPlan};
+use crate::model::policy::Direction;
 use crate::model::scope::Scope;
 use crate::remote::session::Session;
 use crate::remote::tls::TlsContext;
 use crate::state::ledger::PathFailure;
 use crate::state::SharedLedger;
-use crate::sync::error::RunError;
+use crate::sync::error::{plan_refused, RunError};
 use crate::sync::retry::with_retries;
-use crate::sync::scan::{scan_local_scope, scan_remote_scope, Scan};
+use crate::sync::scan::{local_has_file, scan_local_scope, scan_remote_scope, Scan};
 use crate::sync::walk::walk;
 
 /// Both sides of a job as a run found them, and the plan made of them.
@@ -133,6 +134,24 @@ pub(crate) async fn survey_scope(
         session.quit().await;
         return Ok(None);
     };
+    // Whether the whole source is empty (see `allow_empty_source`): the scope's part holds a
+    // file, or else a look at the local tree that stops at the first file the job takes.
+    let has_file = |s: &crate::model::snapshot::Snapshot| s.values().any(|e| !e.is_dir());
+    let source_empty = match job.direction {
+        Direction::Push if has_file(&local.snapshot) => false,
+        Direction::Push => {
+            let (root, filter) = (job.local.clone(), job.filter.clone());
+            !tokio::task::spawn_blocking(move || local_has_file(&root, &filter))
+                .await
+                .map_err(|_| RunError::Task("local scan"))?
+        }
+        Direction::Pull if has_file(&remote.snapshot) => false,
+        Direction::Pull => {
+            tracing::info!("the changed paths hold no remote file; looking at everything");
+            session.quit().await;
+            return Ok(None);
+        }
+    };
     tracing::info!(
         local = local.snapshot.len(),
         hashed = local.hashed,
@@ -145,14 +164,12 @@ pub(crate) async fn survey_scope(
         mode: job.mode,
         max_delete: job.max_delete,
         dest_files: Some(dest_files),
+        allow_empty_source: job.allow_empty_source,
+        source_empty: Some(source_empty),
+        ledger_files: Some(dest_files),
     };
-    let mut the_plan =
-        plan(options, &view, &local.snapshot, &remote.snapshot).map_err(|source| {
-            RunError::Plan {
-                job: job.name.clone(),
-                source,
-            }
-        })?;
+    let mut the_plan = plan(options, &view, &local.snapshot, &remote.snapshot)
+        .map_err(|source| plan_refused(job, source))?;
     spare_unreadable(&mut the_plan, &local.unreadable);
     let mut failures = local.failures;
     failures.extend(remote.failures);

@@ -20,13 +20,15 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::config::{Job, ListTimeOffset, PathFilter};
-use crate::model::plan::{Action, DirVisit, LedgerView, PlanOptions, SyncPlan, TreePlan};
+use crate::model::plan::{
+    Action, DirVisit, LedgerView, PlanError, PlanOptions, SyncPlan, TreePlan,
+};
 use crate::model::policy::Direction;
 use crate::remote::session::Session;
 use crate::remote::tls::TlsContext;
 use crate::state::ledger::PathFailure;
 use crate::state::SharedLedger;
-use crate::sync::error::RunError;
+use crate::sync::error::{plan_refused, RunError};
 use crate::sync::scan::{scan_local_dir, ListTimes, RemoteListing, Scan};
 
 /// Both trees as a full run found them, and what to do about them.
@@ -208,6 +210,9 @@ pub async fn walk(
             mode: job.mode,
             max_delete: job.max_delete,
             dest_files: None,
+            allow_empty_source: job.allow_empty_source,
+            source_empty: None,
+            ledger_files: Some(ledger.lock().entry_count(&job.name)?),
         }),
         got: Gathered::default(),
         offset: match job.remote.list_time_offset {
@@ -272,12 +277,17 @@ pub async fn walk(
         .extend(unvisited.into_iter().map(|path| Action::Forget { path }));
     flush_ledger(job, ledger, &mut got, write_ledger, 0)?;
 
-    let mut plan = tree
-        .finish(job.filter.has_includes())
-        .map_err(|source| RunError::Plan {
-            job: job.name.clone(),
-            source,
-        })?;
+    let mut plan = match tree.finish(job.filter.has_includes()) {
+        Ok(plan) => plan,
+        // A pull whose remote directory is missing lists no file: the run fails with
+        // `RemoteRootMissing` before it acts, which says more than that the source is empty.
+        Err(PlanError::EmptySource { .. })
+            if got.found.root_missing && job.direction == Direction::Pull =>
+        {
+            SyncPlan::default()
+        }
+        Err(source) => return Err(plan_refused(job, source)),
+    };
     plan.actions.append(&mut got.ledger_only);
     Ok(Walked {
         plan,
