@@ -37,6 +37,9 @@ against_servers!(
     wrong_pin_changes_nothing,
     untrusted_certificate_changes_nothing,
     max_delete_refuses_before_any_change,
+    an_emptied_push_source_changes_nothing,
+    an_emptied_pull_source_changes_nothing,
+    without_max_delete_at_most_half_is_deleted,
     dry_run_changes_nothing,
     binary_files_survive_byte_for_byte,
     one_gib_file_push_then_pull,
@@ -280,6 +283,91 @@ pub fn max_delete_refuses_before_any_change(server: &Server) {
     );
     s.job("j", "max_delete: 5\n");
     s.sync("j").expect_code(0);
+    assert_eq!(s.remote_tree(), s.local_tree());
+}
+
+/// A push job whose local folder is suddenly empty (an unmounted disk) must not empty the
+/// partner's server; once the job says so, it may.
+pub fn an_emptied_push_source_changes_nothing(server: &Server) {
+    let s = Sandbox::new(server, "emptypush");
+    for i in 0..20 {
+        s.write_local(&format!("d/f{i}"), format!("{i}").as_bytes());
+    }
+    s.job("j", "");
+    s.sync("j").expect_code(0);
+    // The mount point is there, empty.
+    std::fs::remove_dir_all(s.local.join("d")).unwrap();
+    let before = s.remote_tree();
+    s.sync("j")
+        .expect_code(1)
+        .expect_output("job j: refusing to delete 20 of 20 files")
+        .expect_output("lists no file")
+        .expect_output("allow_empty_source: true");
+    assert_eq!(s.remote_tree(), before, "a refused plan changes nothing");
+    s.ferrysync(&["status", "j"]).expect_output("failing");
+    s.job(
+        "j",
+        "allow_empty_source: true
+",
+    );
+    s.sync("j").expect_code(0);
+    assert_eq!(s.counts("j"), (0, 0, 20, 0));
+    assert!(s.remote_tree().keys().all(|k| !k.contains("f1")));
+}
+
+/// A pull job whose server lists the folder as empty must not delete the local copies.
+pub fn an_emptied_pull_source_changes_nothing(server: &Server) {
+    let s = Sandbox::new(server, "emptypull");
+    server.mkdirs(&s.remote_root());
+    for i in 0..12 {
+        s.put_remote(&format!("f{i}.csv"), format!("{i}").as_bytes());
+    }
+    s.job(
+        "j",
+        "direction: pull
+",
+    );
+    s.sync("j").expect_code(0);
+    assert_eq!(s.counts("j"), (0, 12, 0, 0));
+    for i in 0..12 {
+        std::fs::remove_file(s.remote_root().join(format!("f{i}.csv"))).unwrap();
+    }
+    let before = s.local_tree();
+    s.sync("j")
+        .expect_code(1)
+        .expect_output("refusing to delete 12 of 12 files")
+        .expect_output("allow_empty_source: true");
+    assert_eq!(s.local_tree(), before, "the local copies stay");
+    s.ferrysync(&["sync", "j", "--dry-run"])
+        .expect_code(1)
+        .expect_output("refusing to delete 12 of 12 files");
+    assert_eq!(s.local_tree(), before);
+}
+
+/// Without max_delete, a run may delete half of the destination's files (and always 10).
+pub fn without_max_delete_at_most_half_is_deleted(server: &Server) {
+    let s = Sandbox::new(server, "halfdel");
+    for i in 0..40 {
+        s.write_local(&format!("f{i}"), format!("{i}").as_bytes());
+    }
+    s.job("j", "");
+    s.sync("j").expect_code(0);
+    for i in 0..25 {
+        std::fs::remove_file(s.local.join(format!("f{i}"))).unwrap();
+    }
+    let before = s.remote_tree();
+    s.sync("j")
+        .expect_code(1)
+        .expect_output("refusing to delete 25 of 40 files")
+        .expect_output("max_delete");
+    assert_eq!(s.remote_tree(), before);
+    s.job(
+        "j",
+        "max_delete: 100%
+",
+    );
+    s.sync("j").expect_code(0);
+    assert_eq!(s.counts("j"), (0, 0, 25, 0));
     assert_eq!(s.remote_tree(), s.local_tree());
 }
 
