@@ -1,6 +1,6 @@
 //! `ferrysync sync JOB [--dry-run]`: run one job once, now.
 
-use super::{runtime, CmdResult, Failure, JobsArg, StateArg};
+use super::{runtime, CmdResult, Failure, JobsArg, StateArg, SECRETS};
 use ferrysync::model::Action;
 use ferrysync::state::{Ledger, Outcome, SharedLedger};
 use ferrysync::sync::{human_bytes, run_job, RunOptions};
@@ -25,6 +25,7 @@ pub struct SyncCmd {
 impl SyncCmd {
     pub fn execute(self) -> CmdResult {
         let job = ferrysync::config::find_job(&self.jobs.dir, &self.job)?;
+        SECRETS.add_job(&job);
         let ledger = SharedLedger::new(Ledger::open(&self.state.path)?);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let opts = RunOptions {
