@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{runtime, CmdResult, Failure, JobsArg, StateArg, SECRETS};
+use super::{runtime, shown, CmdResult, Failure, JobsArg, StateArg, SECRETS};
 use ferrysync::loopback::{self, LoopbackOptions};
 use ferrysync::state::{Ledger, Outcome, SharedLedger};
 use ferrysync::sync::{run_job, RunOptions};
@@ -81,10 +81,10 @@ fn list_tree(root: &Path, rel: &str, out: &mut Vec<String>) {
         };
         match e.metadata() {
             Ok(m) if m.is_dir() => {
-                out.push(format!("  {child}/"));
+                out.push(format!("  {}/", shown(&child)));
                 list_tree(root, &child, out);
             }
-            Ok(m) => out.push(format!("  {child} ({} bytes)", m.len())),
+            Ok(m) => out.push(format!("  {} ({} bytes)", shown(&child), m.len())),
             Err(_) => {}
         }
     }
@@ -147,7 +147,7 @@ impl DemoCmd {
                 scope: None,
             };
             let report = run_job(&job, &ledger, &opts).await;
-            println!("{}", report.summary());
+            println!("{}", SECRETS.redact(&report.summary()));
             let mut tree = Vec::new();
             list_tree(&server_root, "", &mut tree);
             println!("demo: the server now holds:\n{}", tree.join("\n"));

@@ -1,6 +1,6 @@
 //! `ferrysync history JOB [--limit N] [--json]`: past runs of a job, newest first.
 
-use super::{iso_time, CmdResult, Failure, StateArg};
+use super::{iso_time, shown, CmdResult, Failure, StateArg};
 use ferrysync::state::Ledger;
 use ferrysync::sync::human_bytes;
 
@@ -48,7 +48,7 @@ impl HistoryCmd {
                 "{:>6} {:<21} {:<9} {:<8} {:>14} {:>14} {:>6} {:>6}",
                 r.id,
                 iso_time(r.started_at),
-                r.trigger,
+                shown(&r.trigger),
                 r.outcome.to_string(),
                 format!("{} ({})", r.counts.files_up, human_bytes(r.counts.bytes_up)),
                 format!(
@@ -60,7 +60,7 @@ impl HistoryCmd {
                 r.counts.files_failed
             );
             if let Some(e) = &r.error {
-                println!("       error: {e}");
+                println!("       error: {}", shown(e));
             }
         }
         Ok(())

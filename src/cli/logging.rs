@@ -30,6 +30,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer};
 
 use ferrysync::config::{Job, Secret};
+use ferrysync::sync::escape_controls;
 
 /// What replaces a secret in output.
 pub const MASK: &str = "***";
@@ -102,7 +103,8 @@ impl Secrets {
 
 /// The forms in which the formatters may print `value`: as is (text messages), JSON-escaped
 /// (JSON lines), Debug-escaped (`{:?}` fields such as suppaftp's `CC IN: {:?}` replies), Debug
-/// inside JSON, and with the text formatter's ANSI sanitisation.
+/// inside JSON, with the text formatter's ANSI sanitisation, and as human output shows it
+/// ([`escape_controls`]).
 fn printed_forms(value: &str) -> Vec<String> {
     let json = |s: &str| {
         let q = serde_json::to_string(s).unwrap_or_default();
@@ -120,6 +122,7 @@ fn printed_forms(value: &str) -> Vec<String> {
         json(&debug),
         ansi_sanitized(value),
         ansi_sanitized(&debug),
+        escape_controls(value).into_owned(),
         debug,
     ]
 }
@@ -404,6 +407,7 @@ mod tests {
         assert_eq!(s.redact(&json), "\"x *** y\"");
         assert_eq!(s.redact(&format!("{:?}", "a\u{1b}b\"c\td")), "\"***\"");
         assert_eq!(s.redact("a\\x1bb\"c\td"), "***");
+        assert_eq!(s.redact("a\\eb\"c\\td"), "***");
         assert_eq!(s.redact("a\u{1b}b\"c\td!"), "***!");
         s.add("");
         assert_eq!(s.redact("nothing here"), "nothing here");

@@ -165,10 +165,16 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitStatus::Success.into(),
         Err(f) => {
-            eprintln!("ferrysync: {}", SECRETS.redact(&f.message));
+            eprintln!("ferrysync: {}", shown(SECRETS.redact(&f.message)));
             f.status.into()
         }
     }
+}
+
+/// `x` as human output shows it: control characters escaped ([`escape_controls`]), since
+/// paths, errors and server replies come from untrusted sides. JSON output does not use this.
+pub fn shown(x: impl std::fmt::Display) -> String {
+    escape_controls(&x.to_string()).into_owned()
 }
 
 /// A tokio runtime for one command.
@@ -180,3 +186,4 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 pub use ferrysync::state::iso_time;
+use ferrysync::sync::escape_controls;

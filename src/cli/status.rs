@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{iso_time, CmdResult, Failure, StateArg};
+use super::{iso_time, shown, CmdResult, Failure, StateArg};
 use ferrysync::state::{JobRecord, Ledger, LedgerError, Outcome, RunRecord};
 use ferrysync::sync::human_bytes;
 
@@ -182,7 +182,7 @@ fn print_table(out: &[JobStatus]) {
         };
         println!(
             "{:<20} {:<8} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  {}",
-            j.name,
+            shown(&j.name),
             j.state,
             j.direction,
             when,
@@ -209,7 +209,7 @@ fn print_details(j: &JobStatus) {
             human_bytes(p.bytes_total)
         );
         for f in &p.current {
-            println!("  transferring: {f}");
+            println!("  transferring: {}", shown(f));
         }
     }
     if j.consecutive_failures > 1 {
@@ -217,10 +217,10 @@ fn print_details(j: &JobStatus) {
     }
     if let Some(r) = &j.last_run {
         if let Some(e) = &r.error {
-            println!("  error: {e}");
+            println!("  error: {}", shown(e));
         }
         for f in r.failures.iter().take(5) {
-            println!("  failed: {}: {}", f.path, f.error);
+            println!("  failed: {}: {}", shown(&f.path), shown(&f.error));
         }
     }
 }
