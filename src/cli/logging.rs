@@ -26,7 +26,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 use tracing_subscriber::layer::{Context, Layer};
 
 use ferrysync::config::{Job, Secret};
@@ -89,15 +91,6 @@ impl Secrets {
             }
         }
         out
-    }
-
-    fn redact_bytes(&self, bytes: &[u8]) -> Vec<u8> {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => self.redact(text).into_bytes(),
-            // The formatters write UTF-8; should anything else arrive, redact it lossily
-            // rather than let it through unread.
-            Err(_) => self.redact(&String::from_utf8_lossy(bytes)).into_bytes(),
-        }
     }
 }
 
@@ -182,9 +175,11 @@ impl<W: Write> RedactingWriter<W> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let clean = self.secrets.redact_bytes(&self.buf);
+        // The formatters write UTF-8; should anything else arrive, it is redacted lossily
+        // rather than let through unread.
+        let clean = self.secrets.redact(&String::from_utf8_lossy(&self.buf));
         self.buf.clear();
-        self.inner.write_all(&clean)?;
+        self.inner.write_all(clean.as_bytes())?;
         self.inner.flush()
     }
 }
@@ -248,6 +243,63 @@ pub fn has_pass_command(text: &str) -> bool {
     })
 }
 
+/// The text format's fields: like tracing-subscriber's default (the message bare, other fields
+/// `name=value`, the `log.*` fields of bridged `log` records left out), but every value shown
+/// through [`escape_controls`]. The default escapes ESC in messages only, and CR and LF nowhere,
+/// so a path logged as `path = %p` (the warnings `sync` prints on stderr, the agent's journal)
+/// could forge log lines or drive the terminal. JSON escapes all of them itself.
+pub struct EscapedFields;
+
+impl<'w> FormatFields<'w> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut v = EscapingVisitor {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut v);
+        v.result
+    }
+}
+
+struct EscapingVisitor<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visit for EscapingVisitor<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let text = format!("{value:?}");
+        let sep = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        let shown = escape_controls(&text);
+        self.result = match name {
+            "message" => write!(self.writer, "{sep}{shown}"),
+            name => write!(
+                self.writer,
+                "{sep}{}={shown}",
+                name.strip_prefix("r#").unwrap_or(name)
+            ),
+        };
+    }
+}
+
 /// Log format on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -269,20 +321,25 @@ where
     M: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     use tracing_subscriber::layer::SubscriberExt;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(Redacting::new(writer, secrets));
-    match format {
-        LogFormat::Text if journal => Box::new(
-            builder
-                .with_target(false)
-                .without_time()
+    let writer = Redacting::new(writer, secrets);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == LogFormat::Json {
+        let json = builder.with_writer(writer).json().finish();
+        return Box::new(json.with(HideCredentials));
+    }
+    let text = builder
+        .with_writer(writer)
+        .fmt_fields(EscapedFields)
+        .with_target(false);
+    if journal {
+        Box::new(
+            text.without_time()
                 .with_ansi(false)
                 .finish()
                 .with(HideCredentials),
-        ),
-        LogFormat::Text => Box::new(builder.with_target(false).finish().with(HideCredentials)),
-        LogFormat::Json => Box::new(builder.json().finish().with(HideCredentials)),
+        )
+    } else {
+        Box::new(text.finish().with(HideCredentials))
     }
 }
 
@@ -426,6 +483,37 @@ mod tests {
             w.write_all(b"ter2\n").unwrap();
         }
         assert_eq!(out.text(), "PASS ***\n");
+    }
+
+    #[test]
+    fn a_text_event_is_one_line_whatever_its_values_hold() {
+        static NONE: Secrets = Secrets::new();
+        let hostile = "a.csv\n2026-12-03T00:00:00Z  INFO forged\r\u{1b}]0;title\u{7}\u{1b}[2J";
+        let out = capture(LogFormat::Text, "trace", &NONE, || {
+            tracing::warn!(path = %hostile, "cannot upload: 550\r\nforged too");
+            log::warn!(target: "suppaftp::async_ftp", "reply {hostile}");
+            tracing::info!("nightly: ok\n  failed: x");
+        });
+        assert_eq!(out.lines().count(), 3, "{out}");
+        for c in ['\r', '\u{7}'] {
+            assert!(!out.contains(c), "{out:?}");
+        }
+        assert!(
+            !out.contains("\u{1b}]") && !out.contains("\u{1b}[2J"),
+            "{out:?}"
+        );
+        assert!(
+            out.contains("a.csv\\n2026-12-03T00:00:00Z  INFO forged\\r"),
+            "{out}"
+        );
+        assert!(out.contains("nightly: ok\\n  failed: x"), "{out}");
+        // JSON lines are one line each by construction, and exact once parsed.
+        let json = capture(LogFormat::Json, "trace", &NONE, || {
+            tracing::warn!(path = %hostile, "cannot upload");
+        });
+        assert_eq!(json.lines().count(), 1, "{json}");
+        let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+        assert_eq!(v["fields"]["path"], hostile);
     }
 
     #[test]
