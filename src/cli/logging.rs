@@ -516,6 +516,95 @@ mod tests {
         assert_eq!(v["fields"]["path"], hostile);
     }
 
+    /// A real sync against the in-process loopback FTPS server, its client logging at trace
+    /// level in text and JSON under the CLI's subscriber: suppaftp's control traffic is there,
+    /// the password is not, with the registry empty (the layer alone) and filled.
+    #[test]
+    fn a_real_sync_at_trace_level_never_logs_the_password() {
+        use ferrysync::loopback::{self, LoopbackOptions};
+        use ferrysync::state::{Ledger, Outcome, SharedLedger};
+        use ferrysync::sync::{run_job, RunOptions};
+
+        let password = "hunter2-\"q\\z\"-s3cr3t";
+        let dir = tempfile::tempdir().unwrap();
+        let server_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = server_rt
+            .block_on(loopback::start(LoopbackOptions {
+                root: dir.path().join("root"),
+                cert_dir: dir.path().join("tls"),
+                user: "tester".into(),
+                password: password.into(),
+                port: None,
+                tls: true,
+            }))
+            .unwrap();
+        let local = dir.path().join("local");
+        std::fs::create_dir_all(local.join("sub")).unwrap();
+        std::fs::write(local.join("a.txt"), b"a").unwrap();
+        std::fs::write(local.join("sub/b.txt"), b"b").unwrap();
+        std::fs::write(dir.path().join("password"), password).unwrap();
+        let job_file = dir.path().join("leak.yaml");
+        std::fs::write(
+            &job_file,
+            format!(
+                "local: {}\nremote:\n  host: 127.0.0.1\n  port: {}\n  security: explicit\n  path: /up\n  user: tester\n  password_file: {}\n  tls:\n    ca_file: {}\ndirection: push\ntransfers: 2\n",
+                local.display(),
+                server.port,
+                dir.path().join("password").display(),
+                server.cert_pem_path.display()
+            ),
+        )
+        .unwrap();
+        let job = ferrysync::config::load_job(&job_file).unwrap();
+
+        static NONE: Secrets = Secrets::new();
+        static KNOWN: Secrets = Secrets::new();
+        KNOWN.add_job(&job);
+        let mut n = 0;
+        for secrets in [&NONE, &KNOWN] {
+            for format in [LogFormat::Text, LogFormat::Json] {
+                for filter in ["trace", "suppaftp=trace,ferrysync=trace"] {
+                    n += 1;
+                    let ledger = SharedLedger::new(
+                        Ledger::open(&dir.path().join(format!("{n}.db"))).unwrap(),
+                    );
+                    let opts = RunOptions {
+                        trigger: "manual".into(),
+                        dry_run: false,
+                        progress: None,
+                        stop: None,
+                        scope: None,
+                    };
+                    let mut outcome = None;
+                    let out = capture(format, filter, secrets, || {
+                        // One thread: every task logs under this thread's subscriber.
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap();
+                        outcome = Some(rt.block_on(run_job(&job, &ledger, &opts)).outcome);
+                    });
+                    assert_eq!(outcome, Some(Outcome::Ok), "{format:?} {filter}:\n{out}");
+                    assert!(
+                        out.contains("CC OUT: USER tester"),
+                        "{format:?} {filter}:\n{out}"
+                    );
+                    for leak in ["hunter2", "s3cr3t"] {
+                        assert!(
+                            !out.contains(leak),
+                            "{format:?} {filter}: `{leak}` leaked:\n{out}"
+                        );
+                    }
+                }
+            }
+        }
+        drop(server_rt);
+    }
+
     #[test]
     fn pass_commands_are_recognised_and_words_are_not() {
         for yes in ["PASS x", "CC OUT: PASS hunter2", "pass  x", "[PASS x]"] {
