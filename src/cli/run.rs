@@ -88,3 +88,29 @@ fn register_secrets(dir: &std::path::Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sighup_registers_the_passwords_of_the_job_files_as_they_now_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "reloaded-9f3e-secret\n").unwrap();
+        std::fs::write(
+            dir.path().join("new.yaml"),
+            format!(
+                "local: /srv/out\nremote:\n  host: ftp.example\n  user: u\n  password_file: {}\n",
+                pw.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("broken.yaml"), "local: [\n").unwrap();
+        assert!(SECRETS
+            .redact("x reloaded-9f3e-secret")
+            .contains("reloaded-9f3e"));
+        register_secrets(dir.path());
+        assert_eq!(SECRETS.redact("x reloaded-9f3e-secret y"), "x *** y");
+    }
+}
