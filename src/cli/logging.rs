@@ -11,9 +11,12 @@
 //! 2. [`Redacting`], the writer under the formatter: every line, text or JSON, is held whole
 //!    and every known secret value (the passwords of the jobs the command loaded, kept in
 //!    [`SECRETS`]) is replaced by `***` before the line reaches stderr, in the forms the
-//!    formatters may have written it in (raw, JSON-escaped, Debug-escaped, ANSI-sanitised).
-//!    This catches a password that reaches a log line by any other road (a server that echoes
-//!    it in a reply, a future log statement).
+//!    formatters may have written it in (raw, JSON-escaped, Debug-escaped, control characters
+//!    escaped). This catches a password that reaches a log line by any other road (a server
+//!    that echoes it in a reply, a future log statement).
+//!
+//! Text-format fields go through [`EscapedFields`], so that no value (a file name, a server
+//! reply) can break a log line or drive the terminal; JSON escapes by itself.
 //!
 //! The CLI registers a job's password as soon as it has loaded the job, before anything can
 //! connect with it: `run` (at start and, on SIGHUP, before the agent reloads), `sync`, `check`
@@ -94,10 +97,10 @@ impl Secrets {
     }
 }
 
-/// The forms in which the formatters may print `value`: as is (text messages), JSON-escaped
-/// (JSON lines), Debug-escaped (`{:?}` fields such as suppaftp's `CC IN: {:?}` replies), Debug
-/// inside JSON, with the text formatter's ANSI sanitisation, and as human output shows it
-/// ([`escape_controls`]).
+/// The forms in which the formatters may print `value`: as is, JSON-escaped (JSON lines),
+/// Debug-escaped (`{:?}` fields such as suppaftp's `CC IN: {:?}` replies, `str` fields), Debug
+/// inside JSON, and with its control characters escaped ([`escape_controls`]: text-format
+/// fields, human output).
 fn printed_forms(value: &str) -> Vec<String> {
     let json = |s: &str| {
         let q = serde_json::to_string(s).unwrap_or_default();
@@ -113,29 +116,9 @@ fn printed_forms(value: &str) -> Vec<String> {
         value.to_string(),
         json(value),
         json(&debug),
-        ansi_sanitized(value),
-        ansi_sanitized(&debug),
         escape_controls(value).into_owned(),
         debug,
     ]
-}
-
-/// What tracing-subscriber's text formatter prints for `s` (it escapes ESC, BEL, BS, FF, DEL
-/// and C1 controls in field values).
-fn ansi_sanitized(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c if ('\u{80}'..='\u{9f}').contains(&c) => {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// A [`MakeWriter`] whose writers hold each formatted event whole and hand it, redacted, to the
@@ -463,7 +446,6 @@ mod tests {
         let json = serde_json::to_string("x a\u{1b}b\"c\td y").unwrap();
         assert_eq!(s.redact(&json), "\"x *** y\"");
         assert_eq!(s.redact(&format!("{:?}", "a\u{1b}b\"c\td")), "\"***\"");
-        assert_eq!(s.redact("a\\x1bb\"c\td"), "***");
         assert_eq!(s.redact("a\\eb\"c\\td"), "***");
         assert_eq!(s.redact("a\u{1b}b\"c\td!"), "***!");
         s.add("");
