@@ -1,6 +1,6 @@
 //! `ferrysync check`: validate every job file, exit 2 on the first bad one.
 
-use super::{CmdResult, JobsArg};
+use super::{CmdResult, JobsArg, SECRETS};
 
 /// Validate the job files in --jobs.
 #[derive(Debug, clap::Args)]
@@ -12,6 +12,7 @@ pub struct CheckCmd {
 impl CheckCmd {
     pub fn execute(self) -> CmdResult {
         let jobs = ferrysync::config::load_jobs(&self.jobs.dir)?;
+        jobs.iter().for_each(|j| SECRETS.add_job(j));
         if jobs.is_empty() {
             println!("{}: no job files (*.yaml)", self.jobs.dir.display());
         }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{runtime, CmdResult, Failure, JobsArg, StateArg};
+use super::{runtime, shown, CmdResult, Failure, JobsArg, StateArg, SECRETS};
 use ferrysync::loopback::{self, LoopbackOptions};
 use ferrysync::state::{Ledger, Outcome, SharedLedger};
 use ferrysync::sync::{run_job, RunOptions};
@@ -81,10 +81,10 @@ fn list_tree(root: &Path, rel: &str, out: &mut Vec<String>) {
         };
         match e.metadata() {
             Ok(m) if m.is_dir() => {
-                out.push(format!("  {child}/"));
+                out.push(format!("  {}/", shown(&child)));
                 list_tree(root, &child, out);
             }
-            Ok(m) => out.push(format!("  {child} ({} bytes)", m.len())),
+            Ok(m) => out.push(format!("  {} ({} bytes)", shown(&child), m.len())),
             Err(_) => {}
         }
     }
@@ -114,6 +114,7 @@ impl DemoCmd {
             let password = blake3::hash(seed.as_bytes()).to_hex()[..24].to_string();
             loopback::write_private(&password_file, &password)
                 .map_err(|e| Failure::run(format!("{}: {e}", password_file.display())))?;
+            SECRETS.add(password.trim());
         }
         let password = std::fs::read_to_string(&password_file)
             .map_err(|e| Failure::run(format!("{}: {e}", password_file.display())))?;
@@ -136,6 +137,7 @@ impl DemoCmd {
             println!("demo: FTPS server on 127.0.0.1:{} serving {}", server.port, server_root.display());
 
             let job = ferrysync::config::find_job(&jobs_dir, &self.job)?;
+            SECRETS.add_job(&job);
             let ledger = SharedLedger::new(Ledger::open(&self.state.path)?);
             let opts = RunOptions {
                 trigger: "demo".into(),
@@ -145,7 +147,7 @@ impl DemoCmd {
                 scope: None,
             };
             let report = run_job(&job, &ledger, &opts).await;
-            println!("{}", report.summary());
+            println!("{}", SECRETS.redact(&report.summary()));
             let mut tree = Vec::new();
             list_tree(&server_root, "", &mut tree);
             println!("demo: the server now holds:\n{}", tree.join("\n"));

@@ -4,6 +4,7 @@
 mod check;
 mod demo;
 mod history;
+mod logging;
 mod progress;
 mod run;
 mod status;
@@ -12,7 +13,10 @@ mod sync;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+
+use logging::LogFormat;
+pub use logging::SECRETS;
 
 /// The exit statuses of the contract (README, "Commands"), numbered here and nowhere else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,12 +95,6 @@ pub struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 /// `--jobs DIR`
 #[derive(Debug, Clone, clap::Args)]
 pub struct JobsArg {
@@ -142,20 +140,11 @@ fn init_logging(format: LogFormat, verbose: u8, default: &str) {
                 "ferrysync={level},libunftp=error,unftp_sbe_fs=error,warn"
             ))
         });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        // Under systemd the journal stamps every line itself (JOURNAL_STREAM is set for
-        // services whose stderr goes to the journal): no second timestamp.
-        LogFormat::Text if std::env::var_os("JOURNAL_STREAM").is_some() => builder
-            .with_target(false)
-            .without_time()
-            .with_ansi(false)
-            .init(),
-        LogFormat::Text => builder.with_target(false).init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    // Under systemd the journal stamps every line itself (JOURNAL_STREAM is set for services
+    // whose stderr goes to the journal): no second timestamp.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    use tracing_subscriber::util::SubscriberInitExt;
+    logging::subscriber(format, filter, journal, std::io::stderr, &SECRETS).init();
 }
 
 pub fn main() -> ExitCode {
@@ -176,10 +165,16 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitStatus::Success.into(),
         Err(f) => {
-            eprintln!("ferrysync: {}", f.message);
+            eprintln!("ferrysync: {}", shown(SECRETS.redact(&f.message)));
             f.status.into()
         }
     }
+}
+
+/// `x` as human output shows it: control characters escaped ([`escape_controls`]), since
+/// paths, errors and server replies come from untrusted sides. JSON output does not use this.
+pub fn shown(x: impl std::fmt::Display) -> String {
+    escape_controls(&x.to_string()).into_owned()
 }
 
 /// A tokio runtime for one command.
@@ -191,3 +186,4 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 pub use ferrysync::state::iso_time;
+use ferrysync::sync::escape_controls;

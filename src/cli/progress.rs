@@ -14,7 +14,7 @@ pub fn on_terminal() -> Option<ProgressObserver> {
     Some(ProgressObserver(Arc::new(|p: &TransferProgress<'_>| {
         let line = format!(
             "\r{}: {}/{} files, {} of {}    ",
-            p.job,
+            super::shown(p.job),
             p.files_done,
             p.files_total,
             human_bytes(p.bytes_done),

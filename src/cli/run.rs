@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{runtime, CmdResult, Failure, JobsArg, StateArg};
+use super::{runtime, CmdResult, Failure, JobsArg, StateArg, SECRETS};
 use ferrysync::agent::{Agent, AgentOptions, DEFAULT_MAX_RUNS};
 use ferrysync::state::{Ledger, SharedLedger};
 
@@ -27,6 +27,7 @@ pub struct RunCmd {
 impl RunCmd {
     pub fn execute(self) -> CmdResult {
         let jobs = ferrysync::config::load_jobs(&self.jobs.dir)?;
+        jobs.iter().for_each(|j| SECRETS.add_job(j));
         let ledger = SharedLedger::new(Ledger::open(&self.state.path)?);
         let rt = runtime()?;
         let result = rt.block_on(async move {
@@ -52,6 +53,7 @@ impl RunCmd {
                     _ = int.recv() => break "SIGINT",
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP: reloading job files from {}", self.jobs.dir.display());
+                        register_secrets(&self.jobs.dir);
                         agent.reload();
                     }
                 }
@@ -67,5 +69,48 @@ impl RunCmd {
         // Blocking work still going (a scan of a huge tree) must not hold the exit.
         rt.shutdown_timeout(Duration::from_secs(2));
         result
+    }
+}
+
+/// Before the agent re-reads the job files (SIGHUP), the passwords they now hold join the
+/// redaction registry, so that no run of a reloaded job connects before its password is known
+/// to the log writer. A file that does not load is skipped here: the agent reports it.
+fn register_secrets(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for p in entries.filter_map(Result::ok).map(|e| e.path()) {
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if ext == "yaml" || ext == "yml" {
+            if let Ok(job) = ferrysync::config::load_job(&p) {
+                SECRETS.add_job(&job);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sighup_registers_the_passwords_of_the_job_files_as_they_now_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "reloaded-9f3e-secret\n").unwrap();
+        std::fs::write(
+            dir.path().join("new.yaml"),
+            format!(
+                "local: /srv/out\nremote:\n  host: ftp.example\n  user: u\n  password_file: {}\n",
+                pw.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("broken.yaml"), "local: [\n").unwrap();
+        assert!(SECRETS
+            .redact("x reloaded-9f3e-secret")
+            .contains("reloaded-9f3e"));
+        register_secrets(dir.path());
+        assert_eq!(SECRETS.redact("x reloaded-9f3e-secret y"), "x *** y");
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{iso_time, CmdResult, Failure, StateArg};
+use super::{iso_time, shown, CmdResult, Failure, StateArg};
 use ferrysync::state::{JobRecord, Ledger, LedgerError, Outcome, RunRecord};
 use ferrysync::sync::human_bytes;
 
@@ -164,10 +164,17 @@ impl JobStatus {
 
 /// The human form: one row per job, with progress, failures and errors below it.
 fn print_table(out: &[JobStatus]) {
-    println!(
+    for line in table(out) {
+        println!("{line}");
+    }
+}
+
+/// The lines of [`print_table`]. Names, paths and errors are shown escaped.
+fn table(out: &[JobStatus]) -> Vec<String> {
+    let mut lines = vec![format!(
         "{:<20} {:<8} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  NEXT RUN",
         "JOB", "STATE", "DIR", "LAST RUN", "OUTCOME", "UP", "DOWN", "DEL", "FAILED", "FILES"
-    );
+    )];
     for j in out {
         let (when, outcome, up, down, del, failed) = match &j.last_run {
             Some(r) => (
@@ -180,9 +187,9 @@ fn print_table(out: &[JobStatus]) {
             ),
             None => ("never".into(), "-".into(), 0, 0, 0, 0),
         };
-        println!(
+        lines.push(format!(
             "{:<20} {:<8} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  {}",
-            j.name,
+            shown(&j.name),
             j.state,
             j.direction,
             when,
@@ -193,34 +200,38 @@ fn print_table(out: &[JobStatus]) {
             failed,
             j.synced_files,
             j.next_run.as_deref().unwrap_or("-")
-        );
-        print_details(j);
+        ));
+        details(j, &mut lines);
     }
+    lines
 }
 
 /// What follows a job's row: live progress, a failing streak, the last run's errors.
-fn print_details(j: &JobStatus) {
+fn details(j: &JobStatus, lines: &mut Vec<String>) {
     if let Some(p) = j.last_run.as_ref().and_then(|r| r.progress.as_ref()) {
-        println!(
+        lines.push(format!(
             "  progress: {}/{} files, {} of {}",
             p.files_done,
             p.files_total,
             human_bytes(p.bytes_done),
             human_bytes(p.bytes_total)
-        );
+        ));
         for f in &p.current {
-            println!("  transferring: {f}");
+            lines.push(format!("  transferring: {}", shown(f)));
         }
     }
     if j.consecutive_failures > 1 {
-        println!("  {} runs in a row have failed", j.consecutive_failures);
+        lines.push(format!(
+            "  {} runs in a row have failed",
+            j.consecutive_failures
+        ));
     }
     if let Some(r) = &j.last_run {
         if let Some(e) = &r.error {
-            println!("  error: {e}");
+            lines.push(format!("  error: {}", shown(e)));
         }
         for f in r.failures.iter().take(5) {
-            println!("  failed: {}: {}", f.path, f.error);
+            lines.push(format!("  failed: {}: {}", shown(&f.path), shown(&f.error)));
         }
     }
 }
@@ -233,5 +244,76 @@ impl StatusCmd {
             json: false,
             state,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrysync::state::RunCounts;
+    use serde_json::json;
+
+    const HOSTILE: &str = "in/\u{1b}]0;pwned\u{7}\u{1b}[2Jx.csv\r\nnightly  idle     push  never";
+
+    fn hostile_job() -> JobStatus {
+        JobStatus {
+            name: "nightly".into(),
+            state: "running",
+            consecutive_failures: 2,
+            last_error: Some(format!("{HOSTILE}: 550 denied")),
+            direction: "push".into(),
+            local: "/srv/out".into(),
+            remote: "/in".into(),
+            schedule: None,
+            timezone: None,
+            next_run: None,
+            last_success: None,
+            synced_files: 3,
+            last_run: Some(RunRecord {
+                id: 7,
+                job: "nightly".into(),
+                trigger: "watch".into(),
+                started_at: 0,
+                ended_at: None,
+                outcome: Outcome::Running,
+                counts: RunCounts::default(),
+                error: Some(format!("550 \u{9b}2J{HOSTILE}")),
+                // The ledger's types, built the way the ledger reads them back.
+                failures: serde_json::from_value(
+                    json!([{"path": HOSTILE, "error": "451 bad\nnext"}]),
+                )
+                .unwrap(),
+                progress: Some(
+                    serde_json::from_value(json!({
+                        "files_done": 1, "files_total": 2, "bytes_done": 1, "bytes_total": 2,
+                        "current": [HOSTILE],
+                    }))
+                    .unwrap(),
+                ),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_table_shows_hostile_names_escaped_and_json_keeps_them_exact() {
+        let lines = table(&[hostile_job()]);
+        // Header, row, progress, transferring, streak, error, failed: one line each.
+        assert_eq!(lines.len(), 7, "{lines:#?}");
+        for l in &lines {
+            assert!(!l.chars().any(char::is_control), "{l:?}");
+        }
+        assert_eq!(
+            lines[3],
+            "  transferring: in/\\e]0;pwned\\x07\\e[2Jx.csv\\r\\nnightly  idle     push  never"
+        );
+        assert!(
+            lines[5].starts_with("  error: 550 \\u{9b}2Jin/\\e]0;"),
+            "{}",
+            lines[5]
+        );
+        assert!(lines[6].ends_with(": 451 bad\\nnext"), "{}", lines[6]);
+        let json = serde_json::to_value(hostile_job()).unwrap();
+        assert_eq!(json["last_run"]["failures"][0]["path"], HOSTILE);
+        assert_eq!(json["last_run"]["progress"]["current"][0], HOSTILE);
     }
 }

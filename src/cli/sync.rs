@@ -1,6 +1,6 @@
 //! `ferrysync sync JOB [--dry-run]`: run one job once, now.
 
-use super::{runtime, CmdResult, Failure, JobsArg, StateArg};
+use super::{runtime, shown, CmdResult, Failure, JobsArg, StateArg, SECRETS};
 use ferrysync::model::Action;
 use ferrysync::state::{Ledger, Outcome, SharedLedger};
 use ferrysync::sync::{human_bytes, run_job, RunOptions};
@@ -25,6 +25,7 @@ pub struct SyncCmd {
 impl SyncCmd {
     pub fn execute(self) -> CmdResult {
         let job = ferrysync::config::find_job(&self.jobs.dir, &self.job)?;
+        SECRETS.add_job(&job);
         let ledger = SharedLedger::new(Ledger::open(&self.state.path)?);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let opts = RunOptions {
@@ -62,22 +63,26 @@ impl SyncCmd {
         if let Some(plan) = &report.plan {
             for a in &plan.actions {
                 let line = match a {
-                    Action::MakeDir { path } => format!("mkdir    {path}"),
+                    Action::MakeDir { path } => format!("mkdir    {}", shown(path)),
                     Action::Upload { path, source } => {
-                        format!("upload   {path} ({})", human_bytes(source.size))
+                        format!("upload   {} ({})", shown(path), human_bytes(source.size))
                     }
                     Action::Download { path, source } => {
-                        format!("download {path} ({})", human_bytes(source.size))
+                        format!("download {} ({})", shown(path), human_bytes(source.size))
                     }
-                    Action::DeleteFile { path } => format!("delete   {path}"),
-                    Action::DeleteDir { path } => format!("rmdir    {path}"),
-                    Action::Record { path, .. } => format!("record   {path} (unchanged content)"),
-                    Action::Forget { path } => format!("forget   {path} (gone from both sides)"),
+                    Action::DeleteFile { path } => format!("delete   {}", shown(path)),
+                    Action::DeleteDir { path } => format!("rmdir    {}", shown(path)),
+                    Action::Record { path, .. } => {
+                        format!("record   {} (unchanged content)", shown(path))
+                    }
+                    Action::Forget { path } => {
+                        format!("forget   {} (gone from both sides)", shown(path))
+                    }
                 };
                 println!("{line}");
             }
             for c in &plan.conflicts {
-                println!("conflict {}: {}", c.path, c.reason);
+                println!("conflict {}: {}", shown(&c.path), shown(&c.reason));
             }
             println!(
                 "dry run: {} transfers ({}), {} deletions; nothing was changed",
@@ -87,7 +92,7 @@ impl SyncCmd {
             );
         }
         if report.plan.is_none() || report.outcome != Outcome::Ok {
-            println!("{}", report.summary());
+            println!("{}", SECRETS.redact(&report.summary()));
         }
         match report.outcome {
             Outcome::Ok => Ok(()),

@@ -19,5 +19,5 @@ pub(crate) mod workers;
 
 pub use error::RunError;
 pub use options::{ProgressObserver, RunOptions, TransferProgress};
-pub use report::{human_bytes, RunReport};
+pub use report::{escape_controls, human_bytes, RunReport};
 pub use run::run_job;
