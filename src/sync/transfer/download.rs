@@ -1,19 +1,25 @@
 //! A download, step by step: the resume decision, the temporary file, streaming into it (or
-//! keeping what arrived when that fails), the short-transfer check, the exact mtime, and the
-//! commit (fsync, rename into place, fsync of the directory).
+//! keeping what arrived when that fails), the short-transfer check, the exact mtime, and the commit
+//! (mode of the file it replaces, fsync, rename into place, fsync of the directory).
+//!
+//! Every local path is reached beneath the job's folder without following links (see
+//! [`super::beneath`]): the target's directory is opened once, and the temporary file is
+//! created, reopened, renamed and removed relative to it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use super::file_io::{open_at, FileWriter, Written};
+use super::beneath::Dir;
+use super::file_io::{resume_at, FileWriter, Written};
 use super::{buffer_len, timed, Checkpoints, TransferContext, TransferError, Transferred};
 use crate::config::Job;
-use crate::model::paths::{local_path, remote_path};
+use crate::model::paths::{local_path, remote_path, split_parent};
 use crate::model::plan::SyncedEntry;
 use crate::model::policy::Direction;
 use crate::model::snapshot::system_time_ns;
-use crate::model::snapshot::{temp_rel, Entry};
+use crate::model::snapshot::{temp_name, temp_rel, Entry};
 use crate::remote::listing::{self, Precision};
 use crate::remote::session::{DataStream, Session};
 use crate::state::ledger::JournalEntry;
@@ -23,22 +29,27 @@ struct DownloadPaths<'a> {
     rel: &'a str,
     /// The source, on the server.
     remote: String,
-    /// The target, and the temporary file beside it the bytes are written to.
+    /// The target (for errors: the files themselves are reached through their directory, see
+    /// [`open_temp`]).
     final_path: std::path::PathBuf,
-    temp_path: std::path::PathBuf,
     /// The temporary file relative to the job's local root (as the journal has it).
     temp: String,
+    /// The names of the target and of its temporary file in their directory.
+    name: String,
+    temp_name: String,
 }
 
 impl<'a> DownloadPaths<'a> {
     fn new(job: &Job, rel: &'a str) -> Self {
         let temp = temp_rel(rel);
+        let name = split_parent(rel).1.to_string();
         DownloadPaths {
             rel,
             remote: remote_path(&job.remote.path, rel),
             final_path: local_path(&job.local, rel),
-            temp_path: local_path(&job.local, &temp),
             temp,
+            temp_name: temp_name(&name),
+            name,
         }
     }
 
@@ -69,8 +80,8 @@ pub(crate) async fn download(
     source: &Entry,
 ) -> Result<Transferred, TransferError> {
     let paths = DownloadPaths::new(ctx.job, rel);
-    let offset = resume_offset(ctx, &paths, source)?;
-    let (hasher, file) = open_temp(&paths, offset).await?;
+    let journaled = journaled_offset(ctx, &paths, source)?;
+    let (dir, offset, hasher, file) = open_temp(ctx.job, &paths, journaled).await?;
     if offset > 0 {
         tracing::info!(path = rel, offset, "resuming download");
         session.restart_at(&paths.remote, offset).await?;
@@ -98,10 +109,7 @@ pub(crate) async fn download(
     check_complete(ctx, &paths, &file, total, source.size).await?;
 
     let remote_mtime = settle_mtime(session, &paths, source.mtime).await;
-    put_in_place(&paths, file, remote_mtime).await?;
-    let meta = tokio::fs::metadata(&paths.final_path)
-        .await
-        .map_err(|e| paths.local_err("stat", e))?;
+    let meta = put_in_place(&paths, dir, file, remote_mtime).await?;
     Ok(Transferred {
         entry: SyncedEntry {
             size: total,
@@ -114,13 +122,14 @@ pub(crate) async fn download(
     })
 }
 
-/// The resume decision: the bytes of this same transfer both on disk and confirmed by the last
-/// checkpoint, or 0 after journaling a fresh transfer.
-fn resume_offset(
+/// The journal's part of the resume decision: the last checkpoint of this same transfer, or
+/// `None` after journaling a fresh one. (What the temporary file still holds is the other
+/// part, see [`open_temp`].)
+fn journaled_offset(
     ctx: &TransferContext<'_>,
     paths: &DownloadPaths<'_>,
     source: &Entry,
-) -> Result<u64, TransferError> {
+) -> Result<Option<u64>, TransferError> {
     // Resume from the bytes both on disk and confirmed by the last checkpoint (the checkpoint
     // follows an fsync, so those bytes survive even a power cut).
     let journal = ctx.journal_entry(paths.rel, source.size)?;
@@ -131,13 +140,7 @@ fn resume_offset(
                 && j.size == source.size
                 && j.mtime == source.mtime
         })
-        .map(|j| {
-            let on_disk = std::fs::metadata(&paths.temp_path)
-                .map(|m| m.len())
-                .unwrap_or(0);
-            on_disk.min(j.offset)
-        });
-    let offset = kept.unwrap_or(0);
+        .map(|j| j.offset);
     if kept.is_none() {
         ctx.journal_begin(&JournalEntry {
             path: paths.rel.to_string(),
@@ -149,27 +152,47 @@ fn resume_offset(
             offset: 0,
         })?;
     }
-    Ok(offset)
+    Ok(kept)
 }
 
-/// Opens (creating) the temporary file, cut to `offset`, with the BLAKE3 state of the bytes
+/// Opens the target's directory beneath the job's root (through no link) and, in it, the
+/// temporary file: the journaled one, cut to the bytes both on disk and checkpointed, where it
+/// is still the regular file ferrysync wrote (see [`Dir::reopen_own`]); otherwise a new one,
+/// created exclusively after removing whatever held the name. Returns the directory, the
+/// offset to resume from and the file positioned there, with the BLAKE3 state of the bytes
 /// before it.
 async fn open_temp(
+    job: &Job,
     paths: &DownloadPaths<'_>,
-    offset: u64,
-) -> Result<(blake3::Hasher, std::fs::File), TransferError> {
-    let opened = {
-        let temp_path = paths.temp_path.clone();
-        tokio::task::spawn_blocking(move || open_at(&temp_path, offset, true))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|opened| opened)
-    };
+    journaled: Option<u64>,
+) -> Result<(Arc<Dir>, u64, blake3::Hasher, std::fs::File), TransferError> {
+    let root = job.local.clone();
+    let rel = paths.rel.to_string();
+    let temp_name = paths.temp_name.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let (dir, _) = Dir::parent_of(&root, &rel)?;
+        if let Some(checkpoint) = journaled.filter(|&at| at > 0) {
+            if let Some(file) = dir.reopen_own(&temp_name)? {
+                let offset = file.metadata()?.len().min(checkpoint);
+                if offset > 0 {
+                    file.set_len(offset)?;
+                    let (hasher, file) = resume_at(file, offset)?;
+                    return Ok((Arc::new(dir), offset, hasher, file));
+                }
+            }
+        }
+        let file = dir.create_new(&temp_name)?;
+        Ok((Arc::new(dir), 0, blake3::Hasher::new(), file))
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|opened| opened);
     opened.map_err(|e| paths.local_err("open the temporary file", e))
 }
 
 /// Streams the RETR into `writer`, with checkpoints of what an fsync made durable, until the
 /// data connection ends, the network or a write fails, or a stop is requested at a checkpoint.
+/// `offset` is where this attempt began.
 async fn receive(
     session: &Session,
     ctx: &TransferContext<'_>,
@@ -317,32 +340,37 @@ async fn settle_mtime(session: &mut Session, paths: &DownloadPaths<'_>, listed: 
     }
 }
 
-/// Sets the temporary file's mtime, fsyncs it, renames it into place and fsyncs the directory
-/// so that the rename itself is durable.
+/// Sets the temporary file's mtime, fsyncs it, renames it into place within its directory
+/// and fsyncs the directory so that the rename itself is durable. Returns the file's metadata
+/// as it went into place.
 async fn put_in_place(
     paths: &DownloadPaths<'_>,
+    dir: Arc<Dir>,
     file: std::fs::File,
     remote_mtime: i64,
-) -> Result<(), TransferError> {
+) -> Result<std::fs::Metadata, TransferError> {
     let mtime =
         std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(remote_mtime).unwrap_or(0));
-    let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+    let synced = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::Metadata> {
         file.set_modified(mtime)?;
-        file.sync_all()
+        file.sync_all()?;
+        file.metadata()
     })
     .await
     .map_err(|e| paths.local_err("sync", std::io::Error::other(e)))?;
-    synced.map_err(|e| paths.local_err("sync", e))?;
-    tokio::fs::rename(&paths.temp_path, &paths.final_path)
-        .await
-        .map_err(|e| paths.local_err("rename into place", e))?;
-    if let Some(dir) = paths.final_path.parent() {
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    let meta = synced.map_err(|e| paths.local_err("sync", e))?;
+    let renamed = tokio::task::spawn_blocking({
+        let dir = Arc::clone(&dir);
+        let (name, temp_name) = (paths.name.clone(), paths.temp_name.clone());
+        move || dir.rename(&temp_name, &name)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|renamed| renamed);
+    renamed.map_err(|e| paths.local_err("rename into place", e))?;
+    // Make the rename itself durable.
+    let _ = tokio::task::spawn_blocking(move || dir.sync()).await;
+    Ok(meta)
 }
 
 #[cfg(test)]
@@ -445,5 +473,101 @@ mod tests {
             data
         );
         assert!(!temp.exists());
+    }
+
+    fn context<'a>(
+        job: &'a Job,
+        ledger: &'a crate::state::SharedLedger,
+        counter: &'a ByteCounter,
+    ) -> TransferContext<'a> {
+        TransferContext {
+            job,
+            ledger,
+            counter,
+            stop: None,
+        }
+    }
+
+    fn journal_at(
+        job: &Job,
+        ledger: &crate::state::SharedLedger,
+        rel: &str,
+        source: &Entry,
+        at: u64,
+    ) {
+        let l = ledger.lock();
+        l.journal_begin(
+            &job.name,
+            &JournalEntry {
+                path: rel.into(),
+                direction: Direction::Pull.to_string(),
+                temp_name: temp_rel(rel),
+                size: source.size,
+                mtime: source.mtime,
+                hash: None,
+                offset: 0,
+            },
+        )
+        .unwrap();
+        l.journal_checkpoint(&job.name, rel, at).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_link_planted_at_the_temporary_name_is_replaced_not_written_through() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let secret = dir.path().join("secret");
+        let secret_bytes = patterned(2 << 20);
+        std::fs::write(&secret, &secret_bytes).unwrap();
+        let counter = ByteCounter::default();
+        let ctx = context(&job, &ledger, &counter);
+        // A small file (never journaled) and a journaled one resumed from a checkpoint.
+        for (rel, len, journaled) in [("small.bin", 1000, false), ("big.bin", 3 << 20, true)] {
+            let data = patterned(len);
+            std::fs::write(dir.path().join("server").join(rel), &data).unwrap();
+            let source = listed(len);
+            symlink(&secret, dir.path().join("local").join(temp_name(rel))).unwrap();
+            if journaled {
+                journal_at(&job, &ledger, rel, &source, 1 << 20);
+            }
+            let done = download(&mut session, &ctx, rel, &source).await.unwrap();
+            assert_eq!(std::fs::read(&secret).unwrap(), secret_bytes, "{rel}");
+            assert_eq!(done.bytes_moved, len as u64, "{rel}: resumed from a link");
+            let local = dir.path().join("local").join(rel);
+            assert!(std::fs::symlink_metadata(&local).unwrap().is_file());
+            assert_eq!(std::fs::read(&local).unwrap(), data);
+        }
+        // A link at the final name is replaced itself; its target keeps its bytes.
+        symlink(&secret, dir.path().join("local/linked.bin")).unwrap();
+        std::fs::write(dir.path().join("server/linked.bin"), b"new").unwrap();
+        download(&mut session, &ctx, "linked.bin", &listed(3))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&secret).unwrap(), secret_bytes);
+        assert_eq!(
+            std::fs::read(dir.path().join("local/linked.bin")).unwrap(),
+            b"new"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_download_into_a_directory_replaced_by_a_link_writes_nothing_outside() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(dir.path().join("server/sub")).unwrap();
+        std::fs::write(dir.path().join("server/sub/f.txt"), b"payload").unwrap();
+        symlink(&outside, dir.path().join("local/sub")).unwrap();
+        let counter = ByteCounter::default();
+        let ctx = context(&job, &ledger, &counter);
+        let err = download(&mut session, &ctx, "sub/f.txt", &listed(7))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TransferError::Local { .. }), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     }
 }

@@ -17,6 +17,7 @@ use crate::remote::session::Session;
 use crate::state::ledger::JournalEntry;
 use crate::state::SharedLedger;
 
+pub(crate) mod beneath;
 mod download;
 mod file_io;
 mod upload;

@@ -3,6 +3,7 @@
 
 use tokio::io::AsyncWriteExt;
 
+use super::beneath::Dir;
 use super::file_io::{sha256_of, FileReader, ReadToEnd};
 use super::{buffer_len, timed, Checkpoints, TransferContext, TransferError, Transferred};
 use crate::config::Job;
@@ -21,8 +22,9 @@ struct UploadPaths<'a> {
     /// On the server: the target, and the name the bytes are written to.
     final_path: String,
     temp_path: String,
-    /// The source.
+    /// The source (for errors: it is opened beneath `root`, through no link).
     local: std::path::PathBuf,
+    root: std::path::PathBuf,
 }
 
 impl<'a> UploadPaths<'a> {
@@ -42,7 +44,12 @@ impl<'a> UploadPaths<'a> {
             final_path,
             temp_path,
             local,
+            root: job.local.clone(),
         }
+    }
+
+    fn read_err(&self, source: std::io::Error) -> TransferError {
+        self.local_err("read", source)
     }
 
     fn local_err(&self, action: &'static str, source: std::io::Error) -> TransferError {
@@ -64,7 +71,7 @@ pub(crate) async fn upload(
     let job = ctx.job;
     let paths = UploadPaths::new(job, rel);
     let offset = resume_offset(session, ctx, &paths, source).await?;
-    let (sent, read) = stream_file(session, ctx, &paths, source.size, offset).await?;
+    let (sent, read) = stream_file(session, ctx, &paths, source, offset).await?;
 
     let total = offset + sent;
     let hash = read.hasher.finalize();
@@ -76,7 +83,7 @@ pub(crate) async fn upload(
         )
         .await);
     }
-    verify_on_server(session, job, &paths, offset, total).await?;
+    verify_on_server(session, job, &paths, &read.file, offset, total).await?;
     commit(session, job, &paths, source.mtime).await?;
     Ok(Transferred {
         entry: SyncedEntry {
@@ -137,27 +144,28 @@ async fn stream_file(
     session: &mut Session,
     ctx: &TransferContext<'_>,
     paths: &UploadPaths<'_>,
-    size: u64,
+    source: &Entry,
     offset: u64,
 ) -> Result<(u64, ReadToEnd), TransferError> {
     if offset > 0 {
         tracing::info!(path = paths.rel, offset, "resuming upload");
     }
-    let mut reader = FileReader::start(
-        paths.local.clone(),
-        offset,
-        buffer_len(size.saturating_sub(offset)),
-    );
+    let size = source.size;
+    let open = {
+        let (root, rel) = (paths.root.clone(), paths.rel.to_string());
+        move || {
+            let (dir, name) = Dir::parent_of(&root, &rel)?;
+            dir.open_file(name)
+        }
+    };
+    let mut reader = FileReader::start(open, offset, buffer_len(size.saturating_sub(offset)));
     let sent = if offset < size || size == 0 {
         send(session, ctx, paths, &mut reader, offset).await?
     } else {
         drain(paths, &mut reader).await?;
         0
     };
-    let read = reader
-        .finish()
-        .await
-        .map_err(|e| paths.local_err("read", e))?;
+    let read = reader.finish().await.map_err(|e| paths.read_err(e))?;
     Ok((sent, read))
 }
 
@@ -179,7 +187,7 @@ async fn send(
         session.restart_at(temp_path, offset).await?;
     }
     if let Some(Err(e)) = next {
-        return Err(paths.local_err("read", e));
+        return Err(paths.read_err(e));
     }
     let mut stream = match session.store(temp_path).await {
         Err(e) if e.code() == Some(553) && ctx.job.upload.temp_name => {
@@ -189,7 +197,7 @@ async fn send(
     };
     let mut checkpoints = Checkpoints::new(offset);
     while let Some(read) = next {
-        let buf = read.map_err(|e| paths.local_err("read", e))?;
+        let buf = read.map_err(|e| paths.read_err(e))?;
         let n = buf.len() as u64;
         timed(session, "STOR", temp_path, stream.write_all(&buf)).await?;
         reader.recycle(buf);
@@ -213,7 +221,7 @@ async fn send(
 /// covers the whole file.
 async fn drain(paths: &UploadPaths<'_>, reader: &mut FileReader) -> Result<(), TransferError> {
     while let Some(read) = reader.next().await {
-        let buf = read.map_err(|e| paths.local_err("read", e))?;
+        let buf = read.map_err(|e| paths.read_err(e))?;
         reader.recycle(buf);
     }
     Ok(())
@@ -241,6 +249,7 @@ async fn verify_on_server(
     session: &mut Session,
     job: &Job,
     paths: &UploadPaths<'_>,
+    local: &std::fs::File,
     offset: u64,
     total: u64,
 ) -> Result<(), TransferError> {
@@ -259,7 +268,7 @@ async fn verify_on_server(
     if offset > 0 && session.features.sha256.is_some() && job.upload.verify {
         // A resumed upload joined two sessions' bytes on the server: where the server can hash
         // a file, compare its SHA-256 with the local file's before the rename.
-        let local_sha = sha256_of(paths.local.clone())
+        let local_sha = sha256_of(local)
             .await
             .map_err(|e| paths.local_err("read", e))?;
         if let Some(remote_sha) = session.remote_sha256(&paths.temp_path).await? {
