@@ -20,7 +20,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 /// A directory beneath a job's local root, open, with its path relative to the root for
@@ -198,6 +198,19 @@ impl Dir {
         Ok(Some(file))
     }
 
+    /// The permission bits (0777) of the regular file `name`, if one is there (not through a
+    /// link: a link, a directory or nothing gives `None`).
+    pub(crate) fn file_mode(&self, name: &str) -> io::Result<Option<u32>> {
+        match rustix::fs::statat(&self.fd, component(name)?, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => {
+                let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+                Ok(regular.then_some(Mode::from_raw_mode(st.st_mode).bits() & 0o777))
+            }
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(refused(e, &self.rel(name))),
+        }
+    }
+
     /// Renames `from` to `to`, both in this directory. A link at `to` is replaced itself, never
     /// its target (rename never follows the new name).
     pub(crate) fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -226,7 +239,7 @@ impl Dir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, PermissionsExt};
 
     #[test]
     fn no_link_below_the_root_is_followed() {
@@ -248,6 +261,7 @@ mod tests {
         let e = real.open_file("f").unwrap_err();
         assert!(e.to_string().contains("real/f is a symbolic link"), "{e}");
         assert!(real.reopen_own("f").unwrap().is_none());
+        assert_eq!(real.file_mode("f").unwrap(), None);
         // A planted link at a new file's name is replaced, its target left alone.
         real.create_new("f").unwrap();
         assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
@@ -287,6 +301,11 @@ mod tests {
         assert!(d.reopen_own("linked").unwrap().is_none(), "a hard link");
         assert!(d.reopen_own("dir").unwrap().is_none());
         assert!(d.reopen_own("missing").unwrap().is_none());
+        std::fs::set_permissions(root.join("mine"), std::fs::Permissions::from_mode(0o640))
+            .unwrap();
+        assert_eq!(d.file_mode("mine").unwrap(), Some(0o640));
+        assert_eq!(d.file_mode("dir").unwrap(), None);
+        assert_eq!(d.file_mode("missing").unwrap(), None);
         // make_all creates what is missing and reuses what is there.
         Dir::make_all(root, "dir/a/b").unwrap();
         Dir::make_all(root, "dir/a/b").unwrap();

@@ -340,7 +340,8 @@ async fn settle_mtime(session: &mut Session, paths: &DownloadPaths<'_>, listed: 
     }
 }
 
-/// Sets the temporary file's mtime, fsyncs it, renames it into place within its directory
+/// Gives the temporary file the permissions of the file it replaces (new files keep what the
+/// umask gave them), sets its mtime, fsyncs it, renames it into place within its directory
 /// and fsyncs the directory so that the rename itself is durable. Returns the file's metadata
 /// as it went into place.
 async fn put_in_place(
@@ -351,10 +352,20 @@ async fn put_in_place(
 ) -> Result<std::fs::Metadata, TransferError> {
     let mtime =
         std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(remote_mtime).unwrap_or(0));
-    let synced = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::Metadata> {
-        file.set_modified(mtime)?;
-        file.sync_all()?;
-        file.metadata()
+    let name = paths.name.clone();
+    let synced = tokio::task::spawn_blocking({
+        let dir = Arc::clone(&dir);
+        move || -> std::io::Result<std::fs::Metadata> {
+            use std::os::unix::fs::PermissionsExt;
+            // An update keeps the mode the user gave the file (0600 stays 0600), as rsync does
+            // without --perms; only the permission bits, never set-id bits from an old file.
+            if let Some(mode) = dir.file_mode(&name)? {
+                file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            }
+            file.set_modified(mtime)?;
+            file.sync_all()?;
+            file.metadata()
+        }
     })
     .await
     .map_err(|e| paths.local_err("sync", std::io::Error::other(e)))?;
@@ -569,5 +580,33 @@ mod tests {
         assert!(matches!(err, TransferError::Local { .. }), "{err}");
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_updated_file_keeps_its_mode_and_a_new_one_follows_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let counter = ByteCounter::default();
+        let ctx = context(&job, &ledger, &counter);
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let local = dir.path().join("local/private.csv");
+        std::fs::write(&local, b"old").unwrap();
+        std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(dir.path().join("server/private.csv"), b"updated").unwrap();
+        download(&mut session, &ctx, "private.csv", &listed(7))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&local).unwrap(), b"updated");
+        assert_eq!(mode(&local), 0o600, "an update widened the permissions");
+        // A new file gets what any new file gets here: 0666 less the umask.
+        let reference = dir.path().join("reference");
+        std::fs::write(&reference, b"").unwrap();
+        std::fs::write(dir.path().join("server/new.csv"), b"new").unwrap();
+        download(&mut session, &ctx, "new.csv", &listed(3))
+            .await
+            .unwrap();
+        assert_eq!(mode(&dir.path().join("local/new.csv")), mode(&reference));
     }
 }
