@@ -1,5 +1,5 @@
 //! A download, step by step: the resume decision, the temporary file, streaming into it (or
-//! keeping what arrived when that fails), the short-transfer check, the exact mtime, and the commit
+//! keeping what arrived when that fails), the exact byte count, the exact mtime, and the commit
 //! (mode of the file it replaces, fsync, rename into place, fsync of the directory).
 //!
 //! Every local path is reached beneath the job's folder without following links (see
@@ -12,8 +12,10 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use super::beneath::Dir;
-use super::file_io::{resume_at, FileWriter, Written};
-use super::{buffer_len, timed, Checkpoints, TransferContext, TransferError, Transferred};
+use super::file_io::{resume_at, sha256_of, FileWriter, Written};
+use super::{
+    buffer_len, timed, ByteAccount, Checkpoints, Tally, TransferContext, TransferError, Transferred,
+};
 use crate::config::Job;
 use crate::model::paths::{local_path, remote_path, split_parent};
 use crate::model::plan::SyncedEntry;
@@ -29,9 +31,10 @@ struct DownloadPaths<'a> {
     rel: &'a str,
     /// The source, on the server.
     remote: String,
-    /// The target (for errors: the files themselves are reached through their directory, see
-    /// [`open_temp`]).
+    /// The target, and the temporary file beside it the bytes are written to (for errors and
+    /// logs: the files themselves are reached through their directory, see [`open_temp`]).
     final_path: std::path::PathBuf,
+    temp_path: std::path::PathBuf,
     /// The temporary file relative to the job's local root (as the journal has it).
     temp: String,
     /// The names of the target and of its temporary file in their directory.
@@ -47,6 +50,7 @@ impl<'a> DownloadPaths<'a> {
             rel,
             remote: remote_path(&job.remote.path, rel),
             final_path: local_path(&job.local, rel),
+            temp_path: local_path(&job.local, &temp),
             temp,
             temp_name: temp_name(&name),
             name,
@@ -64,12 +68,14 @@ impl<'a> DownloadPaths<'a> {
 
 /// How the streaming loop of a download ended.
 struct Received {
-    /// Bytes that crossed the network in this attempt.
+    /// Bytes that crossed the network in this attempt and belong to the file.
     bytes: u64,
     /// The network's error, if that ended the loop (a write error is in the writer's result).
     failed: Option<TransferError>,
     /// Stopped on request at a checkpoint.
     stopped: bool,
+    /// The count of bytes against the expected length.
+    account: ByteAccount,
 }
 
 /// Downloads `rel`; returns what the ledger must record once the caller commits it.
@@ -90,11 +96,30 @@ pub(crate) async fn download(
     let mut stream = session.retrieve(&paths.remote).await?;
     let len = buffer_len(source.size.saturating_sub(offset));
     let mut writer = FileWriter::start(file, hasher, offset, len);
-    let received = receive(session, ctx, &paths, &mut stream, &mut writer, offset).await?;
+    let account = ByteAccount::new(source.size, offset);
+    let received = receive(
+        session,
+        ctx,
+        &paths,
+        &mut stream,
+        &mut writer,
+        offset,
+        account,
+    )
+    .await?;
     let written = writer
         .finish()
         .await
         .map_err(|e| paths.local_err("write", e))?;
+    if let Tally::Over { expected } = received.account.tally() {
+        drop(stream);
+        discard(ctx, &paths, &dir).await;
+        return Err(TransferError::Overrun {
+            path: rel.to_string(),
+            expected,
+            offset,
+        });
+    }
     if received.failed.is_some() || received.stopped || written.error.is_some() {
         drop(stream);
         return Err(keep_what_arrived(ctx, &paths, written, received.failed).await);
@@ -107,6 +132,9 @@ pub(crate) async fn download(
         error: _,
     } = written;
     check_complete(ctx, &paths, &file, total, source.size).await?;
+    if offset > 0 {
+        verify_resumed(session, ctx, &paths, &dir, &file).await?;
+    }
 
     let remote_mtime = settle_mtime(session, &paths, source.mtime).await;
     let meta = put_in_place(&paths, dir, file, remote_mtime).await?;
@@ -191,8 +219,8 @@ async fn open_temp(
 }
 
 /// Streams the RETR into `writer`, with checkpoints of what an fsync made durable, until the
-/// data connection ends, the network or a write fails, or a stop is requested at a checkpoint.
-/// `offset` is where this attempt began.
+/// data connection ends, more than the expected bytes arrive (`account`), the network or a
+/// write fails, or a stop is requested at a checkpoint. `offset` is where this attempt began.
 async fn receive(
     session: &Session,
     ctx: &TransferContext<'_>,
@@ -200,26 +228,29 @@ async fn receive(
     stream: &mut DataStream,
     writer: &mut FileWriter,
     offset: u64,
+    mut account: ByteAccount,
 ) -> Result<Received, TransferError> {
     let mut received = 0u64;
     let mut checkpoints = Checkpoints::new(offset);
     // Why the loop ended early: the network's error (set by every pass, before any way out of
-    // the loop), a write error (in the writer's result), or a stop request.
+    // the loop), a write error (in the writer's result), a stop request, or too many bytes.
     let mut failed: Option<TransferError>;
     let mut stopped = false;
     loop {
         let mut buf = writer.buffer();
         let filled;
         (filled, failed) = fill(session, &paths.remote, stream, &mut buf).await;
-        if filled > 0 {
-            buf.truncate(filled);
+        // Only the bytes before the expected end are the file's.
+        let kept = account.take(filled);
+        if kept > 0 {
+            buf.truncate(kept);
             if !writer.write(buf).await {
                 break; // the write failed: the writer's result says why
             }
-            received += filled as u64;
-            ctx.counter.add(filled as u64);
+            received += kept as u64;
+            ctx.counter.add(kept as u64);
         }
-        if failed.is_some() || filled == 0 {
+        if account.overrun() || failed.is_some() || filled == 0 {
             break;
         }
         if checkpoints.due(offset + received) {
@@ -237,6 +268,7 @@ async fn receive(
         bytes: received,
         failed,
         stopped,
+        account,
     })
 }
 
@@ -338,6 +370,58 @@ async fn settle_mtime(session: &mut Session, paths: &DownloadPaths<'_>, listed: 
     } else {
         listed
     }
+}
+
+/// Removes the temporary file of bytes that are not the server's file (too many, or a
+/// SHA-256 that differs) and sets the journal back to byte 0, so that no later attempt
+/// resumes from them. Failures here are only logged: the error the caller returns is why.
+async fn discard(ctx: &TransferContext<'_>, paths: &DownloadPaths<'_>, dir: &Arc<Dir>) {
+    let removed = tokio::task::spawn_blocking({
+        let dir = Arc::clone(dir);
+        let temp_name = paths.temp_name.clone();
+        move || dir.remove_file(&temp_name)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|removed| removed);
+    if let Err(e) = removed {
+        tracing::warn!(
+            path = paths.rel,
+            "cannot remove {}: {e}",
+            paths.temp_path.display()
+        );
+    }
+    if let Err(e) = ctx.checkpoint(paths.rel, 0) {
+        tracing::warn!(path = paths.rel, "cannot reset the transfer journal: {e}");
+    }
+}
+
+/// After a resume, the local file joins two attempts' bytes: where the server can hash a file
+/// (HASH or XSHA256), its SHA-256 must be the local file's, or the bytes are discarded.
+async fn verify_resumed(
+    session: &mut Session,
+    ctx: &TransferContext<'_>,
+    paths: &DownloadPaths<'_>,
+    dir: &Arc<Dir>,
+    file: &std::fs::File,
+) -> Result<(), TransferError> {
+    if session.features.sha256.is_none() {
+        return Ok(());
+    }
+    let Some(remote_sha) = session.remote_sha256(&paths.remote).await? else {
+        return Ok(());
+    };
+    let local_sha = sha256_of(file)
+        .await
+        .map_err(|e| paths.local_err("read", e))?;
+    if local_sha != remote_sha {
+        discard(ctx, paths, dir).await;
+        return Err(TransferError::Discarded(format!(
+            "{}: the server's SHA-256 differs from the resumed download's; it was discarded and starts over from the first byte",
+            paths.rel
+        )));
+    }
+    Ok(())
 }
 
 /// Gives the temporary file the permissions of the file it replaces (new files keep what the
@@ -521,6 +605,72 @@ mod tests {
         )
         .unwrap();
         l.journal_checkpoint(&job.name, rel, at).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_that_grew_on_the_server_since_the_listing_is_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let data = patterned(3 * super::super::CHUNK);
+        // Listed at 100 KiB, then written on to 768 KiB before the RETR.
+        let source = listed(100 << 10);
+        std::fs::write(dir.path().join("server/g.bin"), &data).unwrap();
+        let counter = ByteCounter::default();
+        let ctx = context(&job, &ledger, &counter);
+        let err = download(&mut session, &ctx, "g.bin", &source)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TransferError::Overrun { .. }), "{err}");
+        assert!(err.is_transient() && err.breaks_connection());
+        assert!(err.to_string().contains("g.bin"), "{err}");
+        assert!(!dir.path().join("local/g.bin").exists(), "committed");
+        assert!(!dir.path().join("local").join(temp_name("g.bin")).exists());
+        assert!(
+            counter.get() <= source.size,
+            "{} bytes counted for a {}-byte file",
+            counter.get(),
+            source.size
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resumed_download_that_gets_more_than_the_rest_starts_over_from_byte_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let data = patterned(2 << 20);
+        let source = listed(data.len());
+        let kept = (1 << 20) + 3;
+        let temp = dir.path().join("local").join(temp_name("r.bin"));
+        std::fs::write(&temp, &data[..kept]).unwrap();
+        journal_at(&job, &ledger, "r.bin", &source, kept as u64);
+        // What a server that answers REST with 350 but sends from byte 0 puts on the wire:
+        // the whole file after the offset (here: `kept` bytes more than the rest).
+        let mut served = data[..kept].to_vec();
+        served.extend_from_slice(&data);
+        std::fs::write(dir.path().join("server/r.bin"), &served).unwrap();
+        let counter = ByteCounter::default();
+        let ctx = context(&job, &ledger, &counter);
+        let err = download(&mut session, &ctx, "r.bin", &source)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TransferError::Overrun { .. }), "{err}");
+        assert!(!dir.path().join("local/r.bin").exists(), "committed");
+        assert!(!temp.exists(), "the stitched bytes were kept");
+        let j = ledger.lock().journal_entry(&job.name, "r.bin").unwrap();
+        assert_eq!(j.map(|j| j.offset), Some(0), "the journal still resumes");
+        // The retry (the server now behaving) fetches the whole file from byte 0.
+        let mut session = Session::connect(
+            &job.remote,
+            &crate::remote::tls::TlsContext::new(&job.remote.tls).unwrap(),
+        )
+        .await
+        .unwrap();
+        std::fs::write(dir.path().join("server/r.bin"), &data).unwrap();
+        let done = download(&mut session, &ctx, "r.bin", &source)
+            .await
+            .unwrap();
+        assert_eq!(done.bytes_moved, data.len() as u64);
+        assert_eq!(std::fs::read(dir.path().join("local/r.bin")).unwrap(), data);
     }
 
     #[tokio::test]
