@@ -486,6 +486,7 @@ mod tests {
             size: len as u64,
             mtime: 1_700_000_000 * 1_000_000_000,
             hash: None,
+            id: None,
         }
     }
 

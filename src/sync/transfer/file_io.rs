@@ -39,6 +39,56 @@ pub(super) fn resume_at(
     Ok((hasher, f))
 }
 
+/// Why an upload's source, opened again for the transfer, is not the file the scan saw (see
+/// [`opened_as_scanned`]); carried inside the `io::Error` a [`FileReader`] reports.
+#[derive(Debug)]
+pub(super) struct NotAsScanned(pub(super) String);
+
+impl std::fmt::Display for NotAsScanned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotAsScanned {}
+
+/// Opens the upload source `rel` beneath the job's `root` (no link followed, a regular file
+/// only, see [`super::beneath::Dir::open_file`]) and checks that the descriptor is the file the
+/// scan saw: the same device and inode (where the scan recorded them), size and mtime. So a file
+/// swapped since the scan, for a link to a secret with the same size and mtime say, is never
+/// read, let alone sent.
+pub(super) fn opened_as_scanned(
+    root: &std::path::Path,
+    rel: &str,
+    scanned: &crate::model::snapshot::Entry,
+) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let (dir, name) = super::beneath::Dir::parent_of(root, rel)?;
+    let file = dir.open_file(name)?;
+    let meta = file.metadata()?;
+    let mtime = meta.modified().map(system_time_ns).unwrap_or(0);
+    let why = if scanned
+        .id
+        .is_some_and(|id| id.dev != meta.dev() || id.ino != meta.ino())
+    {
+        Some("another file is in its place".to_string())
+    } else if meta.len() != scanned.size {
+        Some(format!(
+            "{} bytes, the scan saw {}",
+            meta.len(),
+            scanned.size
+        ))
+    } else if mtime != scanned.mtime {
+        Some("modified since".to_string())
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(std::io::Error::other(NotAsScanned(why))),
+        None => Ok(file),
+    }
+}
+
 /// Buffers in flight between the network task and a file thread, each way: enough to keep
 /// both busy, little memory (4 x 256 KiB per transfer).
 const BUFFERS_IN_FLIGHT: usize = 4;
@@ -69,7 +119,7 @@ pub(super) struct ReadToEnd {
 }
 
 impl FileReader {
-    /// Opens the file with `open` (beneath the job's root, see [`super::beneath`]), positions
+    /// Opens the file with `open` (beneath the job's root, checked against the scan), positions
     /// it at `offset` (hashing the bytes before it) and starts reading ahead in buffers of `len`
     /// bytes. An error of `open` is the first thing [`FileReader::next`] returns.
     pub(super) fn start(
