@@ -830,6 +830,7 @@ mod tests {
             size: content.len() as u64,
             mtime,
             hash: Some(blake3::hash(content)),
+            id: None,
         }
     }
     fn remote_file(size: u64, mtime: i64) -> Entry {
@@ -838,6 +839,7 @@ mod tests {
             size,
             mtime,
             hash: None,
+            id: None,
         }
     }
     fn synced(content: &[u8], mtime: i64, remote_mtime: Option<i64>) -> SyncedEntry {

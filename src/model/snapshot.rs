@@ -26,6 +26,18 @@ pub struct Entry {
     /// plan compares content or the file may still be changing, otherwise left to the transfer
     /// (see [`crate::model::plan::local_hash`]).
     pub hash: Option<blake3::Hash>,
+    /// Which file on disk a local entry is (see [`FileId`]); `None` for remote entries and
+    /// directories.
+    pub id: Option<FileId>,
+}
+
+/// A local file's device and inode numbers as the scan saw them: an upload opens the file
+/// again and sends it only if the descriptor it got is still that file (a file swapped since
+/// the scan, for a link to a secret with the same size and mtime say, is not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
 }
 
 impl Entry {
@@ -35,6 +47,7 @@ impl Entry {
             size: 0,
             mtime: 0,
             hash: None,
+            id: None,
         }
     }
     pub fn is_dir(&self) -> bool {

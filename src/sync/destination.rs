@@ -6,10 +6,11 @@
 use std::path::Path;
 
 use crate::config::Job;
-use crate::model::paths::{local_path, remote_path};
+use crate::model::paths::remote_path;
 use crate::model::policy::Direction;
 use crate::remote::error::FtpsError;
 use crate::remote::session::Session;
+use crate::sync::transfer::beneath::Dir;
 
 /// Why a change on the destination failed; its text goes to the run's failed paths.
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +55,23 @@ impl<'s> Destination<'s> {
     async fn apply(&mut self, change: Change, rel: &str) -> Result<(), DestinationError> {
         match self {
             Destination::Folder { root } => {
-                let path = local_path(root, rel);
+                // Beneath the job's folder through no link (see `transfer::beneath`): a
+                // directory replaced by a link since the scan fails, and is not followed.
                 let (action, done) = match change {
-                    Change::MakeDir => ("create local directory", std::fs::create_dir_all(path)),
-                    Change::DeleteFile => ("delete local file", std::fs::remove_file(path)),
-                    Change::RemoveDir => ("delete local directory", std::fs::remove_dir(path)),
+                    Change::MakeDir => (
+                        "create local directory",
+                        Dir::make_all(root, rel).map(|_| ()),
+                    ),
+                    Change::DeleteFile => (
+                        "delete local file",
+                        Dir::parent_of(root, rel).and_then(|(d, name)| d.remove_file(name)),
+                    ),
+                    Change::RemoveDir => (
+                        "delete local directory",
+                        Dir::parent_of(root, rel).and_then(|(d, name)| d.remove_dir(name)),
+                    ),
                 };
+                // The run files the error under `rel`; the error names the link it met.
                 done.map_err(|source| DestinationError::Local { action, source })
             }
             Destination::Server { root, session } => {
@@ -96,4 +108,40 @@ enum Change {
     MakeDir,
     DeleteFile,
     RemoveDir,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[tokio::test]
+    async fn a_pull_makes_and_deletes_nothing_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("local");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::create_dir_all(outside.join("keep")).unwrap();
+        std::fs::write(outside.join("f"), b"not the job's").unwrap();
+        // A directory of the job replaced by a link between runs.
+        symlink(&outside, root.join("linked")).unwrap();
+        let mut dest = Destination::Folder { root: &root };
+        assert!(dest.make_dir("linked/new").await.is_err());
+        assert!(!outside.join("new").exists());
+        let e = dest.delete_file("linked/f").await.unwrap_err();
+        assert!(e.to_string().contains("linked"), "{e}");
+        assert!(outside.join("f").exists());
+        assert!(dest.remove_dir("linked/keep").await.is_err());
+        assert!(outside.join("keep").exists());
+        // What is the job's own still works, parents included.
+        dest.make_dir("d/e/f").await.unwrap();
+        assert!(root.join("d/e/f").is_dir());
+        dest.remove_dir("d/e/f").await.unwrap();
+        std::fs::write(root.join("d/x"), b"x").unwrap();
+        dest.delete_file("d/x").await.unwrap();
+        assert!(!root.join("d/x").exists());
+        // Deleting the link itself removes the link, not the folder it points to.
+        dest.delete_file("linked").await.unwrap();
+        assert!(outside.join("f").exists());
+    }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -16,7 +17,7 @@ use crate::model::paths::{self, local_path, remote_path};
 use crate::model::plan::{local_hash, LedgerView, LocalHash};
 use crate::model::scope::Scope;
 use crate::model::snapshot::{
-    check_remote_name, is_temp_name, system_time_ns, Entry, Kind, Snapshot,
+    check_remote_name, is_temp_name, system_time_ns, Entry, FileId, Kind, Snapshot,
 };
 use crate::remote::error::FtpsError;
 use crate::remote::listing::{self, ListedKind, Precision};
@@ -40,9 +41,13 @@ pub struct Scan {
     pub unreadable: Vec<String>,
 }
 
-/// BLAKE3 of a whole file.
+/// BLAKE3 of a whole file (a link put in its place since it was stat-ed is not followed).
 pub fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
-    let mut f = std::fs::File::open(path)?;
+    let no_follow = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let mut f = std::fs::File::options()
+        .read(true)
+        .custom_flags(no_follow.bits() as i32)
+        .open(path)?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -273,6 +278,10 @@ fn add_local(
                 size,
                 mtime,
                 hash,
+                id: Some(FileId {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                }),
             },
         );
     } else {
@@ -466,6 +475,7 @@ impl RemoteListing {
                             size: file.size,
                             mtime,
                             hash: None,
+                            id: None,
                         },
                     );
                 }
@@ -620,6 +630,16 @@ mod tests {
         let f = &s.snapshot["a b/ünï/f.txt"];
         assert_eq!(f.hash, Some(blake3::hash(b"hello")));
         assert_eq!(s.hashed, 1);
+        let meta = std::fs::metadata(root.join("a b/ünï/f.txt")).unwrap();
+        let id = FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        assert_eq!(
+            f.id,
+            Some(id),
+            "the upload checks the file it opens against it"
+        );
 
         let mut ledger = LedgerView::new();
         ledger.insert(

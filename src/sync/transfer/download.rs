@@ -1,19 +1,27 @@
 //! A download, step by step: the resume decision, the temporary file, streaming into it (or
-//! keeping what arrived when that fails), the short-transfer check, the exact mtime, and the
-//! commit (fsync, rename into place, fsync of the directory).
+//! keeping what arrived when that fails), the exact byte count, the exact mtime, and the commit
+//! (mode of the file it replaces, fsync, rename into place, fsync of the directory).
+//!
+//! Every local path is reached beneath the job's folder without following links (see
+//! [`super::beneath`]): the target's directory is opened once, and the temporary file is
+//! created, reopened, renamed and removed relative to it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use super::file_io::{open_at, FileWriter, Written};
-use super::{buffer_len, timed, Checkpoints, TransferContext, TransferError, Transferred};
+use super::beneath::Dir;
+use super::file_io::{resume_at, sha256_of, FileWriter, Written};
+use super::{
+    buffer_len, timed, ByteAccount, Checkpoints, Tally, TransferContext, TransferError, Transferred,
+};
 use crate::config::Job;
-use crate::model::paths::{local_path, remote_path};
+use crate::model::paths::{local_path, remote_path, split_parent};
 use crate::model::plan::SyncedEntry;
 use crate::model::policy::Direction;
 use crate::model::snapshot::system_time_ns;
-use crate::model::snapshot::{temp_rel, Entry};
+use crate::model::snapshot::{temp_name, temp_rel, Entry};
 use crate::remote::listing::{self, Precision};
 use crate::remote::session::{DataStream, Session};
 use crate::state::ledger::JournalEntry;
@@ -23,22 +31,29 @@ struct DownloadPaths<'a> {
     rel: &'a str,
     /// The source, on the server.
     remote: String,
-    /// The target, and the temporary file beside it the bytes are written to.
+    /// The target, and the temporary file beside it the bytes are written to (for errors and
+    /// logs: the files themselves are reached through their directory, see [`open_temp`]).
     final_path: std::path::PathBuf,
     temp_path: std::path::PathBuf,
     /// The temporary file relative to the job's local root (as the journal has it).
     temp: String,
+    /// The names of the target and of its temporary file in their directory.
+    name: String,
+    temp_name: String,
 }
 
 impl<'a> DownloadPaths<'a> {
     fn new(job: &Job, rel: &'a str) -> Self {
         let temp = temp_rel(rel);
+        let name = split_parent(rel).1.to_string();
         DownloadPaths {
             rel,
             remote: remote_path(&job.remote.path, rel),
             final_path: local_path(&job.local, rel),
             temp_path: local_path(&job.local, &temp),
             temp,
+            temp_name: temp_name(&name),
+            name,
         }
     }
 
@@ -53,12 +68,14 @@ impl<'a> DownloadPaths<'a> {
 
 /// How the streaming loop of a download ended.
 struct Received {
-    /// Bytes that crossed the network in this attempt.
+    /// Bytes that crossed the network in this attempt and belong to the file.
     bytes: u64,
     /// The network's error, if that ended the loop (a write error is in the writer's result).
     failed: Option<TransferError>,
     /// Stopped on request at a checkpoint.
     stopped: bool,
+    /// The count of bytes against the expected length.
+    account: ByteAccount,
 }
 
 /// Downloads `rel`; returns what the ledger must record once the caller commits it.
@@ -69,8 +86,8 @@ pub(crate) async fn download(
     source: &Entry,
 ) -> Result<Transferred, TransferError> {
     let paths = DownloadPaths::new(ctx.job, rel);
-    let offset = resume_offset(ctx, &paths, source)?;
-    let (hasher, file) = open_temp(&paths, offset).await?;
+    let journaled = journaled_offset(ctx, &paths, source)?;
+    let (dir, offset, hasher, file) = open_temp(ctx.job, &paths, journaled).await?;
     if offset > 0 {
         tracing::info!(path = rel, offset, "resuming download");
         session.restart_at(&paths.remote, offset).await?;
@@ -79,11 +96,30 @@ pub(crate) async fn download(
     let mut stream = session.retrieve(&paths.remote).await?;
     let len = buffer_len(source.size.saturating_sub(offset));
     let mut writer = FileWriter::start(file, hasher, offset, len);
-    let received = receive(session, ctx, &paths, &mut stream, &mut writer, offset).await?;
+    let account = ByteAccount::new(source.size, offset);
+    let received = receive(
+        session,
+        ctx,
+        &paths,
+        &mut stream,
+        &mut writer,
+        offset,
+        account,
+    )
+    .await?;
     let written = writer
         .finish()
         .await
         .map_err(|e| paths.local_err("write", e))?;
+    if let Tally::Over { expected } = received.account.tally() {
+        drop(stream);
+        discard(ctx, &paths, &dir).await;
+        return Err(TransferError::Overrun {
+            path: rel.to_string(),
+            expected,
+            offset,
+        });
+    }
     if received.failed.is_some() || received.stopped || written.error.is_some() {
         drop(stream);
         return Err(keep_what_arrived(ctx, &paths, written, received.failed).await);
@@ -96,12 +132,12 @@ pub(crate) async fn download(
         error: _,
     } = written;
     check_complete(ctx, &paths, &file, total, source.size).await?;
+    if offset > 0 {
+        verify_resumed(session, ctx, &paths, &dir, &file).await?;
+    }
 
     let remote_mtime = settle_mtime(session, &paths, source.mtime).await;
-    put_in_place(&paths, file, remote_mtime).await?;
-    let meta = tokio::fs::metadata(&paths.final_path)
-        .await
-        .map_err(|e| paths.local_err("stat", e))?;
+    let meta = put_in_place(&paths, dir, file, remote_mtime).await?;
     Ok(Transferred {
         entry: SyncedEntry {
             size: total,
@@ -114,13 +150,14 @@ pub(crate) async fn download(
     })
 }
 
-/// The resume decision: the bytes of this same transfer both on disk and confirmed by the last
-/// checkpoint, or 0 after journaling a fresh transfer.
-fn resume_offset(
+/// The journal's part of the resume decision: the last checkpoint of this same transfer, or
+/// `None` after journaling a fresh one. (What the temporary file still holds is the other
+/// part, see [`open_temp`].)
+fn journaled_offset(
     ctx: &TransferContext<'_>,
     paths: &DownloadPaths<'_>,
     source: &Entry,
-) -> Result<u64, TransferError> {
+) -> Result<Option<u64>, TransferError> {
     // Resume from the bytes both on disk and confirmed by the last checkpoint (the checkpoint
     // follows an fsync, so those bytes survive even a power cut).
     let journal = ctx.journal_entry(paths.rel, source.size)?;
@@ -131,13 +168,7 @@ fn resume_offset(
                 && j.size == source.size
                 && j.mtime == source.mtime
         })
-        .map(|j| {
-            let on_disk = std::fs::metadata(&paths.temp_path)
-                .map(|m| m.len())
-                .unwrap_or(0);
-            on_disk.min(j.offset)
-        });
-    let offset = kept.unwrap_or(0);
+        .map(|j| j.offset);
     if kept.is_none() {
         ctx.journal_begin(&JournalEntry {
             path: paths.rel.to_string(),
@@ -149,27 +180,47 @@ fn resume_offset(
             offset: 0,
         })?;
     }
-    Ok(offset)
+    Ok(kept)
 }
 
-/// Opens (creating) the temporary file, cut to `offset`, with the BLAKE3 state of the bytes
+/// Opens the target's directory beneath the job's root (through no link) and, in it, the
+/// temporary file: the journaled one, cut to the bytes both on disk and checkpointed, where it
+/// is still the regular file ferrysync wrote (see [`Dir::reopen_own`]); otherwise a new one,
+/// created exclusively after removing whatever held the name. Returns the directory, the
+/// offset to resume from and the file positioned there, with the BLAKE3 state of the bytes
 /// before it.
 async fn open_temp(
+    job: &Job,
     paths: &DownloadPaths<'_>,
-    offset: u64,
-) -> Result<(blake3::Hasher, std::fs::File), TransferError> {
-    let opened = {
-        let temp_path = paths.temp_path.clone();
-        tokio::task::spawn_blocking(move || open_at(&temp_path, offset, true))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|opened| opened)
-    };
+    journaled: Option<u64>,
+) -> Result<(Arc<Dir>, u64, blake3::Hasher, std::fs::File), TransferError> {
+    let root = job.local.clone();
+    let rel = paths.rel.to_string();
+    let temp_name = paths.temp_name.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let (dir, _) = Dir::parent_of(&root, &rel)?;
+        if let Some(checkpoint) = journaled.filter(|&at| at > 0) {
+            if let Some(file) = dir.reopen_own(&temp_name)? {
+                let offset = file.metadata()?.len().min(checkpoint);
+                if offset > 0 {
+                    file.set_len(offset)?;
+                    let (hasher, file) = resume_at(file, offset)?;
+                    return Ok((Arc::new(dir), offset, hasher, file));
+                }
+            }
+        }
+        let file = dir.create_new(&temp_name)?;
+        Ok((Arc::new(dir), 0, blake3::Hasher::new(), file))
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|opened| opened);
     opened.map_err(|e| paths.local_err("open the temporary file", e))
 }
 
 /// Streams the RETR into `writer`, with checkpoints of what an fsync made durable, until the
-/// data connection ends, the network or a write fails, or a stop is requested at a checkpoint.
+/// data connection ends, more than the expected bytes arrive (`account`), the network or a
+/// write fails, or a stop is requested at a checkpoint. `offset` is where this attempt began.
 async fn receive(
     session: &Session,
     ctx: &TransferContext<'_>,
@@ -177,26 +228,29 @@ async fn receive(
     stream: &mut DataStream,
     writer: &mut FileWriter,
     offset: u64,
+    mut account: ByteAccount,
 ) -> Result<Received, TransferError> {
     let mut received = 0u64;
     let mut checkpoints = Checkpoints::new(offset);
     // Why the loop ended early: the network's error (set by every pass, before any way out of
-    // the loop), a write error (in the writer's result), or a stop request.
+    // the loop), a write error (in the writer's result), a stop request, or too many bytes.
     let mut failed: Option<TransferError>;
     let mut stopped = false;
     loop {
         let mut buf = writer.buffer();
         let filled;
         (filled, failed) = fill(session, &paths.remote, stream, &mut buf).await;
-        if filled > 0 {
-            buf.truncate(filled);
+        // Only the bytes before the expected end are the file's.
+        let kept = account.take(filled);
+        if kept > 0 {
+            buf.truncate(kept);
             if !writer.write(buf).await {
                 break; // the write failed: the writer's result says why
             }
-            received += filled as u64;
-            ctx.counter.add(filled as u64);
+            received += kept as u64;
+            ctx.counter.add(kept as u64);
         }
-        if failed.is_some() || filled == 0 {
+        if account.overrun() || failed.is_some() || filled == 0 {
             break;
         }
         if checkpoints.due(offset + received) {
@@ -214,6 +268,7 @@ async fn receive(
         bytes: received,
         failed,
         stopped,
+        account,
     })
 }
 
@@ -317,32 +372,100 @@ async fn settle_mtime(session: &mut Session, paths: &DownloadPaths<'_>, listed: 
     }
 }
 
-/// Sets the temporary file's mtime, fsyncs it, renames it into place and fsyncs the directory
-/// so that the rename itself is durable.
+/// Removes the temporary file of bytes that are not the server's file (too many, or a
+/// SHA-256 that differs) and sets the journal back to byte 0, so that no later attempt
+/// resumes from them. Failures here are only logged: the error the caller returns is why.
+async fn discard(ctx: &TransferContext<'_>, paths: &DownloadPaths<'_>, dir: &Arc<Dir>) {
+    let removed = tokio::task::spawn_blocking({
+        let dir = Arc::clone(dir);
+        let temp_name = paths.temp_name.clone();
+        move || dir.remove_file(&temp_name)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|removed| removed);
+    if let Err(e) = removed {
+        tracing::warn!(
+            path = paths.rel,
+            "cannot remove {}: {e}",
+            paths.temp_path.display()
+        );
+    }
+    if let Err(e) = ctx.checkpoint(paths.rel, 0) {
+        tracing::warn!(path = paths.rel, "cannot reset the transfer journal: {e}");
+    }
+}
+
+/// After a resume, the local file joins two attempts' bytes: where the server can hash a file
+/// (HASH or XSHA256), its SHA-256 must be the local file's, or the bytes are discarded.
+async fn verify_resumed(
+    session: &mut Session,
+    ctx: &TransferContext<'_>,
+    paths: &DownloadPaths<'_>,
+    dir: &Arc<Dir>,
+    file: &std::fs::File,
+) -> Result<(), TransferError> {
+    if session.features.sha256.is_none() {
+        return Ok(());
+    }
+    let Some(remote_sha) = session.remote_sha256(&paths.remote).await? else {
+        return Ok(());
+    };
+    let local_sha = sha256_of(file)
+        .await
+        .map_err(|e| paths.local_err("read", e))?;
+    if local_sha != remote_sha {
+        discard(ctx, paths, dir).await;
+        return Err(TransferError::Discarded(format!(
+            "{}: the server's SHA-256 differs from the resumed download's; it was discarded and starts over from the first byte",
+            paths.rel
+        )));
+    }
+    Ok(())
+}
+
+/// Gives the temporary file the permissions of the file it replaces (new files keep what the
+/// umask gave them), sets its mtime, fsyncs it, renames it into place within its directory
+/// and fsyncs the directory so that the rename itself is durable. Returns the file's metadata
+/// as it went into place.
 async fn put_in_place(
     paths: &DownloadPaths<'_>,
+    dir: Arc<Dir>,
     file: std::fs::File,
     remote_mtime: i64,
-) -> Result<(), TransferError> {
+) -> Result<std::fs::Metadata, TransferError> {
     let mtime =
         std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(remote_mtime).unwrap_or(0));
-    let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        file.set_modified(mtime)?;
-        file.sync_all()
+    let name = paths.name.clone();
+    let synced = tokio::task::spawn_blocking({
+        let dir = Arc::clone(&dir);
+        move || -> std::io::Result<std::fs::Metadata> {
+            use std::os::unix::fs::PermissionsExt;
+            // An update keeps the mode the user gave the file (0600 stays 0600), as rsync does
+            // without --perms; only the permission bits, never set-id bits from an old file.
+            if let Some(mode) = dir.file_mode(&name)? {
+                file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            }
+            file.set_modified(mtime)?;
+            file.sync_all()?;
+            file.metadata()
+        }
     })
     .await
     .map_err(|e| paths.local_err("sync", std::io::Error::other(e)))?;
-    synced.map_err(|e| paths.local_err("sync", e))?;
-    tokio::fs::rename(&paths.temp_path, &paths.final_path)
-        .await
-        .map_err(|e| paths.local_err("rename into place", e))?;
-    if let Some(dir) = paths.final_path.parent() {
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    let meta = synced.map_err(|e| paths.local_err("sync", e))?;
+    let renamed = tokio::task::spawn_blocking({
+        let dir = Arc::clone(&dir);
+        let (name, temp_name) = (paths.name.clone(), paths.temp_name.clone());
+        move || dir.rename(&temp_name, &name)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|renamed| renamed);
+    renamed.map_err(|e| paths.local_err("rename into place", e))?;
+    // Make the rename itself durable.
+    let _ = tokio::task::spawn_blocking(move || dir.sync()).await;
+    Ok(meta)
 }
 
 #[cfg(test)]
@@ -363,6 +486,7 @@ mod tests {
             size: len as u64,
             mtime: 1_700_000_000 * 1_000_000_000,
             hash: None,
+            id: None,
         }
     }
 
@@ -445,5 +569,195 @@ mod tests {
             data
         );
         assert!(!temp.exists());
+    }
+
+    fn context<'a>(
+        job: &'a Job,
+        ledger: &'a crate::state::SharedLedger,
+        counter: &'a ByteCounter,
+    ) -> TransferContext<'a> {
+        TransferContext {
+            job,
+            ledger,
+            counter,
+            stop: None,
+        }
+    }
+
+    fn journal_at(
+        job: &Job,
+        ledger: &crate::state::SharedLedger,
+        rel: &str,
+        source: &Entry,
+        at: u64,
+    ) {
+        let l = ledger.lock();
+        l.journal_begin(
+            &job.name,
+            &JournalEntry {
+                path: rel.into(),
+                direction: Direction::Pull.to_string(),
+                temp_name: temp_rel(rel),
+                size: source.size,
+                mtime: source.mtime,
+                hash: None,
+                offset: 0,
+            },
+        )
+        .unwrap();
+        l.journal_checkpoint(&job.name, rel, at).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_that_grew_on_the_server_since_the_listing_is_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let data = patterned(3 * super::super::CHUNK);
+        // Listed at 100 KiB, then written on to 768 KiB before the RETR.
+        let source = listed(100 << 10);
+        std::fs::write(dir.path().join("server/g.bin"), &data).unwrap();
+        let counter = ByteCounter::default();
+        let ctx = context(&job, &ledger, &counter);
+        let err = download(&mut session, &ctx, "g.bin", &source)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TransferError::Overrun { .. }), "{err}");
+        assert!(err.is_transient() && err.breaks_connection());
+        assert!(err.to_string().contains("g.bin"), "{err}");
+        assert!(!dir.path().join("local/g.bin").exists(), "committed");
+        assert!(!dir.path().join("local").join(temp_name("g.bin")).exists());
+        assert!(
+            counter.get() <= source.size,
+            "{} bytes counted for a {}-byte file",
+            counter.get(),
+            source.size
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resumed_download_that_gets_more_than_the_rest_starts_over_from_byte_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let data = patterned(2 << 20);
+        let source = listed(data.len());
+        let kept = (1 << 20) + 3;
+        let temp = dir.path().join("local").join(temp_name("r.bin"));
+        std::fs::write(&temp, &data[..kept]).unwrap();
+        journal_at(&job, &ledger, "r.bin", &source, kept as u64);
+        // What a server that answers REST with 350 but sends from byte 0 puts on the wire:
+        // the whole file after the offset (here: `kept` bytes more than the rest).
+        let mut served = data[..kept].to_vec();
+        served.extend_from_slice(&data);
+        std::fs::write(dir.path().join("server/r.bin"), &served).unwrap();
+        let counter = ByteCounter::default();
+        let ctx = context(&job, &ledger, &counter);
+        let err = download(&mut session, &ctx, "r.bin", &source)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TransferError::Overrun { .. }), "{err}");
+        assert!(!dir.path().join("local/r.bin").exists(), "committed");
+        assert!(!temp.exists(), "the stitched bytes were kept");
+        let j = ledger.lock().journal_entry(&job.name, "r.bin").unwrap();
+        assert_eq!(j.map(|j| j.offset), Some(0), "the journal still resumes");
+        // The retry (the server now behaving) fetches the whole file from byte 0.
+        let mut session = Session::connect(
+            &job.remote,
+            &crate::remote::tls::TlsContext::new(&job.remote.tls).unwrap(),
+        )
+        .await
+        .unwrap();
+        std::fs::write(dir.path().join("server/r.bin"), &data).unwrap();
+        let done = download(&mut session, &ctx, "r.bin", &source)
+            .await
+            .unwrap();
+        assert_eq!(done.bytes_moved, data.len() as u64);
+        assert_eq!(std::fs::read(dir.path().join("local/r.bin")).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn a_link_planted_at_the_temporary_name_is_replaced_not_written_through() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let secret = dir.path().join("secret");
+        let secret_bytes = patterned(2 << 20);
+        std::fs::write(&secret, &secret_bytes).unwrap();
+        let counter = ByteCounter::default();
+        let ctx = context(&job, &ledger, &counter);
+        // A small file (never journaled) and a journaled one resumed from a checkpoint.
+        for (rel, len, journaled) in [("small.bin", 1000, false), ("big.bin", 3 << 20, true)] {
+            let data = patterned(len);
+            std::fs::write(dir.path().join("server").join(rel), &data).unwrap();
+            let source = listed(len);
+            symlink(&secret, dir.path().join("local").join(temp_name(rel))).unwrap();
+            if journaled {
+                journal_at(&job, &ledger, rel, &source, 1 << 20);
+            }
+            let done = download(&mut session, &ctx, rel, &source).await.unwrap();
+            assert_eq!(std::fs::read(&secret).unwrap(), secret_bytes, "{rel}");
+            assert_eq!(done.bytes_moved, len as u64, "{rel}: resumed from a link");
+            let local = dir.path().join("local").join(rel);
+            assert!(std::fs::symlink_metadata(&local).unwrap().is_file());
+            assert_eq!(std::fs::read(&local).unwrap(), data);
+        }
+        // A link at the final name is replaced itself; its target keeps its bytes.
+        symlink(&secret, dir.path().join("local/linked.bin")).unwrap();
+        std::fs::write(dir.path().join("server/linked.bin"), b"new").unwrap();
+        download(&mut session, &ctx, "linked.bin", &listed(3))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&secret).unwrap(), secret_bytes);
+        assert_eq!(
+            std::fs::read(dir.path().join("local/linked.bin")).unwrap(),
+            b"new"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_download_into_a_directory_replaced_by_a_link_writes_nothing_outside() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(dir.path().join("server/sub")).unwrap();
+        std::fs::write(dir.path().join("server/sub/f.txt"), b"payload").unwrap();
+        symlink(&outside, dir.path().join("local/sub")).unwrap();
+        let counter = ByteCounter::default();
+        let ctx = context(&job, &ledger, &counter);
+        let err = download(&mut session, &ctx, "sub/f.txt", &listed(7))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TransferError::Local { .. }), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_updated_file_keeps_its_mode_and_a_new_one_follows_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let counter = ByteCounter::default();
+        let ctx = context(&job, &ledger, &counter);
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let local = dir.path().join("local/private.csv");
+        std::fs::write(&local, b"old").unwrap();
+        std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(dir.path().join("server/private.csv"), b"updated").unwrap();
+        download(&mut session, &ctx, "private.csv", &listed(7))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&local).unwrap(), b"updated");
+        assert_eq!(mode(&local), 0o600, "an update widened the permissions");
+        // A new file gets what any new file gets here: 0666 less the umask.
+        let reference = dir.path().join("reference");
+        std::fs::write(&reference, b"").unwrap();
+        std::fs::write(dir.path().join("server/new.csv"), b"new").unwrap();
+        download(&mut session, &ctx, "new.csv", &listed(3))
+            .await
+            .unwrap();
+        assert_eq!(mode(&dir.path().join("local/new.csv")), mode(&reference));
     }
 }

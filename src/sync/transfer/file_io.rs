@@ -3,15 +3,15 @@
 //! blocking helpers they share.
 
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::model::snapshot::system_time_ns;
 
-/// BLAKE3 state over the first `len` bytes of a file (the part a resumed transfer keeps).
-fn hash_prefix(path: &Path, len: u64) -> std::io::Result<blake3::Hasher> {
+/// BLAKE3 state over the first `len` bytes of an open file (the part a resumed transfer
+/// keeps), read from its start.
+fn hash_prefix(mut f: &std::fs::File, len: u64) -> std::io::Result<blake3::Hasher> {
     let mut hasher = blake3::Hasher::new();
-    let f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(0))?;
     let copied = std::io::copy(&mut f.take(len), &mut hasher)?;
     if copied != len {
         return Err(std::io::Error::new(
@@ -22,32 +22,71 @@ fn hash_prefix(path: &Path, len: u64) -> std::io::Result<blake3::Hasher> {
     Ok(hasher)
 }
 
-/// Opens `path` positioned at `offset`, with the BLAKE3 state of the bytes before it (call it
-/// on a blocking thread). `for_writing` opens (creating) the temporary file of a download and
-/// cuts it to `offset`; otherwise the file is the source of an upload.
-pub(super) fn open_at(
-    path: &Path,
+/// Positions an open file at `offset`, with the BLAKE3 state of the bytes before it (call it
+/// on a blocking thread). The file was opened beneath the job's root (see
+/// [`super::beneath::Dir`]): for an upload its source, for a download its temporary file,
+/// which the caller has cut to `offset`.
+pub(super) fn resume_at(
+    mut f: std::fs::File,
     offset: u64,
-    for_writing: bool,
 ) -> std::io::Result<(blake3::Hasher, std::fs::File)> {
-    let mut f = if for_writing {
-        let f = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)?;
-        f.set_len(offset)?;
-        f
-    } else {
-        std::fs::File::open(path)?
-    };
     let hasher = if offset > 0 {
-        hash_prefix(path, offset)?
+        hash_prefix(&f, offset)?
     } else {
         blake3::Hasher::new()
     };
     f.seek(SeekFrom::Start(offset))?;
     Ok((hasher, f))
+}
+
+/// Why an upload's source, opened again for the transfer, is not the file the scan saw (see
+/// [`opened_as_scanned`]); carried inside the `io::Error` a [`FileReader`] reports.
+#[derive(Debug)]
+pub(super) struct NotAsScanned(pub(super) String);
+
+impl std::fmt::Display for NotAsScanned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotAsScanned {}
+
+/// Opens the upload source `rel` beneath the job's `root` (no link followed, a regular file
+/// only, see [`super::beneath::Dir::open_file`]) and checks that the descriptor is the file the
+/// scan saw: the same device and inode (where the scan recorded them), size and mtime. So a file
+/// swapped since the scan, for a link to a secret with the same size and mtime say, is never
+/// read, let alone sent.
+pub(super) fn opened_as_scanned(
+    root: &std::path::Path,
+    rel: &str,
+    scanned: &crate::model::snapshot::Entry,
+) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let (dir, name) = super::beneath::Dir::parent_of(root, rel)?;
+    let file = dir.open_file(name)?;
+    let meta = file.metadata()?;
+    let mtime = meta.modified().map(system_time_ns).unwrap_or(0);
+    let why = if scanned
+        .id
+        .is_some_and(|id| id.dev != meta.dev() || id.ino != meta.ino())
+    {
+        Some("another file is in its place".to_string())
+    } else if meta.len() != scanned.size {
+        Some(format!(
+            "{} bytes, the scan saw {}",
+            meta.len(),
+            scanned.size
+        ))
+    } else if mtime != scanned.mtime {
+        Some("modified since".to_string())
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(std::io::Error::other(NotAsScanned(why))),
+        None => Ok(file),
+    }
 }
 
 /// Buffers in flight between the network task and a file thread, each way: enough to keep
@@ -59,7 +98,7 @@ const BUFFERS_IN_FLIGHT: usize = 4;
 /// spending a third of its time outside TLS: tokio::fs's hop to the blocking pool and extra
 /// copy per read, and BLAKE3 inline. Here reading and hashing overlap with encryption and the
 /// socket, so on two cores they cost almost no wall time. The hash still covers exactly the
-/// bytes handed over, in order, from the first byte of the file (see [`open_at`]).
+/// bytes handed over, in order, from the first byte of the file (see [`resume_at`]).
 pub(super) struct FileReader {
     full: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     empty: std::sync::mpsc::Sender<Vec<u8>>,
@@ -70,6 +109,9 @@ pub(super) struct FileReader {
 pub(super) struct ReadToEnd {
     /// BLAKE3 over every byte of the file, from its first.
     pub(super) hasher: blake3::Hasher,
+    /// The file that was read (for a second read, such as a SHA-256 to compare with the
+    /// server's).
+    pub(super) file: std::fs::File,
     /// The open file's size and mtime (ns) after the last read: the scan's, unless the file was
     /// written to since.
     pub(super) size: u64,
@@ -77,13 +119,18 @@ pub(super) struct ReadToEnd {
 }
 
 impl FileReader {
-    /// Opens `path` at `offset` (hashing the bytes before it) and starts reading ahead in
-    /// buffers of `len` bytes.
-    pub(super) fn start(path: std::path::PathBuf, offset: u64, len: usize) -> FileReader {
+    /// Opens the file with `open` (beneath the job's root, checked against the scan), positions
+    /// it at `offset` (hashing the bytes before it) and starts reading ahead in buffers of `len`
+    /// bytes. An error of `open` is the first thing [`FileReader::next`] returns.
+    pub(super) fn start(
+        open: impl FnOnce() -> std::io::Result<std::fs::File> + Send + 'static,
+        offset: u64,
+        len: usize,
+    ) -> FileReader {
         let (full_tx, full) = tokio::sync::mpsc::channel(BUFFERS_IN_FLIGHT);
         let (empty, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let thread = tokio::task::spawn_blocking(move || {
-            let (mut hasher, mut file) = match open_at(&path, offset, false) {
+            let (mut hasher, mut file) = match open().and_then(|f| resume_at(f, offset)) {
                 Ok(opened) => opened,
                 Err(e) => {
                     let _ = full_tx.blocking_send(Err(e));
@@ -110,6 +157,7 @@ impl FileReader {
                         return match file.metadata() {
                             Ok(meta) => Some(ReadToEnd {
                                 hasher,
+                                file,
                                 size: meta.len(),
                                 mtime: meta.modified().map(system_time_ns).unwrap_or(0),
                             }),
@@ -399,12 +447,14 @@ fn start_syncer(
     (tx, thread)
 }
 
-/// SHA-256 of a whole local file, on a blocking thread.
-pub(super) async fn sha256_of(path: std::path::PathBuf) -> std::io::Result<[u8; 32]> {
+/// SHA-256 of the whole of an open local file (read from its start), on a blocking thread.
+pub(super) async fn sha256_of(file: &std::fs::File) -> std::io::Result<[u8; 32]> {
+    let mut file = file.try_clone()?;
     tokio::task::spawn_blocking(move || {
         use sha2::Digest;
         let mut hasher = sha2::Sha256::new();
-        std::io::copy(&mut std::fs::File::open(&path)?, &mut hasher)?;
+        file.seek(SeekFrom::Start(0))?;
+        std::io::copy(&mut file, &mut hasher)?;
         Ok(hasher.finalize().into())
     })
     .await
@@ -428,7 +478,8 @@ mod tests {
         let data = patterned(3 * CHUNK + 12345);
         std::fs::write(&path, &data).unwrap();
         for offset in [0u64, 1, CHUNK as u64 + 7] {
-            let mut reader = FileReader::start(path.clone(), offset, CHUNK);
+            let p = path.clone();
+            let mut reader = FileReader::start(move || std::fs::File::open(p), offset, CHUNK);
             let mut got = Vec::new();
             while let Some(buf) = reader.next().await {
                 let buf = buf.unwrap();
@@ -451,7 +502,8 @@ mod tests {
     #[tokio::test]
     async fn the_reader_reports_a_missing_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut reader = FileReader::start(dir.path().join("missing"), 0, CHUNK);
+        let p = dir.path().join("missing");
+        let mut reader = FileReader::start(move || std::fs::File::open(p), 0, CHUNK);
         let first = reader.next().await.unwrap();
         assert_eq!(first.unwrap_err().kind(), std::io::ErrorKind::NotFound);
         assert!(reader.next().await.is_none());
@@ -465,7 +517,12 @@ mod tests {
         let data = patterned(5 * CHUNK + 99);
         // Resume after the first 1000 bytes, as a download does.
         std::fs::write(&path, &data[..1000]).unwrap();
-        let (hasher, file) = open_at(&path, 1000, true).unwrap();
+        let f = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let (hasher, file) = resume_at(f, 1000).unwrap();
         let mut writer = FileWriter::start(file, hasher, 1000, CHUNK);
         let mut durable = Vec::new();
         let mut sent = 1000u64;

@@ -17,6 +17,7 @@ use crate::remote::session::Session;
 use crate::state::ledger::JournalEntry;
 use crate::state::SharedLedger;
 
+pub(crate) mod beneath;
 mod download;
 mod file_io;
 mod upload;
@@ -64,6 +65,19 @@ pub enum TransferError {
         got: u64,
         expected: u64,
     },
+    /// The data connection carried more than the bytes expected (the listed size less the
+    /// resume offset): a file still growing on the server, or a server that ignored REST and
+    /// sent from byte 0. What arrived was discarded; the next attempt starts from byte 0.
+    #[error("{path}: the server sent more than the {expected} bytes expected (the listed size less the {offset} bytes resumed from); what arrived was discarded")]
+    Overrun {
+        path: String,
+        expected: u64,
+        offset: u64,
+    },
+    /// What arrived is the expected length but is not the server's file (its SHA-256 after a
+    /// resume differs): discarded; the next attempt starts from byte 0.
+    #[error("{0}")]
+    Discarded(String),
     #[error(transparent)]
     Ledger(#[from] crate::state::ledger::LedgerError),
     /// The server refused the temporary name (553, e.g. Pure-FTPd's `ProhibitDotFilesWrite`).
@@ -85,6 +99,7 @@ impl TransferError {
                     | FtpsError::Timeout { .. }
                     | FtpsError::Reply { code: 425, .. }
             ) | TransferError::Short { .. }
+                | TransferError::Overrun { .. }
         )
     }
 
@@ -94,8 +109,66 @@ impl TransferError {
     pub fn is_transient(&self) -> bool {
         match self {
             TransferError::Ftps(e) => e.is_transient(),
-            TransferError::Short { .. } => true,
+            TransferError::Short { .. }
+            | TransferError::Overrun { .. }
+            | TransferError::Discarded(_) => true,
             _ => false,
+        }
+    }
+}
+
+/// Exact byte accounting of one download: the data connection must carry exactly the bytes
+/// expected (the listed size less the offset it resumes from). Fewer is a short transfer
+/// (kept, resumed next time); more means the bytes are not the listed file from that offset (it
+/// grew, or the server ignored REST and sent from byte 0), so reading stops as soon as the
+/// count passes the expected end and nothing beyond it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ByteAccount {
+    expected: u64,
+    received: u64,
+}
+
+/// What a [`ByteAccount`] says of a transfer whose data connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tally {
+    Exact,
+    Short { got: u64, expected: u64 },
+    Over { expected: u64 },
+}
+
+impl ByteAccount {
+    /// A transfer of a file listed at `size` bytes, resumed from `offset`.
+    pub(crate) fn new(size: u64, offset: u64) -> Self {
+        ByteAccount {
+            expected: size.saturating_sub(offset),
+            received: 0,
+        }
+    }
+
+    /// Counts `n` more bytes off the wire; returns how many of them belong to the file (the
+    /// ones before the expected end).
+    pub(crate) fn take(&mut self, n: usize) -> usize {
+        let room = self.expected.saturating_sub(self.received);
+        self.received = self.received.saturating_add(n as u64);
+        usize::try_from(room).map_or(n, |room| n.min(room))
+    }
+
+    /// Whether more than the expected bytes arrived: stop reading.
+    pub(crate) fn overrun(&self) -> bool {
+        self.received > self.expected
+    }
+
+    /// The verdict once the data connection ended.
+    pub(crate) fn tally(&self) -> Tally {
+        match self.received.cmp(&self.expected) {
+            std::cmp::Ordering::Equal => Tally::Exact,
+            std::cmp::Ordering::Less => Tally::Short {
+                got: self.received,
+                expected: self.expected,
+            },
+            std::cmp::Ordering::Greater => Tally::Over {
+                expected: self.expected,
+            },
         }
     }
 }
@@ -202,6 +275,47 @@ async fn timed<T>(
         }
         .into()),
         Ok(Ok(v)) => Ok(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_download_counts_exactly_the_bytes_expected_and_no_more() {
+        // Resumed at 400 of 1000: 600 expected.
+        let mut a = ByteAccount::new(1000, 400);
+        assert_eq!(a.take(250), 250);
+        assert_eq!(
+            a.tally(),
+            Tally::Short {
+                got: 250,
+                expected: 600
+            }
+        );
+        assert_eq!(a.take(350), 350);
+        assert!(!a.overrun());
+        assert_eq!(a.tally(), Tally::Exact);
+        // A server that ignored REST sends all 1000: the bytes past 600 are not kept, and
+        // the transfer is over its length.
+        let mut a = ByteAccount::new(1000, 400);
+        assert_eq!(a.take(512), 512);
+        assert_eq!(a.take(512), 88);
+        assert!(a.overrun());
+        assert_eq!(a.tally(), Tally::Over { expected: 600 });
+        assert_eq!(a.take(512), 0, "nothing past the end is kept");
+        // An empty file: any byte is one too many.
+        let mut a = ByteAccount::new(0, 0);
+        assert_eq!(a.tally(), Tally::Exact);
+        assert_eq!(a.take(1), 0);
+        assert!(a.overrun());
+        // An endless stream stays bounded.
+        let mut a = ByteAccount::new(10, 0);
+        for _ in 0..1000 {
+            a.take(usize::MAX);
+        }
+        assert!(a.overrun());
     }
 }
 

@@ -3,7 +3,7 @@
 
 use tokio::io::AsyncWriteExt;
 
-use super::file_io::{sha256_of, FileReader, ReadToEnd};
+use super::file_io::{opened_as_scanned, sha256_of, FileReader, NotAsScanned, ReadToEnd};
 use super::{buffer_len, timed, Checkpoints, TransferContext, TransferError, Transferred};
 use crate::config::Job;
 use crate::model::paths::{local_path, remote_path};
@@ -21,8 +21,9 @@ struct UploadPaths<'a> {
     /// On the server: the target, and the name the bytes are written to.
     final_path: String,
     temp_path: String,
-    /// The source.
+    /// The source (for errors: it is opened beneath `root`, see [`opened_as_scanned`]).
     local: std::path::PathBuf,
+    root: std::path::PathBuf,
 }
 
 impl<'a> UploadPaths<'a> {
@@ -42,7 +43,23 @@ impl<'a> UploadPaths<'a> {
             final_path,
             temp_path,
             local,
+            root: job.local.clone(),
         }
+    }
+
+    /// A failed read of the source; a source that is not the file the scan saw is a failed
+    /// verification instead (nothing was sent: the next run sends what is there then).
+    fn read_err(&self, source: std::io::Error) -> TransferError {
+        if let Some(not) = source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<NotAsScanned>())
+        {
+            return TransferError::Verify(format!(
+                "{}: the local file is not the one the scan saw ({not}); it was not sent, and the next run sends it as it is then",
+                self.rel
+            ));
+        }
+        self.local_err("read", source)
     }
 
     fn local_err(&self, action: &'static str, source: std::io::Error) -> TransferError {
@@ -64,7 +81,7 @@ pub(crate) async fn upload(
     let job = ctx.job;
     let paths = UploadPaths::new(job, rel);
     let offset = resume_offset(session, ctx, &paths, source).await?;
-    let (sent, read) = stream_file(session, ctx, &paths, source.size, offset).await?;
+    let (sent, read) = stream_file(session, ctx, &paths, source, offset).await?;
 
     let total = offset + sent;
     let hash = read.hasher.finalize();
@@ -76,7 +93,7 @@ pub(crate) async fn upload(
         )
         .await);
     }
-    verify_on_server(session, job, &paths, offset, total).await?;
+    verify_on_server(session, job, &paths, &read.file, offset, total).await?;
     commit(session, job, &paths, source.mtime).await?;
     Ok(Transferred {
         entry: SyncedEntry {
@@ -137,27 +154,25 @@ async fn stream_file(
     session: &mut Session,
     ctx: &TransferContext<'_>,
     paths: &UploadPaths<'_>,
-    size: u64,
+    source: &Entry,
     offset: u64,
 ) -> Result<(u64, ReadToEnd), TransferError> {
     if offset > 0 {
         tracing::info!(path = paths.rel, offset, "resuming upload");
     }
-    let mut reader = FileReader::start(
-        paths.local.clone(),
-        offset,
-        buffer_len(size.saturating_sub(offset)),
-    );
+    let size = source.size;
+    let open = {
+        let (root, rel, scanned) = (paths.root.clone(), paths.rel.to_string(), source.clone());
+        move || opened_as_scanned(&root, &rel, &scanned)
+    };
+    let mut reader = FileReader::start(open, offset, buffer_len(size.saturating_sub(offset)));
     let sent = if offset < size || size == 0 {
         send(session, ctx, paths, &mut reader, offset).await?
     } else {
         drain(paths, &mut reader).await?;
         0
     };
-    let read = reader
-        .finish()
-        .await
-        .map_err(|e| paths.local_err("read", e))?;
+    let read = reader.finish().await.map_err(|e| paths.read_err(e))?;
     Ok((sent, read))
 }
 
@@ -179,7 +194,7 @@ async fn send(
         session.restart_at(temp_path, offset).await?;
     }
     if let Some(Err(e)) = next {
-        return Err(paths.local_err("read", e));
+        return Err(paths.read_err(e));
     }
     let mut stream = match session.store(temp_path).await {
         Err(e) if e.code() == Some(553) && ctx.job.upload.temp_name => {
@@ -189,7 +204,7 @@ async fn send(
     };
     let mut checkpoints = Checkpoints::new(offset);
     while let Some(read) = next {
-        let buf = read.map_err(|e| paths.local_err("read", e))?;
+        let buf = read.map_err(|e| paths.read_err(e))?;
         let n = buf.len() as u64;
         timed(session, "STOR", temp_path, stream.write_all(&buf)).await?;
         reader.recycle(buf);
@@ -213,7 +228,7 @@ async fn send(
 /// covers the whole file.
 async fn drain(paths: &UploadPaths<'_>, reader: &mut FileReader) -> Result<(), TransferError> {
     while let Some(read) = reader.next().await {
-        let buf = read.map_err(|e| paths.local_err("read", e))?;
+        let buf = read.map_err(|e| paths.read_err(e))?;
         reader.recycle(buf);
     }
     Ok(())
@@ -241,6 +256,7 @@ async fn verify_on_server(
     session: &mut Session,
     job: &Job,
     paths: &UploadPaths<'_>,
+    local: &std::fs::File,
     offset: u64,
     total: u64,
 ) -> Result<(), TransferError> {
@@ -259,7 +275,7 @@ async fn verify_on_server(
     if offset > 0 && session.features.sha256.is_some() && job.upload.verify {
         // A resumed upload joined two sessions' bytes on the server: where the server can hash
         // a file, compare its SHA-256 with the local file's before the rename.
-        let local_sha = sha256_of(paths.local.clone())
+        let local_sha = sha256_of(local)
             .await
             .map_err(|e| paths.local_err("read", e))?;
         if let Some(remote_sha) = session.remote_sha256(&paths.temp_path).await? {
@@ -315,6 +331,7 @@ mod tests {
             size: meta.len(),
             mtime: system_time_ns(meta.modified().unwrap()),
             hash: None,
+            id: None,
         }
     }
 
@@ -401,5 +418,85 @@ mod tests {
         assert_eq!(done.entry.hash, blake3::hash(&data));
         assert_eq!(std::fs::read(server_root.join("big.bin")).unwrap(), data);
         assert!(!server_root.join(temp_name("big.bin")).exists());
+    }
+
+    /// The file as the local scan sees it (device and inode included).
+    fn scanned(root: &Path, rel: &str) -> Entry {
+        let s = crate::sync::scan::scan_local_dir(
+            root,
+            "",
+            &crate::config::PathFilter::all(),
+            &crate::model::plan::LedgerView::new(),
+        );
+        s.snapshot[rel].clone()
+    }
+
+    #[tokio::test]
+    async fn a_file_swapped_after_the_scan_is_not_sent_even_with_the_same_size_and_mtime() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let (job, mut session, ledger) = loopback_job(dir.path()).await;
+        let root = dir.path().join("local");
+        let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let write_at = |path: &Path, bytes: &[u8]| {
+            std::fs::write(path, bytes).unwrap();
+            let f = std::fs::File::options().write(true).open(path).unwrap();
+            f.set_modified(an_hour_ago).unwrap();
+        };
+        let secret = dir.path().join("secret");
+        write_at(&secret, b"the secret");
+        let counter = ByteCounter::default();
+        let ctx = TransferContext {
+            job: &job,
+            ledger: &ledger,
+            counter: &counter,
+            stop: None,
+        };
+        let server_root = dir.path().join("server");
+        // Swapped for a link to the secret, or (renamed over it) for another regular file,
+        // each with the size and mtime the scan saw.
+        for (rel, swap) in [("linked.csv", true), ("renamed.csv", false)] {
+            let path = root.join(rel);
+            write_at(&path, b"job's data");
+            let source = scanned(&root, rel);
+            assert!(source.hash.is_none() && source.id.is_some());
+            if swap {
+                std::fs::remove_file(&path).unwrap();
+                symlink(&secret, &path).unwrap();
+            } else {
+                // Made while the scanned file still holds its inode number.
+                let other = dir.path().join("other");
+                write_at(&other, b"the secret");
+                std::fs::rename(&other, &path).unwrap();
+            }
+            let err = upload(&mut session, &ctx, rel, &source).await.unwrap_err();
+            // A link fails the open (O_NOFOLLOW) and names the link; another file fails the
+            // check of the descriptor against the scan.
+            let expected = if swap {
+                matches!(&err, TransferError::Local { .. })
+                    && err.to_string().contains("is a symbolic link")
+            } else {
+                matches!(&err, TransferError::Verify(_))
+                    && err.to_string().contains("not the one the scan saw")
+            };
+            assert!(expected, "{rel}: {err}");
+            assert!(!err.is_transient(), "{err}");
+            assert!(err.to_string().contains(rel), "{err}");
+            assert!(!server_root.join(rel).exists(), "{rel} was sent");
+            assert!(
+                !server_root.join(temp_name(rel)).exists(),
+                "{rel}: bytes sent"
+            );
+        }
+        assert_eq!(counter.get(), 0, "bytes of a swapped file were sent");
+        // The scan itself never takes a link for a file.
+        assert!(!crate::sync::scan::scan_local_dir(
+            &root,
+            "",
+            &crate::config::PathFilter::all(),
+            &crate::model::plan::LedgerView::new(),
+        )
+        .snapshot
+        .contains_key("linked.csv"));
     }
 }
