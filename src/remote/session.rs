@@ -763,31 +763,33 @@ fn passive_failure_text(
     control_peer: std::net::IpAddr,
     policy: PassiveAddress,
 ) -> (String, String) {
-    if target.ip() != announced.ip() {
+    let same = |a: std::net::IpAddr, b: std::net::IpAddr| a.to_canonical() == b.to_canonical();
+    if !same(target.ip(), announced.ip()) {
         return (
             format!(
                 " (the server's PASV reply named {}, replaced by the control connection's address: remote.passive_address: {})",
                 announced.ip(),
                 policy_name(policy)
             ),
-            FIREWALL_HINT.to_string(),
+            format!("{FIREWALL_HINT}; if this server's data connections are served by another host, set remote.passive_address: server"),
         );
     }
     let source = " (the address in the server's PASV reply)".to_string();
-    if announced.ip() != control_peer && data_channel::is_unroutable(announced.ip()) {
-        let hint = format!(
-            "; {} is a private or unroutable address, as a server behind NAT announces it: set remote.passive_address: auto (or control) to use the control connection's address {control_peer}",
-            announced.ip()
-        );
-        (source, hint)
-    } else if announced.ip() != control_peer {
-        let hint = format!(
-            "; if the server is behind NAT, set remote.passive_address: control to use the control connection's address {control_peer}{FIREWALL_HINT}"
-        );
-        (source, hint)
-    } else {
-        (source, FIREWALL_HINT.to_string())
+    if same(announced.ip(), control_peer) {
+        return (source, FIREWALL_HINT.to_string());
     }
+    // passive_address: server, and the reply names another address.
+    let hint = if data_channel::is_unroutable(announced.ip()) {
+        format!(
+            "; {} is a private or unroutable address, as a server behind NAT announces it: set remote.passive_address: auto to use the control connection's address {control_peer}",
+            announced.ip()
+        )
+    } else {
+        format!(
+            "; if the server is behind NAT, set remote.passive_address: auto to use the control connection's address {control_peer}{FIREWALL_HINT}"
+        )
+    };
+    (source, hint)
 }
 
 fn policy_name(p: PassiveAddress) -> &'static str {
@@ -837,13 +839,13 @@ fn passive_connector(
     move |announced: SocketAddr| {
         let ip = data_channel::passive_target(announced.ip(), control_peer.ip(), policy);
         let target = SocketAddr::new(ip, announced.port());
-        if ip != announced.ip() {
+        if ip.to_canonical() != announced.ip().to_canonical() {
             if noted.swap(true, Ordering::Relaxed) {
                 tracing::debug!(%server, "PASV named {}, connecting to {target}", announced.ip());
             } else {
                 tracing::info!(
                     %server,
-                    "the server's PASV reply names {}, which cannot be reached from here (a server behind NAT); connecting to the control connection's address {} instead (remote.passive_address: {})",
+                    "the server's PASV reply names {}, not the control connection's address; connecting to {} instead, with the reply's port (remote.passive_address: {}; `server` would use the reply's address)",
                     announced.ip(),
                     control_peer.ip(),
                     policy_name(policy)
@@ -928,23 +930,34 @@ mod tests {
             "{hint}"
         );
         assert!(hint.contains("passive_address: auto"), "{hint}");
-        // A routable address elsewhere: NAT is possible, so control is suggested too.
+        // passive_address: server, a routable address elsewhere: NAT is possible, so auto is
+        // suggested too.
         let (_, hint) = passive_failure_text(
             sock("198.51.101.9:50001"),
             sock("198.51.101.9:50001"),
             peer,
-            PassiveAddress::Auto,
+            PassiveAddress::Server,
         );
-        assert!(hint.contains("passive_address: control"), "{hint}");
-        // Substituted already: the firewall is the suspect.
+        assert!(hint.contains("passive_address: auto"), "{hint}");
+        assert!(hint.contains("passive ports"), "{hint}");
+        // Substituted already (auto): the firewall is the suspect, or a separate data host.
         let (source, hint) = passive_failure_text(
-            sock("10.0.0.5:50001"),
+            sock("198.51.101.9:50001"),
             sock("203.0.114.5:50001"),
             peer,
             PassiveAddress::Auto,
         );
-        assert!(source.contains("named 10.0.0.5, replaced"), "{source}");
+        assert!(source.contains("named 198.51.101.9, replaced"), "{source}");
         assert!(hint.contains("passive ports"), "{hint}");
+        assert!(hint.contains("passive_address: server"), "{hint}");
+        // The reply named the control connection's own address: only the firewall is left.
+        let (_, hint) = passive_failure_text(
+            sock("203.0.114.5:50001"),
+            sock("203.0.114.5:50001"),
+            peer,
+            PassiveAddress::Auto,
+        );
+        assert_eq!(hint, FIREWALL_HINT);
     }
 
     #[test]
