@@ -151,6 +151,7 @@ impl TlsContext {
                 unresumed_pending: AtomicBool::new(false),
                 unresumed_accepted: self.unresumed_accepted.clone(),
             }),
+            control: Arc::new(ControlProgress::default()),
         })
     }
 
@@ -284,6 +285,7 @@ pub struct TlsConnector {
     inner: tokio_rustls::TlsConnector,
     used_tls13: Arc<AtomicBool>,
     resumption: Arc<Resumption>,
+    control: Arc<ControlProgress>,
 }
 
 impl TlsConnector {
@@ -291,6 +293,46 @@ impl TlsConnector {
     /// connector to suppaftp.
     pub(crate) fn resumption(&self) -> Arc<Resumption> {
         self.resumption.clone()
+    }
+
+    /// How far the control connection got over TLS; read it before handing the connector to
+    /// suppaftp.
+    pub(crate) fn control_progress(&self) -> Arc<ControlProgress> {
+        self.control.clone()
+    }
+}
+
+/// How far a control connection got after its TLS handshake: whether the handshake completed,
+/// and how many command lines went out over TLS since.
+///
+/// suppaftp's `into_secure` sends AUTH TLS, shakes hands, then sends PBSZ 0 and PROT P, and a
+/// refusal of any of the three comes back as the same bare "unexpected reply". This tells them
+/// apart: no handshake yet means AUTH TLS was refused; after it, one line sent means PBSZ 0,
+/// two mean PROT P.
+#[derive(Debug, Default)]
+pub struct ControlProgress {
+    secured: AtomicBool,
+    lines: std::sync::atomic::AtomicUsize,
+}
+
+impl ControlProgress {
+    /// `None` before the TLS handshake completed; then the command lines sent over TLS.
+    pub(crate) fn lines_after_handshake(&self) -> Option<usize> {
+        self.secured
+            .load(Ordering::Acquire)
+            .then(|| self.lines.load(Ordering::Acquire))
+    }
+
+    fn handshake_done(&self) {
+        self.secured.store(true, Ordering::Release);
+    }
+
+    /// Counts the complete lines in bytes written to the control connection.
+    fn wrote(&self, bytes: &[u8]) {
+        let n = bytes.iter().filter(|b| **b == b'\n').count();
+        if n > 0 {
+            self.lines.fetch_add(n, Ordering::AcqRel);
+        }
     }
 }
 
@@ -444,6 +486,9 @@ impl AsyncTlsConnector for TlsConnector {
             self.used_tls13.store(true, Ordering::Relaxed);
         }
         let data_connection = self.resumption.first_was_tls13.set(tls13).is_err();
+        if !data_connection {
+            self.control.handshake_done();
+        }
         if data_connection {
             let resumed =
                 inner.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
@@ -456,6 +501,7 @@ impl AsyncTlsConnector for TlsConnector {
             unflushed: false,
             closing: None,
             shut: false,
+            control: (!data_connection).then(|| self.control.clone()),
         })
     }
 }
@@ -479,6 +525,8 @@ pub struct FlushingTlsStream {
     closing: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Our close_notify and FIN are sent (or could not be).
     shut: bool,
+    /// The control connection's progress (see [`ControlProgress`]); `None` on data connections.
+    control: Option<Arc<ControlProgress>>,
 }
 
 /// How long to wait, after the peer's close_notify, for the peer's FIN (see
@@ -603,6 +651,9 @@ impl AsyncWrite for FlushingTlsStream {
             Poll::Ready(Ok(n)) => n,
             other => return other,
         };
+        if let Some(control) = &this.control {
+            control.wrote(&buf[..n]);
+        }
         this.unflushed = true;
         if let Poll::Ready(Err(e)) = this.poll_pending_flush(cx) {
             return Poll::Ready(Err(e));
@@ -665,6 +716,20 @@ mod tests {
             !aes_is_accelerated(),
             "{suites:?}"
         );
+    }
+
+    #[test]
+    fn control_progress_counts_lines_after_the_handshake() {
+        let p = ControlProgress::default();
+        assert_eq!(p.lines_after_handshake(), None);
+        p.handshake_done();
+        assert_eq!(p.lines_after_handshake(), Some(0));
+        // A command may go out in pieces; only complete lines count.
+        p.wrote(b"PBSZ");
+        p.wrote(b" 0\r\n");
+        assert_eq!(p.lines_after_handshake(), Some(1));
+        p.wrote(b"PROT P\r\n");
+        assert_eq!(p.lines_after_handshake(), Some(2));
     }
 
     #[test]
