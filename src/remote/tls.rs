@@ -570,12 +570,36 @@ impl AsyncRead for FlushingTlsStream {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Ok(())) if buf.remaining() > 0 => {
-                // The TLS stream ended (close_notify, or the TCP end itself).
+                // The TLS stream ended with the peer's close_notify.
                 this.closing = Some(Box::pin(tokio::time::sleep(FIN_AFTER_CLOSE_NOTIFY)));
                 this.poll_tcp_eof(cx)
             }
+            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Poll::Ready(Err(this.cut_without_close_notify()))
+            }
             other => other,
         }
+    }
+}
+
+/// What a data connection that ends without close_notify is reported as.
+pub(crate) const DATA_CUT: &str = "the server closed the data connection without TLS close_notify, so the transfer may be truncated";
+/// The same on the control connection.
+const CONTROL_CUT: &str = "the server closed the control connection without TLS close_notify";
+
+impl FlushingTlsStream {
+    /// The TCP connection ended without the peer's close_notify. rustls reports that as
+    /// `UnexpectedEof` with a link to its manual; on a data connection it means the bytes read
+    /// may not be all the server meant to send (a cut connection, a middlebox, a crashed
+    /// server process), so the error says so. The kind stays `UnexpectedEof`, and callers keep
+    /// treating it as a connection failure (transient).
+    fn cut_without_close_notify(&self) -> std::io::Error {
+        let what = if self.control.is_some() {
+            CONTROL_CUT
+        } else {
+            DATA_CUT
+        };
+        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what)
     }
 }
 
@@ -688,9 +712,106 @@ impl TokioTlsStream for FlushingTlsStream {
     }
 }
 
+/// A TLS peer that ends connections without close_notify, for the unit tests here and in
+/// `session.rs` (a TLS server, not an FTP one: no FTP is spoken).
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn insecure_context() -> TlsContext {
+        TlsContext::new(&TlsOptions {
+            tls12_only: false,
+            ca_file: None,
+            pins: Vec::new(),
+            insecure_skip_verify: true,
+            client_cert: None,
+            client_key: None,
+        })
+        .unwrap()
+    }
+
+    /// Listens on 127.0.0.1; on each connection, shakes hands, writes `payload`, and closes
+    /// the TCP connection (FIN) without sending close_notify.
+    async fn cutting_server(payload: &'static [u8]) -> std::net::SocketAddr {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key.into())
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let mut tls = acceptor.accept(tcp).await.unwrap();
+                    tls.write_all(payload).await.unwrap();
+                    tls.flush().await.unwrap();
+                    let (mut tcp, _) = tls.into_inner();
+                    let _ = tcp.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A control connection and a data connection (the connector's first and second) to a
+    /// server that writes `payload` on each and cuts both without close_notify.
+    pub(crate) async fn cut_connections(
+        payload: &'static [u8],
+    ) -> (FlushingTlsStream, FlushingTlsStream) {
+        let addr = cutting_server(payload).await;
+        let connector = insecure_context().connector().unwrap();
+        let control = TcpStream::connect(addr).await.unwrap();
+        let control = connector.connect("localhost", control).await.unwrap();
+        let data = TcpStream::connect(addr).await.unwrap();
+        let data = connector.connect("localhost", data).await.unwrap();
+        (control, data)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Reads until an error or the end; returns the bytes and the error.
+    async fn read_all(s: &mut FlushingTlsStream) -> (Vec<u8>, Option<std::io::Error>) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return (got, None),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return (got, Some(e)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_cut_without_close_notify_says_so() {
+        let (mut control, mut data) = test_support::cut_connections(b"-rw-r--r-- 1 u g").await;
+        let (got, e) = read_all(&mut data).await;
+        assert_eq!(got, b"-rw-r--r-- 1 u g");
+        let e = e.expect("a cut data connection is an error, not an end");
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            e.to_string(),
+            "the server closed the data connection without TLS close_notify, so the transfer may be truncated"
+        );
+        let (_, e) = read_all(&mut control).await;
+        assert_eq!(
+            e.unwrap().to_string(),
+            "the server closed the control connection without TLS close_notify"
+        );
+    }
 
     #[test]
     fn chacha20_is_offered_only_without_hardware_aes() {
