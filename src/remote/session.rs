@@ -1072,6 +1072,25 @@ mod tests {
     }
 
     #[test]
+    fn a_listed_name_that_is_not_utf8_is_refused_not_renamed() {
+        for (raw, mlsd) in [
+            (
+                &b"-rw-r--r-- 1 u g 5 Jan 01 12:00 caf\xe9.txt\r\n"[..],
+                false,
+            ),
+            (
+                &b"type=file;size=5;modify=20201019151930; caf\xe9.txt\r\n"[..],
+                true,
+            ),
+        ] {
+            let lines = listing_lines(raw);
+            let entry = crate::remote::listing::parse_line(&lines[0], mlsd).unwrap();
+            let e = crate::model::snapshot::check_remote_name("/in", &entry.name).unwrap_err();
+            assert!(e.reason.contains("not valid UTF-8 on the server"), "{e}");
+        }
+    }
+
+    #[test]
     fn listing_lines_split_like_suppaftp() {
         assert_eq!(
             listing_lines(b"a b\r\n\r\nc\nd\xff\r\n"),
