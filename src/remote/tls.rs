@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::Digest;
 use suppaftp::tokio::{AsyncTlsConnector, TokioTlsStream};
@@ -29,7 +30,8 @@ use crate::config::{Fingerprint, TlsOptions};
 pub struct TlsContext {
     provider: Arc<CryptoProvider>,
     verifier: Arc<dyn ServerCertVerifier>,
-    client_auth: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
+    /// `tls.client_cert` with `tls.client_key` (see [`client_certified_key`]).
+    client_auth: Option<Arc<CertifiedKey>>,
     /// Offer TLS 1.2 only: from `tls.max_version: "1.2"`, or set during a run by
     /// [`TlsContext::fall_back_to_tls12`].
     tls12_only: Arc<AtomicBool>,
@@ -88,19 +90,21 @@ impl TlsContext {
             .map_err(|e| format!("TLS verifier: {e}"))?
         };
         let client_auth = match (&opts.client_cert, &opts.client_key) {
-            (Some(cert), Some(key)) => {
-                let certs = read_certs(cert)?;
-                let pem = std::fs::read(key)
-                    .map_err(|e| format!("tls.client_key {}: {e}", key.display()))?;
+            (Some(cert_path), Some(key_path)) => {
+                let certs = read_certs(cert_path)?;
+                let pem = std::fs::read(key_path)
+                    .map_err(|e| format!("tls.client_key {}: {e}", key_path.display()))?;
                 let key = rustls_pemfile::private_key(&mut pem.as_slice())
-                    .map_err(|e| format!("tls.client_key {}: {e}", key.display()))?
+                    .map_err(|e| format!("tls.client_key {}: {e}", key_path.display()))?
                     .ok_or_else(|| {
                         format!(
                             "tls.client_key {}: no private key in the file",
-                            key.display()
+                            key_path.display()
                         )
                     })?;
-                Some((certs, Arc::new(key)))
+                Some(client_certified_key(
+                    certs, key, &provider, cert_path, key_path,
+                )?)
             }
             _ => None,
         };
@@ -135,9 +139,9 @@ impl TlsContext {
             .dangerous()
             .with_custom_certificate_verifier(self.verifier.clone());
         let mut config = match &self.client_auth {
-            Some((certs, key)) => builder
-                .with_client_auth_cert(certs.clone(), key.clone_key())
-                .map_err(|e| format!("client certificate: {e}"))?,
+            Some(certified) => builder.with_client_cert_resolver(Arc::new(
+                rustls::sign::SingleCertAndKey::from(certified.clone()),
+            )),
             None => builder.with_no_client_auth(),
         };
         let store = Arc::new(TicketCountingStore::default());
@@ -205,6 +209,44 @@ fn is_chacha20(suite: rustls::CipherSuite) -> bool {
             | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
             | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
     )
+}
+
+/// The client certificate and its key, as rustls sends them.
+///
+/// rustls's `with_client_auth_cert` parses the certificate with webpki to check that it
+/// matches the key, and webpki refuses X.509 version 1 certificates (`UnsupportedCertVersion`),
+/// which older CA scripts (`openssl x509 -req` without extensions) still issue and OpenSSL
+/// servers accept: such a job failed before anything was sent. Here the certificate and key are
+/// paired without that parse: a key that evidently belongs to another certificate is still
+/// refused locally, and a certificate webpki cannot read is sent as it is, for the server to
+/// decide (a server that refuses it answers with a TLS alert, reported as such).
+fn client_certified_key(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    provider: &CryptoProvider,
+    cert_path: &std::path::Path,
+    key_path: &std::path::Path,
+) -> Result<Arc<CertifiedKey>, String> {
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("tls.client_key {}: {e}", key_path.display()))?;
+    let certified = CertifiedKey::new(certs, signing_key);
+    match certified.keys_match() {
+        Ok(()) => {}
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            return Err(format!(
+                "tls.client_key {} is not the key of tls.client_cert {}",
+                key_path.display(),
+                cert_path.display()
+            ));
+        }
+        Err(e) => tracing::debug!(
+            "tls.client_cert {}: not checked against the key ({e}); sent as it is",
+            cert_path.display()
+        ),
+    }
+    Ok(Arc::new(certified))
 }
 
 fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -780,6 +822,7 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
     use tokio::io::AsyncReadExt;
 
     /// Reads until an error or the end; returns the bytes and the error.
@@ -837,6 +880,194 @@ mod tests {
             !aes_is_accelerated(),
             "{suites:?}"
         );
+    }
+
+    /// A self-signed X.509 version 1 client certificate and its key, as older CA scripts make
+    /// them (`openssl x509 -req` without extensions; rcgen cannot make v1). `None` when the
+    /// openssl binary is absent.
+    fn openssl_v1_client_cert(dir: &std::path::Path) -> Option<(PathBuf, PathBuf)> {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let run = |args: &[&str]| {
+            std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+        };
+        match run(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "key.pem",
+        ]) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("skipped: no openssl binary to make an X.509 v1 certificate with");
+                return None;
+            }
+            r => assert!(r.unwrap().status.success()),
+        }
+        let out = run(&[
+            "req",
+            "-new",
+            "-key",
+            "key.pem",
+            "-subj",
+            "/CN=ferrysync-client",
+            "-out",
+            "req.csr",
+        ])
+        .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let out = run(&[
+            "x509", "-req", "-in", "req.csr", "-signkey", "key.pem", "-days", "30", "-out",
+            "cert.pem",
+        ])
+        .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = run(&["x509", "-in", "cert.pem", "-noout", "-text"]).unwrap();
+        assert!(
+            String::from_utf8_lossy(&text.stdout).contains("Version: 1 (0x0)"),
+            "not a v1 certificate: {text:?}"
+        );
+        Some((cert, key))
+    }
+
+    fn client_options(cert: &std::path::Path, key: &std::path::Path) -> TlsOptions {
+        TlsOptions {
+            tls12_only: false,
+            ca_file: None,
+            pins: Vec::new(),
+            insecure_skip_verify: true,
+            client_cert: Some(cert.to_path_buf()),
+            client_key: Some(key.to_path_buf()),
+        }
+    }
+
+    #[test]
+    fn a_version_1_client_certificate_is_not_refused_locally() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((cert, key)) = openssl_v1_client_cert(dir.path()) else {
+            return;
+        };
+        // What rustls's with_client_auth_cert does refuses it: webpki cannot parse v1.
+        let provider = rustls::crypto::ring::default_provider();
+        let der = read_certs(&cert).unwrap();
+        let key_der = rustls_pemfile::private_key(&mut std::fs::read(&key).unwrap().as_slice())
+            .unwrap()
+            .unwrap();
+        let webpki = CertifiedKey::from_der(der, key_der, &provider).unwrap_err();
+        assert!(
+            format!("{webpki:?}").contains("UnsupportedCertVersion"),
+            "{webpki:?}"
+        );
+        // ferrysync builds its configuration anyway.
+        let ctx = TlsContext::new(&client_options(&cert, &key)).unwrap();
+        ctx.connector().unwrap();
+    }
+
+    /// Accepts any client certificate and records it: a stand-in for an OpenSSL server that
+    /// accepts v1 certificates (rustls's own verifier would refuse them as webpki does).
+    #[derive(Debug, Default)]
+    struct RecordingClientVerifier {
+        seen: std::sync::Mutex<Option<Vec<u8>>>,
+    }
+
+    impl rustls::server::danger::ClientCertVerifier for RecordingClientVerifier {
+        fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+            &[]
+        }
+        fn verify_client_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _now: UnixTime,
+        ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+            *self.seen.lock().unwrap() = Some(end_entity.to_vec());
+            Ok(rustls::server::danger::ClientCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_version_1_client_certificate_is_sent_to_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((cert, key)) = openssl_v1_client_cert(dir.path()) else {
+            return;
+        };
+        let server_cert =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let server_key =
+            rustls::pki_types::PrivatePkcs8KeyDer::from(server_cert.key_pair.serialize_der());
+        let verifier = Arc::new(RecordingClientVerifier::default());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier.clone())
+        .with_single_cert(vec![server_cert.cert.der().clone()], server_key.into())
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
+            tls.get_ref().1.peer_certificates().map(|c| c[0].to_vec())
+        });
+        let ctx = TlsContext::new(&client_options(&cert, &key)).unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        ctx.connector()
+            .unwrap()
+            .connect("localhost", tcp)
+            .await
+            .unwrap();
+        let presented = server
+            .await
+            .unwrap()
+            .expect("no client certificate presented");
+        let v1 = read_certs(&cert).unwrap()[0].to_vec();
+        assert_eq!(presented, v1);
+        assert_eq!(verifier.seen.lock().unwrap().as_deref(), Some(&v1[..]));
+    }
+
+    #[test]
+    fn a_client_key_of_another_certificate_is_refused_locally() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["client".to_string()]).unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, other.serialize_pem()).unwrap();
+        let e = TlsContext::new(&client_options(&cert_path, &key_path))
+            .err()
+            .unwrap();
+        assert!(e.contains("is not the key of tls.client_cert"), "{e}");
+        // Its own key is fine.
+        std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+        assert!(TlsContext::new(&client_options(&cert_path, &key_path)).is_ok());
     }
 
     #[test]
