@@ -772,7 +772,11 @@ fn passive_failure_text(
                 announced.ip(),
                 policy_name(policy)
             ),
-            format!("{FIREWALL_HINT}; if this server's data connections are served by another host, set remote.passive_address: server"),
+            if data_channel::is_unroutable(announced.ip()) {
+                FIREWALL_HINT.to_string()
+            } else {
+                format!("{FIREWALL_HINT}; if this server's data connections are served by another host, set remote.passive_address: server")
+            },
         );
     }
     let source = " (the address in the server's PASV reply)".to_string();
@@ -993,6 +997,14 @@ mod tests {
         assert!(source.contains("named 198.51.101.9, replaced"), "{source}");
         assert!(hint.contains("passive ports"), "{hint}");
         assert!(hint.contains("passive_address: server"), "{hint}");
+        // Substituted a private address (NAT): another data host is not the likely story.
+        let (_, hint) = passive_failure_text(
+            sock("10.0.0.5:50001"),
+            sock("203.0.114.5:50001"),
+            peer,
+            PassiveAddress::Auto,
+        );
+        assert_eq!(hint, FIREWALL_HINT);
         // The reply named the control connection's own address: only the firewall is left.
         let (_, hint) = passive_failure_text(
             sock("203.0.114.5:50001"),
