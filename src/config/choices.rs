@@ -19,17 +19,20 @@ pub enum Security {
 /// (EPSV replies carry only a port: they always go to the control connection's address).
 ///
 /// FTPS encrypts the control connection, so a NAT gateway's FTP helper cannot rewrite the
-/// address in a PASV reply: a server behind NAT announces its private address.
+/// address in a PASV reply: a server behind NAT announces its private address. And a hostile
+/// server could name a third host (FTP bounce). So, as curl does by default since 7.74, only
+/// the reply's port is used unless the job says `server`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PassiveAddress {
-    /// The server's address, unless it is private or unroutable and differs from the control
-    /// connection's peer; then the control connection's peer.
+    /// Always the control connection's peer, with the port of the PASV reply; its address is
+    /// ignored (a substitution is logged once per run).
     #[default]
     Auto,
-    /// Always the control connection's peer, ignoring the address in PASV.
+    /// The same as `auto` (kept as an accepted value: job files written when `auto` still
+    /// trusted routable PASV addresses use it).
     Control,
-    /// Always the address in PASV (servers whose data connections come from another host).
+    /// Always the address in PASV (servers whose data connections are served by another host).
     Server,
 }
 

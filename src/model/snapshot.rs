@@ -67,7 +67,16 @@ pub struct HostileName {
     pub reason: &'static str,
 }
 
+/// What a listed name that was not valid UTF-8 on the server looks like once decoded: listings
+/// are decoded as lossy UTF-8, which puts U+FFFD where the bytes were invalid.
+pub const NOT_UTF8_MARK: char = '\u{FFFD}';
+
 /// Checks one name from a remote listing before it can become part of a local path.
+///
+/// A name with U+FFFD is refused: it almost always stands for bytes that were not valid UTF-8
+/// on the server, and requesting the decoded name (RETR, DELE, RNFR) would name another file
+/// or none, while the local copy would get a name the server never had. (A name that really
+/// contains U+FFFD is refused too; it cannot be told apart here.)
 pub fn check_remote_name(dir: &str, name: &str) -> Result<(), HostileName> {
     let reason = if name.is_empty() {
         Some("empty name")
@@ -79,6 +88,8 @@ pub fn check_remote_name(dir: &str, name: &str) -> Result<(), HostileName> {
         Some("a NUL byte inside a name")
     } else if name.chars().any(|c| c == '\r' || c == '\n') {
         Some("a line break inside a name")
+    } else if name.contains(NOT_UTF8_MARK) {
+        Some("name is not valid UTF-8 on the server; ferrysync cannot request it by its exact name")
     } else {
         None
     };
@@ -139,6 +150,18 @@ mod tests {
         }
         let e = check_remote_name("in", "../x").unwrap_err();
         assert!(e.to_string().contains("../x"));
+    }
+
+    #[test]
+    fn names_that_were_not_utf8_on_the_server_are_refused() {
+        // `caf\xe9.txt` (Latin-1) as a lossy UTF-8 listing decodes it.
+        let listed = String::from_utf8_lossy(b"caf\xe9.txt").into_owned();
+        let e = check_remote_name("/in", &listed).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "refusing remote entry \"caf\u{fffd}.txt\" in \"/in\": name is not valid UTF-8 on the server; ferrysync cannot request it by its exact name"
+        );
+        assert!(check_remote_name("/in", "café.txt").is_ok());
     }
 
     #[test]

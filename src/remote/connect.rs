@@ -106,16 +106,11 @@ impl<'a> Dialer<'a> {
         let connector = tls.connector().map_err(|reason| self.setup(reason))?;
         let resumption = Some(connector.resumption());
         let data_tls = Some(connector.clone());
+        let progress = connector.control_progress();
         let ftp = tokio::time::timeout(self.op, plain.into_secure(connector, &self.remote.host))
             .await
             .map_err(|_| timeout_err(&self.server, "AUTH TLS", "", self.op))?
-            .map_err(|e| match e {
-                FtpError::UnexpectedResponse(r) => FtpsError::NoTls {
-                    server: self.server.clone(),
-                    reply: reply_text(&r),
-                },
-                other => self.connect_error(other),
-            })?;
+            .map_err(|e| self.auth_tls_error(e, progress.lines_after_handshake()))?;
         Ok(Control {
             ftp,
             resumption,
@@ -152,8 +147,11 @@ impl<'a> Dialer<'a> {
         for cmd in ["PBSZ 0", "PROT P"] {
             tokio::time::timeout(self.op, ftp.custom_command(cmd, &[Status::CommandOk]))
                 .await
-                .map_err(|_| timeout_err(&self.server, "PROT", "", self.op))?
-                .map_err(|e| self.connect_error(e))?;
+                .map_err(|_| timeout_err(&self.server, cmd, "", self.op))?
+                .map_err(|e| match e {
+                    FtpError::UnexpectedResponse(r) => self.protection_refused(cmd, &r),
+                    other => self.connect_error(other),
+                })?;
         }
         Ok(())
     }
@@ -237,6 +235,34 @@ impl<'a> Dialer<'a> {
         FtpsError::Connect {
             server: self.server.clone(),
             source,
+        }
+    }
+
+    /// A failure of `into_secure` (AUTH TLS, the handshake, PBSZ 0, PROT P), told apart by
+    /// how far the control connection got: `lines` is `None` before the handshake completed,
+    /// then the command lines sent over TLS (see [`ControlProgress`](crate::remote::tls::ControlProgress)).
+    fn auth_tls_error(&self, e: FtpError, lines: Option<usize>) -> FtpsError {
+        match (e, lines) {
+            (FtpError::UnexpectedResponse(r), None) => FtpsError::NoTls {
+                server: self.server.clone(),
+                reply: reply_text(&r),
+            },
+            (FtpError::UnexpectedResponse(r), Some(0 | 1)) => self.protection_refused("PBSZ 0", &r),
+            (FtpError::UnexpectedResponse(r), Some(_)) => self.protection_refused("PROT P", &r),
+            (other, _) => self.connect_error(other),
+        }
+    }
+
+    fn protection_refused(
+        &self,
+        command: &'static str,
+        r: &suppaftp::types::Response,
+    ) -> FtpsError {
+        FtpsError::Protection {
+            server: self.server.clone(),
+            command,
+            code: r.status.code(),
+            reply: reply_text(r),
         }
     }
 
@@ -330,5 +356,60 @@ mod tests {
             " (the server refused the client certificate)"
         );
         assert_eq!(tls_hint("HandshakeFailure"), "");
+    }
+
+    #[test]
+    fn a_refused_pbsz_or_prot_is_not_a_refused_auth_tls() {
+        let yaml = "local: /srv/out\nremote:\n  host: ftp.example\n  user: u\n  password: p\n";
+        let job = crate::config::parse_job(std::path::Path::new("/jobs/acme.yaml"), yaml).unwrap();
+        let dialer = Dialer::new(&job.remote);
+        let reply = |code: Status, text: &str| {
+            FtpError::UnexpectedResponse(suppaftp::types::Response::new(
+                code,
+                text.as_bytes().to_vec(),
+            ))
+        };
+        // No handshake yet: the reply answered AUTH TLS.
+        let e = dialer.auth_tls_error(
+            reply(Status::NotImplemented, "502 AUTH not supported"),
+            None,
+        );
+        assert!(matches!(e, FtpsError::NoTls { .. }), "{e:?}");
+        // After the handshake, one line out: PBSZ 0 was refused.
+        let e = dialer.auth_tls_error(reply(Status::BadSequence, "503 PBSZ refused"), Some(1));
+        assert!(
+            matches!(
+                e,
+                FtpsError::Protection {
+                    command: "PBSZ 0",
+                    code: 503,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "u@ftp.example:21: TLS is up, but the server refused `PBSZ 0`: `503 PBSZ refused`; without it the data connections would not be encrypted, and ferrysync never transfers in the clear"
+        );
+        assert!(!e.to_string().contains("AUTH TLS"), "{e}");
+        assert!(!e.is_transient());
+        // Two lines out: PROT P; a 4xx may pass.
+        let e = dialer.auth_tls_error(reply(Status::NotAvailable, "421 Try later"), Some(2));
+        assert!(
+            matches!(
+                e,
+                FtpsError::Protection {
+                    command: "PROT P",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.is_transient());
+        assert_eq!(e.code(), Some(421));
+        // A handshake failure stays a TLS error.
+        let e = dialer.auth_tls_error(FtpError::SecureError("UnknownIssuer".into()), None);
+        assert!(matches!(e, FtpsError::Tls { .. }), "{e:?}");
     }
 }

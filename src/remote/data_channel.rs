@@ -66,20 +66,15 @@ fn is_unroutable_v6(ip: Ipv6Addr) -> bool {
 /// Where a passive data connection goes, given the address in the server's PASV reply, the
 /// control connection's peer and `remote.passive_address`.
 ///
-/// `auto` keeps the server's address unless it is unroutable (see [`is_unroutable`]) and not
-/// the control peer itself: a server behind NAT announces its private address, which the
-/// client cannot reach, while the control connection's address evidently works.
+/// `auto` (and `control`, the same) always connects to the control connection's peer and uses
+/// only the port of the reply, as curl does by default since 7.74: a server behind NAT announces
+/// a private address the client cannot reach, and a hostile or compromised server could name a
+/// third host (FTP bounce), public or inside the client's network, and have ferrysync connect
+/// there. Only `server` honours the address in the reply.
 pub fn passive_target(pasv_ip: IpAddr, control_peer: IpAddr, policy: PassiveAddress) -> IpAddr {
     match policy {
         PassiveAddress::Server => pasv_ip,
-        PassiveAddress::Control => control_peer,
-        PassiveAddress::Auto => {
-            if pasv_ip.to_canonical() != control_peer.to_canonical() && is_unroutable(pasv_ip) {
-                control_peer
-            } else {
-                pasv_ip
-            }
-        }
+        PassiveAddress::Auto | PassiveAddress::Control => control_peer,
     }
 }
 
@@ -289,22 +284,34 @@ mod tests {
             passive_target(nat_inside, public_server, Server),
             nat_inside
         );
-        // A routable data address elsewhere (a separate data host): auto keeps it.
-        let other = ip("198.51.101.9");
-        assert_eq!(passive_target(other, public_server, Auto), other);
-        assert_eq!(passive_target(other, public_server, Control), public_server);
-        // A LAN server announcing its own private address: nothing to substitute.
-        assert_eq!(passive_target(nat_inside, nat_inside, Auto), nat_inside);
-        // 0.0.0.0 (some servers' "the address you already use") and another private address.
-        assert_eq!(passive_target(ip("0.0.0.0"), nat_inside, Auto), nat_inside);
+        // A routable third party (FTP bounce, or a separate data host): auto and control
+        // ignore it; only server goes there.
+        let third_party = ip("198.51.101.9");
         assert_eq!(
-            passive_target(ip("192.168.0.9"), nat_inside, Auto),
-            nat_inside
+            passive_target(third_party, public_server, Auto),
+            public_server
         );
-        // An IPv4-mapped control peer is the same address.
         assert_eq!(
-            passive_target(ip("127.0.0.1"), ip("::ffff:127.0.0.1"), Auto),
-            ip("127.0.0.1")
+            passive_target(third_party, public_server, Control),
+            public_server
+        );
+        assert_eq!(
+            passive_target(third_party, public_server, Server),
+            third_party
+        );
+        // A public server naming a host inside the client's network: never with auto.
+        assert_eq!(
+            passive_target(ip("192.168.0.9"), public_server, Auto),
+            public_server
+        );
+        // A LAN server announcing its own address: the same address either way.
+        assert_eq!(passive_target(nat_inside, nat_inside, Auto), nat_inside);
+        // 0.0.0.0 (some servers' "the address you already use").
+        assert_eq!(passive_target(ip("0.0.0.0"), nat_inside, Auto), nat_inside);
+        // An IPv6 control connection: the PASV (IPv4) address is not used.
+        assert_eq!(
+            passive_target(ip("198.51.101.9"), ip("2a00:1450::1"), Auto),
+            ip("2a00:1450::1")
         );
     }
 

@@ -23,6 +23,14 @@ pub enum FtpsError {
     },
     #[error("{server} does not offer FTPS: AUTH TLS was answered `{reply}`; ferrysync never falls back to plain FTP (use security: implicit if the server speaks TLS from the first byte)")]
     NoTls { server: String, reply: String },
+    /// The server refused PBSZ 0 or PROT P (`command`) after the TLS handshake.
+    #[error("{server}: TLS is up, but the server refused `{command}`: `{reply}`; without it the data connections would not be encrypted, and ferrysync never transfers in the clear")]
+    Protection {
+        server: String,
+        command: &'static str,
+        code: u32,
+        reply: String,
+    },
     #[error("{server}: login as `{user}` refused: {reply}")]
     Login {
         server: String,
@@ -62,7 +70,9 @@ impl FtpsError {
             FtpsError::Connect { .. }
             | FtpsError::Connection { .. }
             | FtpsError::Timeout { .. } => true,
-            FtpsError::Reply { code, .. } => (400..500).contains(code),
+            FtpsError::Reply { code, .. } | FtpsError::Protection { code, .. } => {
+                (400..500).contains(code)
+            }
             FtpsError::Setup { .. }
             | FtpsError::Tls { .. }
             | FtpsError::NoTls { .. }
@@ -73,7 +83,7 @@ impl FtpsError {
     /// The server's reply code, if the error is a reply.
     pub(crate) fn code(&self) -> Option<u32> {
         match self {
-            FtpsError::Reply { code, .. } => Some(*code),
+            FtpsError::Reply { code, .. } | FtpsError::Protection { code, .. } => Some(*code),
             _ => None,
         }
     }

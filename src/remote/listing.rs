@@ -78,7 +78,11 @@ pub fn parse_line(line: &str, mlsd: bool) -> Option<ListedEntry> {
         return None;
     }
     if let Ok(f) = ListParser::parse_posix(trimmed) {
-        return Some(from_suppaftp(&f, unix_precision(trimmed)));
+        let mut entry = from_suppaftp(&f, unix_precision(trimmed));
+        if let Some(name) = unix_name(trimmed, f.is_symlink(), &entry.name) {
+            entry.name = name.to_string();
+        }
+        return Some(entry);
     }
     match parse_dos(trimmed) {
         Some(e) => Some(e),
@@ -104,6 +108,28 @@ fn from_suppaftp(f: &suppaftp::list::File, precision: Precision) -> ListedEntry 
         mtime: system_time_ns(f.modified()),
         precision,
     }
+}
+
+/// The exact name of a Unix `ls -l` line, leading blanks included: everything after the
+/// single blank that follows the time-or-year (8th) field, up to ` -> ` for a symbolic link.
+///
+/// suppaftp's parser reads the blanks before the name as one separator, so `12:00  lead.txt`
+/// (a name that starts with a space) came back as `lead.txt`, a different file. vsftpd,
+/// ProFTPD, Pure-FTPd and `ls -l` itself put exactly one space between the time and the name.
+/// `None` (keep suppaftp's name) unless the fields found here give suppaftp's name once the
+/// leading blanks are dropped: the two parsers must agree on where the name starts.
+fn unix_name<'a>(line: &'a str, symlink: bool, parsed: &str) -> Option<&'a str> {
+    let mut rest = line;
+    for _ in 0..8 {
+        rest = next_field(rest)?.1;
+    }
+    let mut name = rest.strip_prefix([' ', '\t'])?;
+    if symlink {
+        name = name.split(" -> ").next()?;
+    }
+    let blanks: &[char] = &[' ', '\t'];
+    (!name.is_empty() && name.trim_start_matches(blanks) == parsed.trim_start_matches(blanks))
+        .then_some(name)
 }
 
 /// A Unix `ls -l` line shows `HH:MM` for recent files and a year for older ones. The time is
@@ -268,7 +294,34 @@ mod tests {
         assert_eq!((d.kind, d.name.as_str()), (ListedKind::Dir, "12:30 dir"));
         let l = parse_line("lrwxrwxrwx 1 ftp ftp 4 Mar  3  2019 link -> x", false).unwrap();
         assert_eq!(l.kind, ListedKind::Symlink);
+        assert_eq!(l.name, "link");
         assert!(parse_line("total 8", false).is_none());
+    }
+
+    #[test]
+    fn unix_names_keep_their_leading_blanks() {
+        // vsftpd and ProFTPD put one space between the time and the name: the rest is the name.
+        let f = parse_line("-rw-r--r-- 1 u g 5 Jan 01 12:00  lead.txt", false).unwrap();
+        assert_eq!((f.name.as_str(), f.size), (" lead.txt", 5));
+        let f = parse_line("-rw-r--r-- 1 u g 5 Jan  1  2019   two.txt", false).unwrap();
+        assert_eq!(f.name, "  two.txt");
+        // A name of blanks only.
+        let f = parse_line("-rw-r--r-- 1 u g 5 Jan 01 12:00    ", false).unwrap();
+        assert_eq!(f.name, "   ");
+        let d = parse_line("drwxr-xr-x 2 u g 4096 Jan 01 12:00  lead dir", false).unwrap();
+        assert_eq!((d.kind, d.name.as_str()), (ListedKind::Dir, " lead dir"));
+        let l = parse_line("lrwxrwxrwx 1 u g 4 Jan 01 12:00  lead -> x", false).unwrap();
+        assert_eq!((l.kind, l.name.as_str()), (ListedKind::Symlink, " lead"));
+        // Trailing blanks, and padded columns before the name, are untouched.
+        let f = parse_line(
+            "-rw-r--r--    1 1000     1000           12 Nov 28 15:38 trail.txt ",
+            false,
+        )
+        .unwrap();
+        assert_eq!(f.name, "trail.txt ");
+        // MLSD separates facts and name by one space already.
+        let f = parse_line("type=file;size=5;modify=20201019151930;  lead.txt", true).unwrap();
+        assert_eq!(f.name, " lead.txt");
     }
 
     #[test]

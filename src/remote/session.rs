@@ -198,6 +198,10 @@ impl Session {
 
     /// Lists one directory (absolute path), MLSD where offered, LIST otherwise. Returns the raw
     /// lines and whether they are MLSD facts.
+    ///
+    /// The listing's bytes are read here for both data modes, not by suppaftp's `list`/`mlsd`:
+    /// those turn any read error into "Response contains an invalid syntax", so a data
+    /// connection cut without close_notify was reported as a malformed reply.
     pub async fn list_dir(&mut self, dir: &str) -> Result<(Vec<String>, bool), FtpsError> {
         // CWD first and list without an argument: some servers (vsftpd) glob a LIST argument,
         // so a directory named `[x]` or `a*` would list the wrong thing.
@@ -207,21 +211,43 @@ impl Session {
         // A listing never resumes: an offset left by a failed transfer is dropped here.
         self.restart = None;
         let command = if mlsd { "MLSD" } else { "LIST" };
-        let lines = if self.data_mode == DataMode::Active {
-            self.list_active(command, dir).await?
+        let mut stream = if self.data_mode == DataMode::Active {
+            let t = self
+                .open_active(command, dir, command.to_string(), false, None)
+                .await?;
+            DataStream::Active(t)
         } else {
-            self.data_command(command, dir, None, move |f| {
-                Box::pin(async move {
-                    if mlsd {
-                        f.mlsd(None).await
-                    } else {
-                        f.list(None).await
-                    }
+            let t = self
+                .data_command(command, dir, None, move |f| {
+                    Box::pin(async move {
+                        f.custom_data_command(command, &[Status::AboutToSend, Status::AlreadyOpen])
+                            .await
+                            .map(|(_, stream)| stream)
+                    })
                 })
-            })
-            .await?
+                .await?;
+            DataStream::Passive(t)
         };
-        self.data_transfer_completed();
+        let bytes = match read_to_end_timed(&mut stream, self.timeout).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                // Dropped unfinished: the next command reads the transfer's reply first.
+                return Err(timeout_err(&self.server, command, dir, self.timeout));
+            }
+            Err(e) => {
+                // The server's verdict keeps the control connection in step, and may tell more.
+                let verdict = self.finish(command, dir, stream).await;
+                return Err(listing_read_error(
+                    &self.server,
+                    command,
+                    dir,
+                    &e,
+                    verdict.err(),
+                ));
+            }
+        };
+        self.finish(command, dir, stream).await?;
+        let lines = listing_lines(&bytes);
         check_listing_complete(&self.server, command, dir, lines.len(), self.listing_limit)?;
         Ok((lines, mlsd))
     }
@@ -711,31 +737,6 @@ impl Session {
         self.outcome("PORT", path, result).map(|_| ())
     }
 
-    /// A listing over an active data connection: read to the end, then the server's reply.
-    async fn list_active(
-        &mut self,
-        command: &'static str,
-        dir: &str,
-    ) -> Result<Vec<String>, FtpsError> {
-        let mut transfer = self
-            .open_active(command, dir, command.to_string(), false, None)
-            .await?;
-        let mut bytes = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = tokio::time::timeout(self.timeout, transfer.read(&mut buf)).await;
-            match n {
-                Ok(Ok(0)) => break,
-                Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
-                Ok(Err(e)) => return Err(self.connection_err(command, dir, e.to_string())),
-                Err(_) => return Err(timeout_err(&self.server, command, dir, self.timeout)),
-            }
-        }
-        self.finish(command, dir, DataStream::Active(transfer))
-            .await?;
-        Ok(listing_lines(&bytes))
-    }
-
     fn connection_err(&self, command: &'static str, path: &str, reason: String) -> FtpsError {
         FtpsError::Connection {
             server: self.server.clone(),
@@ -763,31 +764,37 @@ fn passive_failure_text(
     control_peer: std::net::IpAddr,
     policy: PassiveAddress,
 ) -> (String, String) {
-    if target.ip() != announced.ip() {
+    let same = |a: std::net::IpAddr, b: std::net::IpAddr| a.to_canonical() == b.to_canonical();
+    if !same(target.ip(), announced.ip()) {
         return (
             format!(
                 " (the server's PASV reply named {}, replaced by the control connection's address: remote.passive_address: {})",
                 announced.ip(),
                 policy_name(policy)
             ),
-            FIREWALL_HINT.to_string(),
+            if data_channel::is_unroutable(announced.ip()) {
+                FIREWALL_HINT.to_string()
+            } else {
+                format!("{FIREWALL_HINT}; if this server's data connections are served by another host, set remote.passive_address: server")
+            },
         );
     }
     let source = " (the address in the server's PASV reply)".to_string();
-    if announced.ip() != control_peer && data_channel::is_unroutable(announced.ip()) {
-        let hint = format!(
-            "; {} is a private or unroutable address, as a server behind NAT announces it: set remote.passive_address: auto (or control) to use the control connection's address {control_peer}",
-            announced.ip()
-        );
-        (source, hint)
-    } else if announced.ip() != control_peer {
-        let hint = format!(
-            "; if the server is behind NAT, set remote.passive_address: control to use the control connection's address {control_peer}{FIREWALL_HINT}"
-        );
-        (source, hint)
-    } else {
-        (source, FIREWALL_HINT.to_string())
+    if same(announced.ip(), control_peer) {
+        return (source, FIREWALL_HINT.to_string());
     }
+    // passive_address: server, and the reply names another address.
+    let hint = if data_channel::is_unroutable(announced.ip()) {
+        format!(
+            "; {} is a private or unroutable address, as a server behind NAT announces it: set remote.passive_address: auto to use the control connection's address {control_peer}",
+            announced.ip()
+        )
+    } else {
+        format!(
+            "; if the server is behind NAT, set remote.passive_address: auto to use the control connection's address {control_peer}{FIREWALL_HINT}"
+        )
+    };
+    (source, hint)
 }
 
 fn policy_name(p: PassiveAddress) -> &'static str {
@@ -837,13 +844,13 @@ fn passive_connector(
     move |announced: SocketAddr| {
         let ip = data_channel::passive_target(announced.ip(), control_peer.ip(), policy);
         let target = SocketAddr::new(ip, announced.port());
-        if ip != announced.ip() {
+        if ip.to_canonical() != announced.ip().to_canonical() {
             if noted.swap(true, Ordering::Relaxed) {
                 tracing::debug!(%server, "PASV named {}, connecting to {target}", announced.ip());
             } else {
                 tracing::info!(
                     %server,
-                    "the server's PASV reply names {}, which cannot be reached from here (a server behind NAT); connecting to the control connection's address {} instead (remote.passive_address: {})",
+                    "the server's PASV reply names {}, not the control connection's address; connecting to {} instead, with the reply's port (remote.passive_address: {}; `server` would use the reply's address)",
                     announced.ip(),
                     control_peer.ip(),
                     policy_name(policy)
@@ -896,8 +903,50 @@ async fn finish_active(
     reply
 }
 
+/// Reads a data connection to its end, with `timeout` on each read; a timeout is an error
+/// of kind `TimedOut`.
+async fn read_to_end_timed<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
+            Ok(Ok(0)) => return Ok(bytes),
+            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
+
+/// A listing whose data connection failed while it was read (see
+/// [`FlushingTlsStream`](crate::remote::tls::FlushingTlsStream) for one cut without
+/// close_notify): a connection error, so transient, with the server's verdict on the transfer
+/// where it reported a failure.
+fn listing_read_error(
+    server: &str,
+    command: &'static str,
+    dir: &str,
+    e: &std::io::Error,
+    verdict: Option<FtpsError>,
+) -> FtpsError {
+    let verdict = match verdict {
+        Some(FtpsError::Reply { reply, .. }) => format!(" (the server replied `{reply}`)"),
+        _ => String::new(),
+    };
+    FtpsError::Connection {
+        server: server.to_string(),
+        command,
+        path: dir.to_string(),
+        reason: format!("reading the listing failed: {e}{verdict}"),
+    }
+}
+
 /// The lines of a listing: split at LF, CR dropped, empty lines skipped, decoded as lossy
-/// UTF-8, as suppaftp does for passive listings.
+/// UTF-8 (a name that is not valid UTF-8 then carries U+FFFD, which
+/// [`check_remote_name`](crate::model::snapshot::check_remote_name) refuses).
 fn listing_lines(bytes: &[u8]) -> Vec<String> {
     bytes
         .split(|b| *b == b'\n')
@@ -928,23 +977,129 @@ mod tests {
             "{hint}"
         );
         assert!(hint.contains("passive_address: auto"), "{hint}");
-        // A routable address elsewhere: NAT is possible, so control is suggested too.
+        // passive_address: server, a routable address elsewhere: NAT is possible, so auto is
+        // suggested too.
         let (_, hint) = passive_failure_text(
             sock("198.51.101.9:50001"),
             sock("198.51.101.9:50001"),
             peer,
+            PassiveAddress::Server,
+        );
+        assert!(hint.contains("passive_address: auto"), "{hint}");
+        assert!(hint.contains("passive ports"), "{hint}");
+        // Substituted already (auto): the firewall is the suspect, or a separate data host.
+        let (source, hint) = passive_failure_text(
+            sock("198.51.101.9:50001"),
+            sock("203.0.114.5:50001"),
+            peer,
             PassiveAddress::Auto,
         );
-        assert!(hint.contains("passive_address: control"), "{hint}");
-        // Substituted already: the firewall is the suspect.
-        let (source, hint) = passive_failure_text(
+        assert!(source.contains("named 198.51.101.9, replaced"), "{source}");
+        assert!(hint.contains("passive ports"), "{hint}");
+        assert!(hint.contains("passive_address: server"), "{hint}");
+        // Substituted a private address (NAT): another data host is not the likely story.
+        let (_, hint) = passive_failure_text(
             sock("10.0.0.5:50001"),
             sock("203.0.114.5:50001"),
             peer,
             PassiveAddress::Auto,
         );
-        assert!(source.contains("named 10.0.0.5, replaced"), "{source}");
-        assert!(hint.contains("passive ports"), "{hint}");
+        assert_eq!(hint, FIREWALL_HINT);
+        // The reply named the control connection's own address: only the firewall is left.
+        let (_, hint) = passive_failure_text(
+            sock("203.0.114.5:50001"),
+            sock("203.0.114.5:50001"),
+            peer,
+            PassiveAddress::Auto,
+        );
+        assert_eq!(hint, FIREWALL_HINT);
+    }
+
+    /// A connection to the in-process server serving `dir/server`, as `listing` asks.
+    async fn loopback_session(dir: &std::path::Path, listing: &str) -> Session {
+        let server = crate::loopback::start(crate::loopback::LoopbackOptions {
+            root: dir.join("server"),
+            cert_dir: dir.join("tls"),
+            user: "u".into(),
+            password: "p".into(),
+            port: None,
+            tls: true,
+        })
+        .await
+        .unwrap();
+        let yaml = format!(
+            "local: {}\nremote:\n  host: 127.0.0.1\n  port: {}\n  path: /\n  user: u\n  password: p\n  listing: {listing}\n  tls:\n    ca_file: {}\n",
+            dir.join("local").display(),
+            server.port,
+            server.cert_pem_path.display()
+        );
+        let job = crate::config::parse_job(&dir.join("t.yaml"), &yaml).unwrap();
+        let tls = crate::remote::tls::TlsContext::new(&job.remote.tls).unwrap();
+        Session::connect(&job.remote, &tls).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn listings_are_read_over_passive_data_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("server/sub")).unwrap();
+        std::fs::write(dir.path().join("server/sub/a b.txt"), b"12345").unwrap();
+        for (listing, mlsd) in [("auto", true), ("list", false)] {
+            let mut session = loopback_session(dir.path(), listing).await;
+            let (lines, is_mlsd) = session.list_dir("/sub").await.unwrap();
+            assert_eq!(is_mlsd, mlsd);
+            let names: Vec<String> = lines
+                .iter()
+                .filter_map(|l| crate::remote::listing::parse_line(l, mlsd))
+                .map(|e| e.name)
+                .collect();
+            assert_eq!(names, vec!["a b.txt".to_string()], "{lines:?}");
+            // The control connection is in step: the next command gets its own reply.
+            assert_eq!(session.size("/sub/a b.txt").await.unwrap(), 5);
+            session.quit().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listing_cut_without_close_notify_is_a_transient_connection_error() {
+        let (_control, mut data) =
+            crate::remote::tls::test_support::cut_connections(b"-rw-r--r-- 1 u g 5 Jan").await;
+        let e = read_to_end_timed(&mut data, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        let verdict = FtpsError::Reply {
+            server: "u@h:21".into(),
+            command: "LIST",
+            path: "/in".into(),
+            code: 426,
+            reply: "426 Failure reading network stream.".into(),
+        };
+        let e = listing_read_error("u@h:21", "LIST", "/in", &e, Some(verdict));
+        assert!(e.is_transient(), "{e:?}");
+        assert!(matches!(e, FtpsError::Connection { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "u@h:21: LIST /in: reading the listing failed: the server closed the data connection without TLS close_notify, so the transfer may be truncated (the server replied `426 Failure reading network stream.`)"
+        );
+        assert!(!e.to_string().contains("invalid syntax"), "{e}");
+    }
+
+    #[test]
+    fn a_listed_name_that_is_not_utf8_is_refused_not_renamed() {
+        for (raw, mlsd) in [
+            (
+                &b"-rw-r--r-- 1 u g 5 Jan 01 12:00 caf\xe9.txt\r\n"[..],
+                false,
+            ),
+            (
+                &b"type=file;size=5;modify=20201019151930; caf\xe9.txt\r\n"[..],
+                true,
+            ),
+        ] {
+            let lines = listing_lines(raw);
+            let entry = crate::remote::listing::parse_line(&lines[0], mlsd).unwrap();
+            let e = crate::model::snapshot::check_remote_name("/in", &entry.name).unwrap_err();
+            assert!(e.reason.contains("not valid UTF-8 on the server"), "{e}");
+        }
     }
 
     #[test]

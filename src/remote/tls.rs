@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::Digest;
 use suppaftp::tokio::{AsyncTlsConnector, TokioTlsStream};
@@ -29,7 +30,8 @@ use crate::config::{Fingerprint, TlsOptions};
 pub struct TlsContext {
     provider: Arc<CryptoProvider>,
     verifier: Arc<dyn ServerCertVerifier>,
-    client_auth: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
+    /// `tls.client_cert` with `tls.client_key` (see [`client_certified_key`]).
+    client_auth: Option<Arc<CertifiedKey>>,
     /// Offer TLS 1.2 only: from `tls.max_version: "1.2"`, or set during a run by
     /// [`TlsContext::fall_back_to_tls12`].
     tls12_only: Arc<AtomicBool>,
@@ -88,19 +90,21 @@ impl TlsContext {
             .map_err(|e| format!("TLS verifier: {e}"))?
         };
         let client_auth = match (&opts.client_cert, &opts.client_key) {
-            (Some(cert), Some(key)) => {
-                let certs = read_certs(cert)?;
-                let pem = std::fs::read(key)
-                    .map_err(|e| format!("tls.client_key {}: {e}", key.display()))?;
+            (Some(cert_path), Some(key_path)) => {
+                let certs = read_certs(cert_path)?;
+                let pem = std::fs::read(key_path)
+                    .map_err(|e| format!("tls.client_key {}: {e}", key_path.display()))?;
                 let key = rustls_pemfile::private_key(&mut pem.as_slice())
-                    .map_err(|e| format!("tls.client_key {}: {e}", key.display()))?
+                    .map_err(|e| format!("tls.client_key {}: {e}", key_path.display()))?
                     .ok_or_else(|| {
                         format!(
                             "tls.client_key {}: no private key in the file",
-                            key.display()
+                            key_path.display()
                         )
                     })?;
-                Some((certs, Arc::new(key)))
+                Some(client_certified_key(
+                    certs, key, &provider, cert_path, key_path,
+                )?)
             }
             _ => None,
         };
@@ -135,9 +139,9 @@ impl TlsContext {
             .dangerous()
             .with_custom_certificate_verifier(self.verifier.clone());
         let mut config = match &self.client_auth {
-            Some((certs, key)) => builder
-                .with_client_auth_cert(certs.clone(), key.clone_key())
-                .map_err(|e| format!("client certificate: {e}"))?,
+            Some(certified) => builder.with_client_cert_resolver(Arc::new(
+                rustls::sign::SingleCertAndKey::from(certified.clone()),
+            )),
             None => builder.with_no_client_auth(),
         };
         let store = Arc::new(TicketCountingStore::default());
@@ -151,6 +155,7 @@ impl TlsContext {
                 unresumed_pending: AtomicBool::new(false),
                 unresumed_accepted: self.unresumed_accepted.clone(),
             }),
+            control: Arc::new(ControlProgress::default()),
         })
     }
 
@@ -204,6 +209,44 @@ fn is_chacha20(suite: rustls::CipherSuite) -> bool {
             | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
             | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
     )
+}
+
+/// The client certificate and its key, as rustls sends them.
+///
+/// rustls's `with_client_auth_cert` parses the certificate with webpki to check that it
+/// matches the key, and webpki refuses X.509 version 1 certificates (`UnsupportedCertVersion`),
+/// which older CA scripts (`openssl x509 -req` without extensions) still issue and OpenSSL
+/// servers accept: such a job failed before anything was sent. Here the certificate and key are
+/// paired without that parse: a key that evidently belongs to another certificate is still
+/// refused locally, and a certificate webpki cannot read is sent as it is, for the server to
+/// decide (a server that refuses it answers with a TLS alert, reported as such).
+fn client_certified_key(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    provider: &CryptoProvider,
+    cert_path: &std::path::Path,
+    key_path: &std::path::Path,
+) -> Result<Arc<CertifiedKey>, String> {
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("tls.client_key {}: {e}", key_path.display()))?;
+    let certified = CertifiedKey::new(certs, signing_key);
+    match certified.keys_match() {
+        Ok(()) => {}
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            return Err(format!(
+                "tls.client_key {} is not the key of tls.client_cert {}",
+                key_path.display(),
+                cert_path.display()
+            ));
+        }
+        Err(e) => tracing::debug!(
+            "tls.client_cert {}: not checked against the key ({e}); sent as it is",
+            cert_path.display()
+        ),
+    }
+    Ok(Arc::new(certified))
 }
 
 fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -284,6 +327,7 @@ pub struct TlsConnector {
     inner: tokio_rustls::TlsConnector,
     used_tls13: Arc<AtomicBool>,
     resumption: Arc<Resumption>,
+    control: Arc<ControlProgress>,
 }
 
 impl TlsConnector {
@@ -291,6 +335,46 @@ impl TlsConnector {
     /// connector to suppaftp.
     pub(crate) fn resumption(&self) -> Arc<Resumption> {
         self.resumption.clone()
+    }
+
+    /// How far the control connection got over TLS; read it before handing the connector to
+    /// suppaftp.
+    pub(crate) fn control_progress(&self) -> Arc<ControlProgress> {
+        self.control.clone()
+    }
+}
+
+/// How far a control connection got after its TLS handshake: whether the handshake completed,
+/// and how many command lines went out over TLS since.
+///
+/// suppaftp's `into_secure` sends AUTH TLS, shakes hands, then sends PBSZ 0 and PROT P, and a
+/// refusal of any of the three comes back as the same bare "unexpected reply". This tells them
+/// apart: no handshake yet means AUTH TLS was refused; after it, one line sent means PBSZ 0,
+/// two mean PROT P.
+#[derive(Debug, Default)]
+pub struct ControlProgress {
+    secured: AtomicBool,
+    lines: std::sync::atomic::AtomicUsize,
+}
+
+impl ControlProgress {
+    /// `None` before the TLS handshake completed; then the command lines sent over TLS.
+    pub(crate) fn lines_after_handshake(&self) -> Option<usize> {
+        self.secured
+            .load(Ordering::Acquire)
+            .then(|| self.lines.load(Ordering::Acquire))
+    }
+
+    fn handshake_done(&self) {
+        self.secured.store(true, Ordering::Release);
+    }
+
+    /// Counts the complete lines in bytes written to the control connection.
+    fn wrote(&self, bytes: &[u8]) {
+        let n = bytes.iter().filter(|b| **b == b'\n').count();
+        if n > 0 {
+            self.lines.fetch_add(n, Ordering::AcqRel);
+        }
     }
 }
 
@@ -444,6 +528,9 @@ impl AsyncTlsConnector for TlsConnector {
             self.used_tls13.store(true, Ordering::Relaxed);
         }
         let data_connection = self.resumption.first_was_tls13.set(tls13).is_err();
+        if !data_connection {
+            self.control.handshake_done();
+        }
         if data_connection {
             let resumed =
                 inner.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
@@ -456,6 +543,7 @@ impl AsyncTlsConnector for TlsConnector {
             unflushed: false,
             closing: None,
             shut: false,
+            control: (!data_connection).then(|| self.control.clone()),
         })
     }
 }
@@ -479,6 +567,8 @@ pub struct FlushingTlsStream {
     closing: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Our close_notify and FIN are sent (or could not be).
     shut: bool,
+    /// The control connection's progress (see [`ControlProgress`]); `None` on data connections.
+    control: Option<Arc<ControlProgress>>,
 }
 
 /// How long to wait, after the peer's close_notify, for the peer's FIN (see
@@ -522,12 +612,36 @@ impl AsyncRead for FlushingTlsStream {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Ok(())) if buf.remaining() > 0 => {
-                // The TLS stream ended (close_notify, or the TCP end itself).
+                // The TLS stream ended with the peer's close_notify.
                 this.closing = Some(Box::pin(tokio::time::sleep(FIN_AFTER_CLOSE_NOTIFY)));
                 this.poll_tcp_eof(cx)
             }
+            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Poll::Ready(Err(this.cut_without_close_notify()))
+            }
             other => other,
         }
+    }
+}
+
+/// What a data connection that ends without close_notify is reported as.
+pub(crate) const DATA_CUT: &str = "the server closed the data connection without TLS close_notify, so the transfer may be truncated";
+/// The same on the control connection.
+const CONTROL_CUT: &str = "the server closed the control connection without TLS close_notify";
+
+impl FlushingTlsStream {
+    /// The TCP connection ended without the peer's close_notify. rustls reports that as
+    /// `UnexpectedEof` with a link to its manual; on a data connection it means the bytes read
+    /// may not be all the server meant to send (a cut connection, a middlebox, a crashed
+    /// server process), so the error says so. The kind stays `UnexpectedEof`, and callers keep
+    /// treating it as a connection failure (transient).
+    fn cut_without_close_notify(&self) -> std::io::Error {
+        let what = if self.control.is_some() {
+            CONTROL_CUT
+        } else {
+            DATA_CUT
+        };
+        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what)
     }
 }
 
@@ -603,6 +717,9 @@ impl AsyncWrite for FlushingTlsStream {
             Poll::Ready(Ok(n)) => n,
             other => return other,
         };
+        if let Some(control) = &this.control {
+            control.wrote(&buf[..n]);
+        }
         this.unflushed = true;
         if let Poll::Ready(Err(e)) = this.poll_pending_flush(cx) {
             return Poll::Ready(Err(e));
@@ -637,9 +754,107 @@ impl TokioTlsStream for FlushingTlsStream {
     }
 }
 
+/// A TLS peer that ends connections without close_notify, for the unit tests here and in
+/// `session.rs` (a TLS server, not an FTP one: no FTP is spoken).
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn insecure_context() -> TlsContext {
+        TlsContext::new(&TlsOptions {
+            tls12_only: false,
+            ca_file: None,
+            pins: Vec::new(),
+            insecure_skip_verify: true,
+            client_cert: None,
+            client_key: None,
+        })
+        .unwrap()
+    }
+
+    /// Listens on 127.0.0.1; on each connection, shakes hands, writes `payload`, and closes
+    /// the TCP connection (FIN) without sending close_notify.
+    async fn cutting_server(payload: &'static [u8]) -> std::net::SocketAddr {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key.into())
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let mut tls = acceptor.accept(tcp).await.unwrap();
+                    tls.write_all(payload).await.unwrap();
+                    tls.flush().await.unwrap();
+                    let (mut tcp, _) = tls.into_inner();
+                    let _ = tcp.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A control connection and a data connection (the connector's first and second) to a
+    /// server that writes `payload` on each and cuts both without close_notify.
+    pub(crate) async fn cut_connections(
+        payload: &'static [u8],
+    ) -> (FlushingTlsStream, FlushingTlsStream) {
+        let addr = cutting_server(payload).await;
+        let connector = insecure_context().connector().unwrap();
+        let control = TcpStream::connect(addr).await.unwrap();
+        let control = connector.connect("localhost", control).await.unwrap();
+        let data = TcpStream::connect(addr).await.unwrap();
+        let data = connector.connect("localhost", data).await.unwrap();
+        (control, data)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+    use tokio::io::AsyncReadExt;
+
+    /// Reads until an error or the end; returns the bytes and the error.
+    async fn read_all(s: &mut FlushingTlsStream) -> (Vec<u8>, Option<std::io::Error>) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return (got, None),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return (got, Some(e)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_cut_without_close_notify_says_so() {
+        let (mut control, mut data) = test_support::cut_connections(b"-rw-r--r-- 1 u g").await;
+        let (got, e) = read_all(&mut data).await;
+        assert_eq!(got, b"-rw-r--r-- 1 u g");
+        let e = e.expect("a cut data connection is an error, not an end");
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            e.to_string(),
+            "the server closed the data connection without TLS close_notify, so the transfer may be truncated"
+        );
+        let (_, e) = read_all(&mut control).await;
+        assert_eq!(
+            e.unwrap().to_string(),
+            "the server closed the control connection without TLS close_notify"
+        );
+    }
 
     #[test]
     fn chacha20_is_offered_only_without_hardware_aes() {
@@ -665,6 +880,208 @@ mod tests {
             !aes_is_accelerated(),
             "{suites:?}"
         );
+    }
+
+    /// A self-signed X.509 version 1 client certificate and its key, as older CA scripts make
+    /// them (`openssl x509 -req` without extensions; rcgen cannot make v1). `None` when the
+    /// openssl binary is absent.
+    fn openssl_v1_client_cert(dir: &std::path::Path) -> Option<(PathBuf, PathBuf)> {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let run = |args: &[&str]| {
+            std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+        };
+        match run(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "key.pem",
+        ]) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("skipped: no openssl binary to make an X.509 v1 certificate with");
+                return None;
+            }
+            r => assert!(r.unwrap().status.success()),
+        }
+        let out = run(&[
+            "req",
+            "-new",
+            "-key",
+            "key.pem",
+            "-subj",
+            "/CN=ferrysync-client",
+            "-out",
+            "req.csr",
+        ])
+        .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let out = run(&[
+            "x509", "-req", "-in", "req.csr", "-signkey", "key.pem", "-days", "30", "-out",
+            "cert.pem",
+        ])
+        .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = run(&["x509", "-in", "cert.pem", "-noout", "-text"]).unwrap();
+        assert!(
+            String::from_utf8_lossy(&text.stdout).contains("Version: 1 (0x0)"),
+            "not a v1 certificate: {text:?}"
+        );
+        Some((cert, key))
+    }
+
+    fn client_options(cert: &std::path::Path, key: &std::path::Path) -> TlsOptions {
+        TlsOptions {
+            tls12_only: false,
+            ca_file: None,
+            pins: Vec::new(),
+            insecure_skip_verify: true,
+            client_cert: Some(cert.to_path_buf()),
+            client_key: Some(key.to_path_buf()),
+        }
+    }
+
+    #[test]
+    fn a_version_1_client_certificate_is_not_refused_locally() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((cert, key)) = openssl_v1_client_cert(dir.path()) else {
+            return;
+        };
+        // What rustls's with_client_auth_cert does refuses it: webpki cannot parse v1.
+        let provider = rustls::crypto::ring::default_provider();
+        let der = read_certs(&cert).unwrap();
+        let key_der = rustls_pemfile::private_key(&mut std::fs::read(&key).unwrap().as_slice())
+            .unwrap()
+            .unwrap();
+        let webpki = CertifiedKey::from_der(der, key_der, &provider).unwrap_err();
+        assert!(
+            format!("{webpki:?}").contains("UnsupportedCertVersion"),
+            "{webpki:?}"
+        );
+        // ferrysync builds its configuration anyway.
+        let ctx = TlsContext::new(&client_options(&cert, &key)).unwrap();
+        ctx.connector().unwrap();
+    }
+
+    /// Accepts any client certificate and records it: a stand-in for an OpenSSL server that
+    /// accepts v1 certificates (rustls's own verifier would refuse them as webpki does).
+    #[derive(Debug, Default)]
+    struct RecordingClientVerifier {
+        seen: std::sync::Mutex<Option<Vec<u8>>>,
+    }
+
+    impl rustls::server::danger::ClientCertVerifier for RecordingClientVerifier {
+        fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+            &[]
+        }
+        fn verify_client_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _now: UnixTime,
+        ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+            *self.seen.lock().unwrap() = Some(end_entity.to_vec());
+            Ok(rustls::server::danger::ClientCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_version_1_client_certificate_is_sent_to_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((cert, key)) = openssl_v1_client_cert(dir.path()) else {
+            return;
+        };
+        let server_cert =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let server_key =
+            rustls::pki_types::PrivatePkcs8KeyDer::from(server_cert.key_pair.serialize_der());
+        let verifier = Arc::new(RecordingClientVerifier::default());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier.clone())
+        .with_single_cert(vec![server_cert.cert.der().clone()], server_key.into())
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
+            tls.get_ref().1.peer_certificates().map(|c| c[0].to_vec())
+        });
+        let ctx = TlsContext::new(&client_options(&cert, &key)).unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        ctx.connector()
+            .unwrap()
+            .connect("localhost", tcp)
+            .await
+            .unwrap();
+        let presented = server
+            .await
+            .unwrap()
+            .expect("no client certificate presented");
+        let v1 = read_certs(&cert).unwrap()[0].to_vec();
+        assert_eq!(presented, v1);
+        assert_eq!(verifier.seen.lock().unwrap().as_deref(), Some(&v1[..]));
+    }
+
+    #[test]
+    fn a_client_key_of_another_certificate_is_refused_locally() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["client".to_string()]).unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, other.serialize_pem()).unwrap();
+        let e = TlsContext::new(&client_options(&cert_path, &key_path))
+            .err()
+            .unwrap();
+        assert!(e.contains("is not the key of tls.client_cert"), "{e}");
+        // Its own key is fine.
+        std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+        assert!(TlsContext::new(&client_options(&cert_path, &key_path)).is_ok());
+    }
+
+    #[test]
+    fn control_progress_counts_lines_after_the_handshake() {
+        let p = ControlProgress::default();
+        assert_eq!(p.lines_after_handshake(), None);
+        p.handshake_done();
+        assert_eq!(p.lines_after_handshake(), Some(0));
+        // A command may go out in pieces; only complete lines count.
+        p.wrote(b"PBSZ");
+        p.wrote(b" 0\r\n");
+        assert_eq!(p.lines_after_handshake(), Some(1));
+        p.wrote(b"PROT P\r\n");
+        assert_eq!(p.lines_after_handshake(), Some(2));
     }
 
     #[test]
