@@ -15,5 +15,6 @@ mod listings;
 mod nat;
 mod restricted_servers;
 mod resume;
+mod safety;
 mod scenarios;
 mod tls;

@@ -404,11 +404,17 @@ impl<'a> Sandbox<'a> {
     }
 
     pub fn ferrysync(&self, args: &[&str]) -> Run {
+        self.ferrysync_with_env(args, &[])
+    }
+
+    /// `ferrysync ARGS` with more environment variables (`FERRYSYNC_LOG`, say).
+    pub fn ferrysync_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let out = Command::new(env!("CARGO_BIN_EXE_ferrysync"))
             .args(args)
             .env("FERRYSYNC_JOBS", &self.jobs)
             .env("FERRYSYNC_STATE", &self.state)
             .env_remove("FERRYSYNC_LOG")
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         Run::from(out)
