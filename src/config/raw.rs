@@ -68,6 +68,9 @@ pub(super) struct RawRemote {
     #[serde(default)]
     pub(super) data_mode: DataMode,
     pub(super) active_ports: Option<RawPorts>,
+    pub(super) max_listing_entries: Option<u64>,
+    pub(super) max_listing_line: Option<u64>,
+    pub(super) max_listing_bytes: Option<u64>,
 }
 
 fn default_security() -> Security {
