@@ -192,6 +192,11 @@ pub struct Agent {
     /// One lock per job name, kept across reloads: an old version of a job finishing its run
     /// and the new version never run at the same time.
     run_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// One lock per local folder: jobs that share a folder take turns here, rather than the
+    /// later one being refused by the folder's lock (`state/lock.rs`) and its trigger lost.
+    /// Always taken after the job's own lock, and held by no one who waits for a job's lock,
+    /// so the two kinds cannot deadlock.
+    folder_locks: HashMap<std::path::PathBuf, Arc<tokio::sync::Mutex<()>>>,
     /// Tasks of removed or replaced jobs, finishing their in-flight runs.
     retired: Vec<JoinHandle<()>>,
 }
@@ -211,6 +216,7 @@ impl Agent {
             opts,
             jobs: BTreeMap::new(),
             run_locks: HashMap::new(),
+            folder_locks: HashMap::new(),
             retired: Vec::new(),
         };
         for job in jobs {
@@ -284,12 +290,15 @@ impl Agent {
         } else {
             tracing::info!(job = %name, triggers = %triggers.join(", "), "job started");
             let run_lock = self.run_locks.entry(name.clone()).or_default().clone();
+            // The folder as the kernel's lock sees it: other spellings of it meet here too.
+            let folder = std::fs::canonicalize(&job.local).unwrap_or_else(|_| job.local.clone());
+            let folder_lock = self.folder_locks.entry(folder).or_default().clone();
             handles.push(tokio::spawn(runner(
                 job,
                 self.ledger.clone(),
                 rx,
                 self.limit.clone(),
-                run_lock,
+                (run_lock, folder_lock),
                 stop_rx,
             )));
         }
@@ -441,7 +450,7 @@ async fn runner(
     ledger: SharedLedger,
     mut rx: mpsc::UnboundedReceiver<Request>,
     limit: Arc<Semaphore>,
-    run_lock: Arc<tokio::sync::Mutex<()>>,
+    (run_lock, folder_lock): (Arc<tokio::sync::Mutex<()>>, Arc<tokio::sync::Mutex<()>>),
     mut stop: watch::Receiver<bool>,
 ) {
     // An incremental run trusts that everything outside its scope was in sync after the run
@@ -469,6 +478,11 @@ async fn runner(
             biased;
             _ = stopped(&mut stop) => return,
             g = run_lock.clone().lock_owned() => g,
+        };
+        let _folder = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => return,
+            g = folder_lock.clone().lock_owned() => g,
         };
         // Everything that arrived until now is served by this run.
         let mut request = first;

@@ -23,7 +23,7 @@ pub use filter::PathFilter;
 pub(crate) use job::job_files;
 pub use job::{find_job, load_job, load_jobs, parse_job, Job};
 pub use policy::{RetryPolicy, UploadOptions};
-pub use remote::{Fingerprint, ListTimeOffset, Remote, Secret, TlsOptions};
+pub use remote::{Fingerprint, ListTimeOffset, ListingCaps, Remote, Secret, TlsOptions};
 pub use trigger::Schedule;
 
 /// A configuration error, already formatted as `file:line:col: reason`.

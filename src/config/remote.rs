@@ -63,6 +63,70 @@ pub struct Remote {
     pub data_mode: DataMode,
     /// Local ports for active-mode listeners; `None`: any port the system picks.
     pub active_ports: Option<RangeInclusive<u16>>,
+    /// How much of one directory's listing is read before the run gives up on it.
+    pub listing_caps: ListingCaps,
+}
+
+/// Caps on one directory's listing (`remote.max_listing_entries`, `remote.max_listing_line`,
+/// `remote.max_listing_bytes`). The listing is untrusted input: a server that streams a LIST
+/// or MLSD data connection without end (or one line without a newline) must not drive the
+/// process out of memory, so it is read line by line and refused at the first cap it passes.
+/// The lines kept are at most `max_entries` of at most `max_line` bytes, and `max_bytes`
+/// bounds their sum (and the empty lines, which are skipped but still read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListingCaps {
+    /// Entries (non-empty lines, `.` and `..` included) of one directory.
+    pub max_entries: usize,
+    /// Bytes of one line, its line break not counted.
+    pub max_line: usize,
+    /// Bytes of one directory's listing as a whole.
+    pub max_bytes: u64,
+}
+
+impl Default for ListingCaps {
+    /// A million entries (far above what a real directory served over FTP holds; Pure-FTPd
+    /// stops at 10,000), 8 KiB lines (a LIST or MLSD line of a 255-byte name is well under
+    /// 1 KiB), 512 MiB in all (a million MLSD lines of typical length are about 150 MiB).
+    fn default() -> Self {
+        ListingCaps {
+            max_entries: 1_000_000,
+            max_line: 8 * 1024,
+            max_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+impl ListingCaps {
+    /// Validates the three `remote.max_listing_*` keys; what the job leaves out keeps its
+    /// default. Each must be at least 1 (a cap of 0 would refuse every listing) and the line
+    /// cap at least 256 bytes, so that no real listing line is refused.
+    fn from_raw(
+        entries: Option<u64>,
+        line: Option<u64>,
+        bytes: Option<u64>,
+        ctx: &Ctx,
+    ) -> Result<ListingCaps, ConfigError> {
+        let d = ListingCaps::default();
+        let cap = |v: Option<u64>, key: &str, min: u64, default: u64| match v {
+            None => Ok(default),
+            Some(n) if n >= min => Ok(n),
+            Some(n) => Err(ctx.fail(
+                &["remote", key],
+                format!("remote.{key}: {n} is below the minimum of {min}"),
+            )),
+        };
+        let usize_cap = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        Ok(ListingCaps {
+            max_entries: usize_cap(cap(
+                entries,
+                "max_listing_entries",
+                1,
+                d.max_entries as u64,
+            )?),
+            max_line: usize_cap(cap(line, "max_listing_line", 256, d.max_line as u64)?),
+            max_bytes: cap(bytes, "max_listing_bytes", 1024, d.max_bytes)?,
+        })
+    }
 }
 
 impl Remote {
@@ -100,6 +164,12 @@ impl Remote {
             return Err(ctx.fail(&["remote", "port"], "remote.port may not be 0"));
         }
         let active_ports = active_ports(r.active_ports.as_ref(), r.data_mode, ctx)?;
+        let listing_caps = ListingCaps::from_raw(
+            r.max_listing_entries,
+            r.max_listing_line,
+            r.max_listing_bytes,
+            ctx,
+        )?;
         Ok(Remote {
             host: r.host.trim().to_string(),
             port,
@@ -114,6 +184,7 @@ impl Remote {
             passive_address: r.passive_address,
             data_mode: r.data_mode,
             active_ports,
+            listing_caps,
         })
     }
 }
@@ -502,5 +573,33 @@ mod tests {
         let e = parse(&format!("{GOOD}  active_ports: 50000-50100\n")).unwrap_err();
         assert_eq!((e.line, e.column), (6, 3), "{e}");
         assert!(e.reason.contains("data_mode: active"), "{e}");
+    }
+
+    #[test]
+    fn listing_caps_default_and_from_the_job() {
+        assert_eq!(
+            parse(GOOD).unwrap().remote.listing_caps,
+            ListingCaps::default()
+        );
+        let text = format!(
+            "{GOOD}  max_listing_entries: 50000\n  max_listing_line: 4096\n  max_listing_bytes: 1048576\n"
+        );
+        let caps = parse(&text).unwrap().remote.listing_caps;
+        assert_eq!(
+            caps,
+            ListingCaps {
+                max_entries: 50_000,
+                max_line: 4096,
+                max_bytes: 1 << 20
+            }
+        );
+        let e = parse(&format!("{GOOD}  max_listing_entries: 0\n")).unwrap_err();
+        assert_eq!((e.line, e.column), (6, 3), "{e}");
+        assert!(e.reason.contains("remote.max_listing_entries"), "{e}");
+        let e = parse(&format!("{GOOD}  max_listing_line: 80\n")).unwrap_err();
+        assert!(e.reason.contains("minimum of 256"), "{e}");
+        // Unknown keys stay errors: a misspelt cap is not silently the default.
+        let e = parse(&format!("{GOOD}  max_listing_entry: 5\n")).unwrap_err();
+        assert!(e.reason.contains("max_listing_entry"), "{e}");
     }
 }

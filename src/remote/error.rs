@@ -59,6 +59,15 @@ pub enum FtpsError {
         path: String,
         reason: String,
     },
+    /// A listing passed one of the job's caps (`remote.max_listing_*`); `reason` says which
+    /// and the key that raises it.
+    #[error("{server}: {command} {path}: {reason}")]
+    Listing {
+        server: String,
+        command: &'static str,
+        path: String,
+        reason: String,
+    },
 }
 
 impl FtpsError {
@@ -76,7 +85,9 @@ impl FtpsError {
             FtpsError::Setup { .. }
             | FtpsError::Tls { .. }
             | FtpsError::NoTls { .. }
-            | FtpsError::Login { .. } => false,
+            | FtpsError::Login { .. }
+            // The same listing passes the same cap again: only a change to the job helps.
+            | FtpsError::Listing { .. } => false,
         }
     }
 

@@ -10,6 +10,7 @@ pub(crate) mod data_channel;
 pub(crate) mod error;
 mod features;
 pub(crate) mod listing;
+mod listing_read;
 pub(crate) mod session;
 pub(crate) mod tls;
 

@@ -14,13 +14,14 @@ use suppaftp::tokio::{AsyncDataStream, AsyncTlsConnector, TransferStream};
 use suppaftp::{FtpError, Mode, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::config::{DataMode, PassiveAddress, Remote};
+use crate::config::{DataMode, ListingCaps, PassiveAddress, Remote};
 use crate::remote::connect::{Control, Dialer, FtpStream};
 use crate::remote::data_channel::{self, ActiveTransfer};
 use crate::remote::error::{map_err, reply_text, timeout_err, FtpsError};
 use crate::remote::features::{
     check_listing_complete, listing_limit, sha256_in_reply, Features, Sha256Command,
 };
+use crate::remote::listing_read::{read_listing_lines, ReadListingError};
 use crate::remote::tls::{FlushingTlsStream, TlsConnector, TlsContext};
 
 /// The replies that end a successful transfer.
@@ -115,6 +116,8 @@ pub struct Session {
     active_reply_pending: Arc<AtomicBool>,
     /// See [`listing_limit`].
     listing_limit: Option<usize>,
+    /// The job's caps on one directory's listing (see [`read_listing_lines`]).
+    listing_caps: ListingCaps,
 }
 
 impl Session {
@@ -154,6 +157,7 @@ impl Session {
             passive_attempt,
             active_reply_pending: Arc::new(AtomicBool::new(false)),
             listing_limit: limit,
+            listing_caps: remote.listing_caps,
         })
     }
 
@@ -228,13 +232,24 @@ impl Session {
                 .await?;
             DataStream::Passive(t)
         };
-        let bytes = match read_to_end_timed(&mut stream, self.timeout).await {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+        let lines = match read_listing_lines(&mut stream, &self.listing_caps, self.timeout).await {
+            Ok(lines) => lines,
+            Err(ReadListingError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
                 // Dropped unfinished: the next command reads the transfer's reply first.
                 return Err(timeout_err(&self.server, command, dir, self.timeout));
             }
-            Err(e) => {
+            Err(ReadListingError::Cap(cap)) => {
+                // Dropped unread, as after a timeout: a server that streams without end would
+                // keep `finish` waiting for its verdict. The error is permanent: the same
+                // listing passes the same cap again.
+                return Err(FtpsError::Listing {
+                    server: self.server.clone(),
+                    command,
+                    path: dir.to_string(),
+                    reason: cap.explain(&self.listing_caps),
+                });
+            }
+            Err(ReadListingError::Io(e)) => {
                 // The server's verdict keeps the control connection in step, and may tell more.
                 let verdict = self.finish(command, dir, stream).await;
                 return Err(listing_read_error(
@@ -247,7 +262,6 @@ impl Session {
             }
         };
         self.finish(command, dir, stream).await?;
-        let lines = listing_lines(&bytes);
         check_listing_complete(&self.server, command, dir, lines.len(), self.listing_limit)?;
         Ok((lines, mlsd))
     }
@@ -903,24 +917,6 @@ async fn finish_active(
     reply
 }
 
-/// Reads a data connection to its end, with `timeout` on each read; a timeout is an error
-/// of kind `TimedOut`.
-async fn read_to_end_timed<R: AsyncRead + Unpin>(
-    stream: &mut R,
-    timeout: Duration,
-) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
-            Ok(Ok(0)) => return Ok(bytes),
-            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-        }
-    }
-}
-
 /// A listing whose data connection failed while it was read (see
 /// [`FlushingTlsStream`](crate::remote::tls::FlushingTlsStream) for one cut without
 /// close_notify): a connection error, so transient, with the server's verdict on the transfer
@@ -942,18 +938,6 @@ fn listing_read_error(
         path: dir.to_string(),
         reason: format!("reading the listing failed: {e}{verdict}"),
     }
-}
-
-/// The lines of a listing: split at LF, CR dropped, empty lines skipped, decoded as lossy
-/// UTF-8 (a name that is not valid UTF-8 then carries U+FFFD, which
-/// [`check_remote_name`](crate::model::snapshot::check_remote_name) refuses).
-fn listing_lines(bytes: &[u8]) -> Vec<String> {
-    bytes
-        .split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter(|l| !l.is_empty())
-        .map(|l| String::from_utf8_lossy(l).into_owned())
-        .collect()
 }
 
 #[cfg(test)]
@@ -1060,12 +1044,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_listing_past_the_jobs_entry_cap_is_a_permanent_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("server/many")).unwrap();
+        for i in 0..5 {
+            std::fs::write(dir.path().join(format!("server/many/f{i}")), b"x").unwrap();
+        }
+        for listing in ["auto", "list"] {
+            // The job's remote section, with the cap below the directory's 5 entries.
+            let remote = format!("{listing}\n  max_listing_entries: 4");
+            let mut session = loopback_session(dir.path(), &remote).await;
+            let e = session.list_dir("/many").await.unwrap_err();
+            assert!(matches!(e, FtpsError::Listing { .. }), "{e:?}");
+            assert!(!e.is_transient(), "{e}");
+            let text = e.to_string();
+            assert!(
+                text.contains(" /many: the listing has more entries than 4, the cap remote.max_listing_entries sets"),
+                "{text}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_listing_cut_without_close_notify_is_a_transient_connection_error() {
         let (_control, mut data) =
             crate::remote::tls::test_support::cut_connections(b"-rw-r--r-- 1 u g 5 Jan").await;
-        let e = read_to_end_timed(&mut data, Duration::from_secs(10))
-            .await
-            .unwrap_err();
+        let e =
+            match read_listing_lines(&mut data, &ListingCaps::default(), Duration::from_secs(10))
+                .await
+            {
+                Err(ReadListingError::Io(e)) => e,
+                other => panic!("{other:?}"),
+            };
         let verdict = FtpsError::Reply {
             server: "u@h:21".into(),
             command: "LIST",
@@ -1083,8 +1093,8 @@ mod tests {
         assert!(!e.to_string().contains("invalid syntax"), "{e}");
     }
 
-    #[test]
-    fn a_listed_name_that_is_not_utf8_is_refused_not_renamed() {
+    #[tokio::test]
+    async fn a_listed_name_that_is_not_utf8_is_refused_not_renamed() {
         for (raw, mlsd) in [
             (
                 &b"-rw-r--r-- 1 u g 5 Jan 01 12:00 caf\xe9.txt\r\n"[..],
@@ -1095,19 +1105,12 @@ mod tests {
                 true,
             ),
         ] {
-            let lines = listing_lines(raw);
+            let lines = read_listing_lines(raw, &ListingCaps::default(), Duration::from_secs(1))
+                .await
+                .unwrap();
             let entry = crate::remote::listing::parse_line(&lines[0], mlsd).unwrap();
             let e = crate::model::snapshot::check_remote_name("/in", &entry.name).unwrap_err();
             assert!(e.reason.contains("not valid UTF-8 on the server"), "{e}");
         }
-    }
-
-    #[test]
-    fn listing_lines_split_like_suppaftp() {
-        assert_eq!(
-            listing_lines(b"a b\r\n\r\nc\nd\xff\r\n"),
-            vec!["a b".to_string(), "c".to_string(), "d\u{fffd}".to_string()]
-        );
-        assert!(listing_lines(b"").is_empty());
     }
 }

@@ -69,7 +69,8 @@ impl RunError {
     pub fn is_transient(&self) -> bool {
         match self {
             RunError::Remote(e) | RunError::RemoteRoot { source: e, .. } => e.is_transient(),
-            RunError::Lock(LockError::Held { .. }) => true,
+            // The other run ends in time.
+            RunError::Lock(LockError::Held { .. } | LockError::RootHeld { .. }) => true,
             _ => false,
         }
     }

@@ -47,9 +47,14 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
         interrupted: false,
     };
     // One run of a job at a time, across processes; held until the report is returned. A run
-    // left `running` in the ledger can only be a dead process's once the lock is ours.
+    // left `running` in the ledger can only be a dead process's once the lock is ours. The
+    // lock also holds the local folder, whatever the ledger (see `state/lock.rs`), so a pull's
+    // folder is made first; a failure to make it is reported by `prepare_local_root`.
     let state_path = ledger.lock().path().to_path_buf();
-    let _job_lock = match crate::state::lock::JobLock::acquire(&state_path, &job.name) {
+    if job.direction == Direction::Pull && !opts.dry_run {
+        let _ = std::fs::create_dir_all(&job.local);
+    }
+    let _job_lock = match crate::state::lock::JobLock::acquire(&state_path, &job.name, &job.local) {
         Ok(l) => l,
         Err(e) => {
             report.error = Some(e.into());

@@ -170,6 +170,32 @@ fn latency(s: &Sandbox, rel: &str, content: &[u8]) -> Duration {
 }
 
 #[test]
+fn jobs_sharing_a_local_folder_take_turns_instead_of_being_refused() {
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "shared-a");
+    let other = Sandbox::new(&server, "shared-b");
+    s.write_local("a.csv", b"shared");
+    // Two push jobs of one folder to two remote directories, both run at start-up.
+    let extra = "direction: push\nwatch: true\n";
+    s.job("a", extra);
+    let local_b = other.local.display().to_string();
+    let local_a = s.local.display().to_string();
+    s.write_job("b", &other.job_yaml(extra).replace(&local_b, &local_a));
+    let agent = Agent::start(&s);
+    for (job, root) in [("a", s.remote_root()), ("b", other.remote_root())] {
+        let target = root.join("a.csv");
+        wait_until(
+            &format!("job {job}'s upload"),
+            Duration::from_secs(30),
+            || file_is(&target, b"shared"),
+        );
+    }
+    let log = agent.log_text();
+    assert!(!log.contains("is not run now"), "{log}");
+    agent.terminate(Duration::from_secs(10));
+}
+
+#[test]
 fn a_watched_file_is_on_the_server_within_debounce_plus_2s_and_sigterm_exits_0() {
     let server = Server::loopback();
     let s = Sandbox::new(&server, "watch");
