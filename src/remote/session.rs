@@ -1110,4 +1110,52 @@ mod tests {
         );
         assert!(listing_lines(b"").is_empty());
     }
+
+    mod fuzz {
+        //! Fuzz targets (proptest): a listing's bytes and a PASV reply's address come from the
+        //! server.
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::remote::listing::parse_line;
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config(512))]
+
+            /// Any bytes as a listing: lines without a line break, each parsed without a panic,
+            /// and every name the parser returns either refused or a single safe component.
+            #[test]
+            fn any_bytes_as_a_listing(bytes in proptest::collection::vec(
+                prop_oneof![any::<u8>(), Just(b'\n'), Just(b'\r'), Just(b' '), Just(b'/')], 0..600),
+                mlsd in any::<bool>()) {
+                for line in listing_lines(&bytes) {
+                    prop_assert!(!line.contains('\n') && !line.is_empty());
+                    if let Some(e) = parse_line(&line, mlsd) {
+                        if crate::model::snapshot::check_remote_name("/d", &e.name).is_ok() {
+                            prop_assert!(!e.name.contains(['/', '\\', '\0', '\r', '\n']));
+                            prop_assert!(e.name != "." && e.name != "..");
+                        }
+                    }
+                }
+            }
+
+            /// Whatever address a PASV reply names, `auto` and `control` connect to the control
+            /// connection's peer (no FTP bounce), and `server` to the address named.
+            #[test]
+            fn a_pasv_address_never_picks_the_data_host_under_auto(
+                octets in any::<[u8; 4]>(), port in any::<u16>(), peer in any::<std::net::IpAddr>(),
+            ) {
+                let named = std::net::IpAddr::from(octets);
+                for policy in [PassiveAddress::Auto, PassiveAddress::Control] {
+                    prop_assert_eq!(data_channel::passive_target(named, peer, policy), peer);
+                }
+                prop_assert_eq!(data_channel::passive_target(named, peer, PassiveAddress::Server), named);
+                let _ = data_channel::is_unroutable(named);
+                let v4 = std::net::SocketAddrV4::new(octets.into(), port);
+                let arg = data_channel::port_argument(v4);
+                prop_assert_eq!(arg.split(',').count(), 6);
+            }
+        }
+    }
 }
