@@ -27,6 +27,24 @@ pub mod remote;
 pub mod state;
 pub mod sync;
 
+/// The proptest fuzz targets of the parsers that take untrusted bytes (listings, replies, job
+/// files) run a few hundred cases in every `cargo test`; `FERRYSYNC_FUZZ_CASES=100000` runs
+/// more, for a longer search.
+#[cfg(test)]
+pub(crate) fn fuzz_config(default_cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("FERRYSYNC_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_cases);
+    proptest::test_runner::Config {
+        cases,
+        // Shrinking a long run's failure can take as long again: bounded too.
+        max_shrink_iters: 2048,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
+
 #[cfg(test)]
 mod layering {
     //! Imports go downward only: a module may use its own layer and the layers below it.

@@ -270,4 +270,117 @@ mod tests {
         let job = parse(GOOD.replace("/srv/out", "../data").as_str()).unwrap();
         assert_eq!(job.local, PathBuf::from("/etc/jobs/../data"));
     }
+
+    mod fuzz {
+        //! Fuzz target (proptest): a job file is trusted, but typed by hand; whatever it holds,
+        //! loading it returns a job or an error that points into the file, never a panic.
+
+        use proptest::prelude::*;
+
+        use crate::config::testing::{parse, GOOD};
+
+        /// The error, if any, points at a line and column of the file (1-based; one past the
+        /// last line for an error at the end).
+        fn check(text: &str) -> Result<(), TestCaseError> {
+            if let Err(e) = parse(text) {
+                // YAML breaks lines at CR, NEL, LS and PS too, not only at LF.
+                let lines = text
+                    .chars()
+                    .filter(|c| ['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'].contains(c))
+                    .count()
+                    + 1;
+                prop_assert!(e.line >= 1 && e.line <= lines + 1, "{e} in {text:?}");
+                prop_assert!(e.column >= 1, "{e} in {text:?}");
+                prop_assert!(!e.reason.is_empty(), "{text:?}");
+            }
+            Ok(())
+        }
+
+        const KEYS: &[&str] = &[
+            "local",
+            "direction",
+            "mode",
+            "schedule",
+            "timezone",
+            "catch_up",
+            "watch",
+            "debounce",
+            "poll",
+            "include",
+            "exclude",
+            "transfers",
+            "max_delete",
+            "allow_empty_source",
+            "upload",
+            "retries",
+            "remote",
+        ];
+        const REMOTE_KEYS: &[&str] = &[
+            "host",
+            "port",
+            "security",
+            "allow_plaintext",
+            "path",
+            "timeout",
+            "listing",
+            "list_time_offset",
+            "data_mode",
+            "passive_address",
+            "active_ports",
+            "user",
+            "password_env",
+            "tls",
+        ];
+
+        /// A value as a user might mistype it: scalars, lists, maps, YAML oddities.
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>().prop_map(|s| format!("{s:?}")),
+                "[ -~]{0,20}",
+                "-?[0-9]{1,22}(%|s|ms|m|h)?",
+                Just("[]".to_string()),
+                Just("{}".to_string()),
+                Just("~".to_string()),
+                Just("&a [*a]".to_string()),
+                Just("!!binary aGk=".to_string()),
+                "\\[[ -~]{0,10}\\]",
+                "(\\* ){4}\\*|@[a-z]{0,8}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config(512))]
+
+            #[test]
+            fn any_text_as_a_job_file(text in any::<String>()) {
+                check(&text)?;
+            }
+
+            #[test]
+            fn a_good_job_with_hostile_keys_and_values(
+                top in proptest::collection::vec((proptest::sample::select(KEYS), value()), 0..4),
+                remote in proptest::collection::vec((proptest::sample::select(REMOTE_KEYS), value()), 0..4),
+            ) {
+                let mut text = GOOD.to_string();
+                for (k, v) in &remote {
+                    text.push_str(&format!("  {k}: {v}\n"));
+                }
+                for (k, v) in &top {
+                    text.push_str(&format!("{k}: {v}\n"));
+                }
+                check(&text)?;
+            }
+
+            #[test]
+            fn a_good_job_cut_anywhere(cut in any::<proptest::sample::Index>(), junk in any::<String>()) {
+                let text = format!("{GOOD}direction: pull\nmode: mirror\nretries:\n  attempts: 3\n");
+                let at = cut.index(text.len() + 1);
+                let mut at = at.min(text.len());
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                check(&format!("{}{junk}", &text[..at]))?;
+            }
+        }
+    }
 }

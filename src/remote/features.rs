@@ -149,4 +149,47 @@ mod tests {
         );
         assert!(check_listing_complete("s", "LIST", "/d", 50_000, None).is_ok());
     }
+
+    mod fuzz {
+        //! Fuzz targets (proptest): hash replies, FEAT lines and greetings come from the server.
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config(1024))]
+
+            #[test]
+            fn any_text_as_a_hash_reply(reply in any::<String>()) {
+                if let Some(h) = sha256_in_reply(&reply) {
+                    // Only a 64-digit hex word of the reply itself is ever taken as the hash.
+                    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+                    prop_assert!(reply.to_ascii_lowercase().contains(&hex), "{reply:?}");
+                }
+            }
+
+            #[test]
+            fn hash_replies_with_a_digest_among_hostile_words(
+                before in "[ -~]{0,40}", digest in proptest::array::uniform32(any::<u8>()),
+                upper in any::<bool>(), after in any::<String>(),
+            ) {
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                let hex = if upper { hex.to_ascii_uppercase() } else { hex };
+                let reply = format!("213 {before} {hex} {after}");
+                // The first 64-digit word wins; `before` may hold none (it is too short).
+                prop_assert_eq!(sha256_in_reply(&reply), Some(digest));
+            }
+
+            #[test]
+            fn any_feat_reply_and_greeting(
+                feat in proptest::collection::hash_map(any::<String>(), any::<Option<String>>(), 0..12),
+                greeting in any::<String>(), lines in any::<usize>(),
+            ) {
+                let _ = Features::from_feat(&feat);
+                let limit = listing_limit(&greeting);
+                let _ = check_listing_complete("s", "LIST", "/d", lines, limit);
+            }
+        }
+    }
 }

@@ -205,7 +205,10 @@ pub fn parse_dos(line: &str) -> Option<ListedEntry> {
         name: name.to_string(),
         kind,
         size,
-        mtime: when.and_utc().timestamp() * NS,
+        // Years past 2262 do not fit in i64 nanoseconds: saturated, as suppaftp's times are
+        // (see `system_time_ns`), so the entry stays listed rather than being skipped, which a
+        // pull mirror would read as a deletion.
+        mtime: when.and_utc().timestamp().saturating_mul(NS),
         precision: Precision::Minute,
     })
 }
@@ -225,8 +228,9 @@ fn next_field(s: &str) -> Option<(&str, &str)> {
 /// `None` when the difference is beyond any real zone (±14 h): the MDTM or the listing is
 /// not what it claims, and guessing would shift every time.
 pub fn detect_offset(listed_ns: i64, mdtm_ns: i64) -> Option<i64> {
-    // The listed minute starts up to 59 s before the exact time.
-    let diff = (listed_ns - mdtm_ns) / NS + 30;
+    // The listed minute starts up to 59 s before the exact time. Both times come from the
+    // server: a difference beyond i64 (years centuries apart) is no zone either.
+    let diff = listed_ns.checked_sub(mdtm_ns)? / NS + 30;
     let quarter = 15 * 60;
     let offset = diff.div_euclid(quarter) * quarter
         + if diff.rem_euclid(quarter) >= quarter / 2 {
@@ -239,7 +243,7 @@ pub fn detect_offset(listed_ns: i64, mdtm_ns: i64) -> Option<i64> {
 
 /// A `LIST` time in the server's zone, turned into UTC.
 pub fn apply_offset(listed_ns: i64, offset_secs: i64) -> i64 {
-    listed_ns - offset_secs * NS
+    listed_ns.saturating_sub(offset_secs.saturating_mul(NS))
 }
 
 /// The time a listed file should carry: the ledger's recorded time when the listing is
@@ -253,7 +257,7 @@ pub fn settle_time(listed_utc: i64, precision: Precision, recorded: Option<i64>)
         (p, Some(r)) => {
             // Whole seconds are compared: LIST has no fractions and MDTM rarely has.
             let r_secs = r.div_euclid(NS) * NS;
-            if r_secs >= listed_utc && r_secs < listed_utc + p.window_ns() {
+            if r_secs >= listed_utc && r_secs < listed_utc.saturating_add(p.window_ns()) {
                 r
             } else {
                 listed_utc
@@ -412,5 +416,162 @@ mod tests {
         // Nothing recorded, or an exact listing: the listing's own time.
         assert_eq!(settle_time(minute, Precision::Minute, None), minute);
         assert_eq!(settle_time(exact, Precision::Exact, Some(minute)), exact);
+    }
+
+    #[test]
+    fn times_beyond_i64_nanoseconds_saturate_instead_of_overflowing() {
+        // Found by the fuzz targets below (each panicked with an overflow in a debug build and
+        // wrapped around in a release build). A DOS line of the year 2300 (`400` read as a
+        // two-digit-style year) is kept, at the latest time there is.
+        let e = parse_line("1-1-400  1:0AM  <DIR> A", false).unwrap();
+        assert_eq!((e.name.as_str(), e.mtime), ("A", i64::MAX));
+        // A LIST time and an MDTM centuries apart are no zone offset.
+        assert_eq!(
+            detect_offset(-6_163_327_551_618_808_120, 3_060_044_485_235_967_689),
+            None
+        );
+        assert_eq!(detect_offset(i64::MAX, i64::MIN), None);
+        assert_eq!(apply_offset(i64::MAX, -14 * 3600), i64::MAX);
+        assert_eq!(apply_offset(i64::MIN, 14 * 3600), i64::MIN);
+        let late = i64::MAX - NS;
+        assert_eq!(settle_time(late, Precision::Day, Some(i64::MAX)), i64::MAX);
+    }
+
+    mod fuzz {
+        //! Fuzz targets (proptest): listing lines come from the server, so no line may panic
+        //! the parser or the time rules that follow it, and a name the parser returns reaches a
+        //! local path only if `check_remote_name` lets it through, as a single safe component.
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::model::snapshot::check_remote_name;
+
+        /// What a scan does with a listed entry: the offset (±14 h, to the quarter hour) and
+        /// the recorded time applied, the offset learnt from an MDTM, the name checked.
+        fn through_the_pipeline(e: &ListedEntry, offset_q: i64, recorded: Option<i64>, mdtm: i64) {
+            let settled = settle_time(apply_offset(e.mtime, offset_q * 900), e.precision, recorded);
+            let _ = detect_offset(e.mtime, mdtm);
+            let _ = settled;
+            if check_remote_name("/d", &e.name).is_ok() {
+                assert!(!e.name.is_empty() && e.name != "." && e.name != "..");
+                assert!(
+                    !e.name.contains(['/', '\\', '\0', '\r', '\n']),
+                    "{:?}",
+                    e.name
+                );
+            }
+        }
+
+        /// A Unix `ls -l` line with every field drawn from what a hostile server might send.
+        fn unix_line() -> impl Strategy<Value = String> {
+            (
+                "[-dlcbps?][-rwxsStT]{9}[+@.]?",
+                prop_oneof![Just("1".to_string()), "[0-9]{1,25}", "-?[0-9]{1,3}"],
+                "[a-z0-9]{0,8}",
+                "[a-z0-9]{0,8}",
+                prop_oneof!["[0-9]{1,25}", "-[0-9]{1,5}", Just(u64::MAX.to_string())],
+                "(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec|[A-Za-z]{3})",
+                "[0-9]{1,3}",
+                prop_oneof!["[0-9]{1,2}:[0-9]{1,2}", "[0-9]{1,6}", "-[0-9]{1,4}"],
+                " {1,3}",
+                any::<String>(),
+            )
+                .prop_map(|(mode, links, u, g, size, mon, day, time, gap, name)| {
+                    format!("{mode} {links} {u} {g} {size} {mon} {day} {time}{gap}{name}")
+                })
+        }
+
+        /// A DOS/IIS line with every field drawn wide.
+        fn dos_line() -> impl Strategy<Value = String> {
+            (
+                "[0-9]{1,3}-[0-9]{1,3}-[0-9]{1,5}",
+                "[0-9]{1,3}:[0-9]{1,3}(AM|PM| AM| pm|)",
+                prop_oneof![Just("<DIR>".to_string()), "[0-9,]{1,30}"],
+                " {1,4}",
+                any::<String>(),
+            )
+                .prop_map(|(date, time, size, gap, name)| {
+                    format!("{date}  {time}  {size}{gap}{name}")
+                })
+        }
+
+        /// An MLSD line: facts with wide values, then the name.
+        fn mlsd_line() -> impl Strategy<Value = String> {
+            (
+                "(file|dir|cdir|pdir|OS\\.unix=slink:[a-z/]{0,5}|[a-z]{0,4})",
+                prop_oneof!["[0-9]{1,25}", "-[0-9]{1,5}", Just(String::new())],
+                prop_oneof![
+                    "[0-9]{14}",
+                    "[0-9]{14}\\.[0-9]{1,9}",
+                    "[0-9]{0,20}",
+                    "[0-9]{14}[a-z]"
+                ],
+                "([a-z]{1,6}=[^; ]{0,6};){0,3}",
+                " {0,2}",
+                any::<String>(),
+            )
+                .prop_map(|(kind, size, modify, extra, gap, name)| {
+                    format!("type={kind};size={size};modify={modify};{extra}{gap}{name}")
+                })
+        }
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config(512))]
+
+            #[test]
+            fn any_text_as_a_listing_line(line in any::<String>(), mlsd in any::<bool>(),
+                                          offset_q in -56i64..=56, recorded in any::<Option<i64>>(),
+                                          mdtm in any::<i64>()) {
+                if let Some(e) = parse_line(&line, mlsd) {
+                    through_the_pipeline(&e, offset_q, recorded, mdtm);
+                }
+            }
+
+            #[test]
+            fn any_bytes_as_a_listing_line(bytes in proptest::collection::vec(any::<u8>(), 0..200),
+                                           mlsd in any::<bool>()) {
+                let line = String::from_utf8_lossy(&bytes);
+                if let Some(e) = parse_line(&line, mlsd) {
+                    through_the_pipeline(&e, 0, None, 0);
+                }
+            }
+
+            #[test]
+            fn unix_lines_with_hostile_fields(line in unix_line(), offset_q in -56i64..=56,
+                                              recorded in any::<Option<i64>>(), mdtm in any::<i64>()) {
+                if let Some(e) = parse_line(&line, false) {
+                    through_the_pipeline(&e, offset_q, recorded, mdtm);
+                }
+            }
+
+            #[test]
+            fn dos_lines_with_hostile_fields(line in dos_line(), offset_q in -56i64..=56,
+                                             recorded in any::<Option<i64>>(), mdtm in any::<i64>()) {
+                if let Some(e) = parse_line(&line, false) {
+                    through_the_pipeline(&e, offset_q, recorded, mdtm);
+                }
+            }
+
+            #[test]
+            fn mlsd_lines_with_hostile_facts(line in mlsd_line(), recorded in any::<Option<i64>>(),
+                                             mdtm in any::<i64>()) {
+                if let Some(e) = parse_line(&line, true) {
+                    prop_assert_eq!(e.precision, Precision::Exact);
+                    through_the_pipeline(&e, 0, recorded, mdtm);
+                }
+            }
+
+            /// The time rules alone, on every value a listing, a ledger and an MDTM can hold.
+            #[test]
+            fn time_rules_on_any_values(listed in any::<i64>(), offset_q in -56i64..=56,
+                                        recorded in any::<Option<i64>>(), mdtm in any::<i64>(),
+                                        p in prop_oneof![Just(Precision::Exact), Just(Precision::Minute), Just(Precision::Day)]) {
+                let _ = settle_time(apply_offset(listed, offset_q * 900), p, recorded);
+                if let Some(o) = detect_offset(listed, mdtm) {
+                    prop_assert!(o.abs() <= 14 * 3600 && o % 900 == 0);
+                }
+            }
+        }
     }
 }

@@ -1113,4 +1113,161 @@ mod tests {
             assert!(e.reason.contains("not valid UTF-8 on the server"), "{e}");
         }
     }
+
+    mod fuzz {
+        //! Fuzz targets (proptest): a listing's bytes and a PASV reply's address come from the
+        //! server.
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::remote::listing::parse_line;
+
+        /// A plain FTP server on 127.0.0.1 for one client: greets with `greeting`, then answers
+        /// the first command with `reply` and closes. Returns its port.
+        async fn one_reply_server(greeting: Vec<u8>, reply: Vec<u8>) -> u16 {
+            use tokio::io::AsyncBufReadExt;
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = l.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                let Ok((tcp, _)) = l.accept().await else {
+                    return;
+                };
+                let mut s = tokio::io::BufReader::new(tcp);
+                let _ = s.get_mut().write_all(&greeting).await;
+                let mut line = String::new();
+                // A greeting without a line end leaves the client waiting: answer after a moment.
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(100), s.read_line(&mut line)).await;
+                let _ = s.get_mut().write_all(&reply).await;
+                let _ = s.get_mut().shutdown().await;
+            });
+            port
+        }
+
+        /// suppaftp reads the greeting and the reply to EPSV or PASV; ferrysync's connector
+        /// then picks the address. Whatever the server sends: no panic, an answer within the
+        /// timeout, and a data connection only ever to the control connection's peer.
+        fn passive_reply(
+            greeting: Vec<u8>,
+            reply: Vec<u8>,
+            extended: bool,
+        ) -> Result<(), TestCaseError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let targets: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+            let seen = targets.clone();
+            rt.block_on(async move {
+                let port = one_reply_server(greeting, reply).await;
+                let run = async {
+                    let ftp = suppaftp::tokio::AsyncFtpStream::connect(("127.0.0.1", port)).await?;
+                    let peer: SocketAddr = ([127, 0, 0, 1], port).into();
+                    let mut ftp = ftp.passive_stream_builder(move |announced: SocketAddr| {
+                        let ip = data_channel::passive_target(
+                            announced.ip(),
+                            peer.ip(),
+                            PassiveAddress::Auto,
+                        );
+                        seen.lock()
+                            .unwrap()
+                            .push(SocketAddr::new(ip, announced.port()));
+                        Box::pin(async {
+                            Err(FtpError::ConnectionError(
+                                std::io::ErrorKind::ConnectionRefused.into(),
+                            ))
+                        })
+                    });
+                    ftp.set_mode(if extended {
+                        Mode::ExtendedPassive
+                    } else {
+                        Mode::Passive
+                    });
+                    ftp.list(None).await
+                };
+                tokio::time::timeout(Duration::from_secs(10), run).await
+            })
+            .map_err(|_| TestCaseError::fail("no answer within 10 s"))?
+            .ok();
+            for t in targets.lock().unwrap().iter() {
+                prop_assert_eq!(t.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config(64))]
+
+            #[test]
+            fn any_bytes_as_a_greeting_or_a_passive_reply(
+                greeting in prop_oneof![Just(b"220 hi\r\n".to_vec()), proptest::collection::vec(any::<u8>(), 0..300)],
+                reply in proptest::collection::vec(any::<u8>(), 0..300), extended in any::<bool>(),
+            ) {
+                passive_reply(greeting, reply, extended)?;
+            }
+        }
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config(128))]
+
+            #[test]
+            fn hostile_pasv_and_epsv_replies(
+                nums in proptest::collection::vec("[0-9]{1,6}", 0..8), code in "(227|229|2[0-9][0-9]|[0-9]{1,4})",
+                sep in "[-,|() ]{1,3}", multi in any::<bool>(), tail in "[ -~]{0,20}",
+            ) {
+                let body = nums.join(&sep);
+                let dash = if multi { "-" } else { " " };
+                let reply = format!("{code}{dash}Entering Passive Mode ({body}){tail}\r\n{code} ({body})\r\n(|||{body}|)\r\n");
+                passive_reply(b"220 hi\r\n".to_vec(), reply.clone().into_bytes(), true)?;
+                passive_reply(b"220 hi\r\n".to_vec(), reply.into_bytes(), false)?;
+            }
+        }
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config(512))]
+
+            /// Any bytes as a listing: lines without a line break, each parsed without a panic,
+            /// and every name the parser returns either refused or a single safe component.
+            #[test]
+            fn any_bytes_as_a_listing(bytes in proptest::collection::vec(
+                prop_oneof![any::<u8>(), Just(b'\n'), Just(b'\r'), Just(b' '), Just(b'/')], 0..600),
+                mlsd in any::<bool>()) {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let lines = rt
+                    .block_on(read_listing_lines(
+                        &bytes[..],
+                        &crate::config::ListingCaps::default(),
+                        Duration::from_secs(1),
+                    ))
+                    .unwrap();
+                for line in lines {
+                    prop_assert!(!line.contains('\n') && !line.is_empty());
+                    if let Some(e) = parse_line(&line, mlsd) {
+                        if crate::model::snapshot::check_remote_name("/d", &e.name).is_ok() {
+                            prop_assert!(!e.name.contains(['/', '\\', '\0', '\r', '\n']));
+                            prop_assert!(e.name != "." && e.name != "..");
+                        }
+                    }
+                }
+            }
+
+            /// Whatever address a PASV reply names, `auto` and `control` connect to the control
+            /// connection's peer (no FTP bounce), and `server` to the address named.
+            #[test]
+            fn a_pasv_address_never_picks_the_data_host_under_auto(
+                octets in any::<[u8; 4]>(), port in any::<u16>(), peer in any::<std::net::IpAddr>(),
+            ) {
+                let named = std::net::IpAddr::from(octets);
+                for policy in [PassiveAddress::Auto, PassiveAddress::Control] {
+                    prop_assert_eq!(data_channel::passive_target(named, peer, policy), peer);
+                }
+                prop_assert_eq!(data_channel::passive_target(named, peer, PassiveAddress::Server), named);
+                let _ = data_channel::is_unroutable(named);
+                let v4 = std::net::SocketAddrV4::new(octets.into(), port);
+                let arg = data_channel::port_argument(v4);
+                prop_assert_eq!(arg.split(',').count(), 6);
+            }
+        }
+    }
 }

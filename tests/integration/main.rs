@@ -11,6 +11,7 @@ mod agent;
 mod cli;
 mod fault_proxy_selftest;
 mod harness;
+mod hostile_server;
 mod listings;
 mod nat;
 mod restricted_servers;

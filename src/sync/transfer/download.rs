@@ -93,7 +93,23 @@ pub(crate) async fn download(
         session.restart_at(&paths.remote, offset).await?;
     }
 
-    let mut stream = session.retrieve(&paths.remote).await?;
+    let mut stream = match session.retrieve(&paths.remote).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            // A temporary file this attempt created holds nothing yet: a refused RETR (550, a
+            // file gone since the listing) leaves no empty `.NAME.ferrysync-part` behind. A
+            // resumed one keeps its bytes for the next attempt.
+            if offset == 0 {
+                if let Err(removed) = dir.remove_file(&paths.temp_name) {
+                    tracing::debug!(
+                        path = rel,
+                        "cannot remove the empty temporary file: {removed}"
+                    );
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let len = buffer_len(source.size.saturating_sub(offset));
     let mut writer = FileWriter::start(file, hasher, offset, len);
     let account = ByteAccount::new(source.size, offset);

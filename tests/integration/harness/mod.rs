@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod hostile;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
