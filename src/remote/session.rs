@@ -1233,7 +1233,10 @@ mod tests {
             fn any_bytes_as_a_listing(bytes in proptest::collection::vec(
                 prop_oneof![any::<u8>(), Just(b'\n'), Just(b'\r'), Just(b' '), Just(b'/')], 0..600),
                 mlsd in any::<bool>()) {
-                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
                 let lines = rt
                     .block_on(read_listing_lines(
                         &bytes[..],
