@@ -102,5 +102,9 @@ source "$work/vsftpd-implicit/env"
 export FERRYSYNC_REQUIRE_SERVERS=1
 
 cargo build --all-targets
-cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
-bash tests/packaging.sh # the .deb (cargo-deb, release build): contents, unit, install cycle
+# `bash tests/run.sh NAME...` runs only the tests whose names contain a NAME (against the same
+# servers) and skips the packaging checks: for working on one area. CI passes no arguments.
+cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}" "$@"
+if (($# == 0)); then
+  bash tests/packaging.sh # the .deb (cargo-deb, release build): contents, unit, install cycle
+fi
