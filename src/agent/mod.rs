@@ -1,6 +1,7 @@
 //! The agent behind `ferrysync run`: triggers each job on its cron schedule (in the job's time
 //! zone), on local changes (`watch`), and on its poll interval; one run per job at a time,
-//! at most `max_runs` jobs at once; reloads job files on SIGHUP; stops gracefully on SIGTERM.
+//! at most `max_runs` jobs at once; reloads job files on SIGHUP; on SIGTERM stops every run
+//! promptly (see [`Agent::shutdown`]), each recorded `interrupted`.
 //!
 //! Every job has one runner task that owns its runs, fed by trigger tasks (cron, watch, poll)
 //! through a channel. Triggers that arrive while a run is in progress wait in the channel and
@@ -417,21 +418,29 @@ impl Agent {
         );
     }
 
-    /// Stops triggering, lets in-flight runs finish for at most `grace`, and returns whether
-    /// they all did.
+    /// Stops triggering and asks every run in progress to stop (each wait of a run races the
+    /// stop: connecting, listing and backoff end at once, a transfer at its next checkpoint);
+    /// waits at most `grace` for them, then cuts off what is left and records those runs
+    /// `interrupted`. Returns whether every run stopped by itself.
     pub async fn shutdown(mut self, grace: Duration) -> bool {
         let names: Vec<String> = self.jobs.keys().cloned().collect();
         for n in names {
             self.stop_job(&n);
         }
-        let all = futures_join(std::mem::take(&mut self.retired));
-        match tokio::time::timeout(grace, all).await {
+        let handles = std::mem::take(&mut self.retired);
+        let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
+        match tokio::time::timeout(grace, futures_join(handles)).await {
             Ok(()) => true,
             Err(_) => {
                 tracing::warn!(
-                    "runs still in progress after {}s; stopping anyway (their temporary files are resumed or replaced by the next run)",
+                    "runs still in progress after {}s; cutting them off (recorded as interrupted; the next run resumes their transfers)",
                     grace.as_secs()
                 );
+                // Aborted, a run's future is dropped, which records it `interrupted`; runs
+                // that do not let go at once are recorded here.
+                aborts.iter().for_each(tokio::task::AbortHandle::abort);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::sync::interrupt_runs_in_progress();
                 false
             }
         }
@@ -494,8 +503,8 @@ async fn runner(
             trigger: trigger.label().to_string(),
             dry_run: false,
             progress: None,
-            // SIGTERM: files in flight stop at their next checkpoint, the run is recorded
-            // as interrupted, and the next start resumes them.
+            // SIGTERM: every wait of the run ends, files in flight stop at their next
+            // checkpoint, the run is recorded as interrupted, and the next start resumes them.
             stop: Some(stop.clone()),
             scope: request.scope.filter(|_| previous_ok),
         };

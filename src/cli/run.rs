@@ -4,11 +4,18 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::sync::StopSignals;
 use super::{runtime, CmdResult, Failure, JobsArg, StateArg, SECRETS};
 use ferrysync::agent::{Agent, AgentOptions, DEFAULT_MAX_RUNS};
 use ferrysync::state::{Ledger, SharedLedger};
 
 /// Run the agent: schedules, watches and polls until SIGTERM (SIGHUP reloads the job files).
+///
+/// SIGTERM or SIGINT: no new run starts, and runs in progress stop within about 2 s
+/// (connecting, listing and retries at once; files in flight at their next checkpoint), each
+/// recorded `interrupted` and resumed by the next run; then the agent exits 0. A run that has
+/// not stopped after --stop-timeout is cut off and recorded `interrupted` too. A second
+/// SIGTERM or SIGINT exits at once, with 143 (SIGTERM) or 130 (SIGINT).
 #[derive(Debug, clap::Args)]
 pub struct RunCmd {
     #[command(flatten)]
@@ -19,7 +26,8 @@ pub struct RunCmd {
     #[arg(long, env = "FERRYSYNC_MAX_RUNS", default_value_t = DEFAULT_MAX_RUNS as u16,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     max_runs: u16,
-    /// On SIGTERM, how long running jobs may take to finish before the agent exits anyway.
+    /// On SIGTERM, how long runs in progress may take to stop before they are cut off (recorded
+    /// `interrupted`) and the agent exits.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     stop_timeout: Duration,
 }
@@ -34,8 +42,7 @@ impl RunCmd {
             let listen = |kind: SignalKind, name: &str| {
                 signal(kind).map_err(|e| Failure::run(format!("cannot watch {name}: {e}")))
             };
-            let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
-            let mut int = listen(SignalKind::interrupt(), "SIGINT")?;
+            let mut stops = StopSignals::listen()?;
             let mut hup = listen(SignalKind::hangup(), "SIGHUP")?;
             tracing::info!(jobs = jobs.len(), state = %self.state.path.display(), "ferrysync agent starting");
             let mut agent = Agent::start(
@@ -49,8 +56,7 @@ impl RunCmd {
             tracing::info!(jobs = %agent.job_names().join(" "), "agent ready");
             let signal = loop {
                 tokio::select! {
-                    _ = term.recv() => break "SIGTERM",
-                    _ = int.recv() => break "SIGINT",
+                    (name, _) = stops.next() => break name,
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP: reloading job files from {}", self.jobs.dir.display());
                         register_secrets(&self.jobs.dir);
@@ -59,11 +65,13 @@ impl RunCmd {
                 }
             };
             tracing::info!(
-                "{signal}: stopping; running jobs may finish for up to {}",
+                "{signal}: stopping; runs in progress stop at their next wait or checkpoint (cut off after {}); a second SIGTERM or SIGINT exits at once",
                 humantime::format_duration(self.stop_timeout)
             );
-            let clean = agent.shutdown(self.stop_timeout).await;
-            tracing::info!(clean, "stopped");
+            tokio::select! {
+                clean = agent.shutdown(self.stop_timeout) => tracing::info!(clean, "stopped"),
+                _ = stops.exit_on_next() => {}
+            }
             Ok(())
         });
         // Blocking work still going (a scan of a huge tree) must not hold the exit.

@@ -1,4 +1,7 @@
-//! `ferrysync sync JOB [--dry-run]`: run one job once, now.
+//! `ferrysync sync JOB [--dry-run]`: run one job once, now; and [`StopSignals`], how `sync` and
+//! `run` take SIGINT and SIGTERM.
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::{runtime, shown, CmdResult, Failure, JobsArg, StateArg, SECRETS};
 use ferrysync::model::Action;
@@ -6,6 +9,10 @@ use ferrysync::state::{Ledger, Outcome, SharedLedger};
 use ferrysync::sync::{human_bytes, run_job, RunOptions};
 
 /// Run one job once, now.
+///
+/// Ctrl-C or SIGTERM stops the run within about 2 s (connecting, listing and retries at once;
+/// files in flight at their next checkpoint), records it `interrupted` and exits 1; the next
+/// run resumes. A second Ctrl-C or SIGTERM exits at once, with 130 (SIGINT) or 143 (SIGTERM).
 #[derive(Debug, clap::Args)]
 pub struct SyncCmd {
     /// The job's name (its file name without .yaml).
@@ -39,27 +46,23 @@ impl SyncCmd {
             stop: Some(stop_rx),
             scope: None,
         };
-        let report = runtime()?.block_on(async {
-            // Ctrl-C or SIGTERM: stop at the next checkpoint; the next run resumes.
+        let rt = runtime()?;
+        let report = rt.block_on(async {
+            // Ctrl-C or SIGTERM: every wait of the run ends at once, files in flight stop at
+            // their next checkpoint (or are cut off after 2 s); the run is recorded
+            // `interrupted` and the next run resumes. A second signal exits at once.
+            let mut signals = StopSignals::listen()?;
             tokio::spawn(async move {
-                let term = async {
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(mut s) => {
-                            s.recv().await;
-                        }
-                        Err(_) => std::future::pending::<()>().await,
-                    }
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term => {}
-                }
-                eprintln!("ferrysync: stopping at the next checkpoint (the next run resumes)");
+                let (name, _) = signals.next().await;
+                eprintln!("ferrysync: {name}: stopping (the next run resumes; a second Ctrl-C or SIGTERM exits at once)");
                 let _ = stop_tx.send(true);
+                signals.exit_on_next().await;
             });
-            run_job(&job, &ledger, &opts).await
-        });
+            Ok::<_, Failure>(run_job(&job, &ledger, &opts).await)
+        })?;
+        // A blocking task the stop left behind (hashing a large file, say) must not hold the
+        // exit.
+        rt.shutdown_timeout(std::time::Duration::from_millis(500));
         if let Some(plan) = &report.plan {
             for a in &plan.actions {
                 let line = match a {
@@ -105,5 +108,44 @@ impl SyncCmd {
                 None => format!("job {}: {} paths failed", job.name, report.failures.len()),
             })),
         }
+    }
+}
+
+/// SIGINT and SIGTERM, as `sync` and `run` take them: the first asks for a stop, a second one
+/// exits at once.
+pub(super) struct StopSignals {
+    int: Signal,
+    term: Signal,
+}
+
+impl StopSignals {
+    /// Listens from now on (inside the runtime).
+    pub(super) fn listen() -> Result<StopSignals, Failure> {
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| Failure::run(format!("cannot watch {name}: {e}")))
+        };
+        Ok(StopSignals {
+            int: listen(SignalKind::interrupt(), "SIGINT")?,
+            term: listen(SignalKind::terminate(), "SIGTERM")?,
+        })
+    }
+
+    /// The next SIGINT or SIGTERM: its name and the exit status a forced exit on it has
+    /// (128 + the signal's number, as shells report a process the signal ended).
+    pub(super) async fn next(&mut self) -> (&'static str, u8) {
+        tokio::select! {
+            _ = self.int.recv() => ("SIGINT", 130),
+            _ = self.term.recv() => ("SIGTERM", 143),
+        }
+    }
+
+    /// After a stop was asked for: on the next SIGINT or SIGTERM, records the runs still in
+    /// progress `interrupted` and exits at once (130 or 143), without waiting for them. What
+    /// they had in flight is resumed by the next run, as after a crash.
+    pub(super) async fn exit_on_next(mut self) {
+        let (name, status) = self.next().await;
+        let cut = ferrysync::sync::interrupt_runs_in_progress();
+        eprintln!("ferrysync: second {name}: exiting now ({cut} runs recorded as interrupted)");
+        std::process::exit(i32::from(status));
     }
 }

@@ -1,21 +1,36 @@
 //! Retrying with backoff, written once: a listing, a connection or a transfer that failed in a
 //! way the next attempt may not meet is tried again after the job's backoff (1 s doubling up to
-//! `retries.max_delay`, jittered), up to `retries.attempts` attempts in all.
+//! `retries.max_delay`, jittered), up to `retries.attempts` attempts in all. The backoff races
+//! the run's stop signal: a stop request ends the waiting at once, and no further attempt is
+//! made.
+//!
+//! Which failures are retried is the errors' own call (`RunError::is_transient`,
+//! `FtpsError::is_transient`): a dropped or timed-out connection and 4xx replies are; a
+//! refused connection, an unknown host, the wrong `security:`, a refused login or certificate
+//! and 5xx replies are not, because the same attempt meets them again until someone changes
+//! the job or the server.
 
 use std::fmt::Display;
 
 use crate::config::RetryPolicy;
+use crate::sync::stop::StopSignal;
 
 /// The attempts of one piece of work.
 pub(crate) struct Attempts<'a> {
     policy: &'a RetryPolicy,
     /// Attempts that failed so far (0 during the first).
     failed: u32,
+    stop: StopSignal,
 }
 
 impl<'a> Attempts<'a> {
-    pub(crate) fn new(policy: &'a RetryPolicy) -> Self {
-        Attempts { policy, failed: 0 }
+    /// Attempts whose backoff ends early, with no further attempt, when `stop` is requested.
+    pub(crate) fn new(policy: &'a RetryPolicy, stop: StopSignal) -> Self {
+        Attempts {
+            policy,
+            failed: 0,
+            stop,
+        }
     }
 
     /// The number of the current attempt, from 0.
@@ -24,7 +39,8 @@ impl<'a> Attempts<'a> {
     }
 
     /// After a failure: `true` once the backoff has passed and another attempt may be made
-    /// (`transient` and attempts left), `false` when the failure is final. Logs the wait with
+    /// (`transient`, attempts left, and no stop requested before or during the backoff),
+    /// `false` when the failure is final. Logs the wait with
     /// `what` (the failure) and `path` (what it was about, `""` for the run as a whole).
     pub(crate) async fn retry_after(
         &mut self,
@@ -32,7 +48,7 @@ impl<'a> Attempts<'a> {
         path: &str,
         what: impl Display,
     ) -> bool {
-        if !transient || self.failed + 1 >= self.policy.attempts {
+        if !transient || self.failed + 1 >= self.policy.attempts || self.stop.requested() {
             return false;
         }
         let wait = self.policy.delay(self.failed);
@@ -42,16 +58,22 @@ impl<'a> Attempts<'a> {
             "retrying in {:.1}s: {what}",
             wait.as_secs_f64()
         );
-        tokio::time::sleep(wait).await;
+        if self.stop.race(tokio::time::sleep(wait)).await.is_none() {
+            tracing::info!(path, "stop requested: no further attempt");
+            return false;
+        }
         self.failed += 1;
         true
     }
 }
 
 /// Runs `attempt` until it succeeds or fails for good (see [`Attempts::retry_after`]);
-/// `on_failure` sees every failure first (a 425 moves the run to TLS 1.2).
+/// `on_failure` sees every failure first (a 425 moves the run to TLS 1.2). A stop request
+/// during the backoff returns the last failure; the caller races the attempts themselves
+/// (see [`StopSignal::race`]).
 pub(crate) async fn with_retries<T, E, F, Fut>(
     policy: &RetryPolicy,
+    stop: &StopSignal,
     mut on_failure: impl FnMut(&E),
     is_transient: impl Fn(&E) -> bool,
     mut attempt: F,
@@ -61,7 +83,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut attempts = Attempts::new(policy);
+    let mut attempts = Attempts::new(policy, stop.clone());
     loop {
         match attempt().await {
             Ok(done) => return Ok(done),
@@ -89,6 +111,7 @@ mod tests {
         let mut calls = 0;
         let r: Result<(), String> = with_retries(
             &policy,
+            &StopSignal::default(),
             |_| {},
             |_| true,
             || {
@@ -103,6 +126,7 @@ mod tests {
         let mut calls = 0;
         let r: Result<(), String> = with_retries(
             &policy,
+            &StopSignal::default(),
             |_| {},
             |_| false,
             || {
@@ -117,6 +141,7 @@ mod tests {
         let mut calls = 0;
         let r: Result<u32, String> = with_retries(
             &policy,
+            &StopSignal::default(),
             |_| {},
             |_| true,
             || {
@@ -133,5 +158,42 @@ mod tests {
         )
         .await;
         assert_eq!(r, Ok(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_during_the_backoff_ends_it_at_once_with_no_further_attempt() {
+        let policy = RetryPolicy {
+            attempts: 5,
+            max_delay: Duration::from_secs(3600),
+        };
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stop = StopSignal::new(Some(rx));
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = calls.clone();
+        let started = tokio::time::Instant::now();
+        let retrying = tokio::spawn(async move {
+            with_retries(
+                &policy,
+                &stop,
+                |_| {},
+                |_| true,
+                || {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async { Err::<(), _>("refused".to_string()) }
+                },
+            )
+            .await
+        });
+        // Into the second backoff (1 s, then about 2 s), then the stop.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tx.send(true).unwrap();
+        let r = retrying.await.unwrap();
+        assert_eq!(r, Err("refused".to_string()));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -21,6 +21,7 @@ use crate::sync::destination::Destination;
 use crate::sync::error::RunError;
 use crate::sync::options::RunOptions;
 use crate::sync::report::RunReport;
+use crate::sync::stop::{OpenRun, StopSignal};
 use crate::sync::survey::{survey_all, survey_scope, Surveyed};
 use crate::sync::workers::{quit_all, transfer_all};
 
@@ -81,6 +82,9 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
     };
 
     report.run_id = run_id;
+    // Dropped unfinished (the agent's stop timeout, the end of the process), the run is
+    // recorded `interrupted`, never left `running`.
+    let open_run = run_id.map(|id| OpenRun::new(ledger, id));
     let result = execute_run(job, ledger, opts, &mut report).await;
     if let Err(e) = result {
         report.error = Some(e);
@@ -106,6 +110,9 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
             tracing::error!(job = %job.name, "cannot record the run: {e}");
         }
     }
+    if let Some(open) = open_run {
+        open.done();
+    }
     report
 }
 
@@ -123,7 +130,15 @@ async fn execute_run(
         })?,
     );
     prepare_local_root(job, opts.dry_run)?;
-    let (surveyed, scope) = survey(job, ledger, &tls, opts).await?;
+    // Every wait before the transfers (connect, TLS, greeting, login, listings, their retries
+    // and backoff) races the stop signal: nothing has been changed yet, so the work is simply
+    // dropped where it waits.
+    let stop = StopSignal::new(opts.stop.clone());
+    let Some(surveyed) = stop.race(survey(job, ledger, &tls, opts)).await else {
+        report.interrupted = true;
+        return Ok(());
+    };
+    let (surveyed, scope) = surveyed?;
     let Surveyed {
         plan: mut the_plan,
         mut session,
@@ -152,27 +167,34 @@ async fn execute_run(
         return Ok(());
     }
 
-    if root_missing {
-        make_remote_root(&mut session, &job.remote.path).await?;
-    }
     let work = the_plan.take_transfers();
-    clean_up_temps(
-        job,
-        ledger,
-        &mut session,
-        &work,
-        &dest_temps,
-        scope.as_ref(),
-    )
-    .await;
-    // 1. Directories, parents first.
-    make_dirs(job, &mut session, &the_plan.actions, report).await;
+    let prepared = stop
+        .race(async {
+            if root_missing {
+                make_remote_root(&mut session, &job.remote.path).await?;
+            }
+            clean_up_temps(
+                job,
+                ledger,
+                &mut session,
+                &work,
+                &dest_temps,
+                scope.as_ref(),
+            )
+            .await;
+            // 1. Directories, parents first.
+            make_dirs(job, &mut session, &the_plan.actions, report).await;
+            Ok::<(), RunError>(())
+        })
+        .await;
     // 2. Transfers on a pool of connections.
-    if opts.stop_requested() {
-        report.interrupted = true;
-        quit_all(spare).await;
-        session.quit().await;
-        return Ok(());
+    match prepared {
+        Some(r) => r?,
+        None => {
+            // Stopped mid-command: the connections are dropped, not closed politely.
+            report.interrupted = true;
+            return Ok(());
+        }
     }
     let mut session = transfer_all(job, ledger, opts, &tls, (session, spare), work, report).await;
     if opts.stop_requested() {
@@ -184,7 +206,11 @@ async fn execute_run(
         delete_and_record(job, ledger, &mut dest, &the_plan.actions, report).await;
     }
     if let Some(s) = session {
-        s.quit().await;
+        if stop.requested() {
+            drop(s);
+        } else {
+            s.quit().await;
+        }
     }
     Ok(())
 }

@@ -41,7 +41,8 @@ pub(crate) fn note_tls12_fallback(tls: &TlsContext) {
     }
 }
 
-/// Retries `attempt` per the job's policy; a 425 moves the run to TLS 1.2 first.
+/// Retries `attempt` per the job's policy; a 425 moves the run to TLS 1.2 first. The run races
+/// the whole survey, backoffs included, against its stop signal (`sync/run.rs`).
 async fn retried<T, F, Fut>(job: &Job, tls: &TlsContext, attempt: F) -> Result<T, RunError>
 where
     F: FnMut() -> Fut,
@@ -49,6 +50,7 @@ where
 {
     with_retries(
         &job.retries,
+        &crate::sync::stop::StopSignal::default(),
         |e: &RunError| {
             if e.code() == Some(425) {
                 note_tls12_fallback(tls);

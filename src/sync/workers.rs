@@ -24,6 +24,7 @@ use crate::state::SharedLedger;
 use crate::sync::options::{RunOptions, TransferProgress};
 use crate::sync::report::RunReport;
 use crate::sync::retry::Attempts;
+use crate::sync::stop::{StopSignal, STOP_GRACE};
 use crate::sync::survey::note_tls12_fallback;
 use crate::sync::transfer::{self, ByteCounter, TransferContext, TransferError, Transferred};
 
@@ -401,7 +402,8 @@ async fn transfer_one(
         counter: &pool.counter,
         stop: pool.stop.as_ref(),
     };
-    let mut attempts = Attempts::new(&job.retries);
+    let stop = StopSignal::new(pool.stop.clone());
+    let mut attempts = Attempts::new(&job.retries, stop.clone());
     loop {
         if session.is_none() {
             *session = Some(connect(pool, &mut attempts, path).await?);
@@ -419,7 +421,19 @@ async fn transfer_one(
             continue;
         }
         let span = tracing::info_span!("transfer", path = %path, attempt = attempts.number());
-        let e = match send(s, &ctx, path, source).instrument(span).await {
+        // A stop request lets the transfer reach its next checkpoint for STOP_GRACE, then
+        // cuts it off where it waits (a stalled data connection, say): its temporary file
+        // stays, never renamed into place, and the journal lets the next run resume it.
+        let sent = tokio::select! {
+            biased;
+            sent = send(s, &ctx, path, source).instrument(span) => sent,
+            _ = stop.wait_then(STOP_GRACE) => {
+                tracing::info!(path = %path, "stop requested: transfer cut off");
+                *session = None;
+                return Some(Err(Stopped::OnRequest));
+            }
+        };
+        let e = match sent {
             Ok(done) => return Some(Ok(done)),
             Err(e) => e,
         };
@@ -434,6 +448,8 @@ async fn transfer_one(
         }
         return Some(Err(match e {
             TransferError::Interrupted(_) => Stopped::OnRequest,
+            // A failure met while stopping is left for the next run, like the file itself.
+            _ if stop.requested() => Stopped::OnRequest,
             e => Stopped::Failed(e),
         }));
     }
@@ -443,8 +459,13 @@ async fn transfer_one(
 /// should end (the server refuses one more connection while others are open, or it cannot be
 /// reached at all); its file goes back to the queue for the others.
 async fn connect(pool: &WorkerPool, attempts: &mut Attempts<'_>, path: &str) -> Option<Session> {
+    let stop = StopSignal::new(pool.stop.clone());
     loop {
-        match Session::connect(&pool.job.remote, &pool.tls).await {
+        // A stop request ends the connecting at once; the file goes back to the queue.
+        let connected = stop
+            .race(Session::connect(&pool.job.remote, &pool.tls))
+            .await?;
+        match connected {
             Ok(s) => return Some(s),
             Err(e) if e.code() == Some(421) && pool.live.load(Ordering::SeqCst) > 1 => {
                 // "Too many connections": go on with the connections already open.

@@ -18,4 +18,5 @@ mod restricted_servers;
 mod resume;
 mod safety;
 mod scenarios;
+mod stops;
 mod tls;
