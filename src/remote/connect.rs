@@ -25,6 +25,20 @@ pub type FtpStream = suppaftp::tokio::ImplAsyncFtpStream<FlushingTlsStream>;
 /// implicit FTPS), may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a plain connection waits for the server's greeting before it also checks, on a
+/// second connection, whether the port speaks implicit TLS (an implicit FTPS server says
+/// nothing until the client's TLS handshake, so the greeting would only time out).
+const GREETING_PATIENCE: Duration = Duration::from_secs(2);
+
+/// How long that check, or the look at a plain greeting where TLS was expected, may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What to set when the port speaks implicit TLS.
+const SET_IMPLICIT: &str = "this port speaks implicit TLS: set `security: implicit` (or set `port:` to the server's explicit FTPS port, usually 21)";
+
+/// What to set when the port greets in plain text.
+const SET_EXPLICIT: &str = "this port speaks explicit FTPS (AUTH TLS) or plain FTP: set `security: explicit` (or set `port:` to the server's implicit FTPS port, usually 990)";
+
 /// A control connection before login: secured as the job's `security` says, with the TLS
 /// connector its data connections share (`None` for plain FTP).
 pub(super) struct Control {
@@ -62,7 +76,7 @@ impl<'a> Dialer<'a> {
         )
         .await
         .map_err(|_| timeout_err(&self.server, "resolve", host, CONNECT_TIMEOUT))?
-        .map_err(|source| self.cannot_connect(source))?
+        .map_err(|source| self.resolve_error(source))?
         .next()
         .ok_or_else(|| self.setup(format!("{host} resolves to no address")))
     }
@@ -75,29 +89,94 @@ impl<'a> Dialer<'a> {
     ) -> Result<Control, FtpsError> {
         match self.remote.security {
             Security::None => Ok(Control {
-                ftp: self.open_plain(addr).await?,
+                ftp: self.open_plain(addr, tls).await?,
                 resumption: None,
                 data_tls: None,
             }),
             Security::Explicit => {
-                let plain = self.open_plain(addr).await?;
+                let plain = self.open_plain(addr, tls).await?;
                 self.auth_tls(plain, tls).await
             }
             Security::Implicit => self.open_implicit(addr, tls).await,
         }
     }
 
-    /// TCP and the server's greeting, in the clear.
-    async fn open_plain(&self, addr: SocketAddr) -> Result<FtpStream, FtpsError> {
+    /// TCP and the server's greeting, in the clear. A greeting that has not come after
+    /// [`GREETING_PATIENCE`] may never come: the port may speak implicit TLS, which a TLS
+    /// handshake on a second connection shows, and then the job's `security:` is wrong.
+    async fn open_plain(&self, addr: SocketAddr, tls: &TlsContext) -> Result<FtpStream, FtpsError> {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| timeout_err(&self.server, "connect", &addr.to_string(), CONNECT_TIMEOUT))?
             .map_err(|source| self.cannot_connect(source))?;
         let _ = tcp.set_nodelay(true);
-        tokio::time::timeout(self.op, FtpStream::connect_with_stream(tcp))
+        let greeting = FtpStream::connect_with_stream(tcp);
+        tokio::pin!(greeting);
+        let patience = GREETING_PATIENCE.min(self.op);
+        let greeted = match tokio::time::timeout(patience, &mut greeting).await {
+            Ok(greeted) => greeted,
+            Err(_) => {
+                let rest = self.op.saturating_sub(patience);
+                tokio::select! {
+                    greeted = tokio::time::timeout(rest, &mut greeting) => greeted
+                        .map_err(|_| timeout_err(&self.server, "greeting", "", self.op))?,
+                    true = self.speaks_tls(addr, tls) => {
+                        return Err(self.wrong_security(
+                            format!("no FTP greeting within {}s, but the port answers a TLS handshake", patience.as_secs()),
+                            SET_IMPLICIT,
+                        ));
+                    }
+                }
+            }
+        };
+        greeted.map_err(|e| self.connect_error(e))
+    }
+
+    /// Whether `addr` answers a TLS handshake (on a connection of its own): a completed
+    /// handshake, or a TLS verdict on it (a certificate the job does not trust, an alert).
+    async fn speaks_tls(&self, addr: SocketAddr, tls: &TlsContext) -> bool {
+        use suppaftp::tokio::AsyncTlsConnector;
+        let probe = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let connector = tls.connector().ok()?;
+            Some(connector.connect(&self.remote.host, tcp).await)
+        };
+        let answered = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Some(Ok(_))) => true,
+            Ok(Some(Err(FtpError::SecureError(reason)))) => {
+                ["certificate", "alert", "incompatible"]
+                    .iter()
+                    .any(|w| reason.contains(w))
+            }
+            _ => false,
+        };
+        tracing::debug!(server = %self.server, answered, "looked for implicit TLS on the port");
+        answered
+    }
+
+    /// The first line a server sends on a plain connection of its own, if it sends one within
+    /// [`PROBE_TIMEOUT`]: its greeting, shown where TLS was expected and plain text came.
+    async fn plain_greeting(&self, addr: SocketAddr) -> Option<String> {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let mut buf = vec![0u8; 512];
+            let mut len = 0;
+            while len < buf.len() && !buf[..len].contains(&b'\n') {
+                match tcp.read(&mut buf[len..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => len += n,
+                }
+            }
+            let text = String::from_utf8_lossy(&buf[..len]).to_string();
+            let line = text.lines().next()?.trim().to_string();
+            line.starts_with(|c: char| c.is_ascii_digit())
+                .then_some(line)
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, read)
             .await
-            .map_err(|_| timeout_err(&self.server, "greeting", "", self.op))?
-            .map_err(|e| self.connect_error(e))
+            .ok()
+            .flatten()
     }
 
     /// Explicit FTPS: AUTH TLS on the plain connection. A server that refuses it is an error:
@@ -127,13 +206,24 @@ impl<'a> Dialer<'a> {
         let connector = tls.connector().map_err(|reason| self.setup(reason))?;
         let resumption = Some(connector.resumption());
         let data_tls = Some(connector.clone());
-        let mut ftp = tokio::time::timeout(
+        let ftp = tokio::time::timeout(
             CONNECT_TIMEOUT,
             FtpStream::connect_secure_implicit(addr, connector, &self.remote.host),
         )
         .await
-        .map_err(|_| timeout_err(&self.server, "connect", &addr.to_string(), CONNECT_TIMEOUT))?
-        .map_err(|e| self.connect_error(e))?;
+        .map_err(|_| timeout_err(&self.server, "connect", &addr.to_string(), CONNECT_TIMEOUT));
+        let mut ftp = match ftp? {
+            Ok(ftp) => ftp,
+            Err(e) if not_tls(&e) => {
+                // Plain text where the server's side of the handshake belonged: its greeting.
+                let found = match self.plain_greeting(addr).await {
+                    Some(greeting) => format!("the server greeted in plain text (`{greeting}`) where implicit FTPS expects a TLS handshake"),
+                    None => format!("the server answered the TLS handshake with something that is not TLS ({e})"),
+                };
+                return Err(self.wrong_security(found, SET_EXPLICIT));
+            }
+            Err(e) => return Err(self.connect_error(e)),
+        };
         self.protect_data_channel(&mut ftp).await?;
         Ok(Control {
             ftp,
@@ -231,10 +321,39 @@ impl<'a> Dialer<'a> {
         }
     }
 
+    /// A failed TCP connection: refused (nothing listens, not retried) or any other failure.
     fn cannot_connect(&self, source: std::io::Error) -> FtpsError {
+        if source.kind() == std::io::ErrorKind::ConnectionRefused {
+            return FtpsError::Refused {
+                server: self.server.clone(),
+                addr: format!("{}:{}", self.remote.host, self.remote.port),
+            };
+        }
         FtpsError::Connect {
             server: self.server.clone(),
             source,
+        }
+    }
+
+    /// A failed look-up of the host: a name that does not exist is said so (and not
+    /// retried); a resolver that could not answer for now stays a transient failure.
+    fn resolve_error(&self, source: std::io::Error) -> FtpsError {
+        let text = source.to_string();
+        if unknown_host(&text) {
+            return FtpsError::UnknownHost {
+                server: self.server.clone(),
+                host: self.remote.host.clone(),
+                reason: text,
+            };
+        }
+        self.cannot_connect(source)
+    }
+
+    fn wrong_security(&self, found: String, hint: &'static str) -> FtpsError {
+        FtpsError::WrongSecurity {
+            server: self.server.clone(),
+            found,
+            hint,
         }
     }
 
@@ -298,6 +417,30 @@ impl<'a> Dialer<'a> {
     }
 }
 
+/// Whether the resolver's answer (getaddrinfo's words, glibc or musl) says the name does not
+/// exist, rather than that it could not be looked up for now (`Temporary failure`).
+fn unknown_host(text: &str) -> bool {
+    [
+        "Name or service not known",
+        "No address associated with hostname",
+        "nodename nor servname provided",
+        "Name does not resolve",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+}
+
+/// Whether a failed implicit-TLS connection met plain text where the server's TLS records
+/// belonged (rustls: "received corrupt message of type InvalidContentType").
+fn not_tls(e: &FtpError) -> bool {
+    let text = match e {
+        FtpError::SecureError(reason) => reason.clone(),
+        FtpError::ConnectionError(source) => source.to_string(),
+        _ => return false,
+    };
+    text.contains("InvalidContentType") || text.contains("corrupt message")
+}
+
 /// What to set when a TLS handshake fails for `reason` (rustls's words for it).
 fn tls_hint(reason: &str) -> &'static str {
     if reason.contains("UnknownIssuer") || reason.contains("NotValidForName") {
@@ -356,6 +499,41 @@ mod tests {
             " (the server refused the client certificate)"
         );
         assert_eq!(tls_hint("HandshakeFailure"), "");
+    }
+
+    #[test]
+    fn refused_connections_unknown_hosts_and_plain_text_for_tls_are_permanent() {
+        let yaml = "local: /srv/out\nremote:\n  host: ftp.example\n  port: 990\n  user: u\n  password: p\n";
+        let job = crate::config::parse_job(std::path::Path::new("/jobs/acme.yaml"), yaml).unwrap();
+        let dialer = Dialer::new(&job.remote);
+        let e = dialer.cannot_connect(std::io::ErrorKind::ConnectionRefused.into());
+        assert!(!e.is_transient(), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "cannot connect to u@ftp.example:990: connection refused by ftp.example:990 (nothing listens there): check remote.host and remote.port"
+        );
+        let e = dialer.resolve_error(std::io::Error::other(
+            "failed to lookup address information: Name or service not known",
+        ));
+        assert!(matches!(e, FtpsError::UnknownHost { .. }) && !e.is_transient());
+        assert!(e.to_string().contains("unknown host `ftp.example`"), "{e}");
+        // The resolver could not answer for now: the next attempt may succeed.
+        let e = dialer.resolve_error(std::io::Error::other(
+            "failed to lookup address information: Temporary failure in name resolution",
+        ));
+        assert!(matches!(e, FtpsError::Connect { .. }) && e.is_transient());
+        assert!(not_tls(&FtpError::SecureError(
+            "received corrupt message of type InvalidContentType".into()
+        )));
+        assert!(!not_tls(&FtpError::SecureError(
+            "invalid peer certificate: UnknownIssuer".into()
+        )));
+        let e = dialer.wrong_security("no greeting".into(), SET_IMPLICIT);
+        assert!(!e.is_transient());
+        assert_eq!(
+            e.to_string(),
+            "u@ftp.example:990: no greeting: this port speaks implicit TLS: set `security: implicit` (or set `port:` to the server's explicit FTPS port, usually 21)"
+        );
     }
 
     #[test]

@@ -15,6 +15,25 @@ pub enum FtpsError {
         #[source]
         source: std::io::Error,
     },
+    /// Nothing listens at the address (TCP RST): a wrong `host:` or `port:`, or a server that
+    /// is down. Not retried: the next run (the agent's next trigger) tries again.
+    #[error("cannot connect to {server}: connection refused by {addr} (nothing listens there): check remote.host and remote.port")]
+    Refused { server: String, addr: String },
+    /// The host name does not resolve (the resolver says it does not exist).
+    #[error("cannot connect to {server}: unknown host `{host}` ({reason}): check remote.host")]
+    UnknownHost {
+        server: String,
+        host: String,
+        reason: String,
+    },
+    /// The port speaks another kind of FTPS than the job's `security:` (`found` says what was
+    /// seen, with the server's greeting where there was one; `hint` what to set).
+    #[error("{server}: {found}: {hint}")]
+    WrongSecurity {
+        server: String,
+        found: String,
+        hint: &'static str,
+    },
     #[error("{server}: TLS handshake failed: {reason}{hint}")]
     Tls {
         server: String,
@@ -71,11 +90,16 @@ pub enum FtpsError {
 }
 
 impl FtpsError {
-    /// Whether trying again later may succeed: connections refused, reset or timed out, and
-    /// 4xx replies (421 too many connections, 425/426 data connection trouble, 450/451).
-    /// Login, certificate and 5xx failures are permanent.
+    /// Whether trying again later may succeed: connections reset, dropped or timed out, a
+    /// host name the resolver could not look up for now, and 4xx replies (421 too many
+    /// connections, 425/426 data connection trouble, 450/451). Permanent, so not retried: a
+    /// refused connection, an unknown host, the wrong `security:`, login, certificate and TLS
+    /// failures, 5xx replies, and a listing past the job's caps.
     pub(crate) fn is_transient(&self) -> bool {
         match self {
+            FtpsError::Refused { .. }
+            | FtpsError::UnknownHost { .. }
+            | FtpsError::WrongSecurity { .. } => false,
             FtpsError::Connect { .. }
             | FtpsError::Connection { .. }
             | FtpsError::Timeout { .. } => true,

@@ -286,7 +286,7 @@ fn sigterm_stops_the_agent_at_once_while_a_run_waits_for_a_greeting() {
     eprintln!("agent, SIGTERM while a run waits for the greeting: exit after {took:?}");
 }
 
-/// A 32 MiB upload whose data connection the fault proxy stalls for good at 8 MiB (with a
+/// A 32 MiB upload whose data connection the fault proxy stalls for good at 1 MiB (with a
 /// 60 s timeout, the run would wait a minute).
 fn stalled_upload<'a>(
     server: &'a Server,
@@ -302,7 +302,7 @@ fn stalled_upload<'a>(
         "  security: explicit\n  timeout: 60s\n",
     );
     s.write_job("j", &yaml);
-    proxy.set_data_fault(Fault::stall_forever(Conn::First, 8 << 20));
+    proxy.set_data_fault(Fault::stall_forever(Conn::First, 1 << 20));
     s
 }
 
@@ -315,7 +315,8 @@ fn sigterm_during_a_stalled_upload_cuts_it_off_after_the_grace_and_the_next_run_
         proxy.wait_fired(1, Duration::from_secs(60)),
         "the stall did not happen"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the socket buffers are full and the upload waits on its write.
+    std::thread::sleep(Duration::from_millis(2500));
     p.signal("TERM");
     let (status, took) = p.wait_exit(Duration::from_secs(90));
     let log = p.log_text();
@@ -344,6 +345,8 @@ fn a_second_signal_exits_at_once_and_records_the_run_interrupted() {
         proxy.wait_fired(1, Duration::from_secs(60)),
         "the stall did not happen"
     );
+    // Until the socket buffers are full and the upload waits on its write.
+    std::thread::sleep(Duration::from_millis(2500));
     p.signal("TERM");
     // Within the 2 s the stalled transfer is given to reach a checkpoint.
     std::thread::sleep(Duration::from_millis(400));
@@ -355,4 +358,130 @@ fn a_second_signal_exits_at_once_and_records_the_run_interrupted() {
     assert!(log.contains("second SIGINT: exiting now"), "{log}");
     assert_eq!(s.last_run("j")["outcome"], "interrupted");
     eprintln!("sync, SIGTERM then SIGINT during a stalled upload: exit {status} {took:?} after the second");
+}
+
+/// `ferrysync sync j` with the job as `s` has it but `security: wrong`: must fail within a few
+/// seconds, at the first attempt, with `hint`. Returns the output and the time it took.
+fn wrong_security(server: &Server, wrong: &str, hint: &str) {
+    let s = Sandbox::new(server, "wrong-security");
+    let right = format!("  security: {}\n", server.security);
+    let yaml = s.job_yaml("retries: 5\n");
+    assert!(yaml.contains(&right), "{yaml}");
+    s.write_job(
+        "j",
+        &yaml.replace(&right, &format!("  security: {wrong}\n")),
+    );
+    let started = Instant::now();
+    let run = s.ferrysync_with_env(&["sync", "j"], &[("FERRYSYNC_LOG", "ferrysync=info,warn")]);
+    let took = started.elapsed();
+    run.expect_code(1).expect_output(hint);
+    assert!(
+        run.stdout.contains(&format!("127.0.0.1:{}", server.port)),
+        "{}",
+        run.text()
+    );
+    assert!(!run.stderr.contains("retrying"), "{}", run.text());
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?}: {}",
+        run.text()
+    );
+    eprintln!(
+        "[{} {}] security: {wrong} failed in {took:.1?}: {}",
+        server.kind,
+        server.security,
+        run.stdout.lines().last().unwrap_or("")
+    );
+}
+
+const SET_IMPLICIT: &str = "this port speaks implicit TLS: set `security: implicit`";
+const SET_EXPLICIT: &str = "set `security: explicit`";
+
+#[test]
+fn wrong_security_implicit_against_the_loopback_server() {
+    wrong_security(&Server::loopback(), "implicit", SET_EXPLICIT);
+}
+
+#[test]
+fn wrong_security_implicit_against_vsftpd() {
+    if let Some(server) = Server::vsftpd() {
+        wrong_security(&server, "implicit", SET_EXPLICIT);
+    }
+}
+
+#[test]
+fn wrong_security_explicit_against_vsftpd_implicit() {
+    if let Some(server) = Server::vsftpd_implicit() {
+        wrong_security(&server, "explicit", SET_IMPLICIT);
+    }
+}
+
+#[test]
+fn wrong_security_implicit_against_proftpd() {
+    if let Some(server) = Server::proftpd() {
+        wrong_security(&server, "implicit", SET_EXPLICIT);
+    }
+}
+
+#[test]
+fn wrong_security_explicit_against_proftpd_implicit() {
+    if let Some(server) = Server::proftpd_implicit() {
+        wrong_security(&server, "explicit", SET_IMPLICIT);
+    }
+}
+
+#[test]
+fn wrong_security_implicit_against_pureftpd() {
+    if let Some(server) = Server::pureftpd() {
+        wrong_security(&server, "implicit", SET_EXPLICIT);
+    }
+}
+
+#[test]
+fn a_refused_connection_fails_at_once_naming_host_and_port_without_retries() {
+    // A port nothing listens on: bound, then closed again.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = Scratch::new();
+    s.job("127.0.0.1", port, "retries: 5\n");
+    let started = Instant::now();
+    let out = s.ferrysync(&["sync", "j"]);
+    let took = started.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("connection refused by 127.0.0.1:{port}"))
+            && text.contains("check remote.host and remote.port"),
+        "{text}"
+    );
+    assert!(!text.contains("retrying"), "{text}");
+    assert!(took < Duration::from_secs(2), "took {took:?}: {text}");
+}
+
+#[test]
+fn an_unknown_host_fails_at_once_without_retries() {
+    let s = Scratch::new();
+    s.job("nosuch.invalid", 21, "retries: 5\n");
+    let started = Instant::now();
+    let out = s.ferrysync(&["sync", "j"]);
+    let took = started.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("unknown host `nosuch.invalid`") && text.contains("check remote.host"),
+        "{text}"
+    );
+    assert!(!text.contains("retrying"), "{text}");
+    assert!(took < Duration::from_secs(5), "took {took:?}: {text}");
 }

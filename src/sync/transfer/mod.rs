@@ -80,8 +80,10 @@ pub enum TransferError {
     Discarded(String),
     #[error(transparent)]
     Ledger(#[from] crate::state::ledger::LedgerError),
-    /// The server refused the temporary name (553, e.g. Pure-FTPd's `ProhibitDotFilesWrite`).
-    #[error("{0} (the server refuses the temporary name .NAME.ferrysync-part: if it forbids dot files, set upload.temp_name: false)")]
+    /// The server refused to create the temporary file (553, or 550 "permission denied"): a
+    /// directory the user may not write to, or a server that forbids dot files (Pure-FTPd's
+    /// `ProhibitDotFilesWrite`); the hint tells them apart by the reply where it can.
+    #[error("{0} ({hint})", hint = crate::sync::error::temp_name_refused_hint(.0))]
     TempNameRefused(FtpsError),
     /// Stopped on request at a checkpoint; the journal lets the next run resume.
     #[error("{0}: stopped at a checkpoint on request")]

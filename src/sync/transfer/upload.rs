@@ -197,7 +197,7 @@ async fn send(
         return Err(paths.read_err(e));
     }
     let mut stream = match session.store(temp_path).await {
-        Err(e) if e.code() == Some(553) && ctx.job.upload.temp_name => {
+        Err(e) if ctx.job.upload.temp_name && crate::sync::error::refuses_creation(&e) => {
             return Err(TransferError::TempNameRefused(e))
         }
         other => other?,
