@@ -76,6 +76,7 @@ const CUT_OFF: &str =
 pub(crate) struct OpenRun {
     ledger: SharedLedger,
     id: i64,
+    finished: bool,
 }
 
 impl OpenRun {
@@ -84,20 +85,22 @@ impl OpenRun {
         OpenRun {
             ledger: ledger.clone(),
             id,
+            finished: false,
         }
     }
 
     /// The run is finished (its row written by the caller).
-    pub(crate) fn done(self) {
-        forget(self.id);
-        std::mem::forget(self);
+    pub(crate) fn done(mut self) {
+        self.finished = true;
     }
 }
 
 impl Drop for OpenRun {
     fn drop(&mut self) {
         forget(self.id);
-        mark_interrupted(&self.ledger, self.id);
+        if !self.finished {
+            mark_interrupted(&self.ledger, self.id);
+        }
     }
 }
 
@@ -155,5 +158,27 @@ mod tests {
         let (tx, rx) = watch::channel(false);
         drop(tx);
         assert_eq!(StopSignal::new(Some(rx)).race(async { 3 }).await, Some(3));
+    }
+
+    #[test]
+    fn a_run_dropped_unfinished_is_recorded_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger =
+            SharedLedger::new(crate::state::Ledger::open(&dir.path().join("l.db")).unwrap());
+        let begin = || ledger.lock().begin_run("j", "manual").unwrap();
+        let outcome = |id: i64| {
+            let runs = ledger.lock().runs("j", 10).unwrap();
+            runs.into_iter().find(|r| r.id == id).unwrap().outcome
+        };
+        // Finished: the caller's outcome stands.
+        let a = begin();
+        OpenRun::new(&ledger, a).done();
+        assert_eq!(outcome(a), Outcome::Running);
+        // Dropped unfinished (a run's future dropped).
+        let b = begin();
+        drop(OpenRun::new(&ledger, b));
+        assert_eq!(outcome(b), Outcome::Interrupted);
+        // (`interrupt_runs_in_progress`, for a forced exit, would touch the runs of every test
+        // in this process: the integration tests' second signal covers it.)
     }
 }

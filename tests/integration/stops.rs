@@ -387,10 +387,8 @@ fn wrong_security(server: &Server, wrong: &str, hint: &str) {
         run.text()
     );
     eprintln!(
-        "[{} {}] security: {wrong} failed in {took:.1?}: {}",
-        server.kind,
-        server.security,
-        run.stdout.lines().last().unwrap_or("")
+        "[{} {}] security: {wrong}: exit {} in {took:.1?}:\n{}{}",
+        server.kind, server.security, run.code, run.stdout, run.stderr
     );
 }
 
