@@ -483,3 +483,27 @@ fn an_unknown_host_fails_at_once_without_retries() {
     assert!(!text.contains("retrying"), "{text}");
     assert!(took < Duration::from_secs(5), "took {took:?}: {text}");
 }
+
+#[test]
+fn the_agents_stop_timeout_cuts_a_stalled_run_off_and_records_it_interrupted() {
+    let (server, proxy) = loopback_behind_proxy();
+    let s = stalled_upload(&server, &proxy);
+    // The start-up run of a watched job uploads the file, into the stall.
+    let yaml = std::fs::read_to_string(s.jobs.join("j.yaml")).unwrap();
+    s.write_job("j", &format!("{yaml}watch: true\n"));
+    // A stop timeout shorter than the 2 s a stalled transfer is given.
+    let mut p = Process::spawn(&s.jobs, &s.state, &["run", "--stop-timeout", "1s"]);
+    assert!(
+        proxy.wait_fired(1, Duration::from_secs(60)),
+        "the stall did not happen"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    p.signal("TERM");
+    let (status, took) = p.wait_exit(Duration::from_secs(90));
+    let log = p.log_text();
+    assert!(took < Duration::from_secs(3), "took {took:?}:\n{log}");
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("clean=false"), "{log}");
+    assert_eq!(s.last_run("j")["outcome"], "interrupted", "{log}");
+    assert!(!s.remote_root().join("blob.bin").exists());
+}
