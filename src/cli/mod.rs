@@ -54,6 +54,14 @@ impl Failure {
             message: message.to_string(),
         }
     }
+    /// The work ran and failed, and the command has already printed why (the summary of a
+    /// sync): exit 1 without a second copy of the error.
+    pub fn run_already_shown() -> Failure {
+        Failure {
+            status: ExitStatus::RunFailed,
+            message: String::new(),
+        }
+    }
     /// The work ran and failed.
     pub fn run(message: impl std::fmt::Display) -> Failure {
         Failure {
@@ -143,8 +151,14 @@ fn init_logging(format: LogFormat, verbose: u8, default: &str) {
     // Under systemd the journal stamps every line itself (JOURNAL_STREAM is set for services
     // whose stderr goes to the journal): no second timestamp.
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    use std::io::IsTerminal;
+    let ansi = logging::colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+        journal,
+    );
     use tracing_subscriber::util::SubscriberInitExt;
-    logging::subscriber(format, filter, journal, std::io::stderr, &SECRETS).init();
+    logging::subscriber(format, filter, journal, ansi, std::io::stderr, &SECRETS).init();
 }
 
 pub fn main() -> ExitCode {
@@ -165,7 +179,10 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitStatus::Success.into(),
         Err(f) => {
-            eprintln!("ferrysync: {}", shown(SECRETS.redact(&f.message)));
+            // An empty message: the command has already shown the error (once is enough).
+            if !f.message.is_empty() {
+                eprintln!("ferrysync: {}", shown(SECRETS.redact(&f.message)));
+            }
             f.status.into()
         }
     }

@@ -244,7 +244,9 @@ impl Coordinator<'_> {
             }
             Err(Stopped::Failed(e)) => {
                 let error = e.to_string();
-                tracing::warn!(path = %path, "{error}");
+                // Debug, not warn: the run's summary (`sync`'s output, the agent's log line
+                // at the end of the run) lists every failed path, once.
+                tracing::debug!(path = %path, "{error}");
                 report.failures.push(PathFailure { path, error });
             }
             Err(Stopped::OnRequest) => tracing::info!(path = %path, "stopped at a checkpoint"),
