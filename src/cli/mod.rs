@@ -158,7 +158,15 @@ fn init_logging(format: LogFormat, verbose: u8, default: &str) {
         journal,
     );
     use tracing_subscriber::util::SubscriberInitExt;
-    logging::subscriber(format, filter, journal, ansi, std::io::stderr, &SECRETS).init();
+    logging::subscriber(
+        format,
+        filter,
+        journal,
+        ansi,
+        progress::ClearingStderr,
+        &SECRETS,
+    )
+    .init();
 }
 
 pub fn main() -> ExitCode {

@@ -305,6 +305,8 @@ impl Coordinator<'_> {
                 files_total: self.totals.files,
                 bytes_done: self.counter.get(),
                 bytes_total: self.totals.bytes,
+                current: self.in_flight.iter().next().map(String::as_str),
+                in_flight: self.in_flight.len(),
                 finished,
             });
         }

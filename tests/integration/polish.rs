@@ -96,3 +96,79 @@ fn sync_of_an_unknown_job_names_the_jobs_that_exist() {
     );
     assert!(!run.stderr.contains(":1:1"), "{}", run.text());
 }
+
+/// `ferrysync ARGS` for sandbox `s` on a pseudo-terminal (util-linux `script`), as a person at a
+/// terminal runs it: what the terminal received, stdout and stderr together.
+fn on_a_terminal(s: &Sandbox, args: &str, env: &[(&str, &str)]) -> String {
+    let bin = env!("CARGO_BIN_EXE_ferrysync");
+    let out = std::process::Command::new("script")
+        .args(["-qfec", &format!("{bin} {args}"), "/dev/null"])
+        .env("FERRYSYNC_JOBS", &s.jobs)
+        .env("FERRYSYNC_STATE", &s.state)
+        .env_remove("FERRYSYNC_LOG")
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("util-linux `script` runs");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn the_progress_line_shows_rate_time_left_and_the_file_on_a_terminal() {
+    let (server, proxy) = loopback_behind_proxy();
+    let s = Sandbox::new(&server, "polish-progress");
+    let data: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    s.write_local("dir/slow.bin", &data);
+    s.write_job("j", &proxy.job_yaml(&s, "transfers: 1\n"));
+    // The upload stalls for a while after its first MiB: several progress lines meanwhile.
+    proxy.set_data_fault(
+        Fault::stall(Conn::First, 1 << 20, Duration::from_millis(1500)).dir(Dir::ToServer),
+    );
+    let screen = on_a_terminal(&s, "sync j", &[("COLUMNS", "160")]);
+    let lines: Vec<&str> = screen.split(['\r', '\n']).collect();
+    let drawn = lines
+        .iter()
+        .find(|l| {
+            l.contains("j: 0/1 files") && l.contains("/s, ") && l.contains(" left  dir/slow.bin")
+        })
+        .unwrap_or_else(|| panic!("no progress line with rate, time left and file:\n{screen:?}"));
+    assert!(drawn.chars().count() < 160, "{drawn}");
+    assert!(
+        screen.contains("j: 1/1 files, 4.0 MiB of 4.0 MiB in "),
+        "no final line:\n{screen:?}"
+    );
+    assert!(screen.contains("j: ok (1 uploaded, 4.0 MiB;"), "{screen:?}");
+    // Redirected, the same run shows no progress line at all.
+    proxy.clear_faults();
+    s.write_local("dir/slow.bin", b"changed");
+    let run = s.sync("j");
+    run.expect_code(0);
+    assert!(!run.stderr.contains("files,"), "{}", run.text());
+}
+
+#[test]
+fn colours_on_a_terminal_and_not_with_no_color() {
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "polish-colour");
+    s.write_local("a.txt", b"a");
+    let password = std::fs::read_to_string(&server.password_file).unwrap();
+    let yaml = s.job_yaml("").replace(
+        &format!("password_file: {}", server.password_file.display()),
+        &format!("password: {:?}", password.trim()),
+    );
+    s.write_job("j", &yaml);
+    let coloured = on_a_terminal(&s, "sync j", &[]);
+    assert!(coloured.contains("WARN"), "{coloured:?}");
+    assert!(coloured.contains("\u{1b}["), "{coloured:?}");
+    for no_color in ["1", "yes"] {
+        // Something to transfer: a progress line too.
+        s.write_local(&format!("{no_color}.txt"), b"b");
+        let plain = on_a_terminal(&s, "sync j", &[("NO_COLOR", no_color)]);
+        assert!(plain.contains("WARN"), "{plain:?}");
+        assert!(plain.contains("j: 1/1 files"), "{plain:?}");
+        assert!(!plain.contains('\u{1b}'), "NO_COLOR={no_color}: {plain:?}");
+    }
+}
