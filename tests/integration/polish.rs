@@ -172,3 +172,53 @@ fn colours_on_a_terminal_and_not_with_no_color() {
         assert!(!plain.contains('\u{1b}'), "NO_COLOR={no_color}: {plain:?}");
     }
 }
+
+#[test]
+fn demo_runs_from_any_directory_and_says_where_it_writes() {
+    let home = tempfile::tempdir().unwrap();
+    let port = closed_port().to_string();
+    let demo = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferrysync"))
+            .arg("demo")
+            .args(args)
+            .current_dir("/")
+            .env("HOME", home.path())
+            .env_remove("XDG_STATE_HOME")
+            .env("FERRYSYNC_JOBS", "/nonexistent/jobs")
+            .env("FERRYSYNC_STATE", "/nonexistent/state.db")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let dir = home.path().join(".local/state/ferrysync/demo");
+    let (code, out) = demo(&["--port", &port]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("demo: writing to {}", dir.display())),
+        "{out}"
+    );
+    assert!(out.contains("example: ok (6 uploaded"), "{out}");
+    assert_eq!(
+        std::fs::read(dir.join("demo/server-root/inbound/reports/überblick.txt")).unwrap(),
+        "Übersicht für November\n".as_bytes()
+    );
+    assert!(dir.join("state/ferrysync.db").is_file());
+    // Again: nothing to transfer, the same ledger.
+    let (code, out) = demo(&["--port", &port]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("example: ok (0 uploaded"), "{out}");
+    // An explicit folder, relative to the current directory.
+    let other = tempfile::tempdir().unwrap();
+    let (code, out) = demo(&[
+        "--port",
+        &port,
+        "--dir",
+        &other.path().join("d").display().to_string(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(other.path().join("d/jobs/example.yaml").is_file(), "{out}");
+}
