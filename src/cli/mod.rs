@@ -2,6 +2,7 @@
 //! Exit codes: 0 success, 1 the sync ran and something failed, 2 bad usage or configuration.
 
 mod check;
+mod completions;
 mod demo;
 mod history;
 mod logging;
@@ -131,6 +132,10 @@ enum Command {
     History(history::HistoryCmd),
     Check(check::CheckCmd),
     Demo(demo::DemoCmd),
+    #[command(hide = true)]
+    Completions(completions::CompletionsCmd),
+    #[command(hide = true)]
+    Manpage(completions::ManpageCmd),
 }
 
 fn init_logging(format: LogFormat, verbose: u8, default: &str) {
@@ -183,6 +188,8 @@ pub fn main() -> ExitCode {
         Command::History(c) => c.execute(),
         Command::Check(c) => c.execute(),
         Command::Demo(c) => c.execute(),
+        Command::Completions(c) => c.execute(),
+        Command::Manpage(c) => c.execute(),
     };
     match result {
         Ok(()) => ExitStatus::Success.into(),
