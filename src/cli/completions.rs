@@ -36,7 +36,7 @@ impl ManpageCmd {
 }
 
 /// stdout, where a reader that went away (`| head`) is not an error.
-fn write_stdout(bytes: &[u8]) -> CmdResult {
+pub fn write_stdout(bytes: &[u8]) -> CmdResult {
     let mut out = std::io::stdout().lock();
     match out.write_all(bytes).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {

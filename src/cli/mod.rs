@@ -8,6 +8,7 @@ mod history;
 mod logging;
 mod progress;
 mod run;
+mod schema;
 mod status;
 mod sync;
 
@@ -132,6 +133,7 @@ enum Command {
     History(history::HistoryCmd),
     Check(check::CheckCmd),
     Demo(demo::DemoCmd),
+    Schema(schema::SchemaCmd),
     #[command(hide = true)]
     Completions(completions::CompletionsCmd),
     #[command(hide = true)]
@@ -188,6 +190,7 @@ pub fn main() -> ExitCode {
         Command::History(c) => c.execute(),
         Command::Check(c) => c.execute(),
         Command::Demo(c) => c.execute(),
+        Command::Schema(c) => c.execute(),
         Command::Completions(c) => c.execute(),
         Command::Manpage(c) => c.execute(),
     };

@@ -13,6 +13,7 @@ pub(crate) mod job;
 pub(crate) mod policy;
 pub(crate) mod raw;
 pub(crate) mod remote;
+pub(crate) mod schema;
 pub(crate) mod trigger;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ pub(crate) use job::job_files;
 pub use job::{find_job, job_names, load_job, load_jobs, parse_job, unknown_job, Job};
 pub use policy::{RetryPolicy, UploadOptions};
 pub use remote::{Fingerprint, ListTimeOffset, ListingCaps, Remote, Secret, TlsOptions};
+pub use schema::{job_schema, SCHEMA_PATH};
 pub use trigger::Schedule;
 
 /// A configuration error, already formatted as `file:line:col: reason`; an error that points
