@@ -495,7 +495,8 @@ mod tests {
         let root = job_schema();
         let validator = validator();
         let top = properties(&root, &root);
-        let mut sections: Vec<(Vec<&str>, Vec<(String, Value)>)> = vec![(vec![], top.clone())];
+        type Keys = Vec<(String, Value)>;
+        let mut sections: Vec<(Vec<&str>, Keys)> = vec![(vec![], top.clone())];
         let section_of = |name: &str| {
             top.iter()
                 .find(|(k, _)| k == name)
