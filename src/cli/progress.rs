@@ -160,7 +160,12 @@ pub fn finished_line(p: &TransferProgress<'_>, elapsed: Duration) -> String {
         p.files_total,
         human_bytes(p.bytes_done),
         human_bytes(p.bytes_total),
-        short_duration(elapsed)
+        // Tenths below ten seconds: a quick run is not "in 0s".
+        if secs < 10.0 {
+            format!("{secs:.1}s")
+        } else {
+            short_duration(elapsed)
+        }
     );
     if secs >= 0.5 {
         line.push_str(&format!(
@@ -377,7 +382,7 @@ mod tests {
         let line = finished_line(&p, Duration::from_secs(5));
         assert_eq!(
             line,
-            "nightly: 40/40 files, 10.0 MiB of 10.0 MiB in 5s, 2.0 MiB/s on average"
+            "nightly: 40/40 files, 10.0 MiB of 10.0 MiB in 5.0s, 2.0 MiB/s on average"
         );
     }
 }
