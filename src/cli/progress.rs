@@ -179,7 +179,8 @@ pub fn finished_line(p: &TransferProgress<'_>, elapsed: Duration) -> String {
 /// The time `bytes` take at `rate` bytes a second, when there is a rate to tell and it is less
 /// than a day (beyond that an estimate says nothing).
 fn time_left(bytes: u64, rate: f64) -> Option<String> {
-    if rate < 1.0 {
+    // Nothing left to send: what remains is the server's confirmation, which no rate predicts.
+    if rate < 1.0 || bytes == 0 {
         return None;
     }
     let secs = bytes as f64 / rate;
@@ -361,6 +362,7 @@ mod tests {
         assert_eq!(short_duration(Duration::from_secs(185)), "3m05s");
         assert_eq!(short_duration(Duration::from_secs(7620)), "2h07m");
         assert_eq!(time_left(10, 0.5), None);
+        assert_eq!(time_left(0, 1e6), None);
         assert_eq!(time_left(100 << 30, 1000.0), None, "more than a day");
         assert_eq!(time_left(3_000_000, 1e6).as_deref(), Some("3s"));
     }

@@ -118,7 +118,9 @@ fn on_a_terminal(s: &Sandbox, args: &str, env: &[(&str, &str)]) -> String {
 fn the_progress_line_shows_rate_time_left_and_the_file_on_a_terminal() {
     let (server, proxy) = loopback_behind_proxy();
     let s = Sandbox::new(&server, "polish-progress");
-    let data: Vec<u8> = (0..4u32 << 20)
+    // Larger than the socket buffers between ferrysync and the stalled proxy can hold, so
+    // that bytes remain to be sent while it stalls.
+    let data: Vec<u8> = (0..32u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     s.write_local("dir/slow.bin", &data);
@@ -137,10 +139,13 @@ fn the_progress_line_shows_rate_time_left_and_the_file_on_a_terminal() {
         .unwrap_or_else(|| panic!("no progress line with rate, time left and file:\n{screen:?}"));
     assert!(drawn.chars().count() < 160, "{drawn}");
     assert!(
-        screen.contains("j: 1/1 files, 4.0 MiB of 4.0 MiB in "),
+        screen.contains("j: 1/1 files, 32.0 MiB of 32.0 MiB in "),
         "no final line:\n{screen:?}"
     );
-    assert!(screen.contains("j: ok (1 uploaded, 4.0 MiB;"), "{screen:?}");
+    assert!(
+        screen.contains("j: ok (1 uploaded, 32.0 MiB;"),
+        "{screen:?}"
+    );
     // Redirected, the same run shows no progress line at all.
     proxy.clear_faults();
     s.write_local("dir/slow.bin", b"changed");
