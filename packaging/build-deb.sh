@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Debian package with cargo-deb from [package.metadata.deb] in Cargo.toml: a release
 # build, then dist/ferrysync_VERSION-1_ARCH.deb with the binary, the systemd unit (not enabled),
-# the docs, an example job as a conffile and the maintainer scripts in packaging/debian/.
+# the docs, an example job as a conffile, the maintainer scripts in packaging/debian/, and the
+# files the release binary generates from its own definitions: shell completions (bash, zsh,
+# fish), the man page and the JSON Schema of job files (into TARGET_DIR/release/generated/,
+# which the assets name as target/release/generated/).
 # Installs cargo-deb first (`cargo install`, a few minutes) when it is missing or another version.
 #   bash packaging/build-deb.sh                 # -> dist/
 #   bash packaging/build-deb.sh -o DIR/ [...]   # other cargo-deb options are passed on
@@ -19,4 +22,17 @@ output=(--output dist/)
 for arg in "$@"; do
   case $arg in -o | --output | --output=* | -o?*) output=() ;; esac
 done
-exec cargo deb --locked "${output[@]}" "$@"
+# The generated assets come from the binary that is packaged: build it first, then let cargo-deb
+# pack without building again.
+cargo build --release --locked
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+bin="$target_dir/release/ferrysync"
+generated="$target_dir/release/generated"
+mkdir -p "$generated"
+"$bin" completions bash >"$generated/ferrysync.bash"
+"$bin" completions zsh >"$generated/_ferrysync"
+"$bin" completions fish >"$generated/ferrysync.fish"
+"$bin" manpage | gzip -9n >"$generated/ferrysync.1.gz"
+"$bin" schema >"$generated/job.schema.json"
+
+exec cargo deb --locked --no-build "${output[@]}" "$@"

@@ -31,10 +31,11 @@ finish() {
   [[ $failed == 0 ]]
 }
 
-# Tools: systemd-analyze (package systemd) and shellcheck, from Debian's packages when missing.
+# Tools: systemd-analyze (package systemd), shellcheck and man (man-db), from Debian's packages when missing.
 missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
+command -v man >/dev/null || missing+=(man-db)
 if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -91,6 +92,14 @@ check "doc example /usr/share/doc/ferrysync/examples/example.yaml" \
   has_file -rw-r--r-- ./usr/share/doc/ferrysync/examples/example.yaml
 check "example job /etc/ferrysync/jobs/example.yaml.disabled" \
   has_file -rw-r--r-- ./etc/ferrysync/jobs/example.yaml.disabled
+check "bash completion /usr/share/bash-completion/completions/ferrysync" \
+  has_file -rw-r--r-- ./usr/share/bash-completion/completions/ferrysync
+check "zsh completion /usr/share/zsh/vendor-completions/_ferrysync" \
+  has_file -rw-r--r-- ./usr/share/zsh/vendor-completions/_ferrysync
+check "fish completion /usr/share/fish/vendor_completions.d/ferrysync.fish" \
+  has_file -rw-r--r-- ./usr/share/fish/vendor_completions.d/ferrysync.fish
+check "man page /usr/share/man/man1/ferrysync.1.gz" has_file -rw-r--r-- ./usr/share/man/man1/ferrysync.1.gz
+check "job schema /usr/share/ferrysync/job.schema.json" has_file -rw-r--r-- ./usr/share/ferrysync/job.schema.json
 no_job_in_etc() { ! grep -qE '^[^ ]+ \./etc/ferrysync/jobs/.*\.ya?ml$' "$work/contents"; }
 check "no *.yaml/*.yml in /etc/ferrysync/jobs (the agent would load it)" no_job_in_etc
 is_conffile() { dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qxF "$1"; }
@@ -125,6 +134,35 @@ dpkg-deb -x "$deb" "$root"
 bin="$root/usr/bin/ferrysync"
 prints_version() { [[ $("$bin" --version) == "ferrysync $version" ]]; }
 check "ferrysync --version prints ferrysync $version" prints_version
+# The generated files are the packaged binary's own: completions and schema as it prints them,
+# a man page that gzip and man read without a warning and that names every command.
+same_output() { cmp -s "$1" <("$bin" "${@:2}"); }
+check "bash completion is what the binary generates" same_output "$root/usr/share/bash-completion/completions/ferrysync" completions bash
+check "zsh completion is what the binary generates" same_output "$root/usr/share/zsh/vendor-completions/_ferrysync" completions zsh
+check "fish completion is what the binary generates" same_output "$root/usr/share/fish/vendor_completions.d/ferrysync.fish" completions fish
+check "job.schema.json is what \`ferrysync schema\` prints" same_output "$root/usr/share/ferrysync/job.schema.json" schema
+completes() {
+  bash -c 'source "$1" && complete -p ferrysync' _ "$root/usr/share/bash-completion/completions/ferrysync" >/dev/null
+}
+check "bash loads the completion (complete -p ferrysync)" completes
+check "gzip -t reads the man page" gzip -t "$root/usr/share/man/man1/ferrysync.1.gz"
+man_reads() {
+  local err c
+  if ! err=$(MANWIDTH=80 man --warnings -E UTF-8 -l "$root/usr/share/man/man1/ferrysync.1.gz" 2>&1 >"$work/man.txt"); then
+    echo "$err" >&2
+    return 1
+  fi
+  if [[ -n $err ]]; then
+    echo "$err" >&2
+    return 1
+  fi
+  for c in run sync status history check demo schema; do
+    grep -q "^   ferrysync $c\$" "$work/man.txt" || { echo "man page lacks ferrysync $c" >&2; return 1; }
+  done
+  grep -q "^EXIT STATUS" "$work/man.txt"
+}
+check "man -l renders the man page without warnings, every command in it" man_reads
+
 # As installed, /etc/ferrysync/jobs holds no job: the example is ignored under its .disabled name.
 no_jobs() { local out; out=$("$bin" check --jobs "$1") && grep -q "no job files" <<<"$out"; }
 check "check --jobs /etc/ferrysync/jobs (as packaged): no job files, exit 0" no_jobs "$root/etc/ferrysync/jobs"

@@ -1,27 +1,42 @@
-//! `ferrysync demo`: a real end-to-end sync on 127.0.0.1 with no set-up. It writes sample files,
-//! starts the embedded FTPS server with a throw-away certificate on 127.0.0.1:2121, runs
-//! `jobs/example.yaml` against it, and prints the result and `status`.
+//! `ferrysync demo`: a real end-to-end sync on 127.0.0.1 with no set-up, from any directory. In
+//! one folder of its own (`--dir`, by default `$XDG_STATE_HOME/ferrysync/demo`, that is
+//! `~/.local/state/ferrysync/demo`) it writes the example job (`jobs/example.yaml`, built into
+//! the binary), sample files, a throw-away password and certificate, starts the embedded FTPS
+//! server on 127.0.0.1:2121, runs the job against it, and prints the result and `status`. It
+//! reads nothing from the current directory and writes nowhere else, so a second run (which
+//! transfers nothing) finds the first one's ledger.
 
 use std::path::{Path, PathBuf};
 
-use super::{runtime, shown, CmdResult, Failure, JobsArg, StateArg, SECRETS};
+use super::{runtime, shown, CmdResult, Failure, StateArg, SECRETS};
 use ferrysync::loopback::{self, LoopbackOptions};
 use ferrysync::state::{Ledger, Outcome, SharedLedger};
 use ferrysync::sync::{run_job, RunOptions};
 
-/// Run jobs/example.yaml against an embedded loopback FTPS server.
+/// The demo job, as shipped in jobs/example.yaml: its relative paths (`../demo/...`) hold in the
+/// demo folder, whose `jobs/` it is written to.
+const EXAMPLE_JOB: &str = include_str!("../../jobs/example.yaml");
+
+/// Run the example job against an embedded loopback FTPS server, in a folder of its own.
 #[derive(Debug, clap::Args)]
 pub struct DemoCmd {
-    #[command(flatten)]
-    jobs: JobsArg,
-    #[command(flatten)]
-    state: StateArg,
-    /// The job to run.
-    #[arg(long, default_value = "example")]
-    job: String,
-    /// Port of the embedded server (the example job uses 2121).
+    /// The folder the demo writes to (its job, sample files, server files and ledger);
+    /// default: $XDG_STATE_HOME/ferrysync/demo, or ~/.local/state/ferrysync/demo.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Port of the embedded server on 127.0.0.1.
     #[arg(long, default_value_t = 2121)]
     port: u16,
+}
+
+/// The demo's folder when `--dir` is not given: the XDG state directory (an absolute
+/// `$XDG_STATE_HOME`, else `$HOME/.local/state`), so it never depends on the current directory.
+fn default_dir(xdg_state_home: Option<PathBuf>, home: Option<PathBuf>) -> Option<PathBuf> {
+    let state = xdg_state_home.filter(|p| p.is_absolute()).or_else(|| {
+        home.filter(|p| p.is_absolute())
+            .map(|h| h.join(".local/state"))
+    })?;
+    Some(state.join("ferrysync/demo"))
 }
 
 fn sample_tree(root: &Path) -> std::io::Result<()> {
@@ -92,14 +107,40 @@ fn list_tree(root: &Path, rel: &str, out: &mut Vec<String>) {
 
 impl DemoCmd {
     pub fn execute(self) -> CmdResult {
-        let jobs_dir = self.jobs.dir.clone();
-        let base: PathBuf = jobs_dir
-            .canonicalize()
-            .map_err(|e| Failure::config(format!("--jobs {}: {e}", jobs_dir.display())))?
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let demo = base.join("demo");
+        let dir = match self.dir.clone().or_else(|| {
+            default_dir(
+                std::env::var_os("XDG_STATE_HOME").map(PathBuf::from),
+                std::env::var_os("HOME").map(PathBuf::from),
+            )
+        }) {
+            Some(dir) => dir,
+            None => {
+                return Err(Failure::config(
+                    "demo: neither $XDG_STATE_HOME nor $HOME names a folder to write to; pass --dir DIR",
+                ))
+            }
+        };
+        // Absolute, so that what it prints holds from any directory.
+        let dir = if dir.is_absolute() {
+            dir
+        } else {
+            std::env::current_dir()
+                .map_err(|e| Failure::run(format!("demo: cannot read the current directory: {e}")))?
+                .join(dir)
+        };
+        let jobs_dir = dir.join("jobs");
+        let demo = dir.join("demo");
+        let state = StateArg {
+            path: dir.join("state/ferrysync.db"),
+        };
+        println!(
+            "demo: writing to {} (the job in jobs/, sample files in demo/outbound, the server's files in demo/server-root, the ledger in state/)",
+            dir.display()
+        );
+        let job_file = jobs_dir.join("example.yaml");
+        std::fs::create_dir_all(&jobs_dir)
+            .and_then(|()| std::fs::write(&job_file, EXAMPLE_JOB))
+            .map_err(|e| Failure::run(format!("cannot write {}: {e}", job_file.display())))?;
         let outbound = demo.join("outbound");
         let server_root = demo.join("server-root");
         sample_tree(&outbound).map_err(|e| {
@@ -114,10 +155,10 @@ impl DemoCmd {
             let password = blake3::hash(seed.as_bytes()).to_hex()[..24].to_string();
             loopback::write_private(&password_file, &password)
                 .map_err(|e| Failure::run(format!("{}: {e}", password_file.display())))?;
-            SECRETS.add(password.trim());
         }
         let password = std::fs::read_to_string(&password_file)
             .map_err(|e| Failure::run(format!("{}: {e}", password_file.display())))?;
+        SECRETS.add(password.trim());
 
         let rt = runtime()?;
         rt.block_on(async {
@@ -130,15 +171,17 @@ impl DemoCmd {
                 tls: true,
             })
             .await
-            .map_err(|e| Failure::run(format!("cannot start the demo server on 127.0.0.1:{}: {e}", self.port)))?;
+            .map_err(|e| Failure::run(format!("cannot start the demo server on 127.0.0.1:{} (--port picks another): {e}", self.port)))?;
             // The job trusts exactly this server's throw-away certificate.
             std::fs::write(demo.join("ca.pem"), &server.cert.cert_pem)
-                .map_err(|e| Failure::run(format!("cannot write demo/ca.pem: {e}")))?;
+                .map_err(|e| Failure::run(format!("cannot write {}: {e}", demo.join("ca.pem").display())))?;
             println!("demo: FTPS server on 127.0.0.1:{} serving {}", server.port, server_root.display());
 
-            let job = ferrysync::config::find_job(&jobs_dir, &self.job)?;
+            // The job file names port 2121; another --port is the one change made to it.
+            let mut job = ferrysync::config::load_job(&job_file)?;
+            job.remote.port = server.port;
             SECRETS.add_job(&job);
-            let ledger = SharedLedger::new(Ledger::open(&self.state.path)?);
+            let ledger = SharedLedger::new(Ledger::open(&state.path)?);
             let opts = RunOptions {
                 trigger: "demo".into(),
                 dry_run: false,
@@ -151,14 +194,39 @@ impl DemoCmd {
             let mut tree = Vec::new();
             list_tree(&server_root, "", &mut tree);
             println!("demo: the server now holds:\n{}", tree.join("\n"));
-            println!("demo: run it again to see nothing transferred; `ferrysync status --state {}` shows the ledger", self.state.path.display());
+            println!("demo: run it again to see nothing transferred; `ferrysync status --state {}` shows the ledger", state.path.display());
             match report.outcome {
                 Outcome::Ok => Ok(()),
                 _ => Err(Failure::run("the demo sync did not complete")),
             }
         })?;
         drop(rt);
-        super::status::StatusCmd::for_demo(self.state.clone()).execute()?;
+        super::status::StatusCmd::for_demo(state).execute()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_folder_is_the_xdg_state_directory() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(
+            default_dir(p("/x/state"), p("/home/u")),
+            p("/x/state/ferrysync/demo")
+        );
+        assert_eq!(
+            default_dir(None, p("/home/u")),
+            p("/home/u/.local/state/ferrysync/demo")
+        );
+        // A relative XDG_STATE_HOME is invalid (XDG Base Directory spec): ignored.
+        assert_eq!(
+            default_dir(p("rel"), p("/home/u")),
+            p("/home/u/.local/state/ferrysync/demo")
+        );
+        assert_eq!(default_dir(None, p("")), None);
+        assert_eq!(default_dir(None, None), None);
     }
 }

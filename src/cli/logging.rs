@@ -290,13 +290,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether log lines on stderr may carry colours (ANSI escape sequences): only on a terminal,
+/// never under systemd's journal (`journal`: its stderr is a socket, and the journal stores
+/// escape codes verbatim), and never when `NO_COLOR` is set to anything but the empty string
+/// (<https://no-color.org>). A redirected log (`2>file`, a pipe to `less` or `grep`) gets plain
+/// text, which tracing-subscriber alone would not give: it colours whatever stderr is.
+pub fn colours(
+    stderr_is_terminal: bool,
+    no_color: Option<&std::ffi::OsStr>,
+    journal: bool,
+) -> bool {
+    stderr_is_terminal && !journal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// The subscriber of the command line: `filter`, then [`HideCredentials`], then the text or
 /// JSON formatter writing through [`Redacting`] to `writer`. `journal`: under systemd's
-/// journal, no timestamp and no colours.
+/// journal, no timestamp. `ansi`: colours ([`colours`] decides).
 pub fn subscriber<M>(
     format: LogFormat,
     filter: tracing_subscriber::EnvFilter,
     journal: bool,
+    ansi: bool,
     writer: M,
     secrets: &'static Secrets,
 ) -> Box<dyn Subscriber + Send + Sync>
@@ -313,14 +327,10 @@ where
     let text = builder
         .with_writer(writer)
         .fmt_fields(EscapedFields)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(ansi && !journal);
     if journal {
-        Box::new(
-            text.without_time()
-                .with_ansi(false)
-                .finish()
-                .with(HideCredentials),
-        )
+        Box::new(text.without_time().finish().with(HideCredentials))
     } else {
         Box::new(text.finish().with(HideCredentials))
     }
@@ -377,6 +387,7 @@ mod tests {
         let sub = subscriber(
             format,
             tracing_subscriber::EnvFilter::new(filter),
+            false,
             false,
             out.clone(),
             secrets,
@@ -585,6 +596,54 @@ mod tests {
             }
         }
         drop(server_rt);
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_outside_the_journal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colours(true, None, false));
+        assert!(
+            colours(true, Some(OsStr::new("")), false),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colours(true, Some(OsStr::new("1")), false));
+        assert!(
+            !colours(true, Some(OsStr::new("0")), false),
+            "any value counts"
+        );
+        assert!(!colours(false, None, false), "redirected");
+        assert!(!colours(true, None, true), "journal");
+    }
+
+    /// The subscriber writes what it is told: level names coloured with `ansi`, plain without.
+    #[test]
+    fn ansi_off_means_no_escape_sequence_in_any_line() {
+        static NONE: Secrets = Secrets::new();
+        for (ansi, journal, expect) in [
+            (true, false, true),
+            (false, false, false),
+            (true, true, false),
+        ] {
+            let out = Captured::default();
+            let sub = subscriber(
+                LogFormat::Text,
+                tracing_subscriber::EnvFilter::new("trace"),
+                journal,
+                ansi,
+                out.clone(),
+                &NONE,
+            );
+            tracing::subscriber::with_default(sub, || {
+                tracing::warn!(path = "a.csv", "cannot upload");
+                tracing::error!("failed");
+            });
+            let text = out.text();
+            assert_eq!(
+                text.contains('\u{1b}'),
+                expect,
+                "ansi {ansi} journal {journal}: {text:?}"
+            );
+        }
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! Exit codes: 0 success, 1 the sync ran and something failed, 2 bad usage or configuration.
 
 mod check;
+mod completions;
 mod demo;
 mod history;
 mod logging;
 mod progress;
 mod run;
+mod schema;
 mod status;
 mod sync;
 
@@ -52,6 +54,14 @@ impl Failure {
         Failure {
             status: ExitStatus::BadUsage,
             message: message.to_string(),
+        }
+    }
+    /// The work ran and failed, and the command has already printed why (the summary of a
+    /// sync): exit 1 without a second copy of the error.
+    pub fn run_already_shown() -> Failure {
+        Failure {
+            status: ExitStatus::RunFailed,
+            message: String::new(),
         }
     }
     /// The work ran and failed.
@@ -123,6 +133,11 @@ enum Command {
     History(history::HistoryCmd),
     Check(check::CheckCmd),
     Demo(demo::DemoCmd),
+    Schema(schema::SchemaCmd),
+    #[command(hide = true)]
+    Completions(completions::CompletionsCmd),
+    #[command(hide = true)]
+    Manpage(completions::ManpageCmd),
 }
 
 fn init_logging(format: LogFormat, verbose: u8, default: &str) {
@@ -143,8 +158,22 @@ fn init_logging(format: LogFormat, verbose: u8, default: &str) {
     // Under systemd the journal stamps every line itself (JOURNAL_STREAM is set for services
     // whose stderr goes to the journal): no second timestamp.
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    use std::io::IsTerminal;
+    let ansi = logging::colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+        journal,
+    );
     use tracing_subscriber::util::SubscriberInitExt;
-    logging::subscriber(format, filter, journal, std::io::stderr, &SECRETS).init();
+    logging::subscriber(
+        format,
+        filter,
+        journal,
+        ansi,
+        progress::ClearingStderr,
+        &SECRETS,
+    )
+    .init();
 }
 
 pub fn main() -> ExitCode {
@@ -161,11 +190,17 @@ pub fn main() -> ExitCode {
         Command::History(c) => c.execute(),
         Command::Check(c) => c.execute(),
         Command::Demo(c) => c.execute(),
+        Command::Schema(c) => c.execute(),
+        Command::Completions(c) => c.execute(),
+        Command::Manpage(c) => c.execute(),
     };
     match result {
         Ok(()) => ExitStatus::Success.into(),
         Err(f) => {
-            eprintln!("ferrysync: {}", shown(SECRETS.redact(&f.message)));
+            // An empty message: the command has already shown the error (once is enough).
+            if !f.message.is_empty() {
+                eprintln!("ferrysync: {}", shown(SECRETS.redact(&f.message)));
+            }
             f.status.into()
         }
     }

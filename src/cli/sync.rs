@@ -99,14 +99,9 @@ impl SyncCmd {
         }
         match report.outcome {
             Outcome::Ok => Ok(()),
-            _ => Err(Failure::run(match &report.error {
-                Some(e) => format!("job {} failed: {e}", job.name),
-                None if report.outcome == Outcome::Interrupted => format!(
-                    "job {} was interrupted; the next run resumes where it stopped",
-                    job.name
-                ),
-                None => format!("job {}: {} paths failed", job.name, report.failures.len()),
-            })),
+            // The summary just printed says what failed (the run's error, each failed path,
+            // or that it was interrupted): each error is printed once.
+            _ => Err(Failure::run_already_shown()),
         }
     }
 }

@@ -2,9 +2,10 @@
 //! listing): deserialized as written and used as they are, by the raw form of the section and
 //! by its validation alike.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Security {
     /// AUTH TLS on the control connection, then PBSZ 0 / PROT P.
@@ -22,7 +23,7 @@ pub enum Security {
 /// address in a PASV reply: a server behind NAT announces its private address. And a hostile
 /// server could name a third host (FTP bounce). So, as curl does by default since 7.74, only
 /// the reply's port is used unless the job says `server`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PassiveAddress {
     /// Always the control connection's peer, with the port of the PASV reply; its address is
@@ -37,7 +38,7 @@ pub enum PassiveAddress {
 }
 
 /// `remote.data_mode`: who opens the data connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DataMode {
     /// The client connects to the server (EPSV, PASV if refused).
@@ -49,7 +50,7 @@ pub enum DataMode {
 }
 
 /// `remote.listing`: how directories are listed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Listing {
     /// MLSD where FEAT offers it (exact UTC times), LIST otherwise.

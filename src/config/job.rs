@@ -196,20 +196,60 @@ pub fn load_jobs(dir: &Path) -> Result<Vec<Job>, ConfigError> {
     Ok(jobs)
 }
 
-/// Finds the job file for `name` in `dir`.
+/// Finds the job file for `name` in `dir`. A name with no file is an error that lists the jobs
+/// that do exist ([`unknown_job`]), and points at no line (a file that is not there has none).
 pub fn find_job(dir: &Path, name: &str) -> Result<Job, ConfigError> {
-    for ext in ["yaml", "yml"] {
-        let f = dir.join(format!("{name}.{ext}"));
-        if f.exists() {
-            return load_job(&f);
+    // A name is a file stem: `../x` or `a/b` would reach outside the jobs directory.
+    let plain = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+    if plain {
+        for ext in ["yaml", "yml"] {
+            let f = dir.join(format!("{name}.{ext}"));
+            if f.is_file() {
+                return load_job(&f);
+            }
         }
     }
+    let place = dir.display().to_string();
+    let reason = match job_names(dir) {
+        Ok(known) => unknown_job(name, &known, &place),
+        Err(e) => format!("no job named `{name}`: cannot read the jobs directory {place}: {e}"),
+    };
     Err(ConfigError {
         file: dir.join(format!("{name}.yaml")),
-        line: 1,
-        column: 1,
-        reason: format!("no job named `{name}` in {}", dir.display()),
+        line: 0,
+        column: 0,
+        reason,
     })
+}
+
+/// The names of the jobs in `dir` (the stems of its job files), in name order.
+pub fn job_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = job_files(dir)?
+        .iter()
+        .filter_map(|f| f.file_stem().and_then(|s| s.to_str()).map(str::to_string))
+        .collect();
+    names.dedup();
+    Ok(names)
+}
+
+/// The one wording of "there is no job `name`" for every command that looks a job up (`sync`,
+/// `status`, `history`, ...): it names where it looked and the jobs that exist there, so a typo
+/// is fixed without a second command. `place` is the jobs directory or the ledger.
+pub fn unknown_job(name: &str, known: &[String], place: &str) -> String {
+    if known.is_empty() {
+        return format!("no job named `{name}` in {place}, which holds no job");
+    }
+    const SHOWN: usize = 20;
+    let mut list = known
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if known.len() > SHOWN {
+        list.push_str(&format!(" and {} more", known.len() - SHOWN));
+    }
+    format!("no job named `{name}` in {place}; the jobs there: {list}")
 }
 
 /// The `*.yaml` and `*.yml` files of `dir`, in name order.
@@ -269,6 +309,49 @@ mod tests {
     fn relative_paths_are_anchored_at_the_job_file() {
         let job = parse(GOOD.replace("/srv/out", "../data").as_str()).unwrap();
         assert_eq!(job.local, PathBuf::from("/etc/jobs/../data"));
+    }
+
+    #[test]
+    fn an_unknown_job_names_the_jobs_that_exist_and_no_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = find_job(dir.path(), "nosuch").unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.starts_with("no job named `nosuch` in "), "{shown}");
+        assert!(shown.ends_with("which holds no job"), "{shown}");
+        for name in ["zeta", "alpha", "mid"] {
+            std::fs::write(dir.path().join(format!("{name}.yaml")), GOOD).unwrap();
+        }
+        std::fs::write(dir.path().join("other.yml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        let shown = find_job(dir.path(), "nosuch").unwrap_err().to_string();
+        assert!(
+            shown.ends_with("; the jobs there: alpha, mid, other, zeta"),
+            "{shown}"
+        );
+        assert!(!shown.contains(":1:1"), "{shown}");
+        assert!(!shown.contains("nosuch.yaml"), "{shown}");
+        // A path is not a job name, even where it names a job file.
+        let shown = find_job(dir.path(), "../x/alpha").unwrap_err().to_string();
+        assert!(shown.starts_with("no job named `../x/alpha`"), "{shown}");
+        assert_eq!(find_job(dir.path(), "other").unwrap().name, "other");
+    }
+
+    #[test]
+    fn a_long_list_of_jobs_is_cut_with_a_count() {
+        let known: Vec<String> = (0..25).map(|i| format!("j{i:02}")).collect();
+        let shown = unknown_job("x", &known, "/etc/ferrysync/jobs");
+        assert!(shown.contains("j00, j01"), "{shown}");
+        assert!(shown.contains("j19 and 5 more"), "{shown}");
+        assert!(!shown.contains("j20"), "{shown}");
+    }
+
+    #[test]
+    fn an_error_in_a_file_still_shows_its_position() {
+        let e = parse(&format!("{GOOD}colour: blue\n")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("/etc/jobs/acme.yaml:6:1: "),
+            "{e}"
+        );
     }
 
     mod fuzz {

@@ -13,6 +13,7 @@ pub(crate) mod job;
 pub(crate) mod policy;
 pub(crate) mod raw;
 pub(crate) mod remote;
+pub(crate) mod schema;
 pub(crate) mod trigger;
 
 use std::path::{Path, PathBuf};
@@ -21,19 +22,36 @@ use std::time::Duration;
 pub use choices::{DataMode, Listing, PassiveAddress, Security};
 pub use filter::PathFilter;
 pub(crate) use job::job_files;
-pub use job::{find_job, load_job, load_jobs, parse_job, Job};
+pub use job::{find_job, job_names, load_job, load_jobs, parse_job, unknown_job, Job};
 pub use policy::{RetryPolicy, UploadOptions};
 pub use remote::{Fingerprint, ListTimeOffset, ListingCaps, Remote, Secret, TlsOptions};
+pub use schema::{job_schema, SCHEMA_PATH};
 pub use trigger::Schedule;
 
-/// A configuration error, already formatted as `file:line:col: reason`.
+/// A configuration error, already formatted as `file:line:col: reason`; an error that points
+/// at no place in a file (line 0: a job that does not exist) is its reason alone.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}:{column}: {reason}")]
+#[error("{}", self.shown())]
 pub struct ConfigError {
     pub file: PathBuf,
     pub line: usize,
     pub column: usize,
     pub reason: String,
+}
+
+impl ConfigError {
+    fn shown(&self) -> String {
+        if self.line == 0 {
+            return self.reason.clone();
+        }
+        format!(
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.reason
+        )
+    }
 }
 
 /// What validating a section needs besides the section itself: the job file (for errors and

@@ -11,13 +11,14 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde::Deserialize;
 
 use super::choices::{DataMode, Listing, PassiveAddress, Security};
 use crate::model::policy::{Direction, SyncMode};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawJob {
     pub(super) local: PathBuf,
@@ -51,7 +52,7 @@ fn default_mode() -> SyncMode {
     SyncMode::Mirror
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRemote {
     pub(super) host: String,
@@ -88,7 +89,7 @@ fn default_remote_path() -> String {
     "/".to_string()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTls {
     pub(super) ca_file: Option<PathBuf>,
@@ -239,7 +240,7 @@ impl<'de> Deserialize<'de> for RawRetries {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRetryPolicy {
     pub(super) attempts: Option<u32>,
@@ -276,7 +277,7 @@ impl<'de> Deserialize<'de> for RawMaxDelete {
 }
 
 /// `upload:` options for servers with quirks.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpload {
     pub(super) temp_name: Option<bool>,

@@ -29,6 +29,10 @@ pub struct TransferProgress<'a> {
     pub files_total: u64,
     pub bytes_done: u64,
     pub bytes_total: u64,
+    /// A file being transferred now (the first by name of those in flight), if any.
+    pub current: Option<&'a str>,
+    /// How many files are being transferred now.
+    pub in_flight: usize,
     /// The last call: every transfer has ended.
     pub finished: bool,
 }

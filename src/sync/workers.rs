@@ -245,7 +245,9 @@ impl Coordinator<'_> {
             }
             Err(Stopped::Failed(e)) => {
                 let error = e.to_string();
-                tracing::warn!(path = %path, "{error}");
+                // Debug, not warn: the run's summary (`sync`'s output, the agent's log line
+                // at the end of the run) lists every failed path, once.
+                tracing::debug!(path = %path, "{error}");
                 report.failures.push(PathFailure { path, error });
             }
             Err(Stopped::OnRequest) => tracing::info!(path = %path, "stopped at a checkpoint"),
@@ -304,6 +306,8 @@ impl Coordinator<'_> {
                 files_total: self.totals.files,
                 bytes_done: self.counter.get(),
                 bytes_total: self.totals.bytes,
+                current: self.in_flight.iter().next().map(String::as_str),
+                in_flight: self.in_flight.len(),
                 finished,
             });
         }
