@@ -1,6 +1,7 @@
 //! The command line: one clap subcommand per module, parsed once, each returning an exit code.
 //! Exit codes: 0 success, 1 the sync ran and something failed, 2 bad usage or configuration.
 
+mod audit;
 mod check;
 mod demo;
 mod history;
@@ -123,6 +124,7 @@ enum Command {
     History(history::HistoryCmd),
     Check(check::CheckCmd),
     Demo(demo::DemoCmd),
+    Audit(audit::AuditCmd),
 }
 
 fn init_logging(format: LogFormat, verbose: u8, default: &str) {
@@ -161,6 +163,7 @@ pub fn main() -> ExitCode {
         Command::History(c) => c.execute(),
         Command::Check(c) => c.execute(),
         Command::Demo(c) => c.execute(),
+        Command::Audit(c) => c.execute(),
     };
     match result {
         Ok(()) => ExitStatus::Success.into(),

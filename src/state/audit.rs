@@ -90,7 +90,6 @@ pub struct AuditRecord {
     #[serde(serialize_with = "serialize_iso")]
     pub at: i64,
     /// The previous row's hash (or the genesis or anchor value), hex.
-    #[serde(skip)]
     pub prev: String,
     /// This row's chain hash, hex.
     pub hash: String,

@@ -855,16 +855,34 @@ impl Ledger {
 
     /// The latest `limit` runs of `job`, newest first.
     pub fn runs(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
+        self.runs_where(
+            "job = ?1 ORDER BY id DESC LIMIT ?2",
+            params![job, limit as i64],
+        )
+    }
+
+    /// Run `id` of `job`, if there is one.
+    pub fn run(&self, job: &str, id: i64) -> Result<Option<RunRecord>, LedgerError> {
+        Ok(self
+            .runs_where("job = ?1 AND id = ?2", params![job, id])?
+            .pop())
+    }
+
+    fn runs_where(
+        &self,
+        condition: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<RunRecord>, LedgerError> {
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare(&format!(
                 "SELECT id, job, trigger, started_at, ended_at, outcome, files_up, bytes_up,
                         files_down, bytes_down, files_deleted, files_failed, error, failures, progress
-                 FROM runs WHERE job = ?1 ORDER BY id DESC LIMIT ?2",
-            )
+                 FROM runs WHERE {condition}"
+            ))
             .map_err(self.err())?;
         let rows = stmt
-            .query_map(params![job, limit as i64], |r| {
+            .query_map(args, |r| {
                 let failures: String = r.get(13)?;
                 Ok(RunRecord {
                     id: r.get(0)?,
