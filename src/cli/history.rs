@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{iso_time, shown, CmdResult, Failure, StateArg};
+use super::{iso_time, shown, CmdResult, Failure, JobsArg, StateArg};
 use ferrysync::state::{AuditRecord, Ledger, RunRecord};
 use ferrysync::sync::human_bytes;
 
@@ -27,6 +27,8 @@ pub struct HistoryCmd {
     json: bool,
     #[command(flatten)]
     state: StateArg,
+    #[command(flatten)]
+    jobs: JobsArg,
 }
 
 /// A run with its files, as `--files --json` and `--run N --json` print it: the run's fields
@@ -40,27 +42,15 @@ struct RunWithFiles<'a> {
 
 impl HistoryCmd {
     pub fn execute(self) -> CmdResult {
-        let Some(ledger) = Ledger::open_read_only(&self.state.path)? else {
-            return Err(Failure::config(format!(
-                "job `{}` has never run (no ledger at {})",
-                self.job,
-                self.state.path.display()
-            )));
+        let ledger = Ledger::open_read_only(&self.state.path)?;
+        let recorded = match &ledger {
+            Some(l) => l.jobs()?.into_iter().map(|j| j.name).collect(),
+            None => Vec::new(),
         };
-        let jobs = ledger.jobs()?;
-        if !jobs.iter().any(|j| j.name == self.job) {
-            let known: Vec<String> = jobs.iter().map(|j| shown(&j.name)).collect();
-            let which = if known.is_empty() {
-                "no job has run yet".to_string()
-            } else {
-                format!("jobs with a history: {}", known.join(", "))
-            };
-            return Err(Failure::config(format!(
-                "job `{}` has never run (no record in {}); {which}",
-                self.job,
-                self.state.path.display()
-            )));
-        }
+        let ledger = match ledger {
+            Some(l) if recorded.contains(&self.job) => l,
+            _ => return self.never_ran(recorded),
+        };
         if let Some(id) = self.run {
             let Some(run) = ledger.run(&self.job, id)? else {
                 return Err(Failure::config(format!(
@@ -127,6 +117,63 @@ impl HistoryCmd {
         }
         Ok(())
     }
+}
+
+impl HistoryCmd {
+    /// A job the ledger has no record of: no runs yet if it has a job file (exit 0, as
+    /// before), otherwise a mistyped name (exit 2, naming the jobs there are).
+    fn never_ran(&self, recorded: Vec<String>) -> CmdResult {
+        let files = job_file_names(&self.jobs.dir);
+        if files.contains(&self.job) && self.run.is_none() {
+            match self.json {
+                true => println!("[]"),
+                false => println!(
+                    "job `{}` has no runs in {}",
+                    shown(&self.job),
+                    self.state.path.display()
+                ),
+            }
+            return Ok(());
+        }
+        if let Some(id) = self.run.filter(|_| files.contains(&self.job)) {
+            return Err(Failure::config(format!(
+                "job `{}` has no run {id} in {}",
+                shown(&self.job),
+                self.state.path.display()
+            )));
+        }
+        let mut known: Vec<String> = files.into_iter().chain(recorded).collect();
+        known.sort();
+        known.dedup();
+        let which = match known.is_empty() {
+            true => "there are no jobs".to_string(),
+            false => format!(
+                "the jobs are: {}",
+                known.iter().map(shown).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        Err(Failure::config(format!(
+            "no job named `{}` (no job file in {}, no record in {}); {which}",
+            shown(&self.job),
+            self.jobs.dir.display(),
+            self.state.path.display()
+        )))
+    }
+}
+
+/// The names of the job files in `dir` (empty if it cannot be read).
+fn job_file_names(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(str::to_string))
+        .collect();
+    names.sort();
+    names
 }
 
 /// Lays out `rows` in columns as wide as their widest value (header included); `right[i]`

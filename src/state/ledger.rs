@@ -675,10 +675,21 @@ impl Ledger {
             .map_err(self.err())
     }
 
-    /// Records a path as synced without a transfer (a ledger-only action), with its audit row.
+    /// Records a path as synced without a transfer (a ledger-only action). A new path (both
+    /// sides already agree: adopted) or new content gets an audit row; a refresh of the
+    /// metadata of content already recorded (a touched file, the server's mtime after an
+    /// upload) does not, so the record lists changes of content only.
     pub(crate) fn record(&self, job: &str, path: &str, e: &SyncedEntry) -> Result<(), LedgerError> {
         self.atomic(|| {
+            let known: Option<String> = self
+                .conn
+                .prepare_cached("SELECT blake3 FROM entries WHERE job = ?1 AND path = ?2")
+                .and_then(|mut st| st.query_row(params![job, path], |r| r.get(0)).optional())
+                .map_err(self.err())?;
             self.upsert_entry(job, path, e)?;
+            if known.is_some_and(|h| h == e.hash.to_hex().as_str()) {
+                return Ok(());
+            }
             self.audit_append(
                 job,
                 &AuditEvent {
@@ -1682,6 +1693,17 @@ mod tests {
         );
         assert_eq!(verdict(&l, "j"), None);
         assert_eq!(verdict(&l, "k"), None);
+        // Recording new metadata of the same content is no change of content: no row. New
+        // content is.
+        let n = seqs(&l, "j").len();
+        let touched = SyncedEntry {
+            remote_mtime: Some(99),
+            ..entry(1)
+        };
+        l.record("j", "d/f1.csv", &touched).unwrap();
+        assert_eq!(seqs(&l, "j").len(), n);
+        l.record("j", "d/f1.csv", &entry(5)).unwrap();
+        assert_eq!(seqs(&l, "j").len(), n + 1);
         // A delete keeps what was deleted, as last synced.
         l.commit_delete("j", "d/f2.csv", Some("250 Delete operation successful."))
             .unwrap();
@@ -1690,6 +1712,10 @@ mod tests {
             .unwrap();
         let last = last.unwrap();
         assert_eq!((last.action.as_str(), last.bytes), ("deleted", 2));
+        assert_eq!(
+            last.server_reply.as_deref(),
+            Some("250 Delete operation successful.")
+        );
         assert_eq!(last.blake3, Some(blake3::hash(&[2]).to_hex().to_string()));
         assert_eq!(last.run_id, None, "no run in progress");
         // The key lives beside the ledger, not in it.
