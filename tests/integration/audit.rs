@@ -48,13 +48,16 @@ pub fn push_and_pull_are_recorded_file_by_file(server: &Server) {
     for path in ["a.csv", "d/b.bin", "d/e/c.txt"] {
         assert!(
             push.stderr.contains(&format!("path={path}"))
-                && push.stderr.contains(&format!("blake3={}", hex(if path == "a.csv" {
-                    a
-                } else if path == "d/b.bin" {
-                    b
-                } else {
-                    c
-                }))),
+                && push.stderr.contains(&format!(
+                    "blake3={}",
+                    hex(if path == "a.csv" {
+                        a
+                    } else if path == "d/b.bin" {
+                        b
+                    } else {
+                        c
+                    })
+                )),
             "sync -v does not list {path}:\n{}",
             push.text()
         );
@@ -89,7 +92,10 @@ pub fn push_and_pull_are_recorded_file_by_file(server: &Server) {
     );
     // The run's documented fields are all still there, and each file has its own.
     for key in ["id", "outcome", "files_up", "failures", "files"] {
-        assert!(runs[1].get(key).is_some(), "history --files --json lacks {key}");
+        assert!(
+            runs[1].get(key).is_some(),
+            "history --files --json lacks {key}"
+        );
     }
     for f in runs[1]["files"].as_array().unwrap() {
         for key in [
@@ -105,7 +111,10 @@ pub fn push_and_pull_are_recorded_file_by_file(server: &Server) {
             "prev",
             "hash",
         ] {
-            assert!(f.get(key).is_some(), "a file of history --files lacks {key}");
+            assert!(
+                f.get(key).is_some(),
+                "a file of history --files lacks {key}"
+            );
         }
         assert_eq!(f["run_id"], runs[1]["id"]);
         let reply = f["server_reply"].as_str().unwrap_or("");
@@ -114,7 +123,10 @@ pub fn push_and_pull_are_recorded_file_by_file(server: &Server) {
     let deleted = &runs[0]["files"][0];
     assert_eq!(deleted["bytes"], c.len());
     assert!(
-        deleted["server_reply"].as_str().unwrap_or("").starts_with("25"),
+        deleted["server_reply"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("25"),
         "the DELE reply is not kept: {deleted}"
     );
 
@@ -141,7 +153,10 @@ pub fn push_and_pull_are_recorded_file_by_file(server: &Server) {
     let pulled: Value = serde_json::from_str(&pulled.stdout).unwrap();
     assert_eq!(
         files_of(&pulled[0]["files"]),
-        [row("downloaded", "a.csv", a), row("downloaded", "d/b.bin", b)]
+        [
+            row("downloaded", "a.csv", a),
+            row("downloaded", "d/b.bin", b)
+        ]
     );
 
     // The export: CSV with a header, and JSON lines, the same rows.
@@ -167,7 +182,14 @@ pub fn push_and_pull_are_recorded_file_by_file(server: &Server) {
         all.sort();
         all
     });
-    let none = s.ferrysync(&["audit", "export", "--since", "2999-01-01", "--format", "jsonl"]);
+    let none = s.ferrysync(&[
+        "audit",
+        "export",
+        "--since",
+        "2999-01-01",
+        "--format",
+        "jsonl",
+    ]);
     none.expect_code(0);
     assert_eq!(none.stdout, "");
 
