@@ -1718,6 +1718,18 @@ mod tests {
         );
         assert_eq!(last.blake3, Some(blake3::hash(&[2]).to_hex().to_string()));
         assert_eq!(last.run_id, None, "no run in progress");
+        // A failure is a row too, with its reason.
+        l.audit_failure("j", "d/f3.csv", "550 Permission denied")
+            .unwrap();
+        let mut last = None;
+        l.audit_rows(&AuditFilter::default(), |r| last = Some(r))
+            .unwrap();
+        let last = last.unwrap();
+        assert_eq!(
+            (last.action.as_str(), last.server_reply.as_deref()),
+            ("failed", Some("550 Permission denied"))
+        );
+        assert_eq!(verdict(&l, "j"), None);
         // The key lives beside the ledger, not in it.
         assert!(dir.path().join("s.db.audit-key").exists());
         // A failed commit writes no audit row either.

@@ -168,7 +168,13 @@ pub fn push_and_pull_are_recorded_file_by_file(server: &Server) {
         "seq,run_id,job,path,action,bytes,blake3,server_reply,at,prev,hash"
     );
     assert_eq!(lines.len(), 5, "{}", csv.stdout);
-    assert!(lines[2].contains(&format!(",d/b.bin,uploaded,{},{},", b.len(), hex(b))));
+    let uploaded_b = format!(",out,d/b.bin,uploaded,{},{},", b.len(), hex(b));
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(&uploaded_b)).count(),
+        1,
+        "{}",
+        csv.stdout
+    );
     let jsonl = s.ferrysync(&["audit", "export", "--job", "out", "--format", "jsonl"]);
     jsonl.expect_code(0);
     let exported: Vec<Value> = jsonl
