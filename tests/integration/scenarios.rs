@@ -45,7 +45,10 @@ against_servers!(
     one_gib_file_push_then_pull,
     kill_during_upload_then_resume,
     kill_during_download_then_resume,
+    push_and_pull_are_recorded_file_by_file,
 );
+
+pub use crate::audit::push_and_pull_are_recorded_file_by_file;
 
 fn without_remote_temp_files(s: &Sandbox) {
     let leftovers: Vec<String> = s
@@ -96,6 +99,10 @@ pub fn push_tree_then_nothing_then_one_change_then_deletes(server: &Server) {
         blake3::hash(b"changed content").to_hex().as_str()
     );
     let reply = file["server_reply"].as_str().unwrap_or("");
+    eprintln!(
+        "{}: the record holds the server's reply `{reply}`",
+        server.port
+    );
     assert!(
         reply.starts_with("250 ") && reply.len() > 4,
         "the server's reply to the rename is not in the record: {file}"
