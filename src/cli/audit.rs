@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use super::{shown, CmdResult, ExitStatus, Failure, StateArg};
-use ferrysync::state::{audit_key_path, AuditFilter, AuditRecord, Ledger, LedgerError};
+use ferrysync::state::{audit_key_path, AuditFilter, AuditRecord, HeadCheck, Ledger, LedgerError};
 
 /// Verify or export the per-file audit record.
 #[derive(Debug, clap::Args)]
@@ -22,9 +22,13 @@ enum AuditAction {
         /// Only this job.
         #[arg(long)]
         job: Option<String>,
-        /// One JSON document: an array of jobs with rows, pruned, head, first_break.
+        /// One JSON document: an array of jobs with rows, pruned, head, head_seq, first_break.
         #[arg(long)]
         json: bool,
+        /// A head noted earlier (`SEQ:HASH`, as verify prints it): exit 1 if it is no longer
+        /// in the job's chain (the newest rows were cut). Needs --job.
+        #[arg(long, value_name = "SEQ:HASH", requires = "job")]
+        head: Option<String>,
         #[command(flatten)]
         state: StateArg,
     },
@@ -55,7 +59,18 @@ enum ExportFormat {
 impl AuditCmd {
     pub fn execute(self) -> CmdResult {
         match self.action {
-            AuditAction::Verify { job, json, state } => verify(job.as_deref(), json, &state),
+            AuditAction::Verify {
+                job,
+                json,
+                head,
+                state,
+            } => {
+                let head = match head {
+                    Some(h) => Some(parse_head(&h).map_err(Failure::config)?),
+                    None => None,
+                };
+                verify(job.as_deref(), json, head, &state)
+            }
             AuditAction::Export {
                 job,
                 since,
@@ -77,14 +92,37 @@ fn open(state: &StateArg) -> Result<Ledger, Failure> {
         .ok_or_else(|| Failure::config(format!("no ledger at {}", state.path.display())))
 }
 
-fn verify(job: Option<&str>, json: bool, state: &StateArg) -> CmdResult {
+/// `--head SEQ:HASH`.
+fn parse_head(text: &str) -> Result<(i64, String), String> {
+    let bad = || format!("--head: `{text}` is not SEQ:HASH as `audit verify` prints it");
+    let (seq, hash) = text.trim().split_once(':').ok_or_else(bad)?;
+    let seq = seq.parse().map_err(|_| bad())?;
+    if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    Ok((seq, hash.to_string()))
+}
+
+fn verify(
+    job: Option<&str>,
+    json: bool,
+    head: Option<(i64, String)>,
+    state: &StateArg,
+) -> CmdResult {
     let ledger = open(state)?;
     let reports = match ledger.verify_audit(job) {
         // Without the key nothing can be checked: a configuration matter.
         Err(e @ LedgerError::AuditKey { .. }) => return Err(Failure::config(e)),
         other => other?,
     };
-    let broken = reports.iter().any(|r| r.first_break.is_some());
+    let mut broken = reports.iter().any(|r| r.first_break.is_some());
+    let noted = match (&head, job) {
+        (Some((seq, hash)), Some(job)) => Some((*seq, ledger.check_head(job, *seq, hash)?)),
+        _ => None,
+    };
+    if let Some((_, HeadCheck::Gone)) = noted {
+        broken = true;
+    }
     if json {
         println!(
             "{}",
@@ -111,12 +149,25 @@ fn verify(job: Option<&str>, json: bool, state: &StateArg) -> CmdResult {
                 Some(b) => format!("BROKEN: {b}"),
             };
             println!(
-                "{}: {verdict}; {} rows{pruned}; head {}",
+                "{}: {verdict}; {} rows{pruned}; head {}:{}",
                 shown(&r.job),
                 r.rows,
+                r.head_seq,
                 r.head
             );
         }
+    }
+    match noted {
+        None => {}
+        Some((seq, HeadCheck::Found)) => {
+            eprintln!("the noted head {seq} is in the chain: no row up to it was cut")
+        }
+        Some((seq, HeadCheck::Pruned)) => eprintln!(
+            "the noted head {seq} was pruned by retention: it can no longer be checked"
+        ),
+        Some((seq, HeadCheck::Gone)) => eprintln!(
+            "BROKEN: the noted head {seq} is no longer in the chain: the newest rows were cut or replaced"
+        ),
     }
     if broken {
         return Err(Failure {
@@ -253,6 +304,14 @@ mod tests {
             csv_line(&r),
             "4,,j,\"a,\"\"b\"\"\nc.csv\",deleted,3,,250 ok,1970-01-01T00:00:00Z,p,h"
         );
+    }
+
+    #[test]
+    fn a_head_is_seq_colon_hash() {
+        let h = "ab".repeat(32);
+        assert_eq!(parse_head(&format!("12:{h}")), Ok((12, h.clone())));
+        assert!(parse_head(&h).is_err());
+        assert!(parse_head("x:ab").is_err());
     }
 
     #[test]

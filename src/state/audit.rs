@@ -299,7 +299,20 @@ pub struct ChainReport {
     /// The hash of the newest row (or of the anchor, or the genesis value, if none is left):
     /// what an operator copies elsewhere to detect a later truncation.
     pub head: String,
+    /// The `seq` of the head row (the anchor's where no row is left; 0 for the genesis).
+    pub head_seq: i64,
     pub first_break: Option<ChainBreak>,
+}
+
+/// What became of a head an operator noted earlier (`audit verify --head SEQ:HASH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadCheck {
+    /// The row is there with that hash: nothing before it was cut.
+    Found,
+    /// Retention pruned it (it lies at or before the anchor): it can no longer be checked.
+    Pruned,
+    /// No row has that place any more, or it has another hash: rows were cut or replaced.
+    Gone,
 }
 
 /// Walks one job's rows in `seq` order, from its anchor or genesis, one row at a time (a
@@ -317,6 +330,7 @@ impl<'k> ChainWalker<'k> {
             rows: 0,
             pruned: anchor.map_or(0, |a| a.pruned),
             head: String::new(),
+            head_seq: anchor.map_or(0, |a| a.seq),
             first_break: None,
         };
         let expected = match anchor {
@@ -346,6 +360,7 @@ impl<'k> ChainWalker<'k> {
             }
         }
         self.expected = row.hash;
+        self.report.head_seq = row.seq;
     }
 
     pub(crate) fn finish(mut self) -> ChainReport {

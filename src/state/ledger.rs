@@ -12,6 +12,7 @@ use crate::model::plan::{LedgerView, SyncedEntry};
 use crate::model::scope::Scope;
 use crate::state::audit::{
     self, AuditAction, AuditAnchor, AuditEvent, AuditKey, AuditRecord, ChainReport, ChainWalker,
+    HeadCheck,
 };
 
 /// path, size, mtime, BLAKE3 (hex), remote size, remote mtime: one row of `entries`.
@@ -1361,6 +1362,31 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Whether the head `seq`:`hash` an operator noted earlier for `job` is still in its chain
+    /// (see [`HeadCheck`]): a cut of the newest rows since then shows as `Gone`.
+    pub fn check_head(&self, job: &str, seq: i64, hash: &str) -> Result<HeadCheck, LedgerError> {
+        let stored: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT hash FROM audit WHERE job = ?1 AND seq = ?2",
+                params![job, seq],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        if let Some(stored) = stored {
+            return Ok(match stored.eq_ignore_ascii_case(hash) {
+                true => HeadCheck::Found,
+                false => HeadCheck::Gone,
+            });
+        }
+        Ok(match self.audit_anchor(job)? {
+            Some(a) if a.seq == seq && a.hash.eq_ignore_ascii_case(hash) => HeadCheck::Found,
+            Some(a) if seq <= a.seq => HeadCheck::Pruned,
+            _ => HeadCheck::Gone,
+        })
+    }
+
     /// Walks the chain of each job (or of `job` only) with the key; reports each job's first
     /// break and head. The key must exist: verifying never makes one.
     pub fn verify_audit(&self, job: Option<&str>) -> Result<Vec<ChainReport>, LedgerError> {
@@ -1819,6 +1845,27 @@ mod tests {
             verdict(&l, "j"),
             Some(audit::ChainBreak::Edited { .. })
         ));
+    }
+
+    #[test]
+    fn a_noted_head_shows_a_cut_of_the_newest_rows() {
+        let (_dir, l) = audited(4);
+        let report = &l.verify_audit(Some("j")).unwrap()[0];
+        let (seq, head) = (report.head_seq, report.head.clone());
+        assert_eq!(l.check_head("j", seq, &head).unwrap(), HeadCheck::Found);
+        l.record("j", "later", &entry(8)).unwrap();
+        assert_eq!(l.check_head("j", seq, &head).unwrap(), HeadCheck::Found);
+        // The two newest rows cut off: the chain alone still verifies, the noted head does not.
+        l.conn
+            .execute("DELETE FROM audit WHERE job = 'j' AND seq >= ?1", [seq])
+            .unwrap();
+        assert_eq!(verdict(&l, "j"), None);
+        assert_eq!(l.check_head("j", seq, &head).unwrap(), HeadCheck::Gone);
+        assert_eq!(l.check_head("j", 1, "00").unwrap(), HeadCheck::Gone);
+        // A head that retention pruned can no longer be checked, and says so.
+        let s = seqs(&l, "j");
+        l.prune_audit("j", i64::MAX).unwrap();
+        assert_eq!(l.check_head("j", s[0], "00").unwrap(), HeadCheck::Pruned);
     }
 
     #[test]

@@ -10,7 +10,9 @@ pub(crate) mod lock;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use audit::{key_path as audit_key_path, AuditRecord, ChainBreak, ChainReport, AUDIT_KEY_ENV};
+pub use audit::{
+    key_path as audit_key_path, AuditRecord, ChainBreak, ChainReport, HeadCheck, AUDIT_KEY_ENV,
+};
 pub use ledger::{
     iso_time, now_unix, AuditFilter, JobRecord, Ledger, LedgerError, Outcome, RunCounts, RunRecord,
 };

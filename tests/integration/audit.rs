@@ -217,9 +217,32 @@ pub fn push_and_pull_are_recorded_file_by_file(server: &Server) {
     let broken = s.ferrysync(&["audit", "verify", "--job", "out"]);
     broken.expect_code(1).expect_output("BROKEN: row");
     assert!(broken.stdout.contains("was edited"), "{}", broken.text());
+    let intact = p.ferrysync(&["audit", "verify"]);
+    intact.expect_code(0).expect_output("in: intact; 2 rows");
+
+    // The newest row cut off: the chain alone cannot tell, a head noted earlier can.
+    let head = intact
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("in: ").and_then(|l| l.split("head ").nth(1)))
+        .unwrap()
+        .to_string();
+    p.ferrysync(&["audit", "verify", "--job", "in", "--head", &head])
+        .expect_code(0)
+        .expect_output("is in the chain");
+    let conn = rusqlite::Connection::open(&p.state).unwrap();
+    conn.execute(
+        "DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
     p.ferrysync(&["audit", "verify"])
         .expect_code(0)
-        .expect_output("in: intact; 2 rows");
+        .expect_output("in: intact; 1 rows");
+    p.ferrysync(&["audit", "verify", "--job", "in", "--head", &head])
+        .expect_code(1)
+        .expect_output("no longer in the chain");
 }
 
 #[test]
