@@ -1,6 +1,7 @@
 //! The command line: one clap subcommand per module, parsed once, each returning an exit code.
 //! Exit codes: 0 success, 1 the sync ran and something failed, 2 bad usage or configuration.
 
+mod audit;
 mod check;
 mod completions;
 mod demo;
@@ -138,6 +139,7 @@ enum Command {
     Completions(completions::CompletionsCmd),
     #[command(hide = true)]
     Manpage(completions::ManpageCmd),
+    Audit(audit::AuditCmd),
 }
 
 fn init_logging(format: LogFormat, verbose: u8, default: &str) {
@@ -193,6 +195,7 @@ pub fn main() -> ExitCode {
         Command::Schema(c) => c.execute(),
         Command::Completions(c) => c.execute(),
         Command::Manpage(c) => c.execute(),
+        Command::Audit(c) => c.execute(),
     };
     match result {
         Ok(()) => ExitStatus::Success.into(),

@@ -42,6 +42,8 @@ pub struct Job {
     pub allow_empty_source: bool,
     pub retries: RetryPolicy,
     pub upload: UploadOptions,
+    /// `audit_retention:`: audit rows older than this are pruned after each run.
+    pub audit_retention: Duration,
     /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
     /// every run's log so they are never forgotten.
     pub warnings: Vec<String>,
@@ -74,6 +76,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
     let max_delete = policy::max_delete(raw.max_delete, &ctx)?;
     let retries = RetryPolicy::from_raw(raw.retries, &ctx)?;
     let upload = UploadOptions::from_raw(raw.upload, &mut ctx)?;
+    let audit_retention = policy::audit_retention(raw.audit_retention.as_deref(), &ctx)?;
     // Only the first mistake in a file is reported; these two checks have always come last,
     // so they stay last and a file with several mistakes still gets the same error.
     intervals.check(&ctx)?;
@@ -98,6 +101,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
         allow_empty_source: raw.allow_empty_source,
         retries,
         upload,
+        audit_retention,
         warnings: ctx.warnings,
     })
 }
@@ -396,6 +400,7 @@ mod tests {
             "allow_empty_source",
             "upload",
             "retries",
+            "audit_retention",
             "remote",
         ];
         const REMOTE_KEYS: &[&str] = &[

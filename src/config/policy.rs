@@ -113,6 +113,27 @@ impl UploadOptions {
     }
 }
 
+/// How long the audit record keeps a job's rows when the job file does not say (`400d`: a
+/// year and a bit, so last year's same week is still there).
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(400 * 86_400);
+
+/// Validates `audit_retention:` (`400d`, `90days`, `2y`): at least a day, so a typo such as
+/// `30s` cannot empty the record.
+pub(super) fn audit_retention(raw: Option<&str>, ctx: &Ctx) -> Result<Duration, ConfigError> {
+    let Some(text) = raw else {
+        return Ok(DEFAULT_AUDIT_RETENTION);
+    };
+    let d =
+        parse_duration("audit_retention", text).map_err(|e| ctx.fail(&["audit_retention"], e))?;
+    if d < Duration::from_secs(86_400) {
+        return Err(ctx.fail(
+            &["audit_retention"],
+            format!("audit_retention: `{text}` is less than a day (`1d`)"),
+        ));
+    }
+    Ok(d)
+}
+
 /// Validates `max_delete:`: a count or a percentage of the files the job knows.
 pub(super) fn max_delete(
     raw: Option<RawMaxDelete>,
@@ -149,6 +170,21 @@ fn parse_max_delete(s: &str) -> Result<MaxDelete, String> {
 mod tests {
     use super::*;
     use crate::config::testing::{parse, GOOD};
+
+    #[test]
+    fn audit_retention_defaults_to_400_days_and_refuses_less_than_a_day() {
+        assert_eq!(
+            parse(GOOD).unwrap().audit_retention,
+            DEFAULT_AUDIT_RETENTION
+        );
+        let job = parse(&format!("{GOOD}audit_retention: 90d\n")).unwrap();
+        assert_eq!(job.audit_retention, Duration::from_secs(90 * 86_400));
+        let e = parse(&format!("{GOOD}audit_retention: 30s\n")).unwrap_err();
+        assert!(e.to_string().contains("less than a day"), "{e}");
+        assert_eq!(e.line, 6, "{e}");
+        let e = parse(&format!("{GOOD}audit_retention: soon\n")).unwrap_err();
+        assert!(e.to_string().contains("audit_retention"), "{e}");
+    }
 
     #[test]
     fn retries_forms_and_backoff() {

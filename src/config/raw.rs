@@ -43,6 +43,7 @@ pub(super) struct RawJob {
     #[serde(default)]
     pub(super) catch_up: bool,
     pub(super) upload: Option<RawUpload>,
+    pub(super) audit_retention: Option<String>,
 }
 
 fn default_direction() -> Direction {

@@ -370,12 +370,6 @@ impl Session {
         self.step("MKD", path, |f| Box::pin(f.mkdir(p))).await
     }
 
-    pub(crate) async fn rename(&mut self, from: &str, to: &str) -> Result<(), FtpsError> {
-        let (a, b) = (from.to_string(), to.to_string());
-        self.step("RNFR/RNTO", to, |f| Box::pin(f.rename(a, b)))
-            .await
-    }
-
     pub(crate) async fn delete_file(&mut self, path: &str) -> Result<(), FtpsError> {
         let p = path.to_string();
         self.step("DELE", path, |f| Box::pin(f.rm(p))).await
@@ -937,6 +931,43 @@ fn listing_read_error(
         command,
         path: dir.to_string(),
         reason: format!("reading the listing failed: {e}{verdict}"),
+    }
+}
+
+/// The commands whose reply the audit record keeps (see `state/audit.rs`): the reply that
+/// confirmed a file's change, as the server worded it.
+impl Session {
+    /// RNFR + RNTO; returns the server's reply to RNTO (e.g. `250 Rename successful.`).
+    pub(crate) async fn rename_replied(
+        &mut self,
+        from: &str,
+        to: &str,
+    ) -> Result<String, FtpsError> {
+        let (rnfr, rnto) = (format!("RNFR {from}"), format!("RNTO {to}"));
+        self.step("RNFR/RNTO", to, |f| {
+            Box::pin(async move {
+                f.custom_command(rnfr, &[Status::RequestFilePending])
+                    .await?;
+                // Some non-compliant servers reply 200 instead of 250 (as suppaftp allows).
+                f.custom_command(rnto, &[Status::RequestedFileActionOk, Status::CommandOk])
+                    .await
+            })
+        })
+        .await
+        .map(|r| reply_text(&r))
+    }
+
+    /// DELE; returns the server's reply (e.g. `250 Delete operation successful.`).
+    pub(crate) async fn delete_file_replied(&mut self, path: &str) -> Result<String, FtpsError> {
+        let dele = format!("DELE {path}");
+        self.step("DELE", path, |f| {
+            Box::pin(async move {
+                f.custom_command(dele, &[Status::RequestedFileActionOk, Status::CommandOk])
+                    .await
+            })
+        })
+        .await
+        .map(|r| reply_text(&r))
     }
 }
 

@@ -10,6 +10,10 @@ use serde::Serialize;
 
 use crate::model::plan::{LedgerView, SyncedEntry};
 use crate::model::scope::Scope;
+use crate::state::audit::{
+    self, AuditAction, AuditAnchor, AuditEvent, AuditKey, AuditRecord, ChainReport, ChainWalker,
+    HeadCheck,
+};
 
 /// path, size, mtime, BLAKE3 (hex), remote size, remote mtime: one row of `entries`.
 type EntryRow = (String, i64, i64, String, i64, Option<i64>);
@@ -61,6 +65,9 @@ pub enum LedgerError {
     },
     #[error("ledger {path}: bad stored value: {what}")]
     Corrupt { path: PathBuf, what: String },
+    /// The audit record's key cannot be read or made.
+    #[error("ledger {path}: {reason}")]
+    AuditKey { path: PathBuf, reason: String },
 }
 
 /// Schema migrations; `PRAGMA user_version` is the number applied so far.
@@ -126,6 +133,31 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE entries ADD COLUMN parent TEXT
         GENERATED ALWAYS AS (rtrim(rtrim(path, replace(path, '/', '')), '/')) VIRTUAL;
     CREATE INDEX entries_by_parent ON entries (job, parent);",
+    // 5 (audit): one row per file a run changed, chained per job with a keyed BLAKE3 (see
+    // src/state/audit.rs); what retention pruned of a job is summed up by its anchor.
+    "CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        run_id INTEGER,
+        job TEXT NOT NULL,
+        path TEXT NOT NULL,
+        action TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        blake3 TEXT,
+        server_reply TEXT,
+        at INTEGER NOT NULL,
+        prev TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_job ON audit (job, seq);
+    CREATE INDEX audit_by_run ON audit (run_id);
+    CREATE TABLE audit_anchors (
+        job TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        pruned INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        mac TEXT NOT NULL
+    );",
 ];
 
 /// How far a running run has got (null once it has ended).
@@ -316,6 +348,11 @@ impl JobRecord {
 pub struct Ledger {
     conn: Connection,
     path: PathBuf,
+    /// The audit chain's key, read (or made) at the first audit write.
+    audit_key: std::cell::OnceCell<AuditKey>,
+    /// The run in progress of each job (from [`Ledger::begin_run`] to [`Ledger::finish_run`]),
+    /// which the audit rows written meanwhile belong to.
+    runs_now: std::cell::RefCell<std::collections::HashMap<String, i64>>,
 }
 
 pub fn now_unix() -> i64 {
@@ -341,6 +378,8 @@ impl Ledger {
         let mut ledger = Ledger {
             conn,
             path: path.to_path_buf(),
+            audit_key: Default::default(),
+            runs_now: Default::default(),
         };
         ledger.configure()?;
         ledger.migrate()?;
@@ -375,6 +414,8 @@ impl Ledger {
             let ledger = Ledger {
                 conn,
                 path: path.to_path_buf(),
+                audit_key: Default::default(),
+                runs_now: Default::default(),
             };
             let version = ledger.schema_version()?;
             Ok((ledger, version))
@@ -635,8 +676,36 @@ impl Ledger {
             .map_err(self.err())
     }
 
-    /// Records a committed path.
+    /// Records a path as synced without a transfer (a ledger-only action). A new path (both
+    /// sides already agree: adopted) or new content gets an audit row; a refresh of the
+    /// metadata of content already recorded (a touched file, the server's mtime after an
+    /// upload) does not, so the record lists changes of content only.
     pub(crate) fn record(&self, job: &str, path: &str, e: &SyncedEntry) -> Result<(), LedgerError> {
+        self.atomic(|| {
+            let known: Option<String> = self
+                .conn
+                .prepare_cached("SELECT blake3 FROM entries WHERE job = ?1 AND path = ?2")
+                .and_then(|mut st| st.query_row(params![job, path], |r| r.get(0)).optional())
+                .map_err(self.err())?;
+            self.upsert_entry(job, path, e)?;
+            if known.is_some_and(|h| h == e.hash.to_hex().as_str()) {
+                return Ok(());
+            }
+            self.audit_append(
+                job,
+                &AuditEvent {
+                    path,
+                    action: AuditAction::Recorded,
+                    bytes: e.size,
+                    blake3: Some(e.hash),
+                    reply: None,
+                },
+            )
+        })
+    }
+
+    /// Writes the row of a synced path.
+    fn upsert_entry(&self, job: &str, path: &str, e: &SyncedEntry) -> Result<(), LedgerError> {
         self.exec_cached(
                 "INSERT INTO entries (job, path, size, mtime, blake3, remote_size, remote_mtime, synced_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -655,11 +724,78 @@ impl Ledger {
         )
     }
 
+    /// Drops a path gone from both sides, with its audit row.
     pub(crate) fn forget(&self, job: &str, path: &str) -> Result<(), LedgerError> {
-        self.exec_cached(
-            "DELETE FROM entries WHERE job = ?1 AND path = ?2",
-            params![job, path],
-        )
+        self.drop_entry(job, path, AuditAction::Forgotten, None)
+    }
+
+    /// A delete on the destination is done: the path's row goes, and the audit row says what
+    /// was deleted (size and BLAKE3 as last synced) and the server's reply, in one transaction.
+    pub(crate) fn commit_delete(
+        &self,
+        job: &str,
+        path: &str,
+        reply: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        self.drop_entry(job, path, AuditAction::Deleted, reply)
+    }
+
+    fn drop_entry(
+        &self,
+        job: &str,
+        path: &str,
+        action: AuditAction,
+        reply: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        self.atomic(|| {
+            let was: Option<(i64, String)> = self
+                .conn
+                .prepare_cached("SELECT size, blake3 FROM entries WHERE job = ?1 AND path = ?2")
+                .and_then(|mut st| {
+                    st.query_row(params![job, path], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(self.err())?;
+            self.exec_cached(
+                "DELETE FROM entries WHERE job = ?1 AND path = ?2",
+                params![job, path],
+            )?;
+            let (bytes, hash) = match was {
+                Some((size, hash)) => (size as u64, blake3::Hash::from_hex(hash).ok()),
+                None => (0, None),
+            };
+            self.audit_append(
+                job,
+                &AuditEvent {
+                    path,
+                    action,
+                    bytes,
+                    blake3: hash,
+                    reply,
+                },
+            )
+        })
+    }
+
+    /// Runs `f` in a transaction of its own, or in the caller's where one is open (see
+    /// [`Ledger::batch`]), so a ledger change and its audit row are written together.
+    fn atomic<T>(&self, f: impl FnOnce() -> Result<T, LedgerError>) -> Result<T, LedgerError> {
+        if !self.conn.is_autocommit() {
+            return f();
+        }
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(self.err())?;
+        match f() {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT").map_err(self.err())?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     pub fn entry_count(&self, job: &str) -> Result<u64, LedgerError> {
@@ -679,7 +815,9 @@ impl Ledger {
                 params![job, trigger, now_unix()],
             )
             .map_err(self.err())?;
-        Ok(self.conn.last_insert_rowid())
+        let id = self.conn.last_insert_rowid();
+        self.runs_now.borrow_mut().insert(job.to_string(), id);
+        Ok(id)
     }
 
     pub(crate) fn finish_run(
@@ -691,6 +829,7 @@ impl Ledger {
         failures: &[PathFailure],
     ) -> Result<(), LedgerError> {
         let failures = serde_json::to_string(failures).unwrap_or_else(|_| "[]".to_string());
+        self.runs_now.borrow_mut().retain(|_, run| *run != id);
         self.conn
             .execute(
                 "UPDATE runs SET ended_at = ?2, outcome = ?3, files_up = ?4, bytes_up = ?5,
@@ -728,16 +867,34 @@ impl Ledger {
 
     /// The latest `limit` runs of `job`, newest first.
     pub fn runs(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
+        self.runs_where(
+            "job = ?1 ORDER BY id DESC LIMIT ?2",
+            params![job, limit as i64],
+        )
+    }
+
+    /// Run `id` of `job`, if there is one.
+    pub fn run(&self, job: &str, id: i64) -> Result<Option<RunRecord>, LedgerError> {
+        Ok(self
+            .runs_where("job = ?1 AND id = ?2", params![job, id])?
+            .pop())
+    }
+
+    fn runs_where(
+        &self,
+        condition: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<RunRecord>, LedgerError> {
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare(&format!(
                 "SELECT id, job, trigger, started_at, ended_at, outcome, files_up, bytes_up,
                         files_down, bytes_down, files_deleted, files_failed, error, failures, progress
-                 FROM runs WHERE job = ?1 ORDER BY id DESC LIMIT ?2",
-            )
+                 FROM runs WHERE {condition}"
+            ))
             .map_err(self.err())?;
         let rows = stmt
-            .query_map(params![job, limit as i64], |r| {
+            .query_map(args, |r| {
                 let failures: String = r.get(13)?;
                 Ok(RunRecord {
                     id: r.get(0)?,
@@ -872,27 +1029,29 @@ impl Ledger {
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
 
-    /// A transfer is committed (renamed into place): its path is recorded and its journal
-    /// entry dropped, in one transaction.
+    /// A transfer is committed (renamed into place): its path is recorded, its audit row
+    /// written and its journal entry dropped, in one transaction.
     pub(crate) fn commit_transfer(
         &mut self,
         job: &str,
-        path: &str,
         entry: &SyncedEntry,
+        event: &AuditEvent<'_>,
     ) -> Result<(), LedgerError> {
-        self.commit_transfers(job, std::iter::once((path, entry)))
+        self.commit_transfers(job, std::iter::once((entry, event.clone())))
     }
 
-    /// Several committed transfers in one transaction: all are recorded, or none.
+    /// Several committed transfers in one transaction: all are recorded (each with its audit
+    /// row), or none.
     pub(crate) fn commit_transfers<'a>(
         &mut self,
         job: &str,
-        done: impl IntoIterator<Item = (&'a str, &'a SyncedEntry)>,
+        done: impl IntoIterator<Item = (&'a SyncedEntry, AuditEvent<'a>)>,
     ) -> Result<(), LedgerError> {
         self.batch(|l| {
-            for (path, entry) in done {
-                l.record(job, path, entry)?;
-                l.journal_end(job, path)?;
+            for (entry, event) in done {
+                l.upsert_entry(job, event.path, entry)?;
+                l.audit_append(job, &event)?;
+                l.journal_end(job, event.path)?;
             }
             Ok(())
         })
@@ -968,6 +1127,299 @@ impl Ledger {
     }
 }
 
+/// The columns of an audit row, in [`audit_row`]'s order.
+const AUDIT_COLUMNS: &str =
+    "seq, run_id, job, path, action, bytes, blake3, server_reply, at, prev, hash";
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: r.get(0)?,
+        run_id: r.get(1)?,
+        job: r.get(2)?,
+        path: r.get(3)?,
+        action: r.get(4)?,
+        bytes: r.get::<_, i64>(5)? as u64,
+        blake3: r.get(6)?,
+        server_reply: r.get(7)?,
+        at: r.get(8)?,
+        prev: r.get(9)?,
+        hash: r.get(10)?,
+    })
+}
+
+/// Which audit rows a query reads.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter<'a> {
+    pub job: Option<&'a str>,
+    /// Rows written at or after this Unix second.
+    pub since: Option<i64>,
+    pub run_id: Option<i64>,
+}
+
+// The audit record (see src/state/audit.rs).
+impl Ledger {
+    /// The chain's key: read, or made on the first write (see [`audit::key_path`]).
+    fn audit_key(&self, create: bool) -> Result<&AuditKey, LedgerError> {
+        if let Some(k) = self.audit_key.get() {
+            return Ok(k);
+        }
+        let path = audit::key_path(&self.path);
+        let key = AuditKey::load(&path, create).map_err(|reason| LedgerError::AuditKey {
+            path: self.path.clone(),
+            reason,
+        })?;
+        Ok(self.audit_key.get_or_init(|| key))
+    }
+
+    /// Appends one audit row of `job`, linked to the job's newest row (or its anchor, or its
+    /// genesis). Called inside the transaction of the change it records.
+    pub(crate) fn audit_append(&self, job: &str, e: &AuditEvent<'_>) -> Result<(), LedgerError> {
+        let key = self.audit_key(true)?;
+        let prev: Option<String> = self
+            .conn
+            .prepare_cached("SELECT hash FROM audit WHERE job = ?1 ORDER BY seq DESC LIMIT 1")
+            .and_then(|mut st| st.query_row([job], |r| r.get(0)).optional())
+            .map_err(self.err())?;
+        let prev = match prev {
+            Some(p) => p,
+            None => match self.audit_anchor(job)? {
+                Some(a) => a.hash,
+                None => audit::genesis(key, job),
+            },
+        };
+        // After the newest row and anchor of every job, so a row never sorts before an anchor.
+        let seq: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT max(coalesce((SELECT max(seq) FROM audit), 0),
+                            coalesce((SELECT max(seq) FROM audit_anchors), 0)) + 1",
+            )
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .map_err(self.err())?;
+        let mut row = AuditRecord {
+            seq,
+            run_id: self.runs_now.borrow().get(job).copied(),
+            job: job.to_string(),
+            path: e.path.to_string(),
+            action: e.action.as_str().to_string(),
+            bytes: e.bytes,
+            blake3: e.blake3.map(|h| h.to_hex().to_string()),
+            server_reply: e.reply.map(str::to_string),
+            at: now_unix(),
+            prev,
+            hash: String::new(),
+        };
+        row.hash = audit::row_hash(key, &row);
+        self.exec_cached(
+            "INSERT INTO audit (seq, run_id, job, path, action, bytes, blake3, server_reply, at, prev, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                row.seq,
+                row.run_id,
+                row.job,
+                row.path,
+                row.action,
+                row.bytes as i64,
+                row.blake3,
+                row.server_reply,
+                row.at,
+                row.prev,
+                row.hash
+            ],
+        )
+    }
+
+    /// Records a path whose transfer or delete failed, with the reason.
+    pub(crate) fn audit_failure(
+        &self,
+        job: &str,
+        path: &str,
+        error: &str,
+    ) -> Result<(), LedgerError> {
+        self.atomic(|| {
+            self.audit_append(
+                job,
+                &AuditEvent {
+                    path,
+                    action: AuditAction::Failed,
+                    bytes: 0,
+                    blake3: None,
+                    reply: Some(error),
+                },
+            )
+        })
+    }
+
+    fn audit_anchor(&self, job: &str) -> Result<Option<AuditAnchor>, LedgerError> {
+        self.conn
+            .prepare_cached(
+                "SELECT job, seq, hash, pruned, at, mac FROM audit_anchors WHERE job = ?1",
+            )
+            .and_then(|mut st| {
+                st.query_row([job], |r| {
+                    Ok(AuditAnchor {
+                        job: r.get(0)?,
+                        seq: r.get(1)?,
+                        hash: r.get(2)?,
+                        pruned: r.get::<_, i64>(3)? as u64,
+                        at: r.get(4)?,
+                        mac: r.get(5)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(self.err())
+    }
+
+    /// Retention: removes the audit rows of `job` written before `before` (Unix seconds), and
+    /// moves the job's anchor to the last one removed, so the rows kept still verify. Returns
+    /// how many rows went.
+    pub(crate) fn prune_audit(&self, job: &str, before: i64) -> Result<u64, LedgerError> {
+        self.atomic(|| {
+            // Rows go oldest first and without gaps: everything up to the newest row that is
+            // old enough (a clock set back cannot leave an old row stranded behind a new one).
+            let last: Option<(i64, String)> = self
+                .conn
+                .query_row(
+                    "SELECT seq, hash FROM audit WHERE job = ?1 AND at < ?2
+                     ORDER BY seq DESC LIMIT 1",
+                    params![job, before],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(self.err())?;
+            let Some((seq, hash)) = last else {
+                return Ok(0);
+            };
+            let removed = self
+                .conn
+                .execute(
+                    "DELETE FROM audit WHERE job = ?1 AND seq <= ?2",
+                    params![job, seq],
+                )
+                .map_err(self.err())? as u64;
+            let key = self.audit_key(true)?;
+            let earlier = self.audit_anchor(job)?.map_or(0, |a| a.pruned);
+            let mut anchor = AuditAnchor {
+                job: job.to_string(),
+                seq,
+                hash,
+                pruned: earlier + removed,
+                at: now_unix(),
+                mac: String::new(),
+            };
+            anchor.mac = audit::anchor_mac(key, &anchor);
+            self.conn
+                .execute(
+                    "INSERT INTO audit_anchors (job, seq, hash, pruned, at, mac)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(job) DO UPDATE SET seq = ?2, hash = ?3, pruned = ?4, at = ?5, mac = ?6",
+                    params![
+                        anchor.job,
+                        anchor.seq,
+                        anchor.hash,
+                        anchor.pruned as i64,
+                        anchor.at,
+                        anchor.mac
+                    ],
+                )
+                .map_err(self.err())?;
+            Ok(removed)
+        })
+    }
+
+    /// Calls `each` with every audit row `filter` selects, oldest first.
+    pub fn audit_rows(
+        &self,
+        filter: &AuditFilter<'_>,
+        mut each: impl FnMut(AuditRecord),
+    ) -> Result<(), LedgerError> {
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit
+             WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR run_id = ?3)
+             ORDER BY seq"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![filter.job, filter.since, filter.run_id], audit_row)
+            .map_err(self.err())?;
+        for row in rows {
+            each(row.map_err(self.err())?);
+        }
+        Ok(())
+    }
+
+    /// The audit rows of one run, oldest first.
+    pub fn audit_of_run(&self, run_id: i64) -> Result<Vec<AuditRecord>, LedgerError> {
+        let mut out = Vec::new();
+        self.audit_rows(
+            &AuditFilter {
+                run_id: Some(run_id),
+                ..Default::default()
+            },
+            |r| out.push(r),
+        )?;
+        Ok(out)
+    }
+
+    /// Whether the head `seq`:`hash` an operator noted earlier for `job` is still in its chain
+    /// (see [`HeadCheck`]): a cut of the newest rows since then shows as `Gone`.
+    pub fn check_head(&self, job: &str, seq: i64, hash: &str) -> Result<HeadCheck, LedgerError> {
+        let stored: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT hash FROM audit WHERE job = ?1 AND seq = ?2",
+                params![job, seq],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        if let Some(stored) = stored {
+            return Ok(match stored.eq_ignore_ascii_case(hash) {
+                true => HeadCheck::Found,
+                false => HeadCheck::Gone,
+            });
+        }
+        Ok(match self.audit_anchor(job)? {
+            Some(a) if a.seq == seq && a.hash.eq_ignore_ascii_case(hash) => HeadCheck::Found,
+            Some(a) if seq <= a.seq => HeadCheck::Pruned,
+            _ => HeadCheck::Gone,
+        })
+    }
+
+    /// Walks the chain of each job (or of `job` only) with the key; reports each job's first
+    /// break and head. The key must exist: verifying never makes one.
+    pub fn verify_audit(&self, job: Option<&str>) -> Result<Vec<ChainReport>, LedgerError> {
+        let key = self.audit_key(false)?;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT job FROM audit WHERE ?1 IS NULL OR job = ?1
+                 UNION SELECT job FROM audit_anchors WHERE ?1 IS NULL OR job = ?1 ORDER BY 1",
+            )
+            .map_err(self.err())?;
+        let jobs = stmt
+            .query_map([job], |r| r.get::<_, String>(0))
+            .map_err(self.err())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err())?;
+        let mut reports = Vec::new();
+        for name in jobs {
+            let anchor = self.audit_anchor(&name)?;
+            let mut walker = ChainWalker::new(key, &name, anchor.as_ref());
+            self.audit_rows(
+                &AuditFilter {
+                    job: Some(&name),
+                    ..Default::default()
+                },
+                |r| walker.check(r),
+            )?;
+            reports.push(walker.finish());
+        }
+        Ok(reports)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -979,6 +1431,16 @@ mod tests {
             hash: blake3::hash(&[n]),
             remote_size: u64::from(n),
             remote_mtime: if n.is_multiple_of(2) { Some(5) } else { None },
+        }
+    }
+
+    fn uploaded<'a>(path: &'a str, e: &SyncedEntry) -> AuditEvent<'a> {
+        AuditEvent {
+            path,
+            action: AuditAction::Uploaded,
+            bytes: e.size,
+            blake3: Some(e.hash),
+            reply: Some("250 Rename successful."),
         }
     }
 
@@ -1110,7 +1572,8 @@ mod tests {
                 ..j.clone()
             }]
         );
-        l.commit_transfer("j", "big.bin", &entry(9)).unwrap();
+        l.commit_transfer("j", &entry(9), &uploaded("big.bin", &entry(9)))
+            .unwrap();
         assert!(l.journal("j").unwrap().is_empty());
         assert_eq!(l.entries("j").unwrap()["big.bin"], entry(9));
     }
@@ -1195,5 +1658,272 @@ mod tests {
             Ledger::open(&path),
             Err(LedgerError::TooNew { found: 99, .. })
         ));
+    }
+
+    /// A ledger with `n` committed uploads of job `j` in run 1, and one of job `k`.
+    fn audited(n: u8) -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(&dir.path().join("s.db")).unwrap();
+        let run = l.begin_run("j", "manual").unwrap();
+        let paths: Vec<String> = (1..=n).map(|i| format!("d/f{i}.csv")).collect();
+        let entries: Vec<SyncedEntry> = (1..=n).map(entry).collect();
+        l.commit_transfers(
+            "j",
+            paths
+                .iter()
+                .zip(&entries)
+                .map(|(p, e)| (e, uploaded(p.as_str(), e))),
+        )
+        .unwrap();
+        l.finish_run(run, Outcome::Ok, &RunCounts::default(), None, &[])
+            .unwrap();
+        l.record("k", "other", &entry(9)).unwrap();
+        (dir, l)
+    }
+
+    fn verdict(l: &Ledger, job: &str) -> Option<audit::ChainBreak> {
+        let reports = l.verify_audit(Some(job)).unwrap();
+        assert_eq!(reports.len(), 1);
+        reports[0].first_break.clone()
+    }
+
+    fn seqs(l: &Ledger, job: &str) -> Vec<i64> {
+        let mut out = Vec::new();
+        l.audit_rows(
+            &AuditFilter {
+                job: Some(job),
+                ..Default::default()
+            },
+            |r| out.push(r.seq),
+        )
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn the_audit_rows_are_written_with_the_commit_and_belong_to_the_run() {
+        let (dir, l) = audited(3);
+        let run = l.runs("j", 1).unwrap()[0].id;
+        let rows = l.audit_of_run(run).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].path, "d/f1.csv");
+        assert_eq!(rows[0].action, "uploaded");
+        assert_eq!(rows[0].bytes, 1);
+        assert_eq!(
+            rows[0].blake3,
+            Some(blake3::hash(&[1]).to_hex().to_string())
+        );
+        assert_eq!(
+            rows[0].server_reply.as_deref(),
+            Some("250 Rename successful.")
+        );
+        assert_eq!(verdict(&l, "j"), None);
+        assert_eq!(verdict(&l, "k"), None);
+        // Recording new metadata of the same content is no change of content: no row. New
+        // content is.
+        let n = seqs(&l, "j").len();
+        let touched = SyncedEntry {
+            remote_mtime: Some(99),
+            ..entry(1)
+        };
+        l.record("j", "d/f1.csv", &touched).unwrap();
+        assert_eq!(seqs(&l, "j").len(), n);
+        l.record("j", "d/f1.csv", &entry(5)).unwrap();
+        assert_eq!(seqs(&l, "j").len(), n + 1);
+        // A delete keeps what was deleted, as last synced.
+        l.commit_delete("j", "d/f2.csv", Some("250 Delete operation successful."))
+            .unwrap();
+        let mut last = None;
+        l.audit_rows(&AuditFilter::default(), |r| last = Some(r))
+            .unwrap();
+        let last = last.unwrap();
+        assert_eq!((last.action.as_str(), last.bytes), ("deleted", 2));
+        assert_eq!(
+            last.server_reply.as_deref(),
+            Some("250 Delete operation successful.")
+        );
+        assert_eq!(last.blake3, Some(blake3::hash(&[2]).to_hex().to_string()));
+        assert_eq!(last.run_id, None, "no run in progress");
+        // A failure is a row too, with its reason.
+        l.audit_failure("j", "d/f3.csv", "550 Permission denied")
+            .unwrap();
+        let mut last = None;
+        l.audit_rows(&AuditFilter::default(), |r| last = Some(r))
+            .unwrap();
+        let last = last.unwrap();
+        assert_eq!(
+            (last.action.as_str(), last.server_reply.as_deref()),
+            ("failed", Some("550 Permission denied"))
+        );
+        assert_eq!(verdict(&l, "j"), None);
+        // The key lives beside the ledger, not in it.
+        assert!(dir.path().join("s.db.audit-key").exists());
+        // A failed commit writes no audit row either.
+        let before = seqs(&l, "j").len();
+        let mut l = l;
+        let failed = l.batch(|l| {
+            l.record("j", "x", &entry(4))?;
+            Err::<(), _>(LedgerError::Corrupt {
+                path: PathBuf::new(),
+                what: "test".into(),
+            })
+        });
+        assert!(failed.is_err());
+        assert_eq!(seqs(&l, "j").len(), before);
+    }
+
+    #[test]
+    fn verify_finds_an_edited_row() {
+        let (_dir, l) = audited(4);
+        let s = seqs(&l, "j");
+        l.conn
+            .execute(
+                "UPDATE audit SET blake3 = ?2 WHERE seq = ?1",
+                params![s[1], blake3::hash(b"other").to_hex().as_str()],
+            )
+            .unwrap();
+        assert_eq!(
+            verdict(&l, "j"),
+            Some(audit::ChainBreak::Edited { seq: s[1] })
+        );
+        assert_eq!(verdict(&l, "k"), None, "another job's chain is its own");
+    }
+
+    #[test]
+    fn verify_finds_a_deleted_middle_row() {
+        let (_dir, l) = audited(4);
+        let s = seqs(&l, "j");
+        l.conn
+            .execute("DELETE FROM audit WHERE seq = ?1", [s[1]])
+            .unwrap();
+        assert_eq!(
+            verdict(&l, "j"),
+            Some(audit::ChainBreak::Unlinked { seq: s[2] })
+        );
+        // The first row too: it no longer starts from the genesis value.
+        let (_dir, l) = audited(2);
+        let s = seqs(&l, "j");
+        l.conn
+            .execute("DELETE FROM audit WHERE seq = ?1", [s[0]])
+            .unwrap();
+        assert_eq!(
+            verdict(&l, "j"),
+            Some(audit::ChainBreak::Unlinked { seq: s[1] })
+        );
+    }
+
+    #[test]
+    fn verify_finds_reordered_and_inserted_rows() {
+        let (_dir, l) = audited(4);
+        let s = seqs(&l, "j");
+        // Swap the places of rows 2 and 3 (each keeps its own content and hash).
+        l.conn
+            .execute_batch(&format!(
+                "UPDATE audit SET seq = -1 WHERE seq = {b};
+                 UPDATE audit SET seq = {b} WHERE seq = {c};
+                 UPDATE audit SET seq = {c} WHERE seq = -1;",
+                b = s[1],
+                c = s[2]
+            ))
+            .unwrap();
+        assert_eq!(
+            verdict(&l, "j"),
+            Some(audit::ChainBreak::Edited { seq: s[1] })
+        );
+        // A row copied in from elsewhere, with a hash computed without the key.
+        let (_dir, l) = audited(2);
+        l.conn
+            .execute(
+                "INSERT INTO audit (seq, run_id, job, path, action, bytes, blake3, server_reply, at, prev, hash)
+                 SELECT (SELECT max(seq) FROM audit) + 1, run_id, job, 'forged', action, bytes,
+                        blake3, server_reply, at, hash, hash
+                 FROM audit WHERE seq = (SELECT max(seq) FROM audit WHERE job = 'j')",
+                [],
+            )
+            .unwrap();
+        assert!(matches!(
+            verdict(&l, "j"),
+            Some(audit::ChainBreak::Edited { .. })
+        ));
+    }
+
+    #[test]
+    fn a_noted_head_shows_a_cut_of_the_newest_rows() {
+        let (_dir, l) = audited(4);
+        let report = &l.verify_audit(Some("j")).unwrap()[0];
+        let (seq, head) = (report.head_seq, report.head.clone());
+        assert_eq!(l.check_head("j", seq, &head).unwrap(), HeadCheck::Found);
+        l.record("j", "later", &entry(8)).unwrap();
+        assert_eq!(l.check_head("j", seq, &head).unwrap(), HeadCheck::Found);
+        // The two newest rows cut off: the chain alone still verifies, the noted head does not.
+        l.conn
+            .execute("DELETE FROM audit WHERE job = 'j' AND seq >= ?1", [seq])
+            .unwrap();
+        assert_eq!(verdict(&l, "j"), None);
+        assert_eq!(l.check_head("j", seq, &head).unwrap(), HeadCheck::Gone);
+        assert_eq!(l.check_head("j", 1, "00").unwrap(), HeadCheck::Gone);
+        // A head that retention pruned can no longer be checked, and says so.
+        let s = seqs(&l, "j");
+        l.prune_audit("j", i64::MAX).unwrap();
+        assert_eq!(l.check_head("j", s[0], "00").unwrap(), HeadCheck::Pruned);
+    }
+
+    #[test]
+    fn retention_prunes_the_oldest_rows_and_the_rest_still_verifies() {
+        let (_dir, l) = audited(5);
+        let s = seqs(&l, "j");
+        // The first three rows are old.
+        l.conn
+            .execute("UPDATE audit SET at = 10 WHERE seq <= ?1", [s[2]])
+            .unwrap();
+        // Their hashes covered `at`: rewrite them as if written then (the key is ours here).
+        let key = l.audit_key(false).unwrap().clone();
+        let mut prev = audit::genesis(&key, "j");
+        let mut rows = Vec::new();
+        l.audit_rows(
+            &AuditFilter {
+                job: Some("j"),
+                ..Default::default()
+            },
+            |r| rows.push(r),
+        )
+        .unwrap();
+        for mut r in rows {
+            r.prev = prev;
+            r.hash = audit::row_hash(&key, &r);
+            prev = r.hash.clone();
+            l.conn
+                .execute(
+                    "UPDATE audit SET prev = ?2, hash = ?3 WHERE seq = ?1",
+                    params![r.seq, r.prev, r.hash],
+                )
+                .unwrap();
+        }
+        assert_eq!(verdict(&l, "j"), None);
+        assert_eq!(l.prune_audit("j", 100).unwrap(), 3);
+        assert_eq!(seqs(&l, "j"), &s[3..]);
+        let report = &l.verify_audit(Some("j")).unwrap()[0];
+        assert_eq!(
+            (report.first_break.clone(), report.rows, report.pruned),
+            (None, 2, 3)
+        );
+        assert_eq!(
+            l.prune_audit("j", 100).unwrap(),
+            0,
+            "nothing more is old enough"
+        );
+        // New rows link on; a later prune of everything leaves the anchor to link to.
+        l.record("j", "new", &entry(7)).unwrap();
+        assert_eq!(verdict(&l, "j"), None);
+        assert_eq!(l.prune_audit("j", i64::MAX).unwrap(), 3);
+        assert_eq!(l.verify_audit(Some("j")).unwrap()[0].pruned, 6);
+        l.record("j", "newer", &entry(8)).unwrap();
+        assert_eq!(verdict(&l, "j"), None);
+        // Deleting a kept row is still seen; so is editing the anchor.
+        l.conn
+            .execute("UPDATE audit_anchors SET pruned = 1 WHERE job = 'j'", [])
+            .unwrap();
+        assert_eq!(verdict(&l, "j"), Some(audit::ChainBreak::AnchorEdited));
+        assert_eq!(verdict(&l, "k"), None);
     }
 }

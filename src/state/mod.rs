@@ -1,16 +1,20 @@
 //! What ferrysync remembers between runs and processes: the SQLite ledger (synced rows, run
 //! history, the journal of transfers in flight) and the lock that keeps one run of a job at a
-//! time.
+//! time; and the audit record of every file a run changed (`audit.rs`).
 //!
 //! May import: `model`, `config`.
 
+pub(crate) mod audit;
 pub(crate) mod ledger;
 pub(crate) mod lock;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use audit::{
+    key_path as audit_key_path, AuditRecord, ChainBreak, ChainReport, HeadCheck, AUDIT_KEY_ENV,
+};
 pub use ledger::{
-    iso_time, now_unix, JobRecord, Ledger, LedgerError, Outcome, RunCounts, RunRecord,
+    iso_time, now_unix, AuditFilter, JobRecord, Ledger, LedgerError, Outcome, RunCounts, RunRecord,
 };
 
 /// The ledger, shared by a run's tasks and by the agent's runners; writes happen on one task

@@ -51,8 +51,13 @@ impl<'s> Destination<'s> {
         }
     }
 
-    /// Makes `change` at `rel`.
-    async fn apply(&mut self, change: Change, rel: &str) -> Result<(), DestinationError> {
+    /// Makes `change` at `rel`; returns the server's reply where the audit record keeps it
+    /// (a remote delete's).
+    async fn apply(
+        &mut self,
+        change: Change,
+        rel: &str,
+    ) -> Result<Option<String>, DestinationError> {
         match self {
             Destination::Folder { root } => {
                 // Beneath the job's folder through no link (see `transfer::beneath`): a
@@ -72,15 +77,16 @@ impl<'s> Destination<'s> {
                     ),
                 };
                 // The run files the error under `rel`; the error names the link it met.
-                done.map_err(|source| DestinationError::Local { action, source })
+                done.map(|()| None)
+                    .map_err(|source| DestinationError::Local { action, source })
             }
             Destination::Server { root, session } => {
                 let session = session.as_mut().ok_or(DestinationError::NoConnection)?;
                 let path = remote_path(root, rel);
                 Ok(match change {
-                    Change::MakeDir => session.mkdir(&path).await,
-                    Change::DeleteFile => session.delete_file(&path).await,
-                    Change::RemoveDir => session.remove_dir(&path).await,
+                    Change::MakeDir => session.mkdir(&path).await.map(|()| None),
+                    Change::DeleteFile => session.delete_file_replied(&path).await.map(Some),
+                    Change::RemoveDir => session.remove_dir(&path).await.map(|()| None),
                 }?)
             }
         }
@@ -88,17 +94,20 @@ impl<'s> Destination<'s> {
 
     /// Creates the directory `rel` (its parent exists: the plan orders parents first).
     pub(crate) async fn make_dir(&mut self, rel: &str) -> Result<(), DestinationError> {
-        self.apply(Change::MakeDir, rel).await
+        self.apply(Change::MakeDir, rel).await.map(|_| ())
     }
 
-    /// Deletes the file `rel`.
-    pub(crate) async fn delete_file(&mut self, rel: &str) -> Result<(), DestinationError> {
+    /// Deletes the file `rel`; returns the server's reply (none for a local delete).
+    pub(crate) async fn delete_file(
+        &mut self,
+        rel: &str,
+    ) -> Result<Option<String>, DestinationError> {
         self.apply(Change::DeleteFile, rel).await
     }
 
     /// Removes the directory `rel`, which must be empty.
     pub(crate) async fn remove_dir(&mut self, rel: &str) -> Result<(), DestinationError> {
-        self.apply(Change::RemoveDir, rel).await
+        self.apply(Change::RemoveDir, rel).await.map(|_| ())
     }
 }
 

@@ -109,6 +109,16 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
         ) {
             tracing::error!(job = %job.name, "cannot record the run: {e}");
         }
+        // Retention of the audit record (its anchor keeps what remains verifiable).
+        let before = crate::state::now_unix()
+            .saturating_sub(i64::try_from(job.audit_retention.as_secs()).unwrap_or(i64::MAX));
+        match l.prune_audit(&job.name, before) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(job = %job.name, rows = n, "pruned audit rows older than the job's audit_retention")
+            }
+            Err(e) => tracing::warn!(job = %job.name, "cannot prune the audit record: {e}"),
+        }
     }
     if let Some(open) = open_run {
         open.done();
@@ -290,13 +300,25 @@ async fn delete_and_record(
     for a in actions {
         match a {
             Action::DeleteFile { path } => match dest.delete_file(path).await {
-                Ok(()) => {
+                Ok(reply) => {
                     deleted += 1;
-                    if let Err(e) = ledger.lock().forget(&job.name, path) {
-                        fail(path, e.to_string());
+                    match ledger
+                        .lock()
+                        .commit_delete(&job.name, path, reply.as_deref())
+                    {
+                        Ok(()) => {
+                            tracing::info!(job = %job.name, path = %path, action = "deleted", "deleted")
+                        }
+                        Err(e) => fail(path, e.to_string()),
                     }
                 }
-                Err(e) => fail(path, e.to_string()),
+                Err(e) => {
+                    let error = e.to_string();
+                    if let Err(e) = ledger.lock().audit_failure(&job.name, path, &error) {
+                        tracing::warn!(path = %path, "cannot record the failure in the audit record: {e}");
+                    }
+                    fail(path, error)
+                }
             },
             Action::DeleteDir { path } => {
                 if let Err(e) = dest.remove_dir(path).await {
@@ -363,7 +385,7 @@ async fn clean_up_temps(
     let mut dest = Destination::of(job, Some(session));
     for temp in dest_temps.iter().filter(|t| !keep.contains(*t)) {
         match dest.delete_file(temp).await {
-            Ok(()) => tracing::info!(path = %temp, "removed a leftover temporary file"),
+            Ok(_) => tracing::info!(path = %temp, "removed a leftover temporary file"),
             Err(e) => tracing::warn!(path = %temp, "cannot remove a leftover temporary file: {e}"),
         }
     }

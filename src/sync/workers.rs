@@ -19,6 +19,7 @@ use crate::model::policy::Direction;
 use crate::model::snapshot::Entry;
 use crate::remote::session::Session;
 use crate::remote::tls::TlsContext;
+use crate::state::audit::{AuditAction, AuditEvent};
 use crate::state::ledger::{PathFailure, RunProgress};
 use crate::state::SharedLedger;
 use crate::sync::options::{RunOptions, TransferProgress};
@@ -248,13 +249,21 @@ impl Coordinator<'_> {
                 // Debug, not warn: the run's summary (`sync`'s output, the agent's log line
                 // at the end of the run) lists every failed path, once.
                 tracing::debug!(path = %path, "{error}");
+                if let Err(e) = self
+                    .ledger
+                    .lock()
+                    .audit_failure(&self.job.name, &path, &error)
+                {
+                    tracing::warn!(path = %path, "cannot record the failure in the audit record: {e}");
+                }
                 report.failures.push(PathFailure { path, error });
             }
             Err(Stopped::OnRequest) => tracing::info!(path = %path, "stopped at a checkpoint"),
         }
     }
 
-    /// Commits the finished transfers to the ledger, in one transaction, and counts them.
+    /// Commits the finished transfers to the ledger, in one transaction (each with its audit
+    /// row), counts them, and logs each file at info level (`sync -v`).
     fn commit(&mut self, report: &mut RunReport) {
         if self.committing.is_empty() {
             return;
@@ -262,18 +271,46 @@ impl Coordinator<'_> {
         let batch = std::mem::take(&mut self.committing);
         let mut l = self.ledger.lock();
         let job = &self.job.name;
-        let all = l.commit_transfers(job, batch.iter().map(|(path, t)| (path.as_str(), &t.entry)));
+        let action = match self.job.direction {
+            Direction::Push => AuditAction::Uploaded,
+            Direction::Pull => AuditAction::Downloaded,
+        };
+        fn event<'a>(action: AuditAction, path: &'a str, t: &'a Transferred) -> AuditEvent<'a> {
+            AuditEvent {
+                path,
+                action,
+                bytes: t.entry.size,
+                blake3: Some(t.entry.hash),
+                reply: t.reply.as_deref(),
+            }
+        }
+        let all = l.commit_transfers(
+            job,
+            batch
+                .iter()
+                .map(|(path, t)| (&t.entry, event(action, path.as_str(), t))),
+        );
         for (path, t) in batch {
             // Where the batch failed as a whole, each path is tried on its own, so that a
             // failure names the path it belongs to.
             let committed = match &all {
                 Ok(()) => Ok(()),
-                Err(_) => l.commit_transfer(job, &path, &t.entry),
+                Err(_) => l.commit_transfer(job, &t.entry, &event(action, &path, &t)),
             };
             match committed {
-                Ok(()) => report
-                    .counts
-                    .add_transferred(self.job.direction, t.bytes_moved),
+                Ok(()) => {
+                    tracing::info!(
+                        job = %job,
+                        path = %path,
+                        action = %action,
+                        bytes = t.entry.size,
+                        blake3 = %t.entry.hash.to_hex(),
+                        "{action}"
+                    );
+                    report
+                        .counts
+                        .add_transferred(self.job.direction, t.bytes_moved)
+                }
                 Err(e) => report.failures.push(PathFailure {
                     path,
                     error: e.to_string(),

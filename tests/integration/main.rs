@@ -8,6 +8,7 @@
 //! scenarios run once per server; the other modules are named for what they test.
 
 mod agent;
+mod audit;
 mod cli;
 mod fault_proxy_selftest;
 mod harness;

@@ -45,7 +45,10 @@ against_servers!(
     one_gib_file_push_then_pull,
     kill_during_upload_then_resume,
     kill_during_download_then_resume,
+    push_and_pull_are_recorded_file_by_file,
 );
+
+pub use crate::audit::push_and_pull_are_recorded_file_by_file;
 
 fn without_remote_temp_files(s: &Sandbox) {
     let leftovers: Vec<String> = s
@@ -87,6 +90,23 @@ pub fn push_tree_then_nothing_then_one_change_then_deletes(server: &Server) {
     assert_eq!(s.counts("mirror"), (1, 0, 0, 0));
     assert_eq!(s.curl_get("dir 1/f1.dat"), b"changed content");
     assert_eq!(s.remote_tree(), s.local_tree());
+    // The audit record of that run: the file, its BLAKE3, and the server's own reply.
+    let file = only_file_of_last_run(&s, "mirror");
+    assert_eq!(file["path"], "dir 1/f1.dat");
+    assert_eq!(file["action"], "uploaded");
+    assert_eq!(
+        file["blake3"],
+        blake3::hash(b"changed content").to_hex().as_str()
+    );
+    let reply = file["server_reply"].as_str().unwrap_or("");
+    eprintln!(
+        "{}: the record holds the server's reply `{reply}`",
+        server.port
+    );
+    assert!(
+        reply.starts_with("250 ") && reply.len() > 4,
+        "the server's reply to the rename is not in the record: {file}"
+    );
 
     // 4. A touched file with the same content is recorded, not sent.
     let p = s.local.join("f5.dat");
@@ -106,7 +126,32 @@ pub fn push_tree_then_nothing_then_one_change_then_deletes(server: &Server) {
     s.sync("mirror").expect_code(0);
     assert_eq!(s.counts("mirror"), (0, 0, 1, 0));
     assert!(!s.remote_root().join("f10.dat").exists());
+    let file = only_file_of_last_run(&s, "mirror");
+    assert_eq!(
+        (&file["path"], &file["action"]),
+        (&"f10.dat".into(), &"deleted".into())
+    );
+    assert!(
+        file["server_reply"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("250 "),
+        "the server's reply to DELE is not in the record: {file}"
+    );
+    s.ferrysync(&["audit", "verify"])
+        .expect_code(0)
+        .expect_output("mirror: intact");
     assert_eq!(s.remote_tree(), s.local_tree());
+}
+
+/// The one file the latest run of `job` changed, from `history --files --json`.
+fn only_file_of_last_run(s: &Sandbox, job: &str) -> serde_json::Value {
+    let run = s.ferrysync(&["history", job, "--limit", "1", "--files", "--json"]);
+    run.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let files = v[0]["files"].as_array().cloned().unwrap_or_default();
+    assert_eq!(files.len(), 1, "{}", run.stdout);
+    files[0].clone()
 }
 
 pub fn pull_tree_then_nothing_then_one_change_then_deletes(server: &Server) {

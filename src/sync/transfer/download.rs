@@ -163,6 +163,8 @@ pub(crate) async fn download(
             remote_mtime: Some(remote_mtime),
         },
         bytes_moved: received.bytes,
+        // suppaftp's passive transfer stream does not hand back the 226 text.
+        reply: None,
     })
 }
 

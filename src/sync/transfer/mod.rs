@@ -194,6 +194,8 @@ pub struct Transferred {
     pub entry: SyncedEntry,
     /// Bytes that crossed the network in this attempt (less than the size after a resume).
     pub bytes_moved: u64,
+    /// The server's reply that put the file in place (an upload's RNTO), for the audit record.
+    pub reply: Option<String>,
 }
 
 /// What a transfer needs besides the connection.

@@ -94,7 +94,7 @@ pub(crate) async fn upload(
         .await);
     }
     verify_on_server(session, job, &paths, &read.file, offset, total).await?;
-    commit(session, job, &paths, source.mtime).await?;
+    let reply = commit(session, job, &paths, source.mtime).await?;
     Ok(Transferred {
         entry: SyncedEntry {
             size: total,
@@ -104,6 +104,7 @@ pub(crate) async fn upload(
             remote_mtime: None,
         },
         bytes_moved: sent,
+        reply,
     })
 }
 
@@ -293,15 +294,21 @@ async fn verify_on_server(
 }
 
 /// Puts the verified upload in place (RNFR/RNTO from the temporary name) and sets its mtime
-/// where the server can (MFMT; a failure there is only a warning).
+/// where the server can (MFMT; a failure there is only a warning). Returns the server's reply
+/// to the rename, for the audit record.
 async fn commit(
     session: &mut Session,
     job: &Job,
     paths: &UploadPaths<'_>,
     mtime: i64,
-) -> Result<(), TransferError> {
+) -> Result<Option<String>, TransferError> {
+    let mut reply = None;
     if job.upload.temp_name {
-        session.rename(&paths.temp_path, &paths.final_path).await?;
+        reply = Some(
+            session
+                .rename_replied(&paths.temp_path, &paths.final_path)
+                .await?,
+        );
     }
     if session.features.mfmt {
         if let Err(e) = session
@@ -311,7 +318,7 @@ async fn commit(
             tracing::warn!("cannot preserve the modification time: {e}");
         }
     }
-    Ok(())
+    Ok(reply)
 }
 
 #[cfg(test)]
