@@ -40,6 +40,9 @@ pub struct Job {
     /// `allow_empty_source: true`: a mirror run whose source lists no file may delete the
     /// destination's files (refused otherwise: an unmounted disk looks just like that).
     pub allow_empty_source: bool,
+    /// `adopt:`: a file both sides hold that the ledger does not know is adopted on evidence
+    /// (the default) or sent again (see [`crate::model::plan::Adopt`]).
+    pub adopt: crate::model::plan::Adopt,
     pub retries: RetryPolicy,
     pub upload: UploadOptions,
     /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
@@ -96,6 +99,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
         transfers: usize::from(transfers),
         max_delete,
         allow_empty_source: raw.allow_empty_source,
+        adopt: raw.adopt,
         retries,
         upload,
         warnings: ctx.warnings,
@@ -311,6 +315,7 @@ mod tests {
             "transfers",
             "max_delete",
             "allow_empty_source",
+            "adopt",
             "upload",
             "retries",
             "remote",
