@@ -93,6 +93,7 @@ fn synced_files(s: &Sandbox, job: &str) -> u64 {
 /// line says so, and that the ledger holds `n` files.
 #[track_caller]
 fn assert_adopted(s: &Sandbox, job: &str, run: &crate::harness::Run, n: u64) {
+    println!("{}", run.stdout);
     run.expect_code(0).expect_output(&format!(
         "(0 uploaded, 0 B; 0 downloaded, 0 B; 0 deleted; 0 failed; {n} adopted)"
     ));
@@ -173,6 +174,7 @@ pub fn adopt_never_overwrites_a_file_that_differs(server: &Server) {
     s.write_local("f10.dat", b"another size altogether");
 
     let run = s.sync("push");
+    println!("{}", run.stdout);
     run.expect_code(1)
         .expect_output("f5.dat: both sides hold this file and the ledger has no record of it")
         .expect_output("f10.dat: both sides hold this file and the ledger has no record of it: the local file has 23 bytes")
