@@ -11,7 +11,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::harness::{populate, Node, Sandbox, Server};
+use crate::harness::{populate, write_patterned_file, Node, Sandbox, Server};
 
 macro_rules! against_servers {
     ($($name:ident),* $(,)?) => {
@@ -69,6 +69,24 @@ fn stamps(root: &Path) -> BTreeMap<String, (u64, i64, i64)> {
     let mut out = BTreeMap::new();
     walk(root, "", &mut out);
     out
+}
+
+/// The tree of the lftp tests: 120 small files and three of 32 MiB, 96.2 MiB in all.
+fn populate_for_lftp(root: &Path) {
+    populate(root, 120);
+    for k in 0..3 {
+        write_patterned_file(&root.join(format!("large/big-{k}.bin")), 32 << 20);
+    }
+}
+
+/// The bytes of the files of a tree.
+fn bytes(tree: &BTreeMap<String, Node>) -> u64 {
+    tree.values()
+        .map(|n| match n {
+            Node::File(_, len) => *len,
+            Node::Dir => 0,
+        })
+        .sum()
 }
 
 /// Loses the sandbox's state: the ledger, its WAL and the lock files, as a disk swap or a
@@ -246,8 +264,9 @@ fn assert_evidence(run: &crate::harness::Run, evidence: &str, n: u64) {
 /// `evidence`: how every file must have been known the same (the debug log's words).
 fn push_adopts_a_tree_made_by_lftp(server: &Server, evidence: &str) {
     let s = Sandbox::new(server, "adopt-lftp-push");
-    populate(&s.local, 120);
+    populate_for_lftp(&s.local);
     let n = files(&s.local_tree());
+    println!("lftp made {n} files, {} bytes", bytes(&s.local_tree()));
     lftp(
         server,
         &format!("mirror -R {} {}", s.local.display(), s.remote_dir),
@@ -266,7 +285,7 @@ fn push_adopts_a_tree_made_by_lftp(server: &Server, evidence: &str) {
 /// state file: every file is adopted, none downloaded, none written again locally.
 fn pull_adopts_a_folder_made_by_lftp(server: &Server, evidence: &str) {
     let source = Sandbox::new(server, "adopt-lftp-src");
-    populate(&source.local, 120);
+    populate_for_lftp(&source.local);
     source.job("push", "direction: push\n");
     source.sync("push").expect_code(0);
 
@@ -277,6 +296,7 @@ fn pull_adopts_a_folder_made_by_lftp(server: &Server, evidence: &str) {
     );
     assert_eq!(s.local_tree(), source.local_tree(), "lftp's copy");
     let n = files(&s.local_tree());
+    println!("lftp made {n} files, {} bytes", bytes(&s.local_tree()));
     let before = stamps(&s.local);
 
     s.job("pull", "direction: pull\nmode: mirror\n");
