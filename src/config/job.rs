@@ -250,6 +250,20 @@ mod tests {
     }
 
     #[test]
+    fn adopt_defaults_to_evidence_and_takes_recopy() {
+        use crate::model::plan::Adopt;
+        assert_eq!(parse(GOOD).unwrap().adopt, Adopt::Evidence);
+        let job = parse(&format!("{GOOD}adopt: recopy\n")).unwrap();
+        assert_eq!(job.adopt, Adopt::Recopy);
+        let e = parse(&format!("{GOOD}adopt: always\n")).unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        assert!(
+            e.reason.contains("evidence") && e.reason.contains("recopy"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_reported_with_position() {
         let e = parse(&format!("{GOOD}colour: blue\n")).unwrap_err();
         assert_eq!((e.line, e.column), (6, 1), "{e}");
