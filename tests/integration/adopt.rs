@@ -241,9 +241,7 @@ fn lftp(server: &Server, commands: &str) {
 
 /// `ferrysync sync JOB` with the debug log, which names each adopted file's evidence.
 fn sync_logging_evidence(s: &Sandbox, job: &str) -> crate::harness::Run {
-    let run = s.ferrysync_with_env(&["sync", job], &[("FERRYSYNC_LOG", "ferrysync=debug")]);
-    println!("{}", run.stdout);
-    run
+    s.ferrysync_with_env(&["sync", job], &[("FERRYSYNC_LOG", "ferrysync=debug")])
 }
 
 /// Every one of the `n` files was adopted on `evidence`.
