@@ -40,6 +40,9 @@ pub struct Job {
     /// `allow_empty_source: true`: a mirror run whose source lists no file may delete the
     /// destination's files (refused otherwise: an unmounted disk looks just like that).
     pub allow_empty_source: bool,
+    /// `adopt:`: a file both sides hold that the ledger does not know is adopted on evidence
+    /// (the default) or sent again (see [`crate::model::plan::Adopt`]).
+    pub adopt: crate::model::plan::Adopt,
     pub retries: RetryPolicy,
     pub upload: UploadOptions,
     /// `audit_retention:`: audit rows older than this are pruned after each run.
@@ -99,6 +102,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
         transfers: usize::from(transfers),
         max_delete,
         allow_empty_source: raw.allow_empty_source,
+        adopt: raw.adopt,
         retries,
         upload,
         audit_retention,
@@ -290,6 +294,20 @@ mod tests {
     }
 
     #[test]
+    fn adopt_defaults_to_evidence_and_takes_recopy() {
+        use crate::model::plan::Adopt;
+        assert_eq!(parse(GOOD).unwrap().adopt, Adopt::Evidence);
+        let job = parse(&format!("{GOOD}adopt: recopy\n")).unwrap();
+        assert_eq!(job.adopt, Adopt::Recopy);
+        let e = parse(&format!("{GOOD}adopt: always\n")).unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        assert!(
+            e.reason.contains("evidence") && e.reason.contains("recopy"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_reported_with_position() {
         let e = parse(&format!("{GOOD}colour: blue\n")).unwrap_err();
         assert_eq!((e.line, e.column), (6, 1), "{e}");
@@ -398,6 +416,7 @@ mod tests {
             "transfers",
             "max_delete",
             "allow_empty_source",
+            "adopt",
             "upload",
             "retries",
             "audit_retention",

@@ -39,6 +39,8 @@ pub(super) struct RawJob {
     pub(super) max_delete: Option<RawMaxDelete>,
     #[serde(default)]
     pub(super) allow_empty_source: bool,
+    #[serde(default)]
+    pub(super) adopt: crate::model::plan::Adopt,
     pub(super) retries: Option<RawRetries>,
     #[serde(default)]
     pub(super) catch_up: bool,

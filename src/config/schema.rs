@@ -55,6 +55,8 @@ const KEY_DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("", "include", "Glob patterns on paths relative to the job's root (a string or a list)."),
     ("", "exclude", "Glob patterns on paths relative to the job's root (a string or a list)."),
     ("", "transfers", "Parallel connections, 1..64 (default 4)."),
+    ("", "adopt", "A file both sides hold that the ledger does not know: evidence (default: record it if digest, exact time or content shows it is the same, else a conflict) | recopy (send it again)."),
+    ("", "audit_retention", "How long the per-file audit record keeps rows (default 400d, at least 1d); pruning keeps the chain verifiable."),
     ("", "max_delete", "Refuse a run that would delete more: a count, or a percentage of the destination's files (100%: no limit)."),
     ("", "allow_empty_source", "true: a mirror may empty the destination when the source lists no file."),
     ("", "retries", "Transient failures: attempts per file and per listing (a number, or attempts: and max_delay:)."),

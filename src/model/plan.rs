@@ -1,13 +1,13 @@
 //! The decision: given what the ledger remembers and what both sides hold now, what must happen.
 //!
-//! [`plan`] is pure (no I/O, no clock), so every rule here is tested without a server. The
+//! [`plan_with`] is pure (no I/O, no clock), so every rule here is tested without a server. The
 //! ledger remembers, per file, the local size/mtime/BLAKE3 and the remote size/mtime as they
 //! were when the file was last synced; a side is "unchanged" when it still matches that record.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::model::policy::{default_max_delete, Direction, MaxDelete, SyncMode};
-use crate::model::snapshot::{Entry, Kind, Snapshot};
+use crate::model::snapshot::{Entry, Evidence, EvidenceMap, Kind, Snapshot};
 
 /// What the ledger remembers of one synced file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,94 @@ pub struct SyncedEntry {
 
 /// The ledger's view of one job: path -> last synced state.
 pub type LedgerView = BTreeMap<String, SyncedEntry>;
+
+/// `adopt:` in a job file: what a run does with a file that both sides hold and the ledger has
+/// no row for (a lost or moved state file, a folder or server tree copied by lftp or rclone,
+/// a transfer whose ledger write was lost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Adopt {
+    /// Decide by evidence (see [`adoption`]): the same file on both sides is recorded as
+    /// synced without a transfer; a file shown to differ, or one nothing shows to be the same,
+    /// is a conflict, never overwritten.
+    #[default]
+    Evidence,
+    /// Send it again, overwriting the destination's copy whatever it holds (what every run did
+    /// before adoption).
+    Recopy,
+}
+
+/// What the evidence says of a file both sides hold and the ledger does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adoption {
+    /// The two copies are the same; the text says how this is known.
+    Same(String),
+    /// The two copies differ; the text says how this is known.
+    Differs(String),
+    /// Nothing shows whether they are the same (the text says what was missing).
+    Unknown(String),
+}
+
+/// The rule of adoption, for a `local` and a `remote` file at a path the ledger has no row
+/// for, given the `evidence` the run gathered, strongest first:
+///
+/// 1. Different sizes: they differ.
+/// 2. A server digest (HASH, XSHA256, XSHA1, XMD5) against the local digest of the same
+///    algorithm: equal, the same; not equal, they differ.
+/// 3. The remote bytes read in full and hashed with BLAKE3, against the local BLAKE3: the same
+///    or different.
+/// 4. The same size and the same modification time to the second, the remote time exact
+///    (MLSD or MDTM, never LIST's minute): the same, as rsync, rclone and lftp judge a copy.
+///    A different time proves nothing (a copy that did not keep times): unknown.
+///
+/// A file the evidence calls the same needs its local BLAKE3 for the ledger's row: without it
+/// the answer is unknown.
+pub fn adoption(local: &Entry, remote: &Entry, evidence: Option<&Evidence>) -> Adoption {
+    if local.size != remote.size {
+        return Adoption::Differs(format!(
+            "the local file has {} bytes, the remote file {}",
+            local.size, remote.size
+        ));
+    }
+    let no_evidence = |missing: &[String]| {
+        let mut why = "no evidence that the two copies are the same".to_string();
+        if !missing.is_empty() {
+            why.push_str(&format!(" ({})", missing.join("; ")));
+        }
+        Adoption::Unknown(why)
+    };
+    let Some(ev) = evidence else {
+        return no_evidence(&[]);
+    };
+    if local.hash.is_none() {
+        return no_evidence(&ev.missing);
+    }
+    if let Some(d) = &ev.digest {
+        return if d.local == d.remote {
+            Adoption::Same(format!("the server's {} matches", d.algorithm))
+        } else {
+            Adoption::Differs(format!(
+                "the server's {} differs from the local file's",
+                d.algorithm
+            ))
+        };
+    }
+    if let Some((read, hash)) = ev.remote_content {
+        return if read == local.size && local.hash == Some(hash) {
+            Adoption::Same("the remote bytes, read and hashed, match".into())
+        } else {
+            Adoption::Differs("the remote bytes, read and hashed, differ".into())
+        };
+    }
+    if let Some(t) = ev.remote_exact_mtime {
+        if t.div_euclid(NS_PER_SEC) == local.mtime.div_euclid(NS_PER_SEC) {
+            return Adoption::Same("same size and modification time to the second".into());
+        }
+    }
+    no_evidence(&ev.missing)
+}
+
+const NS_PER_SEC: i64 = 1_000_000_000;
 
 /// What the local scan must do about a file's BLAKE3 (see [`local_hash`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,11 +210,13 @@ pub struct Conflict {
 pub struct SyncPlan {
     pub actions: Vec<Action>,
     pub conflicts: Vec<Conflict>,
+    /// How many of the Record actions adopt a file the ledger did not know (see [`adoption`]).
+    pub adopted: u64,
 }
 
 impl SyncPlan {
     /// Takes the transfers out of the plan, in their order, without copying them (see
-    /// [`Decided::into_plan`]): [`plan`] and [`TreePlan`] put every transfer in one run.
+    /// [`Decided::into_plan`]): [`plan_with`] and [`TreePlan`] put every transfer in one run.
     pub fn take_transfers(&mut self) -> VecDeque<Action> {
         let actions = &mut self.actions;
         let start = actions
@@ -265,16 +355,32 @@ pub struct PlanOptions {
     /// incremental run, a full run planned directory by directory), for the refusal's text.
     /// `None`: the rows handed to the plan.
     pub ledger_files: Option<u64>,
+    /// What to do with a file both sides hold and the ledger does not know (`adopt:`).
+    pub adopt: Adopt,
 }
 
-/// Decides the actions of one run.
+/// Decides the actions of one run, with no evidence for files the ledger does not know (see
+/// [`plan_with`]): the rules' tests.
+#[cfg(test)]
 pub fn plan(
     opts: PlanOptions,
     ledger: &LedgerView,
     local: &Snapshot,
     remote: &Snapshot,
 ) -> Result<SyncPlan, PlanError> {
-    let decided = decide(opts, ledger, local, remote);
+    plan_with(opts, ledger, local, remote, &EvidenceMap::new())
+}
+
+/// Decides the actions of one run; `evidence` holds what the run found out about files both
+/// sides hold and the ledger has no row for (see [`adoption`]).
+pub fn plan_with(
+    opts: PlanOptions,
+    ledger: &LedgerView,
+    local: &Snapshot,
+    remote: &Snapshot,
+    evidence: &EvidenceMap,
+) -> Result<SyncPlan, PlanError> {
+    let decided = decide(opts, ledger, local, remote, evidence);
     let (source, dest) = match opts.direction {
         Direction::Push => (local, remote),
         Direction::Pull => (remote, local),
@@ -296,7 +402,7 @@ pub fn plan(
     Ok(decided.into_plan())
 }
 
-/// What [`plan`] decides before `max_delete` is checked, by kind of action.
+/// What [`plan_with`] decides before `max_delete` is checked, by kind of action.
 #[derive(Debug, Default)]
 struct Decided {
     /// MakeDir and Record, in the source's order (a directory before what lies in it).
@@ -307,6 +413,8 @@ struct Decided {
     delete_dirs: Vec<Action>,
     forgets: Vec<Action>,
     conflicts: Vec<Conflict>,
+    /// Files adopted on evidence (their Record actions are in `first`).
+    adopted: u64,
 }
 
 impl Decided {
@@ -321,6 +429,7 @@ impl Decided {
         SyncPlan {
             actions,
             conflicts: self.conflicts,
+            adopted: self.adopted,
         }
     }
 }
@@ -376,7 +485,13 @@ fn check_deletes(
     Ok(())
 }
 
-fn decide(opts: PlanOptions, ledger: &LedgerView, local: &Snapshot, remote: &Snapshot) -> Decided {
+fn decide(
+    opts: PlanOptions,
+    ledger: &LedgerView,
+    local: &Snapshot,
+    remote: &Snapshot,
+    evidence: &EvidenceMap,
+) -> Decided {
     let (source, dest) = match opts.direction {
         Direction::Push => (local, remote),
         Direction::Pull => (remote, local),
@@ -404,6 +519,18 @@ fn decide(opts: PlanOptions, ledger: &LedgerView, local: &Snapshot, remote: &Sna
                 let d = d.filter(|d| d.kind == Kind::File);
                 let decision = match (ledger.get(path), d) {
                     (Some(e), Some(d)) => unchanged_pair(opts.direction, e, s, d),
+                    (None, Some(d)) if opts.adopt == Adopt::Evidence => {
+                        match adopt_unknown(opts.direction, path, s, d, evidence.get(path)) {
+                            Ok(entry) => {
+                                out.adopted += 1;
+                                Some(Some(entry))
+                            }
+                            Err(conflict) => {
+                                out.conflicts.push(conflict);
+                                continue;
+                            }
+                        }
+                    }
                     _ => None,
                 };
                 match decision {
@@ -463,7 +590,7 @@ pub struct DirVisit {
     pub local: bool,
     pub remote: bool,
     /// It lies in a destination directory that a source file stands against: nothing in it is
-    /// deleted, as [`plan`] spares what lies under a conflict.
+    /// deleted, as [`plan_with`] spares what lies under a conflict.
     pub protected: bool,
 }
 
@@ -497,8 +624,8 @@ pub struct DirOutcome {
 /// returns. What must wait for the whole tree is kept: transfers and deletes (`max_delete`
 /// counts every delete), and the directories of both sides, because directory actions depend
 /// on what lies below them (include patterns keep only directories that lead to a file).
-/// [`TreePlan::finish`] decides those with [`plan`] itself, over the directories and the files
-/// that stand against a directory on the other side. The result is [`plan`]'s over the whole
+/// [`TreePlan::finish`] decides those with [`plan_with`] itself, over the directories and the files
+/// that stand against a directory on the other side. The result is [`plan_with`]'s over the whole
 /// trees, up to the order within a kind of action (a property test checks it).
 #[derive(Debug)]
 pub struct TreePlan {
@@ -516,6 +643,10 @@ pub struct TreePlan {
     spared: Vec<String>,
     transfers: Vec<Action>,
     delete_files: Vec<Action>,
+    /// Files both sides hold that the ledger does not know and the evidence did not adopt
+    /// (those against a directory are `finish`'s).
+    unadopted: Vec<Conflict>,
+    adopted: u64,
     dest_files: u64,
     /// The files seen on the source side, and the ledger rows handed in.
     source_files: u64,
@@ -534,6 +665,8 @@ impl TreePlan {
             spared: Vec::new(),
             transfers: Vec::new(),
             delete_files: Vec::new(),
+            unadopted: Vec::new(),
+            adopted: 0,
             dest_files: 0,
             source_files: 0,
             ledger_rows: 0,
@@ -548,6 +681,7 @@ impl TreePlan {
         ledger: &LedgerView,
         local: &Snapshot,
         remote: &Snapshot,
+        evidence: &EvidenceMap,
     ) -> DirOutcome {
         let (source, dest) = match self.opts.direction {
             Direction::Push => (local, remote),
@@ -604,8 +738,18 @@ impl TreePlan {
         );
 
         // The directories, and the files against them, wait for `finish`.
-        let decided = decide(self.opts, ledger, local, remote);
+        let decided = decide(self.opts, ledger, local, remote, evidence);
         self.transfers.extend(decided.transfers);
+        self.adopted += decided.adopted;
+        let file_on_both = |p: &str| {
+            local.get(p).is_some_and(|e| !e.is_dir()) && remote.get(p).is_some_and(|e| !e.is_dir())
+        };
+        self.unadopted.extend(
+            decided
+                .conflicts
+                .into_iter()
+                .filter(|c| file_on_both(&c.path)),
+        );
         if !dir.protected {
             let spared = &self.spared;
             self.delete_files.extend(
@@ -705,7 +849,13 @@ impl TreePlan {
             .filter(|p| !is_spared(p, &self.spared))
             .map(|path| Action::Forget { path })
             .collect();
-        let mut decided = decide(self.opts, &LedgerView::new(), &local, &remote);
+        let mut decided = decide(
+            self.opts,
+            &LedgerView::new(),
+            &local,
+            &remote,
+            &EvidenceMap::new(),
+        );
         let spared = self.spared;
         decided
             .delete_files
@@ -725,13 +875,16 @@ impl TreePlan {
         )?;
         let mut transfers = self.transfers;
         transfers.append(&mut decided.transfers);
+        let mut conflicts = self.unadopted;
+        conflicts.append(&mut decided.conflicts);
         Ok(Decided {
             first: decided.first,
             transfers,
             delete_files,
             delete_dirs: decided.delete_dirs,
             forgets,
-            conflicts: decided.conflicts,
+            conflicts,
+            adopted: self.adopted,
         }
         .into_plan())
     }
@@ -787,6 +940,46 @@ fn under_any(path: &str, roots: &std::collections::BTreeSet<String>) -> bool {
             || path
                 .strip_prefix(r.as_str())
                 .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
+/// A file both sides hold at `path` and the ledger does not know: the ledger's row for it, as a
+/// sync of it would write it, where the evidence shows the two copies the same; otherwise a
+/// conflict that names what is known and what to do. It is never overwritten: the destination's
+/// copy may be someone's work that no run of this job ever saw.
+fn adopt_unknown(
+    direction: Direction,
+    path: &str,
+    s: &Entry,
+    d: &Entry,
+    evidence: Option<&Evidence>,
+) -> Result<SyncedEntry, Conflict> {
+    let (local, remote) = match direction {
+        Direction::Push => (s, d),
+        Direction::Pull => (d, s),
+    };
+    let why = match (adoption(local, remote, evidence), local.hash) {
+        (Adoption::Same(_), Some(hash)) => {
+            return Ok(SyncedEntry {
+                size: local.size,
+                mtime: local.mtime,
+                hash,
+                remote_size: remote.size,
+                remote_mtime: Some(remote.mtime),
+            })
+        }
+        (Adoption::Same(_), None) => "no evidence that the two copies are the same".to_string(),
+        (Adoption::Differs(why) | Adoption::Unknown(why), _) => why,
+    };
+    let dest = match direction {
+        Direction::Push => "remote",
+        Direction::Pull => "local",
+    };
+    Err(Conflict {
+        path: path.to_string(),
+        reason: format!(
+            "both sides hold this file and the ledger has no record of it: {why}; the {dest} copy was not overwritten: remove it to have it sent again, or set `adopt: recopy` in the job to overwrite files the ledger does not know"
+        ),
     })
 }
 
@@ -870,6 +1063,8 @@ mod tests {
             allow_empty_source: false,
             source_empty: None,
             ledger_files: None,
+            // The rules before adoption: the adoption tests set `Adopt::Evidence`.
+            adopt: Adopt::Recopy,
         }
     }
     fn snap(items: &[(&str, Entry)]) -> Snapshot {
@@ -1046,6 +1241,178 @@ mod tests {
                 .deletes(),
             3
         );
+    }
+
+    fn evidence_of(pairs: Vec<(&str, Evidence)>) -> EvidenceMap {
+        pairs.into_iter().map(|(p, e)| (p.to_string(), e)).collect()
+    }
+    fn digest(local: &[u8], remote: &[u8]) -> Evidence {
+        Evidence {
+            digest: Some(crate::model::snapshot::DigestPair {
+                algorithm: "SHA-256",
+                local: local.to_vec(),
+                remote: remote.to_vec(),
+            }),
+            ..Evidence::default()
+        }
+    }
+
+    #[test]
+    fn the_adoption_rule_takes_the_strongest_evidence() {
+        let local = file(b"abc", 5_400_000_000);
+        let remote = remote_file(3, 5_000_000_000);
+        let same = |a: Adoption| matches!(a, Adoption::Same(_));
+        let differs = |a: Adoption| matches!(a, Adoption::Differs(_));
+        let unknown = |a: Adoption| matches!(a, Adoption::Unknown(_));
+        assert!(differs(adoption(
+            &local,
+            &remote_file(4, 5_000_000_000),
+            None
+        )));
+        assert!(unknown(adoption(&local, &remote, None)));
+        assert!(unknown(adoption(
+            &local,
+            &remote,
+            Some(&Evidence::default())
+        )));
+        assert!(same(adoption(&local, &remote, Some(&digest(b"d", b"d")))));
+        assert!(differs(adoption(
+            &local,
+            &remote,
+            Some(&digest(b"d", b"e"))
+        )));
+        let content = |bytes: &[u8]| Evidence {
+            remote_content: Some((bytes.len() as u64, blake3::hash(bytes))),
+            ..Evidence::default()
+        };
+        assert!(same(adoption(&local, &remote, Some(&content(b"abc")))));
+        assert!(differs(adoption(&local, &remote, Some(&content(b"abd")))));
+        // A digest outranks a matching time; content outranks a time.
+        let timed = |t: i64, base: Evidence| Evidence {
+            remote_exact_mtime: Some(t),
+            ..base
+        };
+        assert!(differs(adoption(
+            &local,
+            &remote,
+            Some(&timed(5_000_000_000, digest(b"d", b"e")))
+        )));
+        assert!(differs(adoption(
+            &local,
+            &remote,
+            Some(&timed(5_000_000_000, content(b"xyz")))
+        )));
+        // The same second (the local time's nanoseconds aside): the same file.
+        assert!(same(adoption(
+            &local,
+            &remote,
+            Some(&timed(5_000_000_000, Evidence::default()))
+        )));
+        // Another second proves nothing either way.
+        let other = adoption(
+            &local,
+            &remote,
+            Some(&timed(6_000_000_000, Evidence::default())),
+        );
+        assert!(unknown(other.clone()), "{other:?}");
+        // Without the local BLAKE3 there is no ledger row to write: unknown.
+        let unhashed = Entry {
+            hash: None,
+            ..local.clone()
+        };
+        assert!(unknown(adoption(
+            &unhashed,
+            &remote,
+            Some(&digest(b"d", b"d"))
+        )));
+        let noted = Evidence {
+            missing: vec!["HASH: 550 denied".into()],
+            ..Evidence::default()
+        };
+        match adoption(&local, &remote, Some(&noted)) {
+            Adoption::Unknown(why) => assert!(why.contains("550 denied"), "{why}"),
+            a => panic!("{a:?}"),
+        }
+    }
+
+    #[test]
+    fn files_the_ledger_does_not_know_are_adopted_on_evidence_never_overwritten() {
+        for direction in [Direction::Push, Direction::Pull] {
+            let mut o = opts(direction, SyncMode::Mirror);
+            o.adopt = Adopt::Evidence;
+            let local = snap(&[
+                ("same", file(b"abc", 7_000_000_000)),
+                ("changed", file(b"abc", 7_000_000_000)),
+                ("unproven", file(b"abc", 7_000_000_000)),
+                ("longer", file(b"abc", 7_000_000_000)),
+            ]);
+            let remote = snap(&[
+                ("same", remote_file(3, 9_000_000_000)),
+                ("changed", remote_file(3, 9_000_000_000)),
+                ("unproven", remote_file(3, 9_000_000_000)),
+                ("longer", remote_file(4, 9_000_000_000)),
+            ]);
+            let evidence = evidence_of(vec![
+                ("same", digest(b"1", b"1")),
+                ("changed", digest(b"1", b"2")),
+            ]);
+            let p = plan_with(o, &LedgerView::new(), &local, &remote, &evidence).unwrap();
+            assert_eq!(p.transfers(), 0, "{p:?}");
+            assert_eq!(p.adopted, 1);
+            assert_eq!(
+                p.actions,
+                [Action::Record {
+                    path: "same".into(),
+                    entry: SyncedEntry {
+                        size: 3,
+                        mtime: 7_000_000_000,
+                        hash: blake3::hash(b"abc"),
+                        remote_size: 3,
+                        remote_mtime: Some(9_000_000_000),
+                    },
+                }]
+            );
+            let mut conflicts: Vec<&str> = p.conflicts.iter().map(|c| c.path.as_str()).collect();
+            conflicts.sort();
+            assert_eq!(conflicts, ["changed", "longer", "unproven"]);
+            let dest = if direction == Direction::Push {
+                "remote"
+            } else {
+                "local"
+            };
+            for c in &p.conflicts {
+                assert!(
+                    c.reason
+                        .contains(&format!("the {dest} copy was not overwritten"))
+                        && c.reason.contains("adopt: recopy"),
+                    "{}",
+                    c.reason
+                );
+            }
+            assert!(
+                p.conflicts[0].reason.contains("differs"),
+                "{:?}",
+                p.conflicts
+            );
+            // The same directory by directory.
+            let by_dirs = plan_by_directories_with(
+                o,
+                &LedgerView::new(),
+                &local,
+                &remote,
+                &evidence,
+                false,
+                &[],
+            )
+            .unwrap();
+            assert_eq!(sorted(&by_dirs.actions), sorted(&p.actions));
+            assert_eq!(by_dirs.adopted, 1);
+            assert_eq!(by_dirs.conflicts.len(), 3);
+            // `adopt: recopy` sends every one of them again.
+            o.adopt = Adopt::Recopy;
+            let p = plan_with(o, &LedgerView::new(), &local, &remote, &evidence).unwrap();
+            assert_eq!((p.transfers(), p.adopted, p.conflicts.len()), (4, 0, 0));
+        }
     }
 
     /// Three files synced both ways, as the ledger remembers them: `(ledger, local, remote)`.
@@ -1346,6 +1713,7 @@ mod tests {
                 Action::Forget { path: "f".into() },
             ],
             conflicts: Vec::new(),
+            adopted: 0,
         };
         let t = p.take_transfers();
         let paths: Vec<&str> = t.iter().map(Action::path).collect();
@@ -1372,6 +1740,7 @@ mod tests {
             &root_rows,
             &local_root,
             &remote_root,
+            &EvidenceMap::new(),
         );
         assert_eq!(out.visits.len(), 2);
         // `locked` cannot be read at all: its visit is skipped.
@@ -1387,7 +1756,13 @@ mod tests {
             ("top/secret", remote_file(1, 5)),
             ("top/gone", remote_file(1, 5)),
         ]);
-        let top = tree.add_dir(&out.visits[1], &top_rows, &Snapshot::new(), &top_remote);
+        let top = tree.add_dir(
+            &out.visits[1],
+            &top_rows,
+            &Snapshot::new(),
+            &top_remote,
+            &EvidenceMap::new(),
+        );
         assert!(top.ledger_only.is_empty(), "{:?}", top.ledger_only);
         // Rows of directories never entered: forgotten, unless spared.
         assert!(tree.visited("locked/deep"));
@@ -1517,6 +1892,26 @@ mod tests {
         prune: bool,
         deferrals: &[bool],
     ) -> Result<SyncPlan, PlanError> {
+        plan_by_directories_with(
+            o,
+            ledger,
+            local,
+            remote,
+            &EvidenceMap::new(),
+            prune,
+            deferrals,
+        )
+    }
+
+    fn plan_by_directories_with(
+        o: PlanOptions,
+        ledger: &LedgerView,
+        local: &Snapshot,
+        remote: &Snapshot,
+        evidence: &EvidenceMap,
+        prune: bool,
+        deferrals: &[bool],
+    ) -> Result<SyncPlan, PlanError> {
         let mut tree = TreePlan::new(o);
         let mut ledger_only = Vec::new();
         let mut queue = std::collections::VecDeque::from([DirVisit::root(true, true)]);
@@ -1546,12 +1941,12 @@ mod tests {
                 deferred.push((d, rows, l, r));
                 continue;
             }
-            let out = tree.add_dir(&d, &rows, &l, &r);
+            let out = tree.add_dir(&d, &rows, &l, &r, evidence);
             queue.extend(out.visits);
             ledger_only.extend(out.ledger_only);
         }
         for (d, rows, l, r) in deferred.into_iter().rev() {
-            ledger_only.extend(tree.add_dir(&d, &rows, &l, &r).ledger_only);
+            ledger_only.extend(tree.add_dir(&d, &rows, &l, &r, evidence).ledger_only);
         }
         for path in ledger.keys() {
             if !tree.visited(crate::model::paths::split_parent(path).0) {
@@ -1962,6 +2357,81 @@ mod tests {
                 }));
             } else {
                 prop_assert_eq!(whole.unwrap().deletes() as u64, deletes);
+            }
+        }
+
+        /// A lost ledger: after a converged sync and edits on both sides, the same run planned
+        /// without any ledger row deletes nothing the run with the ledger would not delete (and
+        /// refuses whenever that run refuses), and never sends a file over one the destination
+        /// holds, whatever the evidence: those are adopted or reported.
+        #[test]
+        fn a_lost_ledger_never_deletes_more_nor_overwrites(
+            src in tree(),
+            dst in tree(),
+            local_edits in edits(),
+            remote_edits in edits(),
+            push in any::<bool>(),
+            mirror in any::<bool>(),
+            max_delete in prop::option::of(0u64..4),
+            allow_empty in any::<bool>(),
+            evidence_kinds in prop::collection::vec(0u8..4, 16),
+        ) {
+            let dir = if push { Direction::Push } else { Direction::Pull };
+            let mode = if mirror { SyncMode::Mirror } else { SyncMode::Copy };
+            let mut local = local_snap(&src, 10);
+            let mut remote: Snapshot = dst.iter().map(|(p, c)| (p.clone(), c.map(|b| remote_file(u64::from(b % 3) + 1, 5)).unwrap_or_else(Entry::dir))).collect();
+            let mut ledger = LedgerView::new();
+            let p1 = plan(opts(dir, mode), &ledger, &local, &remote).unwrap();
+            apply(&p1, dir, &mut ledger, &mut local, &mut remote, 20);
+            edit(&mut local, &local_edits, |b| file(&[b], 30));
+            edit(&mut remote, &remote_edits, |b| remote_file(u64::from(b % 3) + 1, 40));
+            for side in [&mut local, &mut remote] {
+                let files: Vec<String> = side.iter().filter(|(_, e)| !e.is_dir()).map(|(p, _)| p.clone()).collect();
+                side.retain(|p, _| !files.iter().any(|f| crate::model::paths::is_under(p, f)));
+            }
+            let mut o = guarded(dir, mode);
+            o.adopt = Adopt::Evidence;
+            o.max_delete = max_delete.map(MaxDelete::Count);
+            o.allow_empty_source = allow_empty;
+            // Evidence of every kind, some of it saying the copies differ.
+            let evidence: EvidenceMap = local.iter().filter(|(p, e)| !e.is_dir() && remote.get(*p).is_some_and(|r| !r.is_dir())).enumerate().map(|(i, (p, e))| {
+                let ev = match evidence_kinds.get(i % evidence_kinds.len()).copied().unwrap_or(0) {
+                    0 => Evidence::default(),
+                    1 => digest(&[1], &[(i % 2) as u8 + 1]),
+                    2 => Evidence { remote_exact_mtime: Some(e.mtime), ..Evidence::default() },
+                    _ => Evidence { remote_content: Some((e.size, e.hash.unwrap_or_else(|| blake3::hash(b"")))), ..Evidence::default() },
+                };
+                (p.clone(), ev)
+            }).collect();
+            let with_ledger = plan_with(o, &ledger, &local, &remote, &evidence);
+            let mut lost = o;
+            lost.ledger_files = Some(0);
+            let without = plan_with(lost, &LedgerView::new(), &local, &remote, &evidence);
+            let by_dirs = plan_by_directories_with(lost, &LedgerView::new(), &local, &remote, &evidence, false, &[]);
+            let deletes = |p: &SyncPlan| -> std::collections::BTreeSet<String> {
+                p.actions.iter().filter(|a| matches!(a, Action::DeleteFile { .. } | Action::DeleteDir { .. })).map(|a| a.path().to_string()).collect()
+            };
+            let dest = if push { &remote } else { &local };
+            for lost_plan in [&without, &by_dirs] {
+                match (&with_ledger, lost_plan) {
+                    (Ok(w), Ok(l)) => {
+                        prop_assert!(deletes(l).is_subset(&deletes(w)), "{:?} beyond {:?}", deletes(l), deletes(w));
+                        for a in l.actions.iter().filter(|a| a.is_transfer()) {
+                            prop_assert!(dest.get(a.path()).is_none_or(|d| d.is_dir()), "overwrites {}", a.path());
+                        }
+                        // Adopted only where the evidence says the same.
+                        for a in &l.actions {
+                            if let Action::Record { path, .. } = a {
+                                let same = matches!(adoption(&local[path], &remote[path], evidence.get(path)), Adoption::Same(_));
+                                prop_assert!(same, "{path} adopted on {:?}", evidence.get(path));
+                            }
+                        }
+                    }
+                    // A refusal with the ledger is a refusal without it.
+                    (Err(_), Err(_)) => {}
+                    (Err(e), Ok(l)) => prop_assert!(deletes(l).is_empty(), "{e} but {:?}", l),
+                    (Ok(_), Err(e)) => prop_assert!(false, "refused only without the ledger: {e}"),
+                }
             }
         }
 

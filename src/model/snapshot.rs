@@ -58,6 +58,37 @@ impl Entry {
 /// A whole tree, sorted so that a directory comes before everything inside it.
 pub type Snapshot = BTreeMap<String, Entry>;
 
+/// What a run found out about a file that both sides hold and the ledger has no row for (a lost
+/// or moved state file, a tree copied by another tool): the facts the plan adopts it on, or
+/// refuses to (see [`crate::model::plan::adoption`]). Gathered by the sync layer, strongest
+/// first, and only as far as needed: a digest from the server, else the remote file's exact
+/// time, else the remote file's bytes read and hashed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// The server's digest of the remote file and the local file's, of the same algorithm.
+    pub digest: Option<DigestPair>,
+    /// The remote file's modification time to the second (MLSD, MDTM), in nanoseconds; a LIST
+    /// time (minute- or day-precise) is never put here.
+    pub remote_exact_mtime: Option<i64>,
+    /// The remote file's bytes as read in full (RETR), hashed with BLAKE3: how many were read,
+    /// and their hash.
+    pub remote_content: Option<(u64, blake3::Hash)>,
+    /// Why a stronger kind of evidence could not be had (a refused HASH, an unreadable local
+    /// file), for the conflict's text when none could.
+    pub missing: Vec<String>,
+}
+
+/// One file's digest on both sides, of one algorithm (`SHA-256`, `SHA-1`, `MD5`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestPair {
+    pub algorithm: &'static str,
+    pub local: Vec<u8>,
+    pub remote: Vec<u8>,
+}
+
+/// The evidence gathered in one run, by path.
+pub type EvidenceMap = BTreeMap<String, Evidence>;
+
 /// Why a name from a remote listing was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("refusing remote entry {name:?} in {dir:?}: {reason}")]

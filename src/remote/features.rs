@@ -2,6 +2,7 @@
 //! MFMT, MDTM, SIZE, UTF8, a SHA-256 command), and the listing limit some servers (known by
 //! their greeting) cut directory listings short at.
 
+use crate::remote::digest::DigestCommand;
 use crate::remote::error::FtpsError;
 
 /// What the server said it can do in FEAT.
@@ -14,6 +15,9 @@ pub struct Features {
     pub utf8: bool,
     /// How to ask the server for the SHA-256 of a file, if it can tell.
     pub sha256: Option<Sha256Command>,
+    /// How to ask the server for a digest of a file, of the strongest algorithm it offers
+    /// (SHA-256, SHA-1 or MD5): evidence for adopting files the ledger does not know.
+    pub digest: Option<DigestCommand>,
 }
 
 /// The server-side hash commands ferrysync can check a file with (SHA-256 only: BLAKE3 is
@@ -49,6 +53,7 @@ impl Features {
             size: get("SIZE").is_some(),
             utf8: get("UTF8").is_some(),
             sha256,
+            digest: DigestCommand::from_feat(f),
         }
     }
 }

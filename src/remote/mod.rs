@@ -7,6 +7,7 @@
 
 mod connect;
 pub(crate) mod data_channel;
+pub(crate) mod digest;
 pub(crate) mod error;
 mod features;
 pub(crate) mod listing;

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use crate::config::{DataMode, ListingCaps, PassiveAddress, Remote};
 use crate::remote::connect::{Control, Dialer, FtpStream};
 use crate::remote::data_channel::{self, ActiveTransfer};
+use crate::remote::digest::{digest_in_reply, DigestAlgorithm, DigestCommand};
 use crate::remote::error::{map_err, reply_text, timeout_err, FtpsError};
 use crate::remote::features::{
     check_listing_complete, listing_limit, sha256_in_reply, Features, Sha256Command,
@@ -446,6 +447,82 @@ impl Session {
                 reply: format!("no SHA-256 in the reply `{}`", text.trim()),
             }),
         }
+    }
+
+    /// The server's digest of `path` with the command FEAT offers (see
+    /// [`crate::remote::digest`]), or `None` if it offers none: evidence for adopting a file.
+    pub(crate) async fn remote_digest(
+        &mut self,
+        path: &str,
+    ) -> Result<Option<(DigestAlgorithm, Vec<u8>)>, FtpsError> {
+        let Some(command) = self.features.digest else {
+            return Ok(None);
+        };
+        let algorithm = command.algorithm();
+        let line = match command {
+            DigestCommand::Hash(_) => {
+                let opts = format!("OPTS HASH {}", algorithm.name());
+                self.step("OPTS HASH", path, |f| {
+                    Box::pin(async move {
+                        f.custom_command(opts, &[Status::CommandOk])
+                            .await
+                            .map(|_| ())
+                    })
+                })
+                .await?;
+                format!("HASH {path}")
+            }
+            DigestCommand::X(_) => format!("{} {path}", command.name()),
+        };
+        let reply = self
+            .step(command.name(), path, |f| {
+                Box::pin(async move {
+                    f.custom_command(line, &[Status::File, Status::RequestedFileActionOk])
+                        .await
+                })
+            })
+            .await?;
+        let text = String::from_utf8_lossy(&reply.body).to_string();
+        match digest_in_reply(&text, algorithm) {
+            Some(d) => Ok(Some((algorithm, d))),
+            None => Err(FtpsError::Reply {
+                server: self.server.clone(),
+                command: command.name(),
+                path: path.to_string(),
+                code: reply.status.code(),
+                reply: format!("no {} in the reply `{}`", algorithm.name(), text.trim()),
+            }),
+        }
+    }
+
+    /// Reads the whole of `path` (RETR) into BLAKE3 and nothing else: evidence for adopting a
+    /// file when the server offers no digest and the times do not tell. Returns the number of
+    /// bytes read and their hash.
+    pub(crate) async fn remote_blake3(
+        &mut self,
+        path: &str,
+    ) -> Result<(u64, blake3::Hash), FtpsError> {
+        let mut stream = self.retrieve(path).await?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let read = tokio::time::timeout(self.timeout, stream.read(&mut buf)).await;
+            let n = match read {
+                Err(_) => return Err(timeout_err(&self.server, "RETR", path, self.timeout)),
+                Ok(Err(e)) => {
+                    return Err(self.connection_err("RETR", path, e.to_string()));
+                }
+                Ok(Ok(n)) => n,
+            };
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            total += n as u64;
+        }
+        self.finish("RETR", path, stream).await?;
+        Ok((total, hasher.finalize()))
     }
 
     /// Makes the next STOR or RETR start at byte `offset` (REST, sent right before it).

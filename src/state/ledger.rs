@@ -158,6 +158,9 @@ const MIGRATIONS: &[&str] = &[
         at INTEGER NOT NULL,
         mac TEXT NOT NULL
     );",
+    // 6 (adopt): files a run recorded as synced on evidence, without a transfer (a lost state
+    // file, a tree copied by another tool).
+    "ALTER TABLE runs ADD COLUMN files_adopted INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// How far a running run has got (null once it has ended).
@@ -230,6 +233,9 @@ pub struct RunCounts {
     pub bytes_down: u64,
     pub files_deleted: u64,
     pub files_failed: u64,
+    /// Files both sides held and the ledger did not know, recorded as synced on evidence
+    /// without a transfer (see `adopt:` in the README).
+    pub files_adopted: u64,
 }
 
 impl RunCounts {
@@ -834,7 +840,8 @@ impl Ledger {
             .execute(
                 "UPDATE runs SET ended_at = ?2, outcome = ?3, files_up = ?4, bytes_up = ?5,
                     files_down = ?6, bytes_down = ?7, files_deleted = ?8, files_failed = ?9,
-                    error = ?10, failures = ?11, progress = NULL WHERE id = ?1",
+                    error = ?10, failures = ?11, progress = NULL, files_adopted = ?12
+                 WHERE id = ?1",
                 params![
                     id,
                     now_unix(),
@@ -846,7 +853,8 @@ impl Ledger {
                     counts.files_deleted as i64,
                     counts.files_failed as i64,
                     error,
-                    failures
+                    failures,
+                    counts.files_adopted as i64
                 ],
             )
             .map(|_| ())
@@ -889,7 +897,8 @@ impl Ledger {
             .conn
             .prepare(&format!(
                 "SELECT id, job, trigger, started_at, ended_at, outcome, files_up, bytes_up,
-                        files_down, bytes_down, files_deleted, files_failed, error, failures, progress
+                        files_down, bytes_down, files_deleted, files_failed, error, failures, progress,
+                        files_adopted
                  FROM runs WHERE {condition}"
             ))
             .map_err(self.err())?;
@@ -910,6 +919,7 @@ impl Ledger {
                         bytes_down: r.get::<_, i64>(9)? as u64,
                         files_deleted: r.get::<_, i64>(10)? as u64,
                         files_failed: r.get::<_, i64>(11)? as u64,
+                        files_adopted: r.get::<_, i64>(15)? as u64,
                     },
                     error: r.get(12)?,
                     failures: serde_json::from_str(&failures).unwrap_or_default(),
@@ -1090,7 +1100,8 @@ impl Ledger {
                     "SELECT id, started_at FROM runs
                      WHERE id = (SELECT max(id) FROM runs WHERE job = ?1)
                        AND trigger = 'poll' AND outcome = 'ok' AND files_up = 0
-                       AND files_down = 0 AND files_deleted = 0 AND files_failed = 0",
+                       AND files_down = 0 AND files_deleted = 0 AND files_failed = 0
+                       AND files_adopted = 0",
                     [job],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )

@@ -35,7 +35,7 @@ impl RunReport {
     pub fn summary(&self) -> String {
         let c = &self.counts;
         let mut s = format!(
-            "{}: {} ({} uploaded, {}; {} downloaded, {}; {} deleted; {} failed) in {:.1}s",
+            "{}: {} ({} uploaded, {}; {} downloaded, {}; {} deleted; {} failed{}) in {:.1}s",
             escape_controls(&self.job),
             match self.outcome {
                 Outcome::Ok => "ok",
@@ -50,6 +50,11 @@ impl RunReport {
             human_bytes(c.bytes_down),
             c.files_deleted,
             c.files_failed,
+            // Only when there are: the line stays as it was for runs that adopt nothing.
+            match c.files_adopted {
+                0 => String::new(),
+                n => format!("; {n} adopted"),
+            },
             self.elapsed.as_secs_f64()
         );
         if let Some(e) = &self.error {

@@ -164,6 +164,7 @@ async fn execute_run(
         });
     }
     report.failures.extend(failures);
+    report.counts.files_adopted = the_plan.adopted;
     report
         .failures
         .extend(the_plan.conflicts.iter().map(|c| PathFailure {

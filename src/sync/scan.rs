@@ -14,11 +14,13 @@ use std::time::SystemTime;
 
 use crate::config::{ListTimeOffset, PathFilter};
 use crate::model::paths::{self, local_path, remote_path};
-use crate::model::plan::{local_hash, LedgerView, LocalHash};
+use crate::model::plan::{adoption, local_hash, Adoption, LedgerView, LocalHash};
 use crate::model::scope::Scope;
 use crate::model::snapshot::{
-    check_remote_name, is_temp_name, system_time_ns, Entry, FileId, Kind, Snapshot,
+    check_remote_name, is_temp_name, system_time_ns, DigestPair, Entry, Evidence, EvidenceMap,
+    FileId, Kind, Snapshot,
 };
+use crate::remote::digest::{DigestAlgorithm, LocalDigest};
 use crate::remote::error::FtpsError;
 use crate::remote::listing::{self, ListedKind, Precision};
 use crate::remote::session::Session;
@@ -43,21 +45,150 @@ pub struct Scan {
 
 /// BLAKE3 of a whole file (a link put in its place since it was stat-ed is not followed).
 pub fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
+    hash_file_with(path, None).map(|(hash, _, _)| hash)
+}
+
+/// BLAKE3 of a whole file and, where `other` names one, its digest of that algorithm, in one
+/// read; and the number of bytes read.
+fn hash_file_with(
+    path: &Path,
+    other: Option<DigestAlgorithm>,
+) -> std::io::Result<(blake3::Hash, Option<Vec<u8>>, u64)> {
     let no_follow = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
     let mut f = std::fs::File::options()
         .read(true)
         .custom_flags(no_follow.bits() as i32)
         .open(path)?;
-    let mut hasher = blake3::Hasher::new();
+    let mut digest = LocalDigest::new(other);
     let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        digest.update(&buf[..n]);
+        total += n as u64;
     }
-    Ok(hasher.finalize())
+    let (hash, other) = digest.finalize();
+    Ok((hash, other, total))
+}
+
+/// The paths of files that both sides hold, with the same size, and the ledger has no row for:
+/// what [`gather_evidence`] looks into. (Of another size, the plan needs no evidence.)
+fn adoption_candidates(ledger: &LedgerView, local: &Snapshot, remote: &Snapshot) -> Vec<String> {
+    local
+        .iter()
+        .filter(|(path, l)| {
+            l.kind == Kind::File
+                && !ledger.contains_key(*path)
+                && remote
+                    .get(*path)
+                    .is_some_and(|r| r.kind == Kind::File && r.size == l.size)
+        })
+        .map(|(path, _)| path.clone())
+        .collect()
+}
+
+/// Gathers the evidence the plan adopts files on (see [`crate::model::plan::adoption`]) for
+/// the files of `local` and `remote` that the ledger (`ledger`: the rows of the same paths)
+/// does not know, strongest first and only as far as the rule needs: the local file is read
+/// once for its BLAKE3 and the digest the server offers; then the server's digest (HASH,
+/// XSHA256, XSHA1, XMD5); failing that, the remote file's exact time (the listing's, where
+/// `listing_exact` says it is MLSD's, else MDTM); failing that, the remote file read whole
+/// (RETR) and hashed, never written anywhere. The local files' BLAKE3 go into `local`'s
+/// entries, for the ledger's rows. A refused command is noted as missing evidence; a broken
+/// connection fails the call (the run retries).
+pub async fn gather_evidence(
+    session: &mut Session,
+    remote_root: &str,
+    local_root: &Path,
+    ledger: &LedgerView,
+    local: &mut Scan,
+    remote: &Snapshot,
+    listing_exact: bool,
+) -> Result<EvidenceMap, FtpsError> {
+    let mut found = EvidenceMap::new();
+    let algorithm = session.features.digest.map(|c| c.algorithm());
+    for rel in adoption_candidates(ledger, &local.snapshot, remote) {
+        let (Some(size), Some(r)) = (local.snapshot.get(&rel).map(|l| l.size), remote.get(&rel))
+        else {
+            continue;
+        };
+        let mut ev = Evidence::default();
+        let abs = local_path(local_root, &rel);
+        let read = tokio::task::spawn_blocking(move || hash_file_with(&abs, algorithm)).await;
+        let (hash, local_digest) = match read {
+            Ok(Ok((hash, other, len))) if len == size => (Some(hash), other),
+            Ok(Ok(_)) => {
+                ev.missing
+                    .push("the local file changed while it was read".into());
+                (None, None)
+            }
+            Ok(Err(e)) => {
+                ev.missing.push(format!("cannot read the local file: {e}"));
+                (None, None)
+            }
+            Err(_) => {
+                ev.missing
+                    .push("the local file's hashing task failed".into());
+                (None, None)
+            }
+        };
+        let Some(l) = local.snapshot.get_mut(&rel) else {
+            continue;
+        };
+        l.hash = hash;
+        let l = l.clone();
+        if hash.is_none() {
+            found.insert(rel, ev);
+            continue;
+        }
+        local.hashed += 1;
+        let path = remote_path(remote_root, &rel);
+        let refused = |e: FtpsError, ev: &mut Evidence| -> Result<(), FtpsError> {
+            // A reply (a 5xx, a reply without a digest) leaves the connection in step: noted.
+            if e.code().is_some() {
+                ev.missing.push(e.to_string());
+                Ok(())
+            } else {
+                Err(e)
+            }
+        };
+        if let Some(local_digest) = local_digest {
+            match session.remote_digest(&path).await {
+                Ok(Some((alg, remote_digest))) => {
+                    ev.digest = Some(DigestPair {
+                        algorithm: alg.name(),
+                        local: local_digest,
+                        remote: remote_digest,
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => refused(e, &mut ev)?,
+            }
+        }
+        let unknown = |ev: &Evidence| matches!(adoption(&l, r, Some(ev)), Adoption::Unknown(_));
+        if unknown(&ev) {
+            if listing_exact {
+                ev.remote_exact_mtime = Some(r.mtime);
+            } else if session.features.mdtm {
+                match session.mdtm(&path).await {
+                    Ok(t) => ev.remote_exact_mtime = Some(t),
+                    Err(e) => refused(e, &mut ev)?,
+                }
+            }
+        }
+        if unknown(&ev) {
+            match session.remote_blake3(&path).await {
+                Ok(read) => ev.remote_content = Some(read),
+                Err(e) => refused(e, &mut ev)?,
+            }
+        }
+        tracing::debug!(path = %rel, evidence = ?adoption(&l, r, Some(&ev)), "adoption");
+        found.insert(rel, ev);
+    }
+    Ok(found)
 }
 
 /// The local side of an incremental run: each root of `scope` (stat-ed, and walked when it is
@@ -391,6 +522,11 @@ pub struct RemoteListing {
 }
 
 impl RemoteListing {
+    /// Whether the listing is MLSD's, whose times are exact (LIST's are minute-precise).
+    pub fn is_mlsd(&self) -> bool {
+        self.mlsd
+    }
+
     /// Lists `rel_dir` (relative to `root`), MLSD where offered, LIST otherwise.
     pub async fn fetch(
         session: &mut Session,

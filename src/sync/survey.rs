@@ -7,16 +7,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Job;
-use crate::model::plan::{plan, spare as spare_unreadable, LedgerView, PlanOptions, SyncPlan};
+use crate::model::plan::{
+    plan_with, spare as spare_unreadable, Adopt, LedgerView, PlanOptions, SyncPlan,
+};
 use crate::model::policy::Direction;
 use crate::model::scope::Scope;
+use crate::model::snapshot::EvidenceMap;
 use crate::remote::session::Session;
 use crate::remote::tls::TlsContext;
 use crate::state::ledger::PathFailure;
 use crate::state::SharedLedger;
 use crate::sync::error::{plan_refused, RunError};
 use crate::sync::retry::with_retries;
-use crate::sync::scan::{local_has_file, scan_local_scope, scan_remote_scope, Scan};
+use crate::sync::scan::{
+    gather_evidence, local_has_file, scan_local_scope, scan_remote_scope, Scan,
+};
 use crate::sync::walk::walk;
 
 /// Both sides of a job as a run found them, and the plan made of them.
@@ -169,8 +174,31 @@ pub(crate) async fn survey_scope(
         allow_empty_source: job.allow_empty_source,
         source_empty: Some(source_empty),
         ledger_files: Some(dest_files),
+        adopt: job.adopt,
     };
-    let mut the_plan = plan(options, &view, &local.snapshot, &remote.snapshot)
+    let (mut local, mut session) = (local, session);
+    let evidence = if job.adopt == Adopt::Evidence {
+        let gathered = gather_evidence(
+            &mut session,
+            &job.remote.path,
+            &job.local,
+            &view,
+            &mut local,
+            &remote.snapshot,
+            false,
+        )
+        .await;
+        match gathered {
+            Ok(found) => found,
+            Err(e) => {
+                session.quit().await;
+                return Err(e.into());
+            }
+        }
+    } else {
+        EvidenceMap::new()
+    };
+    let mut the_plan = plan_with(options, &view, &local.snapshot, &remote.snapshot, &evidence)
         .map_err(|source| plan_refused(job, source))?;
     spare_unreadable(&mut the_plan, &local.unreadable);
     let mut failures = local.failures;

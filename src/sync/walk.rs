@@ -21,15 +21,16 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::config::{Job, ListTimeOffset, PathFilter};
 use crate::model::plan::{
-    Action, DirVisit, LedgerView, PlanError, PlanOptions, SyncPlan, TreePlan,
+    Action, Adopt, DirVisit, LedgerView, PlanError, PlanOptions, SyncPlan, TreePlan,
 };
 use crate::model::policy::Direction;
+use crate::model::snapshot::EvidenceMap;
 use crate::remote::session::Session;
 use crate::remote::tls::TlsContext;
 use crate::state::ledger::PathFailure;
 use crate::state::SharedLedger;
 use crate::sync::error::{plan_refused, RunError};
-use crate::sync::scan::{scan_local_dir, ListTimes, RemoteListing, Scan};
+use crate::sync::scan::{gather_evidence, scan_local_dir, ListTimes, RemoteListing, Scan};
 
 /// Both trees as a full run found them, and what to do about them.
 pub struct Walked {
@@ -85,6 +86,8 @@ struct Visited {
     rows: LedgerView,
     local: Scan,
     remote: Scan,
+    /// What was found out about files both sides hold and the ledger does not know.
+    evidence: EvidenceMap,
     times: ListTimes,
     /// The remote root answered 550 (only for the root's visit).
     root_missing: bool,
@@ -101,6 +104,7 @@ struct WalkContext<'a> {
     remote_root: &'a str,
     local_root: PathBuf,
     filter: Arc<PathFilter>,
+    adopt: Adopt,
 }
 
 impl WalkContext<'_> {
@@ -134,7 +138,7 @@ impl WalkContext<'_> {
             Ok(None)
         };
         let took = started.elapsed();
-        let (rows, local) = match local.await {
+        let (rows, mut local) = match local.await {
             Ok(Ok(read)) => read,
             Ok(Err(e)) => return (session, Err(e)),
             Err(_) => return (session, Err(RunError::Task("local scan"))),
@@ -143,9 +147,11 @@ impl WalkContext<'_> {
         let mut times = ListTimes::default();
         times.learn(offset);
         let mut root_missing = false;
+        let mut listing_exact = false;
         match listed {
             Ok(None) => {}
             Ok(Some(listing)) => {
+                listing_exact = listing.is_mlsd();
                 let added = listing
                     .add_to(
                         &mut session,
@@ -164,11 +170,29 @@ impl WalkContext<'_> {
             Err(e) if visit.path.is_empty() && e.code() == Some(550) => root_missing = true,
             Err(e) => return (session, Err(e.into())),
         }
+        let mut evidence = EvidenceMap::new();
+        if self.adopt == Adopt::Evidence && visit.local && visit.remote {
+            let gathered = gather_evidence(
+                &mut session,
+                self.remote_root,
+                &self.local_root,
+                &rows,
+                &mut local,
+                &remote.snapshot,
+                listing_exact,
+            )
+            .await;
+            match gathered {
+                Ok(found) => evidence = found,
+                Err(e) => return (session, Err(e.into())),
+            }
+        }
         let visited = Visited {
             visit,
             rows,
             local,
             remote,
+            evidence,
             times,
             root_missing,
             took,
@@ -203,6 +227,7 @@ pub async fn walk(
         remote_root: &job.remote.path,
         local_root: job.local.clone(),
         filter: Arc::new(job.filter.clone()),
+        adopt: job.adopt,
     };
     let mut planning = Planning {
         tree: TreePlan::new(PlanOptions {
@@ -213,6 +238,7 @@ pub async fn walk(
             allow_empty_source: job.allow_empty_source,
             source_empty: None,
             ledger_files: Some(ledger.lock().entry_count(&job.name)?),
+            adopt: job.adopt,
         }),
         got: Gathered::default(),
         offset: match job.remote.list_time_offset {
@@ -432,7 +458,13 @@ fn plan_dir(
     for path in &d.local.unreadable {
         tree.spare(path);
     }
-    let out = tree.add_dir(&d.visit, &d.rows, &d.local.snapshot, &d.remote.snapshot);
+    let out = tree.add_dir(
+        &d.visit,
+        &d.rows,
+        &d.local.snapshot,
+        &d.remote.snapshot,
+        &d.evidence,
+    );
     if !d.visits_queued {
         queue.extend(out.visits);
     }

@@ -7,6 +7,7 @@
 //! `harness` is the fluent harness (servers, sandboxes, the fault proxy); `scenarios` holds the
 //! scenarios run once per server; the other modules are named for what they test.
 
+mod adopt;
 mod agent;
 mod audit;
 mod cli;
