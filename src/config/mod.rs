@@ -20,8 +20,7 @@ use std::time::Duration;
 
 pub use choices::{DataMode, Listing, PassiveAddress, Security};
 pub use filter::PathFilter;
-pub(crate) use job::job_files;
-pub use job::{find_job, load_job, load_jobs, parse_job, Job};
+pub use job::{find_job, load_job, load_job_dir, load_jobs, parse_job, Job, JobFile};
 pub use policy::{RetryPolicy, UploadOptions};
 pub use remote::{Fingerprint, ListTimeOffset, ListingCaps, Remote, Secret, TlsOptions};
 pub use trigger::Schedule;

@@ -10,7 +10,7 @@ pub(crate) mod lock;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use ledger::{
-    iso_time, now_unix, JobRecord, Ledger, LedgerError, Outcome, RunCounts, RunRecord,
+    iso_time, now_unix, JobFileError, JobRecord, Ledger, LedgerError, Outcome, RunCounts, RunRecord,
 };
 
 /// The ledger, shared by a run's tasks and by the agent's runners; writes happen on one task
