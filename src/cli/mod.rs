@@ -5,10 +5,12 @@ mod check;
 mod demo;
 mod history;
 mod logging;
+mod ls;
 mod progress;
 mod run;
 mod status;
 mod sync;
+mod test;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -123,6 +125,8 @@ enum Command {
     History(history::HistoryCmd),
     Check(check::CheckCmd),
     Demo(demo::DemoCmd),
+    Test(test::TestCmd),
+    Ls(ls::LsCmd),
 }
 
 fn init_logging(format: LogFormat, verbose: u8, default: &str) {
@@ -161,6 +165,8 @@ pub fn main() -> ExitCode {
         Command::History(c) => c.execute(),
         Command::Check(c) => c.execute(),
         Command::Demo(c) => c.execute(),
+        Command::Test(c) => c.execute(),
+        Command::Ls(c) => c.execute(),
     };
     match result {
         Ok(()) => ExitStatus::Success.into(),

@@ -14,6 +14,9 @@ pub struct Features {
     pub utf8: bool,
     /// How to ask the server for the SHA-256 of a file, if it can tell.
     pub sha256: Option<Sha256Command>,
+    /// Every feature line of the FEAT reply (`NAME` or `NAME params`), sorted: for
+    /// `ferrysync test`.
+    pub offered: Vec<String>,
 }
 
 /// The server-side hash commands ferrysync can check a file with (SHA-256 only: BLAKE3 is
@@ -49,6 +52,17 @@ impl Features {
             size: get("SIZE").is_some(),
             utf8: get("UTF8").is_some(),
             sha256,
+            offered: {
+                let mut lines: Vec<String> = f
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Some(v) if !v.is_empty() => format!("{k} {v}"),
+                        _ => k.clone(),
+                    })
+                    .collect();
+                lines.sort();
+                lines
+            },
         }
     }
 }

@@ -14,6 +14,7 @@ mod harness;
 mod hostile_server;
 mod listings;
 mod nat;
+mod probe;
 mod restricted_servers;
 mod resume;
 mod safety;
