@@ -78,11 +78,7 @@ fn lines(p: &Probe) -> Vec<String> {
     if !p.features.is_empty() {
         out.push(format!(
             "FEAT:         {}",
-            p.features
-                .iter()
-                .map(shown)
-                .collect::<Vec<_>>()
-                .join(", ")
+            p.features.iter().map(shown).collect::<Vec<_>>().join(", ")
         ));
     }
     if let Some(d) = &p.data {

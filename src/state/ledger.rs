@@ -1048,6 +1048,30 @@ mod tests {
     }
 
     #[test]
+    fn each_load_replaces_the_record_of_invalid_job_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut l = Ledger::open(&path).unwrap();
+        let bad = |file: &str, kept_previous| JobFileError {
+            file: format!("/jobs/{file}.yaml"),
+            job: file.into(),
+            error: format!("/jobs/{file}.yaml:1:8: did not find expected node content"),
+            kept_previous,
+        };
+        l.set_job_file_errors(&[bad("b", false), bad("a", true)])
+            .unwrap();
+        let read = Ledger::open_read_only(&path).unwrap().unwrap();
+        assert_eq!(
+            read.job_file_errors().unwrap(),
+            [bad("a", true), bad("b", false)]
+        );
+        l.set_job_file_errors(&[bad("c", false)]).unwrap();
+        assert_eq!(l.job_file_errors().unwrap(), [bad("c", false)]);
+        l.set_job_file_errors(&[]).unwrap();
+        assert!(l.job_file_errors().unwrap().is_empty());
+    }
+
+    #[test]
     fn entries_round_trip_and_migrations_are_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/state.db");
