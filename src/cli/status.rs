@@ -205,7 +205,7 @@ fn with_invalid_files(out: &mut Vec<JobStatus>, invalid: Vec<JobFileError>) {
             }
         };
         let j = &mut out[at];
-        if !e.kept_previous && j.state != "running" {
+        if !e.kept_previous {
             j.state = "invalid";
             j.next_run = None;
         }
