@@ -54,8 +54,9 @@ fn lines(p: &Probe) -> Vec<String> {
     if let Some(a) = &p.address {
         out.push(format!("connected to: {a}"));
     }
-    if let Some(g) = &p.greeting {
-        out.push(format!("greeting:     {}", shown(g)));
+    for (i, g) in p.greeting.iter().enumerate() {
+        let key = if i == 0 { "greeting:" } else { "" };
+        out.push(format!("{key:<13} {}", shown(g)));
     }
     if let Some(t) = &p.tls {
         out.push(format!("TLS:          {}, {}", t.version, t.cipher_suite));
@@ -88,10 +89,10 @@ fn lines(p: &Probe) -> Vec<String> {
                 "data TLS:     {}, {}; {}",
                 t.version,
                 t.cipher_suite,
-                if t.resumed {
-                    "resumed the control connection's TLS session (session reuse works)"
-                } else {
-                    "did NOT resume the control connection's TLS session (a full handshake; servers that require session reuse refuse such data connections)"
+                match (t.resumed, p.listing.is_some()) {
+                    (true, _) => "resumed the control connection's TLS session (session reuse works)",
+                    (false, true) => "did NOT resume the control connection's TLS session (a full handshake, which this server accepted; servers that require session reuse refuse it)",
+                    (false, false) => "did NOT resume the control connection's TLS session (a full handshake; servers that require session reuse refuse it)",
                 }
             ));
         }
@@ -138,8 +139,9 @@ fn data_line(d: &ferrysync::remote::DataSummary) -> String {
     match d.command {
         "EPSV" => format!("passive, EPSV: connected to {to} (the control connection's address, the reply's port)"),
         "PASV" if d.announced_address_replaced => format!(
-            "passive, PASV (the server refused EPSV): the reply named {}; that address was ignored in favour of the control connection's: connected to {to} (remote.passive_address: auto)",
-            d.announced.as_deref().unwrap_or("-")
+            "passive, PASV (the server refused EPSV): the reply named {}; that address was ignored in favour of the control connection's: connected to {to} (remote.passive_address: {})",
+            d.announced.as_deref().unwrap_or("-"),
+            d.passive_address
         ),
         "PASV" => format!("passive, PASV (the server refused EPSV): the reply named {}; connected to {to}", d.announced.as_deref().unwrap_or("-")),
         other => format!("active, {other}: the server connected to ferrysync"),

@@ -62,6 +62,8 @@ pub struct DataSummary {
     /// A PASV reply named another address than the control connection's, and the data
     /// connection went to the control connection's address instead (`passive_address: auto`).
     pub announced_address_replaced: bool,
+    /// The job's `remote.passive_address` (`auto`, `control` or `server`).
+    pub passive_address: &'static str,
     /// The data connection's TLS handshake.
     pub tls: Option<TlsSummary>,
 }
@@ -87,7 +89,8 @@ pub struct Probe {
     pub security: &'static str,
     /// The address the control connection went to.
     pub address: Option<String>,
-    pub greeting: Option<String>,
+    /// The server's greeting, one line per line of a multi-line 220 reply.
+    pub greeting: Vec<String>,
     /// How the certificate is verified: `system roots`, `tls.ca_file PATH`, `tls.pin_sha256`,
     /// `none (tls.insecure_skip_verify)`; null for plain FTP.
     pub verification: Option<String>,
@@ -114,7 +117,7 @@ pub async fn probe(remote: &Remote, shown: usize) -> Probe {
             Security::None => "none",
         },
         address: None,
-        greeting: None,
+        greeting: Vec::new(),
         verification: None,
         tls: None,
         certificates: Vec::new(),
@@ -159,7 +162,15 @@ pub async fn probe(remote: &Remote, shown: usize) -> Probe {
         }
     };
     probe.address = Some(session.control_peer().to_string());
-    probe.greeting = session.greeting().map(|g| g.trim_end().to_string());
+    probe.greeting = session
+        .greeting()
+        .map(|g| {
+            g.lines()
+                .map(|l| l.trim_end().to_string())
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
     probe.logged_in = true;
     probe.features = session.features.offered.clone();
     let listed = list(&mut session, &remote.path, shown).await;
@@ -179,6 +190,11 @@ pub async fn probe(remote: &Remote, shown: usize) -> Probe {
             facts.connected_to,
             remote.passive_address,
         ),
+        passive_address: match remote.passive_address {
+            PassiveAddress::Auto => "auto",
+            PassiveAddress::Control => "control",
+            PassiveAddress::Server => "server",
+        },
         tls: data_tls,
     });
     match listed {
