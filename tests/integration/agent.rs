@@ -676,3 +676,31 @@ fn invalid_job_files_are_reported_and_the_valid_jobs_run() {
             s.jobs.join("dup.yml").display()
         ));
 }
+
+/// An agent whose every job file is invalid keeps running and says so, and a fixed file plus
+/// SIGHUP starts the job; only a jobs directory that cannot be read makes `run` exit 2.
+#[test]
+fn an_agent_without_a_valid_job_waits_for_a_fix_and_sighup() {
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "none-valid");
+    s.write_local("a.csv", b"after the fix");
+    s.write_job("j", "local: [\n");
+    let agent = Agent::start(&s);
+    agent.wait_log("no valid job to start", Duration::from_secs(10));
+    s.job("j", "direction: push\nwatch: true\n");
+    agent.signal("HUP");
+    let target = s.remote_root().join("a.csv");
+    wait_until("the fixed job's upload", Duration::from_secs(30), || {
+        file_is(&target, b"after the fix")
+    });
+    let v: Value = serde_json::from_str(&s.ferrysync(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(v["jobs"][0]["name"], "j", "{v}");
+    assert_ne!(v["jobs"][0]["state"], "invalid", "{v}");
+    assert_eq!(v["jobs"][0]["config_errors"], serde_json::json!([]), "{v}");
+    agent.terminate(Duration::from_secs(20));
+
+    let missing = s.dir.path().join("no-such-jobs-dir");
+    s.ferrysync(&["run", "--jobs", missing.to_str().unwrap()])
+        .expect_code(2)
+        .expect_output("cannot read the jobs directory");
+}
