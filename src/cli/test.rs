@@ -113,7 +113,8 @@ fn lines(p: &Probe) -> Vec<String> {
     }
     match &p.error {
         None => out.push("result:       ok".to_string()),
-        Some(e) => out.push(format!("result:       failed: {}", shown(e))),
+        // The error itself is printed once, on stderr, as every command's error is.
+        Some(_) => out.push("result:       failed".to_string()),
     }
     out
 }

@@ -128,7 +128,13 @@ fn test_with_a_wrong_password(server: &Server) {
         .expect_output("TLS:          TLS 1.")
         .expect_output("certificate 0: ")
         .expect_output("login as")
-        .expect_output("result:       failed: ");
+        .expect_output("result:       failed\n");
+    assert_eq!(
+        run.text().matches("login as").count(),
+        1,
+        "the error once: {}",
+        run.text()
+    );
     assert!(
         !run.text().contains("not-the-password-7c1e"),
         "{}",
