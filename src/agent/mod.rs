@@ -26,10 +26,10 @@ use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::config::{job_files, Job, Schedule};
+use crate::config::{load_job_dir, ConfigError, Job, JobFile, Schedule};
 use crate::model::policy::Direction;
 use crate::model::scope::Scope;
-use crate::state::ledger::JobRecord;
+use crate::state::ledger::{JobFileError, JobRecord};
 use crate::state::ledger::{Outcome, RunCounts};
 use crate::state::SharedLedger;
 use crate::sync::options::RunOptions;
@@ -339,82 +339,97 @@ impl Agent {
         self.retired.retain(|h| !h.is_finished());
     }
 
+    /// Starts an agent on the job files of `opts.jobs_dir`: every valid job starts, and each
+    /// invalid file is logged with its `file:line:col` and recorded for `status` (state
+    /// `invalid`). An agent with no valid job keeps running, so that a fixed file and a SIGHUP
+    /// start it; only a jobs directory that cannot be read is an error.
+    pub fn start_dir(ledger: SharedLedger, opts: AgentOptions) -> Result<Agent, ConfigError> {
+        let files = load_job_dir(&opts.jobs_dir)?;
+        let mut agent = Agent::start(Vec::new(), ledger, opts);
+        agent.apply(files, true);
+        if agent.jobs.is_empty() {
+            tracing::error!(dir = %agent.opts.jobs_dir.display(), "no valid job to start; the agent waits for a fixed job file and SIGHUP");
+        }
+        Ok(agent)
+    }
+
     /// Re-reads the jobs directory: new files start, changed files restart (an in-flight run of
     /// the old version finishes first), removed files stop. An invalid file is reported and the
     /// previous version of its job, if any, keeps running.
     pub fn reload(&mut self) {
         let dir = self.opts.jobs_dir.clone();
-        let files = match job_files(&dir) {
-            Ok(f) => f,
+        match load_job_dir(&dir) {
+            Ok(files) => self.apply(files, false),
             Err(e) => {
-                tracing::error!(dir = %dir.display(), "reload: cannot read the jobs directory: {e}; nothing changed");
-                return;
+                tracing::error!(dir = %dir.display(), "reload: {e}; nothing changed");
             }
-        };
-        let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+        }
+    }
+
+    /// Brings the started jobs in line with `files` (see [`Agent::reload`]) and records the
+    /// invalid files in the ledger for `status`.
+    fn apply(&mut self, files: Vec<JobFile>, at_startup: bool) {
+        let what = if at_startup { "start" } else { "reload" };
+        let seen: std::collections::BTreeSet<String> =
+            files.iter().map(|f| f.name.clone()).collect();
         let (mut started, mut restarted, mut kept_old) = (0, 0, 0);
-        for file in files {
-            let Some(name) = file
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .map(str::to_string)
-            else {
-                continue;
-            };
-            if let Some(other) = seen.get(&name) {
-                tracing::error!(file = %file.display(), "reload: job `{name}` is also defined by {}; ignored", other.display());
-                continue;
-            }
-            seen.insert(name.clone(), file.clone());
-            let source = match std::fs::read_to_string(&file) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(file = %file.display(), "reload: cannot read: {e}");
-                    kept_old += usize::from(self.jobs.contains_key(&name));
-                    continue;
-                }
-            };
-            if self.jobs.get(&name).is_some_and(|t| t.source == source) {
-                continue;
-            }
-            match crate::config::parse_job(&file, &source) {
+        let mut invalid = Vec::new();
+        for f in files {
+            let name = f.name;
+            let source = f.source.unwrap_or_default();
+            match f.job {
                 Ok(job) => {
+                    if self.jobs.get(&name).is_some_and(|t| t.source == source) {
+                        continue;
+                    }
                     if self.jobs.contains_key(&name) {
                         self.stop_job(&name);
                         restarted += 1;
                     } else {
                         started += 1;
                     }
-                    self.start_job(job, source, false);
+                    self.start_job(job, source, at_startup);
                 }
                 Err(e) => {
-                    if self.jobs.contains_key(&name) {
+                    let kept_previous = self.jobs.contains_key(&name);
+                    if kept_previous {
                         kept_old += 1;
                         tracing::error!(
-                            "reload: {e}; the previous version of job `{name}` keeps running"
+                            "{what}: {e}; the previous version of job `{name}` keeps running"
                         );
                     } else {
-                        tracing::error!("reload: {e}; job `{name}` not started");
+                        tracing::error!("{what}: {e}; job `{name}` not started");
                     }
+                    invalid.push(JobFileError {
+                        file: f.file.display().to_string(),
+                        job: name,
+                        error: e.to_string(),
+                        kept_previous,
+                    });
                 }
             }
         }
         let removed: Vec<String> = self
             .jobs
             .keys()
-            .filter(|n| !seen.contains_key(*n))
+            .filter(|n| !seen.contains(*n))
             .cloned()
             .collect();
         for name in &removed {
             tracing::info!(job = %name, "reload: job file removed; stopping the job");
             self.stop_job(name);
         }
+        if let Err(e) = self.ledger.lock().set_job_file_errors(&invalid) {
+            tracing::error!("cannot record the invalid job files in the ledger: {e}");
+        }
         tracing::info!(
             started,
             restarted,
             stopped = removed.len(),
             kept_old,
-            "jobs reloaded"
+            invalid = invalid.len(),
+            "jobs {}",
+            if at_startup { "loaded" } else { "reloaded" }
         );
     }
 

@@ -1,6 +1,7 @@
-//! `ferrysync check`: validate every job file, exit 2 on the first bad one.
+//! `ferrysync check`: validate every job file; each bad one is reported (`file:line:col:
+//! reason` on stderr), and any bad one makes the exit status 2.
 
-use super::{CmdResult, JobsArg, SECRETS};
+use super::{shown, CmdResult, Failure, JobsArg, SECRETS};
 
 /// Validate the job files in --jobs.
 #[derive(Debug, clap::Args)]
@@ -11,9 +12,23 @@ pub struct CheckCmd {
 
 impl CheckCmd {
     pub fn execute(self) -> CmdResult {
-        let jobs = ferrysync::config::load_jobs(&self.jobs.dir)?;
-        jobs.iter().for_each(|j| SECRETS.add_job(j));
-        if jobs.is_empty() {
+        let files = ferrysync::config::load_job_dir(&self.jobs.dir)?;
+        let total = files.len();
+        let mut jobs = Vec::new();
+        let mut bad = 0;
+        for f in files {
+            match f.job {
+                Ok(job) => {
+                    SECRETS.add_job(&job);
+                    jobs.push(job);
+                }
+                Err(e) => {
+                    bad += 1;
+                    eprintln!("{}", shown(SECRETS.redact(&e.to_string())));
+                }
+            }
+        }
+        if total == 0 {
             println!("{}: no job files (*.yaml)", self.jobs.dir.display());
         }
         for job in &jobs {
@@ -45,6 +60,12 @@ impl CheckCmd {
             for w in &job.warnings {
                 println!("     warning: {w}");
             }
+        }
+        if bad > 0 {
+            return Err(Failure::config(format!(
+                "{bad} of {total} job files in {} are invalid",
+                self.jobs.dir.display()
+            )));
         }
         Ok(())
     }

@@ -7,11 +7,13 @@ mod completions;
 mod demo;
 mod history;
 mod logging;
+mod ls;
 mod progress;
 mod run;
 mod schema;
 mod status;
 mod sync;
+mod test;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -140,6 +142,8 @@ enum Command {
     #[command(hide = true)]
     Manpage(completions::ManpageCmd),
     Audit(audit::AuditCmd),
+    Test(test::TestCmd),
+    Ls(ls::LsCmd),
 }
 
 fn init_logging(format: LogFormat, verbose: u8, default: &str) {
@@ -196,6 +200,8 @@ pub fn main() -> ExitCode {
         Command::Completions(c) => c.execute(),
         Command::Manpage(c) => c.execute(),
         Command::Audit(c) => c.execute(),
+        Command::Test(c) => c.execute(),
+        Command::Ls(c) => c.execute(),
     };
     match result {
         Ok(()) => ExitStatus::Success.into(),

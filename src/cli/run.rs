@@ -34,8 +34,15 @@ pub struct RunCmd {
 
 impl RunCmd {
     pub fn execute(self) -> CmdResult {
-        let jobs = ferrysync::config::load_jobs(&self.jobs.dir)?;
-        jobs.iter().for_each(|j| SECRETS.add_job(j));
+        // Only an unreadable jobs directory stops the agent here; each invalid file is
+        // reported by the agent, which starts every valid job.
+        std::fs::read_dir(&self.jobs.dir).map_err(|e| {
+            Failure::config(format!(
+                "{}:1:1: cannot read the jobs directory: {e}",
+                self.jobs.dir.display()
+            ))
+        })?;
+        register_secrets(&self.jobs.dir);
         let ledger = SharedLedger::new(Ledger::open(&self.state.path)?);
         let rt = runtime()?;
         let result = rt.block_on(async move {
@@ -44,15 +51,14 @@ impl RunCmd {
             };
             let mut stops = StopSignals::listen()?;
             let mut hup = listen(SignalKind::hangup(), "SIGHUP")?;
-            tracing::info!(jobs = jobs.len(), state = %self.state.path.display(), "ferrysync agent starting");
-            let mut agent = Agent::start(
-                jobs,
+            tracing::info!(jobs = %self.jobs.dir.display(), state = %self.state.path.display(), "ferrysync agent starting");
+            let mut agent = Agent::start_dir(
                 ledger,
                 AgentOptions {
                     jobs_dir: self.jobs.dir.clone(),
                     max_runs: usize::from(self.max_runs),
                 },
-            );
+            )?;
             tracing::info!(jobs = %agent.job_names().join(" "), "agent ready");
             let signal = loop {
                 tokio::select! {

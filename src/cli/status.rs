@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::{iso_time, shown, CmdResult, Failure, StateArg};
-use ferrysync::state::{JobRecord, Ledger, LedgerError, Outcome, RunRecord};
+use ferrysync::state::{JobFileError, JobRecord, Ledger, LedgerError, Outcome, RunRecord};
 use ferrysync::sync::human_bytes;
 
 /// Show what each job did and will do next.
@@ -24,7 +24,8 @@ pub struct StatusCmd {
 pub struct JobStatus {
     pub name: String,
     /// `running` (a run has started and not ended), `failing` (the latest run ended `failed`
-    /// or `partial`) or `idle`.
+    /// or `partial`), `idle`, or `invalid` (the agent found the job file invalid and runs no
+    /// version of the job; `config_errors` says why).
     pub state: &'static str,
     /// Runs in a row, newest first, that ended `failed` or `partial`.
     pub consecutive_failures: u64,
@@ -42,6 +43,11 @@ pub struct JobStatus {
     /// Paths the ledger holds as synced.
     pub synced_files: u64,
     pub last_run: Option<RunRecord>,
+    /// The errors (`file:line:col: reason`) of this job's files that the agent could not load
+    /// at its latest load or SIGHUP reload; empty when the job file is valid. With state
+    /// `invalid` no version of the job runs; otherwise the agent still runs the job's last
+    /// valid version.
+    pub config_errors: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,19 +70,22 @@ impl StatusCmd {
             return self.without_ledger();
         };
         let mut jobs = ledger.jobs()?;
+        let mut invalid = ledger.job_file_errors()?;
         if let Some(name) = &self.job {
             jobs.retain(|j| &j.name == name);
-            if jobs.is_empty() {
+            invalid.retain(|e| &e.job == name);
+            if jobs.is_empty() && invalid.is_empty() {
                 return Err(Failure::config(format!(
                     "job `{name}` has never run (no record in {})",
                     self.state.path.display()
                 )));
             }
         }
-        let out = jobs
+        let mut out = jobs
             .into_iter()
             .map(|j| JobStatus::of(&ledger, j))
             .collect::<Result<Vec<_>, _>>()?;
+        with_invalid_files(&mut out, invalid);
         if self.json {
             return self.print_json(out);
         }
@@ -158,8 +167,54 @@ impl JobStatus {
             schedule: j.schedule,
             timezone: j.timezone,
             last_run,
+            config_errors: Vec::new(),
         })
     }
+
+    /// A job the ledger knows only from its invalid file (it never ran).
+    fn invalid(name: &str) -> JobStatus {
+        JobStatus {
+            name: name.to_string(),
+            state: "invalid",
+            consecutive_failures: 0,
+            last_error: None,
+            direction: String::new(),
+            local: String::new(),
+            remote: String::new(),
+            schedule: None,
+            timezone: None,
+            next_run: None,
+            last_success: None,
+            synced_files: 0,
+            last_run: None,
+            config_errors: Vec::new(),
+        }
+    }
+}
+
+/// Joins the invalid job files the agent recorded to their jobs: a job no version of which
+/// runs is `invalid` (its `last_error` is the file's error, its `next_run` null); a job whose
+/// last valid version still runs keeps its state and shows the errors beside it.
+fn with_invalid_files(out: &mut Vec<JobStatus>, invalid: Vec<JobFileError>) {
+    for e in invalid {
+        let at = match out.iter().position(|j| j.name == e.job) {
+            Some(at) => at,
+            None => {
+                out.push(JobStatus::invalid(&e.job));
+                out.len() - 1
+            }
+        };
+        let j = &mut out[at];
+        if !e.kept_previous {
+            j.state = "invalid";
+            j.next_run = None;
+        }
+        if j.state == "invalid" && j.config_errors.is_empty() {
+            j.last_error = Some(e.error.clone());
+        }
+        j.config_errors.push(e.error);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
 }
 
 /// The human form: one row per job, with progress, failures and errors below it.
@@ -169,45 +224,96 @@ fn print_table(out: &[JobStatus]) {
     }
 }
 
-/// The lines of [`print_table`]. Names, paths and errors are shown escaped.
+/// The lines of [`print_table`]. Names, paths and errors are shown escaped. Each column is
+/// as wide as its widest value (or its heading).
 fn table(out: &[JobStatus]) -> Vec<String> {
-    let mut lines = vec![format!(
-        "{:<20} {:<8} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  NEXT RUN",
-        "JOB", "STATE", "DIR", "LAST RUN", "OUTCOME", "UP", "DOWN", "DEL", "FAILED", "FILES"
-    )];
-    for j in out {
-        let (when, outcome, up, down, del, failed) = match &j.last_run {
-            Some(r) => (
-                iso_time(r.started_at),
-                r.outcome.to_string(),
-                r.counts.files_up,
-                r.counts.files_down,
-                r.counts.files_deleted,
-                r.counts.files_failed,
-            ),
-            None => ("never".into(), "-".into(), 0, 0, 0, 0),
-        };
-        lines.push(format!(
-            "{:<20} {:<8} {:<5} {:<21} {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  {}",
-            shown(&j.name),
-            j.state,
-            j.direction,
-            when,
-            outcome,
-            up,
-            down,
-            del,
-            failed,
-            j.synced_files,
-            j.next_run.as_deref().unwrap_or("-")
-        ));
+    const HEADINGS: [&str; 11] = [
+        "JOB", "STATE", "DIR", "LAST RUN", "OUTCOME", "UP", "DOWN", "DEL", "FAILED", "FILES",
+        "NEXT RUN",
+    ];
+    /// Columns aligned to the right: the counts.
+    const NUMERIC: std::ops::Range<usize> = 5..10;
+    let rows: Vec<[String; 11]> = out
+        .iter()
+        .map(|j| {
+            let (when, outcome, up, down, del, failed) = match &j.last_run {
+                Some(r) => (
+                    iso_time(r.started_at),
+                    r.outcome.to_string(),
+                    r.counts.files_up,
+                    r.counts.files_down,
+                    r.counts.files_deleted,
+                    r.counts.files_failed,
+                ),
+                None => ("never".into(), "-".into(), 0, 0, 0, 0),
+            };
+            let dir = if j.direction.is_empty() {
+                "-".to_string()
+            } else {
+                j.direction.clone()
+            };
+            [
+                shown(&j.name),
+                j.state.to_string(),
+                dir,
+                when,
+                outcome,
+                up.to_string(),
+                down.to_string(),
+                del.to_string(),
+                failed.to_string(),
+                j.synced_files.to_string(),
+                j.next_run.as_deref().unwrap_or("-").to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = HEADINGS.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 11]| -> String {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if i > 0 {
+                text.push_str(if i == 10 { "  " } else { " " });
+            }
+            if i == 10 {
+                text.push_str(cell);
+            } else if NUMERIC.contains(&i) {
+                text.push_str(&" ".repeat(pad));
+                text.push_str(cell);
+            } else {
+                text.push_str(cell);
+                text.push_str(&" ".repeat(pad));
+            }
+        }
+        text
+    };
+    let mut lines = vec![line(HEADINGS)];
+    for (j, row) in out.iter().zip(&rows) {
+        lines.push(line(row.each_ref().map(String::as_str)));
         details(j, &mut lines);
     }
     lines
 }
 
-/// What follows a job's row: live progress, a failing streak, the last run's errors.
+/// Failed paths shown under a job's row; the rest are counted ("and N more").
+const FAILED_PATHS_SHOWN: usize = 5;
+
+/// What follows a job's row: invalid job files, live progress, a failing streak, the last
+/// run's errors.
 fn details(j: &JobStatus, lines: &mut Vec<String>) {
+    for e in &j.config_errors {
+        let note = if j.state == "invalid" {
+            "invalid job file, not running"
+        } else {
+            "invalid job file, its last valid version keeps running"
+        };
+        lines.push(format!("  {note}: {}", shown(e)));
+    }
     if let Some(p) = j.last_run.as_ref().and_then(|r| r.progress.as_ref()) {
         lines.push(format!(
             "  progress: {}/{} files, {} of {}",
@@ -230,8 +336,18 @@ fn details(j: &JobStatus, lines: &mut Vec<String>) {
         if let Some(e) = &r.error {
             lines.push(format!("  error: {}", shown(e)));
         }
-        for f in r.failures.iter().take(5) {
+        for f in r.failures.iter().take(FAILED_PATHS_SHOWN) {
             lines.push(format!("  failed: {}: {}", shown(&f.path), shown(&f.error)));
+        }
+        let failed = usize::try_from(r.counts.files_failed)
+            .unwrap_or(usize::MAX)
+            .max(r.failures.len());
+        if failed > FAILED_PATHS_SHOWN {
+            lines.push(format!(
+                "  and {} more failed paths (`ferrysync history {} --json` lists them)",
+                failed - FAILED_PATHS_SHOWN,
+                shown(&j.name)
+            ));
         }
     }
 }
@@ -291,6 +407,7 @@ mod tests {
                     .unwrap(),
                 ),
             }),
+            config_errors: Vec::new(),
         }
     }
 
@@ -315,5 +432,91 @@ mod tests {
         let json = serde_json::to_value(hostile_job()).unwrap();
         assert_eq!(json["last_run"]["failures"][0]["path"], HOSTILE);
         assert_eq!(json["last_run"]["progress"]["current"][0], HOSTILE);
+    }
+
+    #[test]
+    fn columns_fit_their_values_and_many_failures_are_counted() {
+        let long_name = "a-job-name-much-longer-than-twenty-characters";
+        let mut long = JobStatus::invalid(long_name);
+        long.state = "failing";
+        long.direction = "pull".into();
+        let mut run = hostile_job().last_run.unwrap();
+        run.progress = None;
+        run.error = None;
+        run.counts.files_failed = 12;
+        run.counts.files_up = 1234567;
+        run.failures = serde_json::from_value(json!((0..12)
+            .map(|i| json!({"path": format!("f{i}"), "error": "550 no"}))
+            .collect::<Vec<_>>()))
+        .unwrap();
+        long.last_run = Some(run);
+        let short = JobStatus::invalid("j");
+        let lines = table(&[long, short]);
+        let header = &lines[0];
+        // Every row's NEXT RUN starts where the heading does: no value pushed a column over.
+        let at = header.find("NEXT RUN").unwrap();
+        for row in lines.iter().filter(|l| !l.starts_with("  ")) {
+            assert!(row[..at].ends_with("  "), "{lines:#?}");
+            assert!(!row[at..].starts_with(' '), "{lines:#?}");
+        }
+        assert!(
+            header.starts_with(&format!("JOB{}STATE", " ".repeat(long_name.len() - 3 + 1))),
+            "{header}"
+        );
+        let failed: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("  failed: "))
+            .collect();
+        assert_eq!(failed.len(), FAILED_PATHS_SHOWN, "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("  and 7 more failed paths")),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_job_file_makes_its_job_invalid_unless_a_previous_version_runs() {
+        let mut out = vec![JobStatus::invalid("kept"), JobStatus::invalid("old")];
+        for j in &mut out {
+            j.state = "idle";
+            j.next_run = Some("2026-01-01T00:00:00Z".into());
+        }
+        let err = |job: &str, kept_previous| JobFileError {
+            file: format!("/jobs/{job}.yaml"),
+            job: job.into(),
+            error: format!("/jobs/{job}.yaml:3:1: unknown field `colour`"),
+            kept_previous,
+        };
+        with_invalid_files(
+            &mut out,
+            vec![err("kept", true), err("new", false), err("old", false)],
+        );
+        let states: Vec<(&str, &str)> = out.iter().map(|j| (j.name.as_str(), j.state)).collect();
+        assert_eq!(
+            states,
+            [("kept", "idle"), ("new", "invalid"), ("old", "invalid")]
+        );
+        assert_eq!(out[0].last_error, None);
+        assert!(out[0].next_run.is_some());
+        assert_eq!(
+            out[1].last_error.as_deref(),
+            Some("/jobs/new.yaml:3:1: unknown field `colour`")
+        );
+        assert_eq!(out[2].next_run, None);
+        let lines = table(&out);
+        assert!(lines.iter().any(|l| l == "  invalid job file, its last valid version keeps running: /jobs/kept.yaml:3:1: unknown field `colour`"), "{lines:#?}");
+        assert!(
+            lines.iter().any(|l| l
+                == "  invalid job file, not running: /jobs/new.yaml:3:1: unknown field `colour`"),
+            "{lines:#?}"
+        );
+        let json = serde_json::to_value(&out[1]).unwrap();
+        assert_eq!(json["state"], "invalid");
+        assert_eq!(
+            json["config_errors"][0],
+            "/jobs/new.yaml:3:1: unknown field `colour`"
+        );
     }
 }

@@ -176,32 +176,81 @@ fn transfers(raw: Option<u16>, ctx: &Ctx) -> Result<u16, ConfigError> {
     Ok(transfers)
 }
 
-/// Loads every `*.yaml`/`*.yml` file in `dir`, in name order; stops at the first bad one.
-pub fn load_jobs(dir: &Path) -> Result<Vec<Job>, ConfigError> {
+/// One file of a jobs directory, loaded or not: the agent starts the valid ones and reports
+/// the others, `check` reports every one.
+#[derive(Debug)]
+pub struct JobFile {
+    pub file: PathBuf,
+    /// The job name the file would define (its stem, lossily decoded for a name that is not
+    /// UTF-8), for reports and for keeping a previous version of the job running.
+    pub name: String,
+    /// The file's text, `None` if it could not be read (to see whether a reload changed it).
+    pub source: Option<String>,
+    pub job: Result<Job, ConfigError>,
+}
+
+/// Loads every `*.yaml`/`*.yml` file in `dir`, in name order, each on its own: one bad file
+/// does not hide the others. Two files that define the same job name (`a.yaml`, `a.yml`) are
+/// both reported, and neither is loaded: which one was meant is the operator's call. `Err` only
+/// when the directory itself cannot be read.
+pub fn load_job_dir(dir: &Path) -> Result<Vec<JobFile>, ConfigError> {
     let files = job_files(dir).map_err(|e| ConfigError {
         file: dir.to_path_buf(),
         line: 1,
         column: 1,
         reason: format!("cannot read the jobs directory: {e}"),
     })?;
-    let mut jobs: Vec<Job> = Vec::new();
-    for f in files {
-        let job = load_job(&f)?;
-        if let Some(other) = jobs.iter().find(|j| j.name == job.name) {
-            return Err(ConfigError {
-                file: f.clone(),
+    let mut out: Vec<JobFile> = files
+        .into_iter()
+        .map(|file| {
+            let name = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let source = std::fs::read_to_string(&file);
+            let job = match &source {
+                Ok(text) => parse_job(&file, text),
+                Err(e) => Err(ConfigError {
+                    file: file.clone(),
+                    line: 1,
+                    column: 1,
+                    reason: format!("cannot read job file: {e}"),
+                }),
+            };
+            JobFile {
+                name,
+                source: source.ok(),
+                job,
+                file,
+            }
+        })
+        .collect();
+    for i in 0..out.len() {
+        let others: Vec<String> = out
+            .iter()
+            .enumerate()
+            .filter(|(k, f)| *k != i && f.name == out[i].name)
+            .map(|(_, f)| f.file.display().to_string())
+            .collect();
+        if !others.is_empty() && out[i].job.is_ok() {
+            out[i].job = Err(ConfigError {
+                file: out[i].file.clone(),
                 line: 1,
                 column: 1,
                 reason: format!(
-                    "job `{}` is also defined by {}",
-                    job.name,
-                    other.file.display()
+                    "job `{}` is also defined by {}; neither file is loaded until one is renamed or removed",
+                    out[i].name,
+                    others.join(", ")
                 ),
             });
         }
-        jobs.push(job);
     }
-    Ok(jobs)
+    Ok(out)
+}
+
+/// Loads every job file in `dir` (see [`load_job_dir`]); the first bad file is the error.
+pub fn load_jobs(dir: &Path) -> Result<Vec<Job>, ConfigError> {
+    load_job_dir(dir)?.into_iter().map(|f| f.job).collect()
 }
 
 /// Finds the job file for `name` in `dir`. A name with no file is an error that lists the jobs
@@ -325,6 +374,42 @@ mod tests {
         assert!(e.reason.contains("local"), "{e}");
         let e = parse("local: /x\nremote:\n  user: u\n  password: p\n").unwrap_err();
         assert!(e.reason.contains("host"), "{e}");
+    }
+
+    #[test]
+    fn a_jobs_dir_reports_every_bad_file_and_both_files_of_one_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("a.yaml", GOOD);
+        write("b.yaml", "local: [\n");
+        write("c.yaml", &format!("{GOOD}colour: blue\n"));
+        write("d.yaml", GOOD);
+        write("d.yml", GOOD);
+        write("notes.txt", "not a job");
+        let files = load_job_dir(dir.path()).unwrap();
+        let names: Vec<(&str, bool)> = files
+            .iter()
+            .map(|f| (f.name.as_str(), f.job.is_ok()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a", true),
+                ("b", false),
+                ("c", false),
+                ("d", false),
+                ("d", false)
+            ]
+        );
+        let c = files[2].job.as_ref().unwrap_err();
+        assert_eq!((c.line, c.column), (6, 1), "{c}");
+        for (i, other) in [(3, "d.yml"), (4, "d.yaml")] {
+            let e = files[i].job.as_ref().unwrap_err().to_string();
+            assert!(e.contains("job `d` is also defined by"), "{e}");
+            assert!(e.contains(other), "{e}");
+        }
+        assert!(load_jobs(dir.path()).is_err());
+        assert!(load_job_dir(&dir.path().join("missing")).is_err());
     }
 
     #[test]

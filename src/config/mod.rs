@@ -21,8 +21,9 @@ use std::time::Duration;
 
 pub use choices::{DataMode, Listing, PassiveAddress, Security};
 pub use filter::PathFilter;
-pub(crate) use job::job_files;
-pub use job::{find_job, job_names, load_job, load_jobs, parse_job, unknown_job, Job};
+pub use job::{
+    find_job, job_names, load_job, load_job_dir, load_jobs, parse_job, unknown_job, Job, JobFile,
+};
 pub use policy::{RetryPolicy, UploadOptions};
 pub use remote::{Fingerprint, ListTimeOffset, ListingCaps, Remote, Secret, TlsOptions};
 pub use schema::{job_schema, SCHEMA_PATH};

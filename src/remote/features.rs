@@ -18,6 +18,9 @@ pub struct Features {
     /// How to ask the server for a digest of a file, of the strongest algorithm it offers
     /// (SHA-256, SHA-1 or MD5): evidence for adopting files the ledger does not know.
     pub digest: Option<DigestCommand>,
+    /// Every feature line of the FEAT reply (`NAME` or `NAME params`), sorted: for
+    /// `ferrysync test`.
+    pub offered: Vec<String>,
 }
 
 /// The server-side hash commands ferrysync can check a file with (SHA-256 only: BLAKE3 is
@@ -54,6 +57,17 @@ impl Features {
             utf8: get("UTF8").is_some(),
             sha256,
             digest: DigestCommand::from_feat(f),
+            offered: {
+                let mut lines: Vec<String> = f
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Some(v) if !v.is_empty() => format!("{k} {v}"),
+                        _ => k.clone(),
+                    })
+                    .collect();
+                lines.sort();
+                lines
+            },
         }
     }
 }

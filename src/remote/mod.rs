@@ -12,10 +12,12 @@ pub(crate) mod error;
 mod features;
 pub(crate) mod listing;
 mod listing_read;
+pub(crate) mod probe;
 pub(crate) mod session;
 pub(crate) mod tls;
 
 pub use connect::FtpStream;
 pub use error::FtpsError;
+pub use probe::{list_folder, path_within, probe, DataSummary, FolderListing, Probe, RemoteEntry};
 pub use session::Session;
 pub use tls::{fingerprint, TlsContext};

@@ -86,6 +86,18 @@ struct PassiveAttempt {
     connected: bool,
 }
 
+/// How a data connection was opened (see [`Session::last_data_connection`]).
+#[derive(Debug, Clone)]
+pub struct DataConnectionFacts {
+    /// `EPSV`, `PASV`, `EPRT` or `PORT`.
+    pub command: &'static str,
+    /// Passive: the address and port of the server's reply (for EPSV, the control connection's
+    /// address with the reply's port).
+    pub announced: Option<SocketAddr>,
+    /// Passive: where the data connection went, once it was open.
+    pub connected_to: Option<SocketAddr>,
+}
+
 /// One logged-in connection.
 pub struct Session {
     ftp: FtpStream,
@@ -166,6 +178,34 @@ impl Session {
     /// connection would need a full handshake, which servers requiring session reuse refuse.
     pub(crate) fn data_resumption_exhausted(&self) -> bool {
         self.resumption.as_ref().is_some_and(|r| r.exhausted())
+    }
+
+    /// The address the control connection went to.
+    pub(crate) fn control_peer(&self) -> SocketAddr {
+        self.control_peer
+    }
+
+    /// The server's greeting (its 220 reply), as suppaftp kept it.
+    pub(crate) fn greeting(&self) -> Option<String> {
+        self.ftp.get_welcome_msg().map(str::to_string)
+    }
+
+    /// How the latest data connection was opened: the command that set it up, and for passive
+    /// ones the address the server announced and the one connected to (see
+    /// [`passive_connector`]).
+    pub(crate) fn last_data_connection(&self) -> DataConnectionFacts {
+        let attempt = self.attempt();
+        let command = match (self.data_mode, self.epsv_refused, self.eprt_refused) {
+            (DataMode::Active, _, false) => "EPRT",
+            (DataMode::Active, _, true) => "PORT",
+            (_, false, _) => "EPSV",
+            (_, true, _) => "PASV",
+        };
+        DataConnectionFacts {
+            command,
+            announced: attempt.announced,
+            connected_to: attempt.target.filter(|_| attempt.connected),
+        }
     }
 
     fn err(&self, command: &'static str, path: &str, e: FtpError) -> FtpsError {

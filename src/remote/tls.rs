@@ -44,6 +44,80 @@ pub struct TlsContext {
     /// [`TlsContext::passive_substitution_note`]). The context is the one object every
     /// connection of a run shares, so this run-wide note lives here too.
     passive_substitution_noted: Arc<AtomicBool>,
+    /// How the server's certificate is verified, for `ferrysync test`.
+    verification: Verification,
+    /// The handshakes of this context's connections, kept only once
+    /// [`TlsContext::record_handshakes`] asked for them (`ferrysync test`).
+    handshakes: Arc<HandshakeLog>,
+}
+
+/// How a server's certificate is verified (the job's `tls:` settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// The system's trust store.
+    SystemRoots,
+    /// `tls.ca_file`.
+    CaFile(std::path::PathBuf),
+    /// `tls.pin_sha256`: exactly these certificates, whoever issued them.
+    Pin,
+    /// `tls.insecure_skip_verify: true`.
+    None,
+}
+
+/// What one TLS handshake negotiated (see [`TlsContext::record_handshakes`]).
+#[derive(Debug, Clone)]
+pub struct HandshakeFacts {
+    /// A data connection's handshake (the first of a connector is its control connection's).
+    pub data_connection: bool,
+    /// `TLS 1.2`, `TLS 1.3`.
+    pub version: String,
+    /// The IANA name of the suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher_suite: String,
+    /// The handshake resumed an earlier session (a data connection resuming the control
+    /// connection's, as servers with `require_ssl_reuse` demand).
+    pub resumed: bool,
+    /// The server's certificate chain (DER, leaf first) as it sent it; empty when resumed.
+    pub peer_certificates: Vec<Vec<u8>>,
+}
+
+/// The handshakes recorded for `ferrysync test`: off (and empty) in runs, so a long-running
+/// agent keeps nothing.
+#[derive(Debug, Default)]
+struct HandshakeLog {
+    on: AtomicBool,
+    entries: std::sync::Mutex<Vec<HandshakeFacts>>,
+}
+
+impl HandshakeLog {
+    fn add(&self, conn: &rustls::ClientConnection, data_connection: bool) {
+        if !self.on.load(Ordering::Relaxed) {
+            return;
+        }
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLS 1.2".to_string(),
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".to_string(),
+            Some(v) => format!("{v:?}"),
+            None => "unknown".to_string(),
+        };
+        let cipher_suite = conn
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| "unknown".to_string());
+        let facts = HandshakeFacts {
+            data_connection,
+            version,
+            cipher_suite,
+            resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            peer_certificates: conn
+                .peer_certificates()
+                .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
+                .unwrap_or_default(),
+        };
+        if let Ok(mut e) = self.entries.lock() {
+            e.push(facts);
+        }
+    }
 }
 
 impl TlsContext {
@@ -54,6 +128,15 @@ impl TlsContext {
         }
         let provider = Arc::new(provider);
         let algs = provider.signature_verification_algorithms;
+        let verification = if opts.insecure_skip_verify {
+            Verification::None
+        } else if !opts.pins.is_empty() {
+            Verification::Pin
+        } else if let Some(ca) = &opts.ca_file {
+            Verification::CaFile(ca.clone())
+        } else {
+            Verification::SystemRoots
+        };
         let verifier: Arc<dyn ServerCertVerifier> = if opts.insecure_skip_verify {
             Arc::new(PinnedCertificate { pins: None, algs })
         } else if !opts.pins.is_empty() {
@@ -116,7 +199,29 @@ impl TlsContext {
             used_tls13: Arc::new(AtomicBool::new(false)),
             unresumed_accepted: Arc::new(AtomicBool::new(false)),
             passive_substitution_noted: Arc::new(AtomicBool::new(false)),
+            verification,
+            handshakes: Arc::new(HandshakeLog::default()),
         })
+    }
+
+    /// How this context verifies servers' certificates.
+    pub fn verification(&self) -> &Verification {
+        &self.verification
+    }
+
+    /// From now on, keep what each handshake of this context's connections negotiated (see
+    /// [`TlsContext::handshakes`]): for `ferrysync test`, never in runs.
+    pub fn record_handshakes(&self) {
+        self.handshakes.on.store(true, Ordering::Relaxed);
+    }
+
+    /// The handshakes recorded since [`TlsContext::record_handshakes`], in order.
+    pub fn handshakes(&self) -> Vec<HandshakeFacts> {
+        self.handshakes
+            .entries
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
     }
 
     /// The run's flag "a PASV address was replaced": the substitution is logged at info once
@@ -156,6 +261,7 @@ impl TlsContext {
                 unresumed_accepted: self.unresumed_accepted.clone(),
             }),
             control: Arc::new(ControlProgress::default()),
+            handshakes: self.handshakes.clone(),
         })
     }
 
@@ -328,6 +434,7 @@ pub struct TlsConnector {
     used_tls13: Arc<AtomicBool>,
     resumption: Arc<Resumption>,
     control: Arc<ControlProgress>,
+    handshakes: Arc<HandshakeLog>,
 }
 
 impl TlsConnector {
@@ -528,6 +635,7 @@ impl AsyncTlsConnector for TlsConnector {
             self.used_tls13.store(true, Ordering::Relaxed);
         }
         let data_connection = self.resumption.first_was_tls13.set(tls13).is_err();
+        self.handshakes.add(inner.get_ref().1, data_connection);
         if !data_connection {
             self.control.handshake_done();
         }

@@ -161,7 +161,29 @@ const MIGRATIONS: &[&str] = &[
     // 6 (adopt): files a run recorded as synced on evidence, without a transfer (a lost state
     // file, a tree copied by another tool).
     "ALTER TABLE runs ADD COLUMN files_adopted INTEGER NOT NULL DEFAULT 0;",
+    // 7 (ops): the job files the agent found invalid at its last load or reload, for `status`.
+    // Replaced as a whole by each load; `kept_previous`: the agent still runs the job's last
+    // valid version.
+    "CREATE TABLE job_file_errors (
+        file TEXT PRIMARY KEY,
+        job TEXT NOT NULL,
+        error TEXT NOT NULL,
+        kept_previous INTEGER NOT NULL,
+        seen_at INTEGER NOT NULL
+    );",
 ];
+
+/// A job file the agent could not load (recorded at its last load or SIGHUP reload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobFileError {
+    pub file: String,
+    /// The job name the file would define (its stem).
+    pub job: String,
+    /// `file:line:col: reason`.
+    pub error: String,
+    /// The agent still runs the job's last valid version (the file turned invalid on reload).
+    pub kept_previous: bool,
+}
 
 /// How far a running run has got (null once it has ended).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -540,6 +562,49 @@ impl Ledger {
             )
             .map(|_| ())
             .map_err(self.err())
+    }
+
+    /// Replaces the record of invalid job files with what the agent's latest load found.
+    pub(crate) fn set_job_file_errors(
+        &mut self,
+        errors: &[JobFileError],
+    ) -> Result<(), LedgerError> {
+        let path = self.path.clone();
+        let err = move |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&err)?;
+        tx.execute("DELETE FROM job_file_errors", [])
+            .map_err(&err)?;
+        for e in errors {
+            tx.execute(
+                "INSERT OR REPLACE INTO job_file_errors (file, job, error, kept_previous, seen_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![e.file, e.job, e.error, e.kept_previous, now_unix()],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)
+    }
+
+    /// The job files the agent found invalid at its latest load, by file name.
+    pub fn job_file_errors(&self) -> Result<Vec<JobFileError>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT file, job, error, kept_previous FROM job_file_errors ORDER BY file")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(JobFileError {
+                    file: r.get(0)?,
+                    job: r.get(1)?,
+                    error: r.get(2)?,
+                    kept_previous: r.get(3)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
 
     pub fn jobs(&self) -> Result<Vec<JobRecord>, LedgerError> {
@@ -1453,6 +1518,30 @@ mod tests {
             blake3: Some(e.hash),
             reply: Some("250 Rename successful."),
         }
+    }
+
+    #[test]
+    fn each_load_replaces_the_record_of_invalid_job_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut l = Ledger::open(&path).unwrap();
+        let bad = |file: &str, kept_previous| JobFileError {
+            file: format!("/jobs/{file}.yaml"),
+            job: file.into(),
+            error: format!("/jobs/{file}.yaml:1:8: did not find expected node content"),
+            kept_previous,
+        };
+        l.set_job_file_errors(&[bad("b", false), bad("a", true)])
+            .unwrap();
+        let read = Ledger::open_read_only(&path).unwrap().unwrap();
+        assert_eq!(
+            read.job_file_errors().unwrap(),
+            [bad("a", true), bad("b", false)]
+        );
+        l.set_job_file_errors(&[bad("c", false)]).unwrap();
+        assert_eq!(l.job_file_errors().unwrap(), [bad("c", false)]);
+        l.set_job_file_errors(&[]).unwrap();
+        assert!(l.job_file_errors().unwrap().is_empty());
     }
 
     #[test]

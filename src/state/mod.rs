@@ -14,7 +14,8 @@ pub use audit::{
     key_path as audit_key_path, AuditRecord, ChainBreak, ChainReport, HeadCheck, AUDIT_KEY_ENV,
 };
 pub use ledger::{
-    iso_time, now_unix, AuditFilter, JobRecord, Ledger, LedgerError, Outcome, RunCounts, RunRecord,
+    iso_time, now_unix, AuditFilter, JobFileError, JobRecord, Ledger, LedgerError, Outcome,
+    RunCounts, RunRecord,
 };
 
 /// The ledger, shared by a run's tasks and by the agent's runners; writes happen on one task

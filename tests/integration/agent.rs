@@ -530,3 +530,177 @@ fn a_watch_triggered_run_lists_only_the_changed_directories() {
     agent.terminate(Duration::from_secs(10));
     assert_eq!(s.remote_tree(), s.local_tree());
 }
+
+/// Issue 13 item 5: one bad job file no longer stops the agent. `check` reports every bad file,
+/// the agent starts the valid jobs, `status` shows the invalid files as `invalid` with their
+/// errors, and a reload that breaks a running job's file keeps its last valid version running.
+#[test]
+fn invalid_job_files_are_reported_and_the_valid_jobs_run() {
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "valid-a");
+    let other = Sandbox::new(&server, "valid-b");
+    s.write_local("a.csv", b"from a");
+    other.write_local("b.csv", b"from b");
+    s.job("a", "direction: push\nwatch: true\n");
+    let b_yaml = other.job_yaml("direction: push\nwatch: true\n");
+    s.write_job("b", &b_yaml);
+    s.write_job("broken", "local: [\n");
+    let typo = s.job_yaml("colour: blue\n");
+    let typo_line = typo.lines().count();
+    s.write_job("typo", &typo);
+    let broken_at = format!("{}:", s.jobs.join("broken.yaml").display());
+    let typo_at = format!("{}:{typo_line}:1:", s.jobs.join("typo.yaml").display());
+
+    let check = s.ferrysync(&["check"]);
+    check
+        .expect_code(2)
+        .expect_output(&broken_at)
+        .expect_output(&typo_at)
+        .expect_output("colour")
+        .expect_output("ok   a")
+        .expect_output("ok   b")
+        .expect_output("2 of 4 job files");
+
+    let agent = Agent::start(&s);
+    for (job, root, name, content) in [
+        ("a", s.remote_root(), "a.csv", b"from a"),
+        ("b", other.remote_root(), "b.csv", b"from b"),
+    ] {
+        let target = root.join(name);
+        wait_until(
+            &format!("job {job}'s upload"),
+            Duration::from_secs(30),
+            || file_is(&target, content),
+        );
+    }
+    agent.wait_log("job `broken` not started", Duration::from_secs(10));
+    agent.wait_log("job `typo` not started", Duration::from_secs(10));
+
+    let status = s.ferrysync(&["status"]);
+    status
+        .expect_code(0)
+        .expect_output("invalid job file, not running: ")
+        .expect_output(&typo_at);
+    let row = |name: &str| {
+        status
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {}", status.stdout))
+            .split_whitespace()
+            .nth(1)
+            .map(str::to_string)
+    };
+    assert_eq!(
+        row("broken").as_deref(),
+        Some("invalid"),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(row("typo").as_deref(), Some("invalid"), "{}", status.stdout);
+    assert_ne!(row("a").as_deref(), Some("invalid"), "{}", status.stdout);
+
+    let json = s.ferrysync(&["status", "--json"]);
+    json.expect_code(0);
+    let v: Value = serde_json::from_str(&json.stdout).unwrap();
+    let job = |name: &str| {
+        v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {}", json.stdout))
+    };
+    for (name, at) in [("broken", &broken_at), ("typo", &typo_at)] {
+        let j = job(name);
+        assert_eq!(j["state"], "invalid", "{j}");
+        let error = j["config_errors"][0].as_str().unwrap_or_default();
+        assert!(error.starts_with(at.as_str()), "{j}");
+        assert_eq!(j["last_error"].as_str(), Some(error), "{j}");
+    }
+    assert_eq!(job("a")["config_errors"], serde_json::json!([]));
+    s.ferrysync(&["status", "typo"])
+        .expect_code(0)
+        .expect_output("invalid");
+
+    // Reload: the broken file is fixed (it starts), and job b's file breaks: its last valid
+    // version keeps running, and status says so.
+    std::fs::remove_file(s.jobs.join("typo.yaml")).unwrap();
+    s.job("broken", "direction: push\n");
+    s.write_job("b", &format!("{b_yaml}colour: red\n"));
+    agent.signal("HUP");
+    agent.wait_log(
+        "the previous version of job `b` keeps running",
+        Duration::from_secs(10),
+    );
+    agent.wait_log("jobs reloaded", Duration::from_secs(10));
+    let v: Value = serde_json::from_str(&s.ferrysync(&["status", "--json"]).stdout).unwrap();
+    let states: Vec<(String, String, usize)> = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["name"].as_str().unwrap_or_default().to_string(),
+                j["state"].as_str().unwrap_or_default().to_string(),
+                j["config_errors"].as_array().map_or(0, Vec::len),
+            )
+        })
+        .collect();
+    assert!(
+        states
+            .iter()
+            .all(|(name, state, _)| name != "typo" && state != "invalid"),
+        "{states:?}"
+    );
+    assert!(
+        states
+            .iter()
+            .any(|(name, _, errors)| name == "b" && *errors == 1),
+        "{states:?}"
+    );
+    agent.terminate(Duration::from_secs(20));
+
+    // Two files defining one job: both are reported.
+    s.job("dup", "");
+    std::fs::write(s.jobs.join("dup.yml"), s.job_yaml("")).unwrap();
+    s.ferrysync(&["check"])
+        .expect_code(2)
+        .expect_output(&format!(
+            "{}:1:1: job `dup` is also defined by",
+            s.jobs.join("dup.yaml").display()
+        ))
+        .expect_output(&format!(
+            "{}:1:1: job `dup` is also defined by",
+            s.jobs.join("dup.yml").display()
+        ));
+}
+
+/// An agent whose every job file is invalid keeps running and says so, and a fixed file plus
+/// SIGHUP starts the job; only a jobs directory that cannot be read makes `run` exit 2.
+#[test]
+fn an_agent_without_a_valid_job_waits_for_a_fix_and_sighup() {
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "none-valid");
+    s.write_local("a.csv", b"after the fix");
+    s.write_job("j", "local: [\n");
+    let agent = Agent::start(&s);
+    agent.wait_log("no valid job to start", Duration::from_secs(10));
+    s.job("j", "direction: push\nwatch: true\n");
+    agent.signal("HUP");
+    let target = s.remote_root().join("a.csv");
+    wait_until("the fixed job's upload", Duration::from_secs(30), || {
+        file_is(&target, b"after the fix")
+    });
+    let v: Value = serde_json::from_str(&s.ferrysync(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(v["jobs"][0]["name"], "j", "{v}");
+    assert_ne!(v["jobs"][0]["state"], "invalid", "{v}");
+    assert_eq!(v["jobs"][0]["config_errors"], serde_json::json!([]), "{v}");
+    agent.terminate(Duration::from_secs(20));
+
+    let missing = s.dir.path().join("no-such-jobs-dir");
+    s.ferrysync(&["run", "--jobs", missing.to_str().unwrap()])
+        .expect_code(2)
+        .expect_output("cannot read the jobs directory");
+}

@@ -17,6 +17,7 @@ mod hostile_server;
 mod listings;
 mod nat;
 mod polish;
+mod probe;
 mod restricted_servers;
 mod resume;
 mod safety;
