@@ -492,6 +492,18 @@ impl Ledger {
         }
     }
 
+    /// Every row `sql` selects with `params`, each made into a `T` by `row`.
+    fn query_rows<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, LedgerError> {
+        let mut stmt = self.conn.prepare(sql).map_err(self.err())?;
+        let rows = stmt.query_map(params, row).map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
     fn configure(&self) -> Result<(), LedgerError> {
         self.conn
             .busy_timeout(Duration::from_secs(10))
@@ -590,32 +602,25 @@ impl Ledger {
 
     /// The job files the agent found invalid at its latest load, by file name.
     pub fn job_file_errors(&self) -> Result<Vec<JobFileError>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT file, job, error, kept_previous FROM job_file_errors ORDER BY file")
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([], |r| {
+        self.query_rows(
+            "SELECT file, job, error, kept_previous FROM job_file_errors ORDER BY file",
+            [],
+            |r| {
                 Ok(JobFileError {
                     file: r.get(0)?,
                     job: r.get(1)?,
                     error: r.get(2)?,
                     kept_previous: r.get(3)?,
                 })
-            })
-            .map_err(self.err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+            },
+        )
     }
 
     pub fn jobs(&self) -> Result<Vec<JobRecord>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT name, direction, local, remote, schedule, timezone FROM jobs ORDER BY name",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([], |r| {
+        self.query_rows(
+            "SELECT name, direction, local, remote, schedule, timezone FROM jobs ORDER BY name",
+            [],
+            |r| {
                 Ok(JobRecord {
                     name: r.get(0)?,
                     direction: r.get(1)?,
@@ -624,9 +629,8 @@ impl Ledger {
                     schedule: r.get(4)?,
                     timezone: r.get(5)?,
                 })
-            })
-            .map_err(self.err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+            },
+        )
     }
 
     /// Every synced path of `job` (runs read the rows of one directory at a time: see
@@ -1094,14 +1098,11 @@ impl Ledger {
 
     /// Every transfer of `job` that was started and not committed.
     pub(crate) fn journal(&self, job: &str) -> Result<Vec<JournalEntry>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT path, direction, temp_name, size, mtime, blake3, offset FROM transfers WHERE job = ?1",
-            )
-            .map_err(self.err())?;
-        let rows = stmt.query_map([job], journal_row).map_err(self.err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+        self.query_rows(
+            "SELECT path, direction, temp_name, size, mtime, blake3, offset FROM transfers WHERE job = ?1",
+            [job],
+            journal_row,
+        )
     }
 
     /// A transfer is committed (renamed into place): its path is recorded, its audit row

@@ -13,24 +13,8 @@ use serde_json::Value;
 
 use crate::harness::{populate, write_patterned_file, Node, Sandbox, Server};
 
-macro_rules! against_servers {
-    ($($name:ident),* $(,)?) => {
-        mod loopback {
-            $( #[test] fn $name() { super::$name(&super::Server::loopback()); } )*
-        }
-        mod vsftpd {
-            $( #[test] fn $name() { if let Some(s) = super::Server::vsftpd() { super::$name(&s); } } )*
-        }
-        mod proftpd {
-            $( #[test] fn $name() { if let Some(s) = super::Server::proftpd() { super::$name(&s); } } )*
-        }
-        mod pureftpd {
-            $( #[test] fn $name() { if let Some(s) = super::Server::pureftpd() { super::$name(&s); } } )*
-        }
-    };
-}
-
 against_servers!(
+    only [loopback vsftpd proftpd pureftpd]
     adopt_a_push_after_the_state_file_is_lost,
     adopt_a_pull_after_the_state_file_is_lost,
     adopt_never_overwrites_a_file_that_differs,

@@ -33,7 +33,7 @@ fn row(action: &str, path: &str, content: &[u8]) -> (String, String, String) {
 }
 
 /// The audit record of a push and a pull, through every command that shows it (run against
-/// every server by `scenarios::against_servers!`).
+/// every server by `against_servers!` in scenarios.rs).
 pub fn push_and_pull_are_recorded_file_by_file(server: &Server) {
     let s = Sandbox::new(server, "audit-push");
     let (a, b, c) = (&b"alpha,1\n"[..], &b"beta\x00\xff"[..], &b"gamma"[..]);

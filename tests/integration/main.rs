@@ -7,12 +7,14 @@
 //! `harness` is the fluent harness (servers, sandboxes, the fault proxy); `scenarios` holds the
 //! scenarios run once per server; the other modules are named for what they test.
 
+#[macro_use]
+mod harness;
+
 mod adopt;
 mod agent;
 mod audit;
 mod cli;
 mod fault_proxy_selftest;
-mod harness;
 mod hostile_server;
 mod listings;
 mod nat;

@@ -145,29 +145,6 @@ fn test_with_a_wrong_password(server: &Server) {
         .expect_output("login as");
 }
 
-macro_rules! against_servers {
-    ($($name:ident),* $(,)?) => {
-        mod loopback {
-            $( #[test] fn $name() { super::$name(&super::Server::loopback()); } )*
-        }
-        mod vsftpd {
-            $( #[test] fn $name() { if let Some(s) = super::Server::vsftpd() { super::$name(&s); } } )*
-        }
-        mod vsftpd_implicit {
-            $( #[test] fn $name() { if let Some(s) = super::Server::vsftpd_implicit() { super::$name(&s); } } )*
-        }
-        mod proftpd {
-            $( #[test] fn $name() { if let Some(s) = super::Server::proftpd() { super::$name(&s); } } )*
-        }
-        mod proftpd_implicit {
-            $( #[test] fn $name() { if let Some(s) = super::Server::proftpd_implicit() { super::$name(&s); } } )*
-        }
-        mod pureftpd {
-            $( #[test] fn $name() { if let Some(s) = super::Server::pureftpd() { super::$name(&s); } } )*
-        }
-    };
-}
-
 against_servers!(test_and_ls, test_with_a_wrong_password);
 
 /// The NAT vsftpd refuses EPSV and names 127.0.0.200 in PASV: `test` says PASV was used and

@@ -6,30 +6,6 @@
 use crate::harness::{self, populate, Node, Sandbox, Server};
 use crate::resume::{kill_during_download_then_resume, kill_during_upload_then_resume};
 
-/// Runs each scenario once per server kind.
-macro_rules! against_servers {
-    ($($name:ident),* $(,)?) => {
-        mod loopback {
-            $( #[test] fn $name() { super::$name(&super::Server::loopback()); } )*
-        }
-        mod vsftpd {
-            $( #[test] fn $name() { if let Some(s) = super::Server::vsftpd() { super::$name(&s); } } )*
-        }
-        mod proftpd {
-            $( #[test] fn $name() { if let Some(s) = super::Server::proftpd() { super::$name(&s); } } )*
-        }
-        mod proftpd_implicit {
-            $( #[test] fn $name() { if let Some(s) = super::Server::proftpd_implicit() { super::$name(&s); } } )*
-        }
-        mod pureftpd {
-            $( #[test] fn $name() { if let Some(s) = super::Server::pureftpd() { super::$name(&s); } } )*
-        }
-        mod vsftpd_implicit {
-            $( #[test] fn $name() { if let Some(s) = super::Server::vsftpd_implicit() { super::$name(&s); } } )*
-        }
-    };
-}
-
 against_servers!(
     push_tree_then_nothing_then_one_change_then_deletes,
     pull_tree_then_nothing_then_one_change_then_deletes,

@@ -16,6 +16,37 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
+/// Runs each scenario (a `fn NAME(server: &Server)` in the calling module) once per server
+/// kind, as `MODULE::KIND::NAME` tests: the in-process loopback server, vsftpd (explicit and
+/// implicit), ProFTPD (explicit and implicit) and Pure-FTPd; `only [KIND ...]` names fewer. A
+/// real server's test skips itself when its server is not running, unless tests/run.sh requires
+/// them all ([`REQUIRE_SERVERS`]).
+macro_rules! against_servers {
+    (only [$($kind:ident)*] $($name:ident),* $(,)?) => {
+        against_servers!(@kinds [$($kind)*] [$($name)*]);
+    };
+    ($($name:ident),* $(,)?) => {
+        against_servers!(
+            @kinds [loopback vsftpd vsftpd_implicit proftpd proftpd_implicit pureftpd] [$($name)*]
+        );
+    };
+    (@kinds [$($kind:ident)*] $names:tt) => {
+        $( against_servers!(@kind $kind $names); )*
+    };
+    (@kind $kind:ident [$($name:ident)*]) => {
+        mod $kind {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(s) = crate::harness::Server::of_kind(stringify!($kind)) {
+                        super::$name(&s);
+                    }
+                }
+            )*
+        }
+    };
+}
+
 /// The switch tests/run.sh sets: every server a test asks for must be there (and so must what
 /// else the suite needs, such as a tmpfs mount), and a missing one fails the test instead of
 /// skipping it.
@@ -57,6 +88,19 @@ pub struct Server {
 }
 
 impl Server {
+    /// The server of one kind, by the name `against_servers!` gives it (None: not running).
+    pub fn of_kind(kind: &str) -> Option<Server> {
+        match kind {
+            "loopback" => Some(Server::loopback()),
+            "vsftpd" => Server::vsftpd(),
+            "vsftpd_implicit" => Server::vsftpd_implicit(),
+            "proftpd" => Server::proftpd(),
+            "proftpd_implicit" => Server::proftpd_implicit(),
+            "pureftpd" => Server::pureftpd(),
+            other => panic!("no server kind `{other}`"),
+        }
+    }
+
     /// The in-process FTPS server (libunftp), explicit TLS, a fresh certificate.
     pub fn loopback() -> Server {
         Self::loopback_with(true, ferrysync::loopback::DEFAULT_PASSIVE_PORTS)
