@@ -226,7 +226,10 @@ fn sigterm_while_sync_waits_for_a_greeting_stops_it_at_once() {
     let log = p.log_text();
     assert!(took < Duration::from_secs(3), "took {took:?}:\n{log}");
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(log.contains("j: interrupted (the next run resumes)"), "{log}");
+    assert!(
+        log.contains("j: interrupted (the next run resumes)"),
+        "{log}"
+    );
     let runs = runs(&s.jobs(), &s.state());
     assert_eq!(runs[0]["outcome"], "interrupted", "{runs:?}");
     eprintln!("sync, SIGTERM while waiting for the greeting: exit {status} after {took:?}");
