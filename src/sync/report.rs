@@ -35,7 +35,7 @@ impl RunReport {
     pub fn summary(&self) -> String {
         let c = &self.counts;
         let mut s = format!(
-            "{}: {} ({} uploaded, {}; {} downloaded, {}; {} deleted; {} failed{}) in {:.1}s",
+            "{}: {} ({} uploaded, {}; {} downloaded, {}; {} deleted; {} failed{}{}) in {:.1}s",
             escape_controls(&self.job),
             match self.outcome {
                 Outcome::Ok => "ok",
@@ -54,6 +54,11 @@ impl RunReport {
             match c.files_adopted {
                 0 => String::new(),
                 n => format!("; {n} adopted"),
+            },
+            // Likewise for files left to settle (`settle:`): not failures, taken later.
+            match c.files_waiting {
+                0 => String::new(),
+                n => format!("; {n} waiting to settle"),
             },
             self.elapsed.as_secs_f64()
         );

@@ -165,6 +165,7 @@ async fn execute_run(
     }
     report.failures.extend(failures);
     report.counts.files_adopted = the_plan.adopted;
+    report.counts.files_waiting = the_plan.waiting.len() as u64;
     report
         .failures
         .extend(the_plan.conflicts.iter().map(|c| PathFailure {
