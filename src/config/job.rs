@@ -48,7 +48,8 @@ pub struct Job {
     /// `audit_retention:`: audit rows older than this are pruned after each run.
     pub audit_retention: Duration,
     /// `settle:` (pull jobs): a remote file is taken only once its size and time were seen
-    /// unchanged this long apart (see [`crate::model::settle`]); zero takes files as listed.
+    /// unchanged this long apart (default a minute, see [`crate::model::settle`]); zero takes
+    /// files as listed.
     pub settle: Duration,
     /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
     /// every run's log so they are never forgotten.
@@ -351,6 +352,8 @@ mod tests {
     fn settle_is_a_duration_for_pull_jobs_only() {
         use std::time::Duration;
         assert_eq!(parse(GOOD).unwrap().settle, Duration::ZERO);
+        let default = parse(&format!("{GOOD}direction: pull\n")).unwrap();
+        assert_eq!(default.settle, Duration::from_secs(60));
         let pull = |v: &str| parse(&format!("{GOOD}direction: pull\nsettle: {v}\n"));
         assert_eq!(pull("30s").unwrap().settle, Duration::from_secs(30));
         assert_eq!(pull("0").unwrap().settle, Duration::ZERO);

@@ -136,16 +136,21 @@ pub(super) fn audit_retention(raw: Option<&str>, ctx: &Ctx) -> Result<Duration, 
 
 /// Validates `settle:` (`30s`, `2m`, `0` for off): pull jobs only, at most a day (a file that
 /// must stay unchanged longer is one a partner marks as ready instead). Default
-/// [`crate::model::settle::DEFAULT_SETTLE`].
+/// [`crate::model::settle::DEFAULT_SETTLE`] for pulls, zero (unused) for pushes.
 pub(super) fn settle(
     raw: Option<&str>,
     direction: crate::model::policy::Direction,
     ctx: &Ctx,
 ) -> Result<Duration, ConfigError> {
+    let pull = direction == crate::model::policy::Direction::Pull;
     let Some(text) = raw else {
-        return Ok(crate::model::settle::DEFAULT_SETTLE);
+        return Ok(if pull {
+            crate::model::settle::DEFAULT_SETTLE
+        } else {
+            Duration::ZERO
+        });
     };
-    if direction != crate::model::policy::Direction::Pull {
+    if !pull {
         return Err(ctx.fail(
             &["settle"],
             "settle: is for pull jobs (it waits for a remote file to stop changing)",

@@ -16,10 +16,13 @@ use std::time::Duration;
 
 use crate::model::plan::{Action, SyncPlan};
 
-/// `settle:` when a job file does not set it: off, files are taken as listed (what every pull
-/// did before the key existed; the check after the download still refuses a file that changed
-/// while it was read).
-pub const DEFAULT_SETTLE: Duration = Duration::ZERO;
+/// `settle:` of a pull job whose file does not set it: a file is taken once two runs at least a
+/// minute apart saw it with the same size and time. A minute because LIST times are only
+/// minute-precise: over a minute, a file written to between the two observations shows a new
+/// size or a new minute even on a LIST-only server (vsftpd), and a partner's uploader that
+/// stalls for less than that is still seen as changing. The cost: a new file arrives one poll
+/// (at least a minute) later than as listed. `settle: 0` takes files as listed.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(60);
 
 /// The first sighting of a remote file at its current size and time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,6 +25,9 @@ pub struct RunReport {
     pub run_id: Option<i64>,
     /// The run stopped on request before its end.
     pub interrupted: bool,
+    /// Downloads not renamed into place because the remote file changed while they ran
+    /// (`settle:`): counted in `files_waiting`, not failures.
+    pub changing: Vec<String>,
 }
 
 impl RunReport {
@@ -64,6 +67,12 @@ impl RunReport {
         );
         if let Some(e) = &self.error {
             s.push_str(&format!("\n  error: {}", escape_controls(&e.to_string())));
+        }
+        for p in self.changing.iter().take(20) {
+            s.push_str(&format!(
+                "\n  still changing: {} (taken once it has settled)",
+                escape_controls(p)
+            ));
         }
         for f in self.failures.iter().take(20) {
             s.push_str(&format!(
@@ -182,6 +191,7 @@ mod tests {
             job: job.into(),
             outcome: Outcome::Partial,
             counts: RunCounts::default(),
+            changing: Vec::new(),
             failures: failures
                 .iter()
                 .map(|(p, e)| PathFailure {
