@@ -189,9 +189,12 @@ fn settle_dry_run_shows_waiting_files() {
         .expect_output("waiting  a.csv (10 B): waiting to settle");
     let run = s.sync("j");
     run.expect_code(0).expect_output("1 waiting to settle");
+    eprintln!("{}{}", dry.stdout, run.stdout);
     assert!(!s.local.join("a.csv").exists());
     assert_eq!(s.last_run("j")["files_waiting"].as_u64(), Some(1));
     std::thread::sleep(Duration::from_millis(1100));
-    s.sync("j").expect_code(0);
+    let taken = s.sync("j");
+    taken.expect_code(0).expect_output("1 downloaded");
+    eprintln!("{}", taken.stdout);
     assert_eq!(std::fs::read(s.local.join("a.csv")).unwrap(), b"0123456789");
 }
