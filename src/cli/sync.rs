@@ -87,6 +87,14 @@ impl SyncCmd {
             for c in &plan.conflicts {
                 println!("conflict {}: {}", shown(&c.path), shown(&c.reason));
             }
+            for w in &plan.waiting {
+                println!(
+                    "waiting  {} ({}): waiting to settle, unchanged for {:.0}s more",
+                    shown(&w.path),
+                    human_bytes(w.size),
+                    (w.remaining_ns as f64 / 1e9).ceil()
+                );
+            }
             println!(
                 "dry run: {} transfers ({}), {} deletions; nothing was changed",
                 plan.transfers(),

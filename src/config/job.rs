@@ -47,6 +47,10 @@ pub struct Job {
     pub upload: UploadOptions,
     /// `audit_retention:`: audit rows older than this are pruned after each run.
     pub audit_retention: Duration,
+    /// `settle:` (pull jobs): a remote file is taken only once its size and time were seen
+    /// unchanged this long apart (default a minute, see [`crate::model::settle`]); zero takes
+    /// files as listed.
+    pub settle: Duration,
     /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
     /// every run's log so they are never forgotten.
     pub warnings: Vec<String>,
@@ -80,6 +84,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
     let retries = RetryPolicy::from_raw(raw.retries, &ctx)?;
     let upload = UploadOptions::from_raw(raw.upload, &mut ctx)?;
     let audit_retention = policy::audit_retention(raw.audit_retention.as_deref(), &ctx)?;
+    let settle = policy::settle(raw.settle.as_deref(), raw.direction, &ctx)?;
     // Only the first mistake in a file is reported; these two checks have always come last,
     // so they stay last and a file with several mistakes still gets the same error.
     intervals.check(&ctx)?;
@@ -106,6 +111,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
         retries,
         upload,
         audit_retention,
+        settle,
         warnings: ctx.warnings,
     })
 }
@@ -343,6 +349,23 @@ mod tests {
     }
 
     #[test]
+    fn settle_is_a_duration_for_pull_jobs_only() {
+        use std::time::Duration;
+        assert_eq!(parse(GOOD).unwrap().settle, Duration::ZERO);
+        let default = parse(&format!("{GOOD}direction: pull\n")).unwrap();
+        assert_eq!(default.settle, Duration::from_secs(60));
+        let pull = |v: &str| parse(&format!("{GOOD}direction: pull\nsettle: {v}\n"));
+        assert_eq!(pull("30s").unwrap().settle, Duration::from_secs(30));
+        assert_eq!(pull("0").unwrap().settle, Duration::ZERO);
+        for bad in ["soon", "2d"] {
+            let e = pull(bad).unwrap_err();
+            assert!(e.reason.contains("settle"), "{e}");
+        }
+        let e = parse(&format!("{GOOD}settle: 30s\n")).unwrap_err();
+        assert!(e.reason.contains("pull jobs"), "{e}");
+    }
+
+    #[test]
     fn adopt_defaults_to_evidence_and_takes_recopy() {
         use crate::model::plan::Adopt;
         assert_eq!(parse(GOOD).unwrap().adopt, Adopt::Evidence);
@@ -505,6 +528,7 @@ mod tests {
             "upload",
             "retries",
             "audit_retention",
+            "settle",
             "remote",
         ];
         const REMOTE_KEYS: &[&str] = &[

@@ -134,6 +134,42 @@ pub(super) fn audit_retention(raw: Option<&str>, ctx: &Ctx) -> Result<Duration, 
     Ok(d)
 }
 
+/// Validates `settle:` (`30s`, `2m`, `0` for off): pull jobs only, at most a day (a file that
+/// must stay unchanged longer is one a partner marks as ready instead). Default
+/// [`crate::model::settle::DEFAULT_SETTLE`] for pulls, zero (unused) for pushes.
+pub(super) fn settle(
+    raw: Option<&str>,
+    direction: crate::model::policy::Direction,
+    ctx: &Ctx,
+) -> Result<Duration, ConfigError> {
+    let pull = direction == crate::model::policy::Direction::Pull;
+    let Some(text) = raw else {
+        return Ok(if pull {
+            crate::model::settle::DEFAULT_SETTLE
+        } else {
+            Duration::ZERO
+        });
+    };
+    if !pull {
+        return Err(ctx.fail(
+            &["settle"],
+            "settle: is for pull jobs (it waits for a remote file to stop changing)",
+        ));
+    }
+    let d = if text.trim() == "0" {
+        Duration::ZERO
+    } else {
+        parse_duration("settle", text).map_err(|e| ctx.fail(&["settle"], e))?
+    };
+    if d > Duration::from_secs(86_400) {
+        return Err(ctx.fail(
+            &["settle"],
+            format!("settle: `{text}` is more than a day (`1d`)"),
+        ));
+    }
+    Ok(d)
+}
+
 /// Validates `max_delete:`: a count or a percentage of the files the job knows.
 pub(super) fn max_delete(
     raw: Option<RawMaxDelete>,

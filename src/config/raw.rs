@@ -46,6 +46,7 @@ pub(super) struct RawJob {
     pub(super) catch_up: bool,
     pub(super) upload: Option<RawUpload>,
     pub(super) audit_retention: Option<String>,
+    pub(super) settle: Option<String>,
 }
 
 fn default_direction() -> Direction {

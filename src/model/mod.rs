@@ -9,6 +9,7 @@ pub(crate) mod paths;
 pub(crate) mod plan;
 pub(crate) mod policy;
 pub(crate) mod scope;
+pub(crate) mod settle;
 pub(crate) mod snapshot;
 
 pub use plan::{Action, SyncPlan};

@@ -212,6 +212,9 @@ pub struct SyncPlan {
     pub conflicts: Vec<Conflict>,
     /// How many of the Record actions adopt a file the ledger did not know (see [`adoption`]).
     pub adopted: u64,
+    /// Remote files a pull left for a later run because they may still be changing (see
+    /// [`crate::model::settle`]).
+    pub waiting: Vec<crate::model::settle::Waiting>,
 }
 
 impl SyncPlan {
@@ -430,6 +433,7 @@ impl Decided {
             actions,
             conflicts: self.conflicts,
             adopted: self.adopted,
+            waiting: Vec::new(),
         }
     }
 }
@@ -1714,6 +1718,7 @@ mod tests {
             ],
             conflicts: Vec::new(),
             adopted: 0,
+            waiting: Vec::new(),
         };
         let t = p.take_transfers();
         let paths: Vec<&str> = t.iter().map(Action::path).collect();

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::model::plan::{LedgerView, SyncedEntry};
 use crate::model::scope::Scope;
+use crate::model::settle::{Sighting, Sightings};
 use crate::state::audit::{
     self, AuditAction, AuditAnchor, AuditEvent, AuditKey, AuditRecord, ChainReport, ChainWalker,
     HeadCheck,
@@ -171,6 +172,18 @@ const MIGRATIONS: &[&str] = &[
         kept_previous INTEGER NOT NULL,
         seen_at INTEGER NOT NULL
     );",
+    // 8 (settle): the first sighting of each remote file a pull is waiting on to stop
+    // changing (`settle:`), so that a restart does not start the interval again. Replaced per
+    // job by each full pull run.
+    "CREATE TABLE settle_sightings (
+        job TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime INTEGER NOT NULL,
+        since INTEGER NOT NULL,
+        PRIMARY KEY (job, path)
+    );
+    ALTER TABLE runs ADD COLUMN files_waiting INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A job file the agent could not load (recorded at its last load or SIGHUP reload).
@@ -258,6 +271,9 @@ pub struct RunCounts {
     /// Files both sides held and the ledger did not know, recorded as synced on evidence
     /// without a transfer (see `adopt:` in the README).
     pub files_adopted: u64,
+    /// Remote files a pull left for a later run because they may still be changing
+    /// (`settle:`): neither transferred nor failed.
+    pub files_waiting: u64,
 }
 
 impl RunCounts {
@@ -600,6 +616,58 @@ impl Ledger {
         tx.commit().map_err(&err)
     }
 
+    /// The first sightings of the remote files `job` is waiting on to settle.
+    pub fn settle_sightings(&self, job: &str) -> Result<Sightings, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path, size, mtime, since FROM settle_sightings WHERE job = ?1")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![job], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Sighting {
+                        size: r.get::<_, i64>(1)?.max(0) as u64,
+                        mtime: r.get(2)?,
+                        since: r.get(3)?,
+                    },
+                ))
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Sightings, _>>().map_err(self.err())
+    }
+
+    /// Replaces `job`'s sightings with `sightings` (what a full pull run still waits on).
+    pub fn set_settle_sightings(
+        &mut self,
+        job: &str,
+        sightings: &Sightings,
+    ) -> Result<(), LedgerError> {
+        let path = self.path.clone();
+        let err = move |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&err)?;
+        tx.execute("DELETE FROM settle_sightings WHERE job = ?1", params![job])
+            .map_err(&err)?;
+        for (p, s) in sightings {
+            tx.execute(
+                "INSERT INTO settle_sightings (job, path, size, mtime, since)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    job,
+                    p,
+                    i64::try_from(s.size).unwrap_or(i64::MAX),
+                    s.mtime,
+                    s.since
+                ],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)
+    }
+
     /// The job files the agent found invalid at its latest load, by file name.
     pub fn job_file_errors(&self) -> Result<Vec<JobFileError>, LedgerError> {
         self.query_rows(
@@ -909,7 +977,8 @@ impl Ledger {
             .execute(
                 "UPDATE runs SET ended_at = ?2, outcome = ?3, files_up = ?4, bytes_up = ?5,
                     files_down = ?6, bytes_down = ?7, files_deleted = ?8, files_failed = ?9,
-                    error = ?10, failures = ?11, progress = NULL, files_adopted = ?12
+                    error = ?10, failures = ?11, progress = NULL, files_adopted = ?12,
+                    files_waiting = ?13
                  WHERE id = ?1",
                 params![
                     id,
@@ -923,7 +992,8 @@ impl Ledger {
                     counts.files_failed as i64,
                     error,
                     failures,
-                    counts.files_adopted as i64
+                    counts.files_adopted as i64,
+                    counts.files_waiting as i64
                 ],
             )
             .map(|_| ())
@@ -967,7 +1037,7 @@ impl Ledger {
             .prepare(&format!(
                 "SELECT id, job, trigger, started_at, ended_at, outcome, files_up, bytes_up,
                         files_down, bytes_down, files_deleted, files_failed, error, failures, progress,
-                        files_adopted
+                        files_adopted, files_waiting
                  FROM runs WHERE {condition}"
             ))
             .map_err(self.err())?;
@@ -989,6 +1059,7 @@ impl Ledger {
                         files_deleted: r.get::<_, i64>(10)? as u64,
                         files_failed: r.get::<_, i64>(11)? as u64,
                         files_adopted: r.get::<_, i64>(15)? as u64,
+                        files_waiting: r.get::<_, i64>(16)? as u64,
                     },
                     error: r.get(12)?,
                     failures: serde_json::from_str(&failures).unwrap_or_default(),
@@ -1167,7 +1238,7 @@ impl Ledger {
                      WHERE id = (SELECT max(id) FROM runs WHERE job = ?1)
                        AND trigger = 'poll' AND outcome = 'ok' AND files_up = 0
                        AND files_down = 0 AND files_deleted = 0 AND files_failed = 0
-                       AND files_adopted = 0",
+                       AND files_adopted = 0 AND files_waiting = 0",
                     [job],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
@@ -1519,6 +1590,28 @@ mod tests {
             blake3: Some(e.hash),
             reply: Some("250 Rename successful."),
         }
+    }
+
+    #[test]
+    fn settle_sightings_survive_a_reopen_and_are_replaced_per_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let at = |size, since| Sighting {
+            size,
+            mtime: 7,
+            since,
+        };
+        let first = Sightings::from([("in/a.csv".to_string(), at(10, 100))]);
+        {
+            let mut l = Ledger::open(&path).unwrap();
+            l.set_settle_sightings("pull", &first).unwrap();
+            l.set_settle_sightings("other", &first).unwrap();
+        }
+        let mut l = Ledger::open(&path).unwrap();
+        assert_eq!(l.settle_sightings("pull").unwrap(), first);
+        l.set_settle_sightings("pull", &Sightings::new()).unwrap();
+        assert!(l.settle_sightings("pull").unwrap().is_empty());
+        assert_eq!(l.settle_sightings("other").unwrap(), first);
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct RunReport {
     pub run_id: Option<i64>,
     /// The run stopped on request before its end.
     pub interrupted: bool,
+    /// Downloads not renamed into place because the remote file changed while they ran
+    /// (`settle:`): counted in `files_waiting`, not failures.
+    pub changing: Vec<String>,
 }
 
 impl RunReport {
@@ -35,7 +38,7 @@ impl RunReport {
     pub fn summary(&self) -> String {
         let c = &self.counts;
         let mut s = format!(
-            "{}: {} ({} uploaded, {}; {} downloaded, {}; {} deleted; {} failed{}) in {:.1}s",
+            "{}: {} ({} uploaded, {}; {} downloaded, {}; {} deleted; {} failed{}{}) in {:.1}s",
             escape_controls(&self.job),
             match self.outcome {
                 Outcome::Ok => "ok",
@@ -55,10 +58,21 @@ impl RunReport {
                 0 => String::new(),
                 n => format!("; {n} adopted"),
             },
+            // Likewise for files left to settle (`settle:`): not failures, taken later.
+            match c.files_waiting {
+                0 => String::new(),
+                n => format!("; {n} waiting to settle"),
+            },
             self.elapsed.as_secs_f64()
         );
         if let Some(e) = &self.error {
             s.push_str(&format!("\n  error: {}", escape_controls(&e.to_string())));
+        }
+        for p in self.changing.iter().take(20) {
+            s.push_str(&format!(
+                "\n  still changing: {} (taken once it has settled)",
+                escape_controls(p)
+            ));
         }
         for f in self.failures.iter().take(20) {
             s.push_str(&format!(
@@ -177,6 +191,7 @@ mod tests {
             job: job.into(),
             outcome: Outcome::Partial,
             counts: RunCounts::default(),
+            changing: Vec::new(),
             failures: failures
                 .iter()
                 .map(|(p, e)| PathFailure {

@@ -46,6 +46,7 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
         elapsed: Duration::ZERO,
         run_id: None,
         interrupted: false,
+        changing: Vec::new(),
     };
     // One run of a job at a time, across processes; held until the report is returned. A run
     // left `running` in the ledger can only be a dead process's once the lock is ours. The
@@ -165,6 +166,7 @@ async fn execute_run(
     }
     report.failures.extend(failures);
     report.counts.files_adopted = the_plan.adopted;
+    report.counts.files_waiting = the_plan.waiting.len() as u64;
     report
         .failures
         .extend(the_plan.conflicts.iter().map(|c| PathFailure {

@@ -4,7 +4,7 @@
 //! is retried with backoff while the server's failures are transient.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crate::config::Job;
 use crate::model::plan::{
@@ -12,7 +12,8 @@ use crate::model::plan::{
 };
 use crate::model::policy::Direction;
 use crate::model::scope::Scope;
-use crate::model::snapshot::EvidenceMap;
+use crate::model::settle::hold_unsettled;
+use crate::model::snapshot::{system_time_ns, EvidenceMap};
 use crate::remote::session::Session;
 use crate::remote::tls::TlsContext;
 use crate::state::ledger::PathFailure;
@@ -93,14 +94,47 @@ pub(crate) async fn survey_all(
     let mut sessions = w.sessions;
     let session = sessions.pop().ok_or(RunError::NoConnection)?;
     let dest_temps = w.found.dest_temps(job.direction);
+    let mut plan = w.plan;
+    if job.direction == Direction::Pull {
+        hold_unsettled_files(job, ledger, &mut plan, write_ledger)?;
+    }
     Ok(Surveyed {
-        plan: w.plan,
+        plan,
         session,
         spare: sessions,
         failures: w.found.failures,
         dest_temps,
         root_missing: w.found.root_missing,
     })
+}
+
+/// Leaves for a later run the remote files that may still be changing (`settle:`, see
+/// [`crate::model::settle`]), and remembers the first sighting of each in the ledger (not in
+/// a dry run, which only shows what would wait).
+fn hold_unsettled_files(
+    job: &Job,
+    ledger: &SharedLedger,
+    plan: &mut SyncPlan,
+    write_ledger: bool,
+) -> Result<(), RunError> {
+    let seen = ledger.lock().settle_sightings(&job.name)?;
+    if job.settle.is_zero() && seen.is_empty() {
+        return Ok(());
+    }
+    let now = system_time_ns(SystemTime::now());
+    let keep = hold_unsettled(plan, &seen, now, job.settle);
+    for w in &plan.waiting {
+        tracing::info!(
+            path = %w.path,
+            size = w.size,
+            remaining_ms = w.remaining_ns / 1_000_000,
+            "waiting to settle"
+        );
+    }
+    if write_ledger && keep != seen {
+        ledger.lock().set_settle_sightings(&job.name, &keep)?;
+    }
+    Ok(())
 }
 
 /// An incremental run: only the paths in `scope`, on both sides and in the ledger, planned

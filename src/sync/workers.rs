@@ -244,6 +244,11 @@ impl Coordinator<'_> {
                     self.commit(report);
                 }
             }
+            Err(Stopped::Failed(TransferError::StillChanging { path, why })) => {
+                tracing::info!(path = %path, "still changing: {why}; left for a later run");
+                report.counts.files_waiting += 1;
+                report.changing.push(path);
+            }
             Err(Stopped::Failed(e)) => {
                 let error = e.to_string();
                 // Debug, not warn: the run's summary (`sync`'s output, the agent's log line

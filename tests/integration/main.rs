@@ -24,5 +24,6 @@ mod restricted_servers;
 mod resume;
 mod safety;
 mod scenarios;
+mod settle;
 mod stops;
 mod tls;

@@ -152,6 +152,16 @@ pub(crate) async fn download(
         verify_resumed(session, ctx, &paths, &dir, &file).await?;
     }
 
+    if !ctx.job.settle.is_zero() {
+        if let Some(why) = changed_since_listing(session, &paths, source).await? {
+            drop(file);
+            discard(ctx, &paths, &dir).await;
+            return Err(TransferError::StillChanging {
+                path: rel.to_string(),
+                why,
+            });
+        }
+    }
     let remote_mtime = settle_mtime(session, &paths, source.mtime).await;
     let meta = put_in_place(&paths, dir, file, remote_mtime).await?;
     Ok(Transferred {
@@ -372,6 +382,37 @@ async fn check_complete(
     Ok(())
 }
 
+/// For a job with `settle:`, the second look before the rename: SIZE (where the server has it)
+/// and, where the listing's time is exact (MLSD), MDTM to the second must still be the
+/// listing's. `Some(why)`: the file changed while it was downloaded. A LIST time is only
+/// minute-precise, so there the size decides.
+async fn changed_since_listing(
+    session: &mut Session,
+    paths: &DownloadPaths<'_>,
+    source: &Entry,
+) -> Result<Option<String>, TransferError> {
+    if session.features.size {
+        let now = session.size(&paths.remote).await?;
+        if now != source.size {
+            return Ok(Some(format!(
+                "SIZE says {now} bytes, the listing said {}",
+                source.size
+            )));
+        }
+    }
+    if session.features.mlsd && session.features.mdtm {
+        let now = session.mdtm(&paths.remote).await?;
+        if now.div_euclid(NS_PER_SEC) != source.mtime.div_euclid(NS_PER_SEC) {
+            return Ok(Some(
+                "MDTM gives another modification time than the listing".into(),
+            ));
+        }
+    }
+    Ok(None)
+}
+
+const NS_PER_SEC: i64 = 1_000_000_000;
+
 /// The file's mtime on the server, as exact as it can be had: the listing's `listed` time,
 /// settled by MDTM where only a LIST (minute- or day-precise) gave it.
 async fn settle_mtime(session: &mut Session, paths: &DownloadPaths<'_>, listed: i64) -> i64 {
@@ -506,6 +547,43 @@ mod tests {
             hash: None,
             id: None,
         }
+    }
+
+    /// With `settle:`, a file whose MDTM after the download is not the listing's changed while
+    /// it was read: not renamed into place, its bytes dropped, reported as still changing (not
+    /// retried in this run); the same file with the listed time is taken.
+    #[tokio::test]
+    async fn with_settle_a_file_that_changed_during_the_download_is_not_put_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut job, mut session, ledger) = loopback_job(dir.path()).await;
+        job.settle = std::time::Duration::from_secs(1);
+        let data = patterned(super::super::CHUNK + 5);
+        let on_server = dir.path().join("server/c.csv");
+        std::fs::write(&on_server, &data).unwrap();
+        let source = listed(data.len());
+        let counter = ByteCounter::default();
+        let ctx = context(&job, &ledger, &counter);
+        let err = download(&mut session, &ctx, "c.csv", &source)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TransferError::StillChanging { .. }), "{err}");
+        assert!(!err.is_transient(), "retried in the same run");
+        assert!(err.to_string().contains("still changing"), "{err}");
+        assert!(!dir.path().join("local/c.csv").exists(), "put in place");
+        assert!(!dir.path().join("local").join(temp_name("c.csv")).exists());
+
+        let listed_time =
+            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(source.mtime as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(&on_server)
+            .unwrap()
+            .set_modified(listed_time)
+            .unwrap();
+        download(&mut session, &ctx, "c.csv", &source)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(dir.path().join("local/c.csv")).unwrap(), data);
     }
 
     #[tokio::test]

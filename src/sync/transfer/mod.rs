@@ -88,6 +88,11 @@ pub enum TransferError {
     /// Stopped on request at a checkpoint; the journal lets the next run resume.
     #[error("{0}: stopped at a checkpoint on request")]
     Interrupted(String),
+    /// The remote file changed while it was downloaded (`settle:`): its SIZE or MDTM after the
+    /// download is not the listing's. Not renamed into place, its bytes dropped; not a failure:
+    /// a later run takes it once it has settled.
+    #[error("{path}: still changing: {why}; not taken, a later run takes it once it has settled")]
+    StillChanging { path: String, why: String },
 }
 
 impl TransferError {
