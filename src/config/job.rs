@@ -353,7 +353,11 @@ mod tests {
         use std::time::Duration;
         assert_eq!(parse(GOOD).unwrap().settle, Duration::ZERO);
         let default = parse(&format!("{GOOD}direction: pull\n")).unwrap();
-        assert_eq!(default.settle, Duration::from_secs(60));
+        assert_eq!(
+            default.settle,
+            Duration::ZERO,
+            "opt-in until a run can re-list"
+        );
         let pull = |v: &str| parse(&format!("{GOOD}direction: pull\nsettle: {v}\n"));
         assert_eq!(pull("30s").unwrap().settle, Duration::from_secs(30));
         assert_eq!(pull("0").unwrap().settle, Duration::ZERO);

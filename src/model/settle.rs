@@ -16,13 +16,12 @@ use std::time::Duration;
 
 use crate::model::plan::{Action, SyncPlan};
 
-/// `settle:` of a pull job whose file does not set it: a file is taken once two runs at least a
-/// minute apart saw it with the same size and time. A minute because LIST times are only
-/// minute-precise: over a minute, a file written to between the two observations shows a new
-/// size or a new minute even on a LIST-only server (vsftpd), and a partner's uploader that
-/// stalls for less than that is still seen as changing. The cost: a new file arrives one poll
-/// (at least a minute) later than as listed. `settle: 0` takes files as listed.
-pub const DEFAULT_SETTLE: Duration = Duration::from_secs(60);
+/// `settle:` of a pull job whose file does not set it: zero, files are taken as listed (what
+/// pulls always did). Not a minute yet: settling is judged across runs only, so a job run by
+/// cron once a night would take a new file a whole night later; once a run can re-list the
+/// files it waits for within itself (issue 14), the default becomes a minute (a minute because
+/// LIST times are only minute-precise). A job that pulls from a partner's outbox sets it.
+pub const DEFAULT_SETTLE: Duration = Duration::ZERO;
 
 /// The first sighting of a remote file at its current size and time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -438,15 +438,7 @@ impl<'a> Sandbox<'a> {
     }
 
     /// Writes `jobs/NAME.yaml` from raw text.
-    /// A pull job that does not set `settle:` gets `settle: 0` (files taken as listed, in one
-    /// run): the tests of everything but settling pull each file once.
     pub fn write_job(&self, name: &str, text: &str) -> &Self {
-        let text = if text.contains("direction: pull") && !text.contains("settle:") {
-            let sep = if text.ends_with('\n') { "" } else { "\n" };
-            format!("{text}{sep}settle: 0\n")
-        } else {
-            text.to_string()
-        };
         std::fs::write(self.jobs.join(format!("{name}.yaml")), text).unwrap();
         self
     }
