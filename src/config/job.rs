@@ -51,6 +51,9 @@ pub struct Job {
     /// unchanged this long apart (default a minute, see [`crate::model::settle`]); zero takes
     /// files as listed.
     pub settle: Duration,
+    /// `min_age:` / `max_age:`: source files younger / older than these (by modification
+    /// time) are left alone, neither sent nor a reason to delete (see [`crate::model::age`]).
+    pub ages: crate::model::age::AgeLimits,
     /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
     /// every run's log so they are never forgotten.
     pub warnings: Vec<String>,
@@ -85,6 +88,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
     let upload = UploadOptions::from_raw(raw.upload, &mut ctx)?;
     let audit_retention = policy::audit_retention(raw.audit_retention.as_deref(), &ctx)?;
     let settle = policy::settle(raw.settle.as_deref(), raw.direction, &ctx)?;
+    let ages = policy::age_limits(raw.min_age.as_deref(), raw.max_age.as_deref(), &ctx)?;
     // Only the first mistake in a file is reported; these two checks have always come last,
     // so they stay last and a file with several mistakes still gets the same error.
     intervals.check(&ctx)?;
@@ -112,6 +116,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
         upload,
         audit_retention,
         settle,
+        ages,
         warnings: ctx.warnings,
     })
 }
@@ -349,6 +354,20 @@ mod tests {
     }
 
     #[test]
+    fn min_age_and_max_age_are_durations_and_min_is_not_above_max() {
+        use std::time::Duration;
+        assert!(parse(GOOD).unwrap().ages.is_off());
+        let job = parse(&format!("{GOOD}min_age: 10m\nmax_age: 30d\n")).unwrap();
+        assert_eq!(job.ages.min_age, Some(Duration::from_secs(600)));
+        assert_eq!(job.ages.max_age, Some(Duration::from_secs(30 * 86_400)));
+        let e = parse(&format!("{GOOD}min_age: soon\n")).unwrap_err();
+        assert!(e.reason.contains("min_age"), "{e}");
+        assert!(e.line > 1, "points at the key: {e}");
+        let e = parse(&format!("{GOOD}min_age: 2h\nmax_age: 1h\n")).unwrap_err();
+        assert!(e.reason.contains("max_age"), "{e}");
+    }
+
+    #[test]
     fn settle_is_a_duration_for_pull_jobs_only() {
         use std::time::Duration;
         assert_eq!(parse(GOOD).unwrap().settle, Duration::ZERO);
@@ -533,6 +552,8 @@ mod tests {
             "retries",
             "audit_retention",
             "settle",
+            "min_age",
+            "max_age",
             "remote",
         ];
         const REMOTE_KEYS: &[&str] = &[

@@ -170,6 +170,32 @@ pub(super) fn settle(
     Ok(d)
 }
 
+/// Validates `min_age:` and `max_age:` (`10m`, `2h`, `30d`): durations, and a `min_age` above
+/// `max_age` would take no file at all, so it is refused.
+pub(super) fn age_limits(
+    min_age: Option<&str>,
+    max_age: Option<&str>,
+    ctx: &Ctx,
+) -> Result<crate::model::age::AgeLimits, ConfigError> {
+    let parse = |key: &str, raw: Option<&str>| {
+        raw.map(|text| parse_duration(key, text).map_err(|e| ctx.fail(&[key], e)))
+            .transpose()
+    };
+    let limits = crate::model::age::AgeLimits {
+        min_age: parse("min_age", min_age)?,
+        max_age: parse("max_age", max_age)?,
+    };
+    if let (Some(min), Some(max)) = (limits.min_age, limits.max_age) {
+        if min > max {
+            return Err(ctx.fail(
+                &["min_age"],
+                "min_age: is more than max_age:, so no file would ever be taken",
+            ));
+        }
+    }
+    Ok(limits)
+}
+
 /// Validates `max_delete:`: a count or a percentage of the files the job knows.
 pub(super) fn max_delete(
     raw: Option<RawMaxDelete>,

@@ -47,6 +47,8 @@ pub(super) struct RawJob {
     pub(super) upload: Option<RawUpload>,
     pub(super) audit_retention: Option<String>,
     pub(super) settle: Option<String>,
+    pub(super) min_age: Option<String>,
+    pub(super) max_age: Option<String>,
 }
 
 fn default_direction() -> Direction {

@@ -58,6 +58,8 @@ const KEY_DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("", "adopt", "A file both sides hold that the ledger does not know: evidence (default: record it if digest, exact time or content shows it is the same, else a conflict) | recopy (send it again)."),
     ("", "audit_retention", "How long the per-file audit record keeps rows (default 400d, at least 1d); pruning keeps the chain verifiable."),
     ("", "settle", "Pull jobs: take a remote file only once its size and time were seen unchanged this long apart, across runs (default 1m); 0 takes files as listed."),
+    ("", "min_age", "Leave alone source files younger than this by modification time (`10m`, `2h`, `30d`): neither sent nor deleted at the destination; remote times from LIST count as a minute uncertain."),
+    ("", "max_age", "Leave alone source files older than this by modification time (`30d`): neither sent nor deleted at the destination, even in mirror mode."),
     ("", "max_delete", "Refuse a run that would delete more: a count, or a percentage of the destination's files (100%: no limit)."),
     ("", "allow_empty_source", "true: a mirror may empty the destination when the source lists no file."),
     ("", "retries", "Transient failures: attempts per file and per listing (a number, or attempts: and max_delay:)."),

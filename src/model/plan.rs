@@ -360,6 +360,9 @@ pub struct PlanOptions {
     pub ledger_files: Option<u64>,
     /// What to do with a file both sides hold and the ledger does not know (`adopt:`).
     pub adopt: Adopt,
+    /// `min_age:` / `max_age:`: a source file outside them is left alone, as if the filter
+    /// excluded it on both sides (see [`crate::model::age`]).
+    pub ages: crate::model::age::AgeRule,
 }
 
 /// Decides the actions of one run, with no evidence for files the ledger does not know (see
@@ -519,6 +522,8 @@ fn decide(
                     ),
                 });
             }
+            // Left alone: neither sent nor, being on the source, a reason to delete.
+            (Kind::File, _) if !opts.ages.takes(s.mtime) => {}
             (Kind::File, _) => {
                 let d = d.filter(|d| d.kind == Kind::File);
                 let decision = match (ledger.get(path), d) {
@@ -1069,6 +1074,7 @@ mod tests {
             ledger_files: None,
             // The rules before adoption: the adoption tests set `Adopt::Evidence`.
             adopt: Adopt::Recopy,
+            ages: crate::model::age::AgeRule::default(),
         }
     }
     fn snap(items: &[(&str, Entry)]) -> Snapshot {

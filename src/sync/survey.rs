@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::config::Job;
+use crate::model::age::AgeRule;
 use crate::model::plan::{
     plan_with, spare as spare_unreadable, Adopt, LedgerView, PlanOptions, SyncPlan,
 };
@@ -106,6 +107,16 @@ pub(crate) async fn survey_all(
         dest_temps,
         root_missing: w.found.root_missing,
     })
+}
+
+/// The job's `min_age:` / `max_age:` as of now (see [`crate::model::age`]). A pull's remote
+/// times are exact only from MLSD; a LIST time is taken as up to a minute early.
+pub(crate) fn age_rule(job: &Job, mlsd: bool) -> AgeRule {
+    let uncertainty = match job.direction {
+        Direction::Pull if !mlsd => std::time::Duration::from_secs(60),
+        _ => std::time::Duration::ZERO,
+    };
+    AgeRule::new(job.ages, uncertainty, system_time_ns(SystemTime::now()))
 }
 
 /// Leaves for a later run the remote files that may still be changing (`settle:`, see
@@ -209,6 +220,7 @@ pub(crate) async fn survey_scope(
         source_empty: Some(source_empty),
         ledger_files: Some(dest_files),
         adopt: job.adopt,
+        ages: age_rule(job, session.features.mlsd),
     };
     let (mut local, mut session) = (local, session);
     let evidence = if job.adopt == Adopt::Evidence {

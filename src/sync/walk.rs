@@ -239,6 +239,7 @@ pub async fn walk(
             source_empty: None,
             ledger_files: Some(ledger.lock().entry_count(&job.name)?),
             adopt: job.adopt,
+            ages: crate::sync::survey::age_rule(job, first.features.mlsd),
         }),
         got: Gathered::default(),
         offset: match job.remote.list_time_offset {

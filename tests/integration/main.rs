@@ -12,6 +12,7 @@ mod harness;
 
 mod adopt;
 mod agent;
+mod ages;
 mod audit;
 mod cli;
 mod fault_proxy_selftest;
