@@ -1084,6 +1084,30 @@ mod tests {
             .collect()
     }
 
+    /// `max_age:` in mirror mode: an old source file is neither sent nor a conflict, and its
+    /// destination copy, which the ledger does not know, is not deleted; a new file is sent.
+    #[test]
+    fn a_file_outside_the_age_limits_is_left_alone_on_both_sides() {
+        let hour = std::time::Duration::from_secs(3600);
+        let now = 100_000 * 1_000_000_000;
+        let old = now - 7200 * 1_000_000_000;
+        let local = snap(&[("old", file(b"old local", old)), ("new", file(b"n", now))]);
+        let remote = snap(&[("old", file(b"remote copy", old))]);
+        let limits = crate::model::age::AgeLimits {
+            min_age: None,
+            max_age: Some(hour),
+        };
+        let o = PlanOptions {
+            adopt: Adopt::Evidence,
+            ages: crate::model::age::AgeRule::new(limits, std::time::Duration::ZERO, now),
+            ..opts(Direction::Push, SyncMode::Mirror)
+        };
+        let p = plan(o, &LedgerView::new(), &local, &remote).unwrap();
+        assert!(p.conflicts.is_empty(), "{:?}", p.conflicts);
+        let paths: Vec<&str> = p.actions.iter().map(Action::path).collect();
+        assert_eq!(paths, ["new"], "{:?}", p.actions);
+    }
+
     #[test]
     fn first_push_makes_dirs_then_uploads() {
         let local = snap(&[
