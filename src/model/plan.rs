@@ -41,6 +41,16 @@ pub enum Adopt {
     Recopy,
 }
 
+/// A remote file not taken this run because it may still be changing
+/// (`settle:`, see [`crate::model::settle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub path: String,
+    pub size: u64,
+    /// How much longer it must stay unchanged (ns), as of this run.
+    pub remaining_ns: i64,
+}
+
 /// What the evidence says of a file both sides hold and the ledger does not know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Adoption {
@@ -214,7 +224,7 @@ pub struct SyncPlan {
     pub adopted: u64,
     /// Remote files a pull left for a later run because they may still be changing (see
     /// [`crate::model::settle`]).
-    pub waiting: Vec<crate::model::settle::Waiting>,
+    pub waiting: Vec<Waiting>,
 }
 
 impl SyncPlan {

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::model::plan::{Action, SyncPlan};
+use crate::model::plan::{Action, SyncPlan, Waiting};
 
 /// `settle:` of a pull job whose file does not set it: zero, files are taken as listed (what
 /// pulls always did). Not a minute yet: settling is judged across runs only, so a job run by
@@ -35,15 +35,6 @@ pub struct Sighting {
 
 /// The sightings a job remembers, by path.
 pub type Sightings = BTreeMap<String, Sighting>;
-
-/// A remote file not taken this run because it may still be changing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Waiting {
-    pub path: String,
-    pub size: u64,
-    /// How much longer it must stay unchanged (ns), as of this run.
-    pub remaining_ns: i64,
-}
 
 /// What to do with one remote file the plan would download.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

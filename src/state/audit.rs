@@ -96,7 +96,7 @@ pub struct AuditRecord {
 }
 
 fn serialize_iso<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&super::ledger::iso_time(*t))
+    s.serialize_str(&super::clock::iso_time(*t))
 }
 
 /// What retention pruning leaves of a job's oldest rows: the last pruned row's place and hash,

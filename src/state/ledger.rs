@@ -15,6 +15,7 @@ use crate::state::audit::{
     self, AuditAction, AuditAnchor, AuditEvent, AuditKey, AuditRecord, ChainReport, ChainWalker,
     HeadCheck,
 };
+use crate::state::clock::{iso_time, now_unix};
 
 /// path, size, mtime, BLAKE3 (hex), remote size, remote mtime: one row of `entries`.
 type EntryRow = (String, i64, i64, String, i64, Option<i64>);
@@ -309,13 +310,6 @@ fn uri_path(path: &Path) -> String {
         .collect()
 }
 
-/// Unix seconds as `2026-11-28T15:40:01Z`, the form every time takes in JSON output.
-pub fn iso_time(unix: i64) -> String {
-    chrono::DateTime::from_timestamp(unix, 0)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_else(|| unix.to_string())
-}
-
 fn serialize_iso<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&iso_time(*t))
 }
@@ -397,13 +391,6 @@ pub struct Ledger {
     /// The run in progress of each job (from [`Ledger::begin_run`] to [`Ledger::finish_run`]),
     /// which the audit rows written meanwhile belong to.
     runs_now: std::cell::RefCell<std::collections::HashMap<String, i64>>,
-}
-
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl Ledger {

@@ -95,7 +95,7 @@ impl JobLock {
         let me = format!(
             "pid {} (started {})",
             std::process::id(),
-            crate::state::ledger::iso_time(crate::state::ledger::now_unix())
+            crate::state::clock::iso_time(crate::state::clock::now_unix())
         );
         file.set_len(0).map_err(io)?;
         file.rewind().map_err(io)?;

@@ -5,8 +5,11 @@
 //! May import: `model`, `config`.
 
 pub(crate) mod audit;
+pub(crate) mod clock;
 pub(crate) mod ledger;
 pub(crate) mod lock;
+
+pub use clock::{iso_time, now_unix};
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -14,8 +17,7 @@ pub use audit::{
     key_path as audit_key_path, AuditRecord, ChainBreak, ChainReport, HeadCheck, AUDIT_KEY_ENV,
 };
 pub use ledger::{
-    iso_time, now_unix, AuditFilter, JobFileError, JobRecord, Ledger, LedgerError, Outcome,
-    RunCounts, RunRecord,
+    AuditFilter, JobFileError, JobRecord, Ledger, LedgerError, Outcome, RunCounts, RunRecord,
 };
 
 /// The ledger, shared by a run's tasks and by the agent's runners; writes happen on one task

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::config::Job;
-use crate::model::age::AgeRule;
 use crate::model::plan::{
     plan_with, spare as spare_unreadable, Adopt, LedgerView, PlanOptions, SyncPlan,
 };
@@ -24,7 +23,7 @@ use crate::sync::retry::with_retries;
 use crate::sync::scan::{
     gather_evidence, local_has_file, scan_local_scope, scan_remote_scope, Scan,
 };
-use crate::sync::walk::walk;
+use crate::sync::walk::{age_rule, walk};
 
 /// Both sides of a job as a run found them, and the plan made of them.
 pub(crate) struct Surveyed {
@@ -107,16 +106,6 @@ pub(crate) async fn survey_all(
         dest_temps,
         root_missing: w.found.root_missing,
     })
-}
-
-/// The job's `min_age:` / `max_age:` as of now (see [`crate::model::age`]). A pull's remote
-/// times are exact only from MLSD; a LIST time is taken as up to a minute early.
-pub(crate) fn age_rule(job: &Job, mlsd: bool) -> AgeRule {
-    let uncertainty = match job.direction {
-        Direction::Pull if !mlsd => std::time::Duration::from_secs(60),
-        _ => std::time::Duration::ZERO,
-    };
-    AgeRule::new(job.ages, uncertainty, system_time_ns(SystemTime::now()))
 }
 
 /// Leaves for a later run the remote files that may still be changing (`settle:`, see

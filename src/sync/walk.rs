@@ -239,7 +239,7 @@ pub async fn walk(
             source_empty: None,
             ledger_files: Some(ledger.lock().entry_count(&job.name)?),
             adopt: job.adopt,
-            ages: crate::sync::survey::age_rule(job, first.features.mlsd),
+            ages: age_rule(job, first.features.mlsd),
         }),
         got: Gathered::default(),
         offset: match job.remote.list_time_offset {
@@ -499,6 +499,20 @@ fn flush_ledger(
             Ok(())
         })
         .map_err(RunError::from)
+}
+
+/// The job's `min_age:` / `max_age:` as of now (see [`crate::model::age`]). A pull's remote
+/// times are exact only from MLSD; a LIST time is taken as up to a minute early.
+pub(crate) fn age_rule(job: &Job, mlsd: bool) -> crate::model::age::AgeRule {
+    let uncertainty = match job.direction {
+        Direction::Pull if !mlsd => std::time::Duration::from_secs(60),
+        _ => std::time::Duration::ZERO,
+    };
+    crate::model::age::AgeRule::new(
+        job.ages,
+        uncertainty,
+        crate::model::snapshot::system_time_ns(std::time::SystemTime::now()),
+    )
 }
 
 #[cfg(test)]
