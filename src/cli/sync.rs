@@ -96,10 +96,14 @@ impl SyncCmd {
                 );
             }
             println!(
-                "dry run: {} transfers ({}), {} deletions; nothing was changed",
+                "dry run: {} transfers ({}), {} deletions{}; nothing was changed",
                 plan.transfers(),
                 human_bytes(plan.transfer_bytes()),
-                plan.deletes()
+                plan.deletes(),
+                match report.preexisting {
+                    0 => String::new(),
+                    n => format!("; {n} there before the job began, left alone"),
+                }
             );
         }
         if report.plan.is_none() || report.outcome != Outcome::Ok {

@@ -43,6 +43,10 @@ pub struct Job {
     /// `adopt:`: a file both sides hold that the ledger does not know is adopted on evidence
     /// (the default) or sent again (see [`crate::model::plan::Adopt`]).
     pub adopt: crate::model::plan::Adopt,
+    /// `initial_files: skip`: the files the source holds at the job's first run are left alone
+    /// unless they change; only files that appear later are sent (see
+    /// [`crate::model::baseline`]).
+    pub initial_files: crate::model::baseline::InitialFiles,
     pub retries: RetryPolicy,
     pub upload: UploadOptions,
     /// `audit_retention:`: audit rows older than this are pruned after each run.
@@ -112,6 +116,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
         max_delete,
         allow_empty_source: raw.allow_empty_source,
         adopt: raw.adopt,
+        initial_files: raw.initial_files,
         retries,
         upload,
         audit_retention,
@@ -389,6 +394,16 @@ mod tests {
     }
 
     #[test]
+    fn initial_files_defaults_to_transfer_and_takes_skip() {
+        use crate::model::baseline::InitialFiles;
+        assert_eq!(parse(GOOD).unwrap().initial_files, InitialFiles::Transfer);
+        let job = parse(&format!("{GOOD}initial_files: skip\n")).unwrap();
+        assert_eq!(job.initial_files, InitialFiles::Skip);
+        let e = parse(&format!("{GOOD}initial_files: new\n")).unwrap_err();
+        assert!(e.to_string().contains("initial_files"), "{e}");
+    }
+
+    #[test]
     fn adopt_defaults_to_evidence_and_takes_recopy() {
         use crate::model::plan::Adopt;
         assert_eq!(parse(GOOD).unwrap().adopt, Adopt::Evidence);
@@ -548,6 +563,7 @@ mod tests {
             "max_delete",
             "allow_empty_source",
             "adopt",
+            "initial_files",
             "upload",
             "retries",
             "audit_retention",

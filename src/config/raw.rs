@@ -41,6 +41,8 @@ pub(super) struct RawJob {
     pub(super) allow_empty_source: bool,
     #[serde(default)]
     pub(super) adopt: crate::model::plan::Adopt,
+    #[serde(default)]
+    pub(super) initial_files: crate::model::baseline::InitialFiles,
     pub(super) retries: Option<RawRetries>,
     #[serde(default)]
     pub(super) catch_up: bool,

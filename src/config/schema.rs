@@ -56,6 +56,7 @@ const KEY_DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("", "exclude", "Glob patterns on paths relative to the job's root (a string or a list)."),
     ("", "transfers", "Parallel connections, 1..64 (default 4)."),
     ("", "adopt", "A file both sides hold that the ledger does not know: evidence (default: record it if digest, exact time or content shows it is the same, else a conflict) | recopy (send it again)."),
+    ("", "initial_files", "transfer (default) | skip: leave alone the files the source holds at the job's first run (remembered in the ledger, whatever their times) unless they change; send only files that appear later."),
     ("", "audit_retention", "How long the per-file audit record keeps rows (default 400d, at least 1d); pruning keeps the chain verifiable."),
     ("", "settle", "Pull jobs: take a remote file only once its size and time were seen unchanged this long apart, across runs (default 1m); 0 takes files as listed."),
     ("", "min_age", "Leave alone source files younger than this by modification time (`10m`, `2h`, `30d`): neither sent nor deleted at the destination; remote times from LIST count as a minute uncertain."),

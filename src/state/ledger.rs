@@ -8,6 +8,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+use crate::model::baseline::{Baseline, BaselineChange, BaselineFile};
 use crate::model::plan::{LedgerView, SyncedEntry};
 use crate::model::scope::Scope;
 use crate::model::settle::{Sighting, Sightings};
@@ -185,6 +186,19 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job, path)
     );
     ALTER TABLE runs ADD COLUMN files_waiting INTEGER NOT NULL DEFAULT 0;",
+    // 9 (baseline): `initial_files: skip`: the source files a job's first run found and left
+    // alone, and when that baseline was taken (a job without a row has none yet).
+    "CREATE TABLE baseline_files (
+        job TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime INTEGER NOT NULL,
+        PRIMARY KEY (job, path)
+    );
+    CREATE TABLE baselines (
+        job TEXT PRIMARY KEY,
+        taken_at INTEGER NOT NULL
+    );",
 ];
 
 /// A job file the agent could not load (recorded at its last load or SIGHUP reload).
@@ -649,6 +663,78 @@ impl Ledger {
                     s.mtime,
                     s.since
                 ],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)
+    }
+
+    /// `job`'s baseline (`initial_files: skip`), or `None` when its first run has not taken
+    /// one yet.
+    pub fn baseline(&self, job: &str) -> Result<Option<Baseline>, LedgerError> {
+        let taken: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT taken_at FROM baselines WHERE job = ?1",
+                params![job],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        if taken.is_none() {
+            return Ok(None);
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path, size, mtime FROM baseline_files WHERE job = ?1")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![job], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    BaselineFile {
+                        size: r.get::<_, i64>(1)?.max(0) as u64,
+                        mtime: r.get(2)?,
+                    },
+                ))
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Baseline, _>>()
+            .map(Some)
+            .map_err(self.err())
+    }
+
+    /// Applies what a run decided of `job`'s baseline, in one transaction; the first call also
+    /// marks the baseline as taken (even with no file in it: an empty source at the first run
+    /// makes every later file new).
+    pub fn change_baseline(
+        &mut self,
+        job: &str,
+        change: &BaselineChange,
+    ) -> Result<(), LedgerError> {
+        let path = self.path.clone();
+        let err = move |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&err)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO baselines (job, taken_at) VALUES (?1, ?2)",
+            params![job, now_unix()],
+        )
+        .map_err(&err)?;
+        for p in &change.drop {
+            tx.execute(
+                "DELETE FROM baseline_files WHERE job = ?1 AND path = ?2",
+                params![job, p],
+            )
+            .map_err(&err)?;
+        }
+        for (p, f) in &change.add {
+            tx.execute(
+                "INSERT OR REPLACE INTO baseline_files (job, path, size, mtime)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![job, p, i64::try_from(f.size).unwrap_or(i64::MAX), f.mtime],
             )
             .map_err(&err)?;
         }
@@ -1577,6 +1663,42 @@ mod tests {
             blake3: Some(e.hash),
             reply: Some("250 Rename successful."),
         }
+    }
+
+    #[test]
+    fn a_baseline_is_taken_once_and_changed_row_by_row() {
+        use crate::model::baseline::{BaselineChange, BaselineFile};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let f = |size| BaselineFile { size, mtime: 7 };
+        {
+            let mut l = Ledger::open(&path).unwrap();
+            assert_eq!(l.baseline("j").unwrap(), None, "not taken yet");
+            // An empty source at the first run: taken all the same.
+            l.change_baseline("empty", &BaselineChange::default())
+                .unwrap();
+            assert_eq!(l.baseline("empty").unwrap(), Some(Baseline::new()));
+            let first = BaselineChange {
+                add: [("a".to_string(), f(1)), ("b".to_string(), f(2))].into(),
+                ..BaselineChange::default()
+            };
+            l.change_baseline("j", &first).unwrap();
+        }
+        let mut l = Ledger::open(&path).unwrap();
+        assert_eq!(l.baseline("j").unwrap().unwrap().len(), 2);
+        l.change_baseline(
+            "j",
+            &BaselineChange {
+                drop: vec!["a".to_string()],
+                ..BaselineChange::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            l.baseline("j").unwrap(),
+            Some(Baseline::from([("b".to_string(), f(2))]))
+        );
+        assert_eq!(l.baseline("other").unwrap(), None);
     }
 
     #[test]

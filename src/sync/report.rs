@@ -28,6 +28,8 @@ pub struct RunReport {
     /// Downloads not renamed into place because the remote file changed while they ran
     /// (`settle:`): counted in `files_waiting`, not failures.
     pub changing: Vec<String>,
+    /// Source files left alone as there before the job began (`initial_files: skip`).
+    pub preexisting: u64,
 }
 
 impl RunReport {
@@ -38,7 +40,7 @@ impl RunReport {
     pub fn summary(&self) -> String {
         let c = &self.counts;
         let mut s = format!(
-            "{}: {} ({} uploaded, {}; {} downloaded, {}; {} deleted; {} failed{}{}) in {:.1}s",
+            "{}: {} ({} uploaded, {}; {} downloaded, {}; {} deleted; {} failed{}{}{}) in {:.1}s",
             escape_controls(&self.job),
             match self.outcome {
                 Outcome::Ok => "ok",
@@ -62,6 +64,10 @@ impl RunReport {
             match c.files_waiting {
                 0 => String::new(),
                 n => format!("; {n} waiting to settle"),
+            },
+            match self.preexisting {
+                0 => String::new(),
+                n => format!("; {n} there before the job began, left alone"),
             },
             self.elapsed.as_secs_f64()
         );
@@ -192,6 +198,7 @@ mod tests {
             outcome: Outcome::Partial,
             counts: RunCounts::default(),
             changing: Vec::new(),
+            preexisting: 0,
             failures: failures
                 .iter()
                 .map(|(p, e)| PathFailure {

@@ -47,6 +47,7 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
         run_id: None,
         interrupted: false,
         changing: Vec::new(),
+        preexisting: 0,
     };
     // One run of a job at a time, across processes; held until the report is returned. A run
     // left `running` in the ledger can only be a dead process's once the lock is ours. The
@@ -157,7 +158,9 @@ async fn execute_run(
         failures,
         dest_temps,
         root_missing,
+        preexisting,
     } = surveyed;
+    report.preexisting = preexisting;
     if root_missing && job.direction == Direction::Pull {
         return Err(RunError::RemoteRootMissing {
             path: job.remote.path.clone(),

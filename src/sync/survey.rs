@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::config::Job;
+use crate::model::baseline::{hold_baseline, InitialFiles};
 use crate::model::plan::{
     plan_with, spare as spare_unreadable, Adopt, LedgerView, PlanOptions, SyncPlan,
 };
@@ -36,6 +37,8 @@ pub(crate) struct Surveyed {
     pub dest_temps: Vec<String>,
     /// The job's remote directory does not exist.
     pub root_missing: bool,
+    /// Source files left alone as there before the job began (`initial_files: skip`).
+    pub preexisting: u64,
 }
 
 /// After a 425 on a TLS 1.3 data connection, the run's next connections use TLS 1.2.
@@ -95,6 +98,8 @@ pub(crate) async fn survey_all(
     let session = sessions.pop().ok_or(RunError::NoConnection)?;
     let dest_temps = w.found.dest_temps(job.direction);
     let mut plan = w.plan;
+    // Before settling: a file there before the job began is not waited on either.
+    let preexisting = hold_preexisting(job, ledger, &mut plan, write_ledger)?;
     if job.direction == Direction::Pull {
         hold_unsettled_files(job, ledger, &mut plan, write_ledger)?;
     }
@@ -105,7 +110,40 @@ pub(crate) async fn survey_all(
         failures: w.found.failures,
         dest_temps,
         root_missing: w.found.root_missing,
+        preexisting,
     })
+}
+
+/// Leaves alone the source files that were there before the job's first run
+/// (`initial_files: skip`, see [`crate::model::baseline`]); the first run takes the baseline
+/// (not a dry run, which only shows what would be left alone). Returns how many were left.
+fn hold_preexisting(
+    job: &Job,
+    ledger: &SharedLedger,
+    plan: &mut SyncPlan,
+    write_ledger: bool,
+) -> Result<u64, RunError> {
+    if job.initial_files != InitialFiles::Skip {
+        return Ok(0);
+    }
+    let baseline = ledger.lock().baseline(&job.name)?;
+    let first = baseline.is_none();
+    let change = hold_baseline(plan, &baseline.unwrap_or_default(), first);
+    if first {
+        tracing::info!(
+            files = change.held,
+            "initial_files: skip: the source's files at the job's first run are left alone; only files that appear or change later are sent"
+        );
+    } else if change.held > 0 {
+        tracing::debug!(
+            files = change.held,
+            "left alone: there before the job began"
+        );
+    }
+    if write_ledger && (first || !change.drop.is_empty()) {
+        ledger.lock().change_baseline(&job.name, &change)?;
+    }
+    Ok(change.held)
 }
 
 /// Leaves for a later run the remote files that may still be changing (`settle:`, see
@@ -145,6 +183,10 @@ pub(crate) async fn survey_scope(
     tls: &TlsContext,
     scope: &Scope,
 ) -> Result<Option<Surveyed>, RunError> {
+    // The baseline of `initial_files: skip` is taken from the whole source, never a scope.
+    if job.initial_files == InitialFiles::Skip && ledger.lock().baseline(&job.name)?.is_none() {
+        return Ok(None);
+    }
     let (view, dest_files) = {
         let l = ledger.lock();
         let view = l.entries_in(&job.name, scope)?;
@@ -236,6 +278,7 @@ pub(crate) async fn survey_scope(
     let mut the_plan = plan_with(options, &view, &local.snapshot, &remote.snapshot, &evidence)
         .map_err(|source| plan_refused(job, source))?;
     spare_unreadable(&mut the_plan, &local.unreadable);
+    let preexisting = hold_preexisting(job, ledger, &mut the_plan, true)?;
     let mut failures = local.failures;
     failures.extend(remote.failures);
     Ok(Some(Surveyed {
@@ -245,6 +288,7 @@ pub(crate) async fn survey_scope(
         failures,
         dest_temps: remote.temps,
         root_missing: remote.root_missing,
+        preexisting,
     }))
 }
 

@@ -17,6 +17,7 @@ mod audit;
 mod cli;
 mod fault_proxy_selftest;
 mod hostile_server;
+mod initial;
 mod listings;
 mod nat;
 mod polish;
