@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use super::filter::PathFilter;
 use super::policy::{self, RetryPolicy, UploadOptions};
-use super::raw::RawJob;
+use super::raw::{RawJob, RawTransfers};
 use super::remote::Remote;
 use super::trigger::{self, Intervals, Schedule, Watch};
 use super::{ConfigError, Ctx};
+use crate::model::parallel::{Transfers, DEFAULT_MAX_TRANSFERS};
 use crate::model::policy::{Direction, MaxDelete, SyncMode};
 
 /// One validated job.
@@ -34,7 +35,8 @@ pub struct Job {
     /// `catch_up: true`: a scheduled time missed while the agent was down runs at start-up.
     pub catch_up: bool,
     pub filter: PathFilter,
-    pub transfers: usize,
+    /// `transfers:` / `max_transfers:` (see [`crate::model::parallel`]).
+    pub transfers: Transfers,
     /// `None`: the default limit ([`crate::model::policy::default_max_delete`]).
     pub max_delete: Option<MaxDelete>,
     /// `allow_empty_source: true`: a mirror run whose source lists no file may delete the
@@ -81,7 +83,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
     let raw = raw_job(&ctx)?;
     let remote = Remote::from_raw(raw.remote, &mut ctx)?;
     let local = local(&raw.local, &ctx)?;
-    let transfers = transfers(raw.transfers, &ctx)?;
+    let transfers = transfers(raw.transfers.as_ref(), raw.max_transfers, &ctx)?;
     let watch = Watch::from_raw(&raw.watch, raw.direction, &ctx)?;
     let filter = PathFilter::from_raw(raw.include, raw.exclude, &ctx)?;
     let schedule = Schedule::from_raw(raw.schedule.as_deref(), &ctx)?;
@@ -112,7 +114,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
         poll: intervals.poll,
         catch_up: raw.catch_up,
         filter,
-        transfers: usize::from(transfers),
+        transfers,
         max_delete,
         allow_empty_source: raw.allow_empty_source,
         adopt: raw.adopt,
@@ -180,16 +182,33 @@ fn local(raw: &Path, ctx: &Ctx) -> Result<PathBuf, ConfigError> {
     Ok(ctx.resolve(raw))
 }
 
-/// `transfers:`, the number of connections: 4 by default.
-fn transfers(raw: Option<u16>, ctx: &Ctx) -> Result<u16, ConfigError> {
-    let transfers = raw.unwrap_or(4);
-    if !(1..=64).contains(&transfers) {
-        return Err(ctx.fail(
-            &["transfers"],
-            format!("transfers: {transfers} is outside 1..64"),
-        ));
+/// `transfers:` and `max_transfers:`, the number of connections: `auto` by default (see
+/// [`crate::model::parallel`]).
+fn transfers(
+    raw: Option<&RawTransfers>,
+    max: Option<u16>,
+    ctx: &Ctx,
+) -> Result<Transfers, ConfigError> {
+    let in_range = |key: &str, n: u64| {
+        if (1..=64).contains(&n) {
+            Ok(n as usize)
+        } else {
+            Err(ctx.fail(&[key], format!("{key}: {n} is outside 1..64")))
+        }
+    };
+    let max = max
+        .map(|m| in_range("max_transfers", u64::from(m)))
+        .transpose()?;
+    match raw {
+        None | Some(RawTransfers::Auto) => Ok(Transfers::Auto {
+            max: max.unwrap_or(DEFAULT_MAX_TRANSFERS),
+        }),
+        Some(RawTransfers::Count(_)) if max.is_some() => Err(ctx.fail(
+            &["max_transfers"],
+            "max_transfers is the ceiling of `transfers: auto`; with a fixed `transfers:` number, remove it",
+        )),
+        Some(RawTransfers::Count(n)) => in_range("transfers", u64::from(*n)).map(Transfers::Fixed),
     }
-    Ok(transfers)
 }
 
 /// One file of a jobs directory, loaded or not: the agent starts the valid ones and reports
@@ -353,7 +372,7 @@ mod tests {
         assert_eq!(job.remote.security, Security::Explicit);
         assert_eq!(job.direction, Direction::Push);
         assert_eq!(job.mode, SyncMode::Mirror);
-        assert_eq!(job.transfers, 4);
+        assert_eq!(job.transfers, Transfers::Auto { max: 16 });
         assert_eq!(job.remote.path, "/");
         assert_eq!(job.warnings.len(), 1, "inline password warns");
     }
@@ -425,6 +444,34 @@ mod tests {
         let e = parse("local: /x\nremote:\n  host: h\n  user: u\n  password: p\n  prot: 1\n")
             .unwrap_err();
         assert_eq!(e.line, 6, "{e}");
+    }
+
+    #[test]
+    fn transfers_is_auto_by_default_a_number_or_auto_with_a_ceiling() {
+        let t = |extra: &str| parse(&format!("{GOOD}{extra}")).map(|j| j.transfers);
+        assert_eq!(t("transfers: 8\n").unwrap(), Transfers::Fixed(8));
+        assert_eq!(t("transfers: auto\n").unwrap(), Transfers::Auto { max: 16 });
+        assert_eq!(
+            t("transfers: auto\nmax_transfers: 32\n").unwrap(),
+            Transfers::Auto { max: 32 }
+        );
+        assert_eq!(t("max_transfers: 2\n").unwrap(), Transfers::Auto { max: 2 });
+        for (bad, says) in [
+            ("transfers: 0\n", "transfers: 0 is outside 1..64"),
+            ("transfers: 65\n", "outside 1..64"),
+            (
+                "transfers: lots\n",
+                "a number of connections like 4, or auto",
+            ),
+            ("max_transfers: 0\n", "max_transfers: 0 is outside"),
+            (
+                "transfers: 4\nmax_transfers: 8\n",
+                "ceiling of `transfers: auto`",
+            ),
+        ] {
+            let e = t(bad).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -560,6 +607,7 @@ mod tests {
             "include",
             "exclude",
             "transfers",
+            "max_transfers",
             "max_delete",
             "allow_empty_source",
             "adopt",

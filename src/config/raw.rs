@@ -35,7 +35,8 @@ pub(super) struct RawJob {
     pub(super) poll: Option<String>,
     pub(super) include: Option<PatternList>,
     pub(super) exclude: Option<PatternList>,
-    pub(super) transfers: Option<u16>,
+    pub(super) transfers: Option<RawTransfers>,
+    pub(super) max_transfers: Option<u16>,
     pub(super) max_delete: Option<RawMaxDelete>,
     #[serde(default)]
     pub(super) allow_empty_source: bool,
@@ -278,6 +279,40 @@ impl<'de> Deserialize<'de> for RawMaxDelete {
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<RawMaxDelete, E> {
                 Ok(RawMaxDelete::Text(s.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `transfers` as written: a number of connections or `auto`.
+#[derive(Debug)]
+pub(super) enum RawTransfers {
+    Count(u16),
+    Auto,
+}
+
+impl<'de> Deserialize<'de> for RawTransfers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawTransfers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of connections like 4, or auto")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<RawTransfers, E> {
+                u16::try_from(n)
+                    .map(RawTransfers::Count)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(n), &self))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<RawTransfers, E> {
+                Err(E::invalid_value(Unexpected::Signed(n), &self))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawTransfers, E> {
+                match s {
+                    "auto" => Ok(RawTransfers::Auto),
+                    _ => Err(E::invalid_value(Unexpected::Str(s), &self)),
+                }
             }
         }
         d.deserialize_any(V)

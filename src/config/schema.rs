@@ -15,7 +15,7 @@ use std::borrow::Cow;
 
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
-use super::raw::{PatternList, RawJob, RawMaxDelete, RawPorts, RawRetries, RawWatch};
+use super::raw::{PatternList, RawJob, RawMaxDelete, RawPorts, RawRetries, RawTransfers, RawWatch};
 
 /// The schema's `$id`: where the Debian package installs it.
 pub const SCHEMA_PATH: &str = "/usr/share/ferrysync/job.schema.json";
@@ -54,7 +54,8 @@ const KEY_DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("", "poll", "Pull jobs: list the remote this often; with `watch: poll`: the local poll interval."),
     ("", "include", "Glob patterns on paths relative to the job's root (a string or a list)."),
     ("", "exclude", "Glob patterns on paths relative to the job's root (a string or a list)."),
-    ("", "transfers", "Parallel connections, 1..64 (default 4)."),
+    ("", "transfers", "Parallel connections: auto (default: 4 on a LAN, more as the round trip grows, up to max_transfers) or a fixed number, 1..64."),
+    ("", "max_transfers", "transfers: auto: the most connections a run opens, 1..64 (default 16)."),
     ("", "adopt", "A file both sides hold that the ledger does not know: evidence (default: record it if digest, exact time or content shows it is the same, else a conflict) | recopy (send it again)."),
     ("", "initial_files", "transfer (default) | skip: leave alone the files the source holds at the job's first run (remembered in the ledger, whatever their times) unless they change; send only files that appear later."),
     ("", "audit_retention", "How long the per-file audit record keeps rows (default 400d, at least 1d); pruning keeps the chain verifiable."),
@@ -227,6 +228,21 @@ impl JsonSchema for RawMaxDelete {
             "anyOf": [
                 { "type": "integer", "minimum": 0 },
                 { "type": "string", "examples": ["25%", "100%"] }
+            ]
+        })
+    }
+}
+
+impl JsonSchema for RawTransfers {
+    fn schema_name() -> Cow<'static, str> {
+        "Transfers".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "a number of connections like 4, or auto",
+            "anyOf": [
+                { "type": "integer", "minimum": 0, "maximum": 65535 },
+                { "const": "auto" }
             ]
         })
     }

@@ -7,6 +7,7 @@
 
 pub(crate) mod age;
 pub(crate) mod baseline;
+pub(crate) mod parallel;
 pub(crate) mod paths;
 pub(crate) mod plan;
 pub(crate) mod policy;

@@ -131,6 +131,8 @@ pub struct Session {
     listing_limit: Option<usize>,
     /// The job's caps on one directory's listing (see [`read_listing_lines`]).
     listing_caps: ListingCaps,
+    /// The control connection's round trip, measured at login: what `transfers: auto` scales by.
+    rtt: Duration,
 }
 
 impl Session {
@@ -146,8 +148,14 @@ impl Session {
         } = dialer.open(addr, tls).await?;
         dialer.login(&mut ftp).await?;
         let control_local = dialer.keep_alive(&ftp).await?;
+        // Two commands the server answers without work: the faster is the round trip (TCP's
+        // connect time would not do: a proxy or load balancer in front answers it at once).
+        let asked = std::time::Instant::now();
         let features = dialer.features(&mut ftp).await;
+        let feat_took = asked.elapsed();
+        let asked = std::time::Instant::now();
         dialer.binary(&mut ftp).await?;
+        let rtt = feat_took.min(asked.elapsed());
         let (ftp, passive_attempt) =
             with_passive_builder(ftp, addr, remote.passive_address, tls, &dialer.server);
         let limit = ftp.get_welcome_msg().and_then(listing_limit);
@@ -171,7 +179,13 @@ impl Session {
             active_reply_pending: Arc::new(AtomicBool::new(false)),
             listing_limit: limit,
             listing_caps: remote.listing_caps,
+            rtt,
         })
+    }
+
+    /// The control connection's round trip as measured at login (see [`Session::connect`]).
+    pub fn rtt(&self) -> Duration {
+        self.rtt
     }
 
     /// The control connection speaks TLS 1.3 and has no session ticket left: its next data

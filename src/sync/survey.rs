@@ -82,7 +82,7 @@ pub(crate) async fn survey_all(
     let mut w = retried(job, tls, || async {
         let connecting = Instant::now();
         let session = Session::connect(&job.remote, tls).await?;
-        tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
+        tracing::info!(server = %session.server, mlsd = session.features.mlsd, rtt_ms = session.rtt().as_secs_f64() * 1000.0, connections = job.transfers.for_rtt(session.rtt()), "connected");
         let connect_time = connecting.elapsed();
         walk(job, ledger, tls, session, connect_time, write_ledger).await
     })

@@ -249,12 +249,17 @@ pub async fn walk(
         queue: VecDeque::from([DirVisit::root(job.local.is_dir(), true)]),
         deferred: Vec::new(),
     };
+    // `transfers: auto` scales with the round trip measured at login (see
+    // `crate::model::parallel`).
+    let connections = job.transfers.for_rtt(first.rtt());
     let mut idle = vec![first];
     let mut sessions = 1;
     let mut in_flight = FuturesUnordered::new();
+    // Connections being opened for the listing: the walk goes on on those it has meanwhile.
+    let mut opening = FuturesUnordered::new();
     // What one listing takes, from those done on a single connection.
     let mut listed_alone = (Duration::ZERO, 0u32);
-    let mut more_wanted = job.transfers > 1;
+    let mut more_wanted = connections > 1;
 
     loop {
         let waiting = planning.queue.len();
@@ -262,16 +267,15 @@ pub async fn walk(
             let per_dir = listed_alone.0 / listed_alone.1;
             if worth_more_connections(waiting, per_dir, connect_time) {
                 more_wanted = false;
-                let wanted = (job.transfers - 1).min(waiting - 1);
+                let wanted = (connections - 1).min(waiting - 1);
                 tracing::debug!(
                     waiting,
                     per_dir_ms = per_dir.as_millis() as u64,
                     connect_ms = connect_time.as_millis() as u64,
                     "listing on {wanted} more connections"
                 );
-                let opened = open_connections(job, tls, wanted).await;
-                sessions += opened.len();
-                idle.extend(opened);
+                sessions += wanted;
+                opening.extend((0..wanted).map(|_| Session::connect(&job.remote, tls)));
             }
         }
         while !planning.queue.is_empty() && !idle.is_empty() {
@@ -280,7 +284,25 @@ pub async fn walk(
             };
             in_flight.push(ctx.visit(session, visit, planning.offset));
         }
-        let Some((session, visited)) = in_flight.next().await else {
+        let next = if in_flight.is_empty() || opening.is_empty() {
+            in_flight.next().await
+        } else {
+            tokio::select! {
+                visited = in_flight.next() => visited,
+                Some(opened) = opening.next() => {
+                    match opened {
+                        Ok(session) => idle.push(session),
+                        // Too many connections, say: list on the ones there are.
+                        Err(e) => {
+                            tracing::debug!("no extra connection for the listing: {e}");
+                            sessions -= 1;
+                        }
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some((session, visited)) = next else {
             if !planning.release_deferred()? {
                 break;
             }
@@ -294,6 +316,13 @@ pub async fn walk(
         }
         if planning.take(visited)? {
             flush_ledger(job, ledger, &mut planning.got, write_ledger, LEDGER_BATCH)?;
+        }
+    }
+    // Connections still logging in carry the transfers.
+    while let Some(opened) = opening.next().await {
+        match opened {
+            Ok(session) => idle.push(session),
+            Err(e) => tracing::debug!("no extra connection for the listing: {e}"),
         }
     }
     let Planning { tree, mut got, .. } = planning;
@@ -321,21 +350,6 @@ pub async fn walk(
         sessions: idle,
         found: got.found,
     })
-}
-
-/// `wanted` more logged-in connections, opened side by side; as many as the server allows.
-async fn open_connections(job: &Job, tls: &TlsContext, wanted: usize) -> Vec<Session> {
-    let opened =
-        futures_util::future::join_all((0..wanted).map(|_| Session::connect(&job.remote, tls)))
-            .await;
-    opened
-        .into_iter()
-        .filter_map(|s| {
-            // Too many connections, say: list on the ones there are.
-            s.inspect_err(|e| tracing::debug!("no extra connection for the listing: {e}"))
-                .ok()
-        })
-        .collect()
 }
 
 /// The ledger's rows in directories the walk never entered.

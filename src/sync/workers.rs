@@ -113,9 +113,17 @@ async fn start_workers(
     mut spare: Vec<Session>,
     files: u64,
 ) -> Vec<JoinHandle<Option<Session>>> {
+    // The least round trip any connection measured: load on either side only ever adds to it
+    // (logins side by side, say).
+    let rtt = spare
+        .iter()
+        .map(Session::rtt)
+        .fold(first.rtt(), Duration::min);
     let workers = pool
         .job
         .transfers
+        .for_rtt(rtt)
+        .max(1 + spare.len())
         .min(usize::try_from(files).unwrap_or(usize::MAX))
         .max(1);
     pool.live.store(workers, Ordering::SeqCst);

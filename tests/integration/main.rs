@@ -20,6 +20,7 @@ mod hostile_server;
 mod initial;
 mod listings;
 mod nat;
+mod parallel;
 mod polish;
 mod probe;
 mod restricted_servers;

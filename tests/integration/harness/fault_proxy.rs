@@ -188,6 +188,9 @@ struct Shared {
     /// Open connections: id -> (kind, the connection), for `cut_*_now` and `resume_stalled`.
     live: Mutex<HashMap<u64, (Kind, Arc<ConnState>)>>,
     next_id: AtomicU64,
+    /// Each piece of a control connection's replies waits this long (ms) before it is passed
+    /// on: a round trip of about that much, for the client to measure.
+    reply_delay_ms: AtomicU64,
 }
 
 impl Shared {
@@ -339,6 +342,10 @@ async fn pump(
         let n = from.read(&mut buf).await?;
         if n == 0 {
             return to.shutdown().await;
+        }
+        let delay = shared.reply_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 && !to_server && conn.kind == Kind::Control {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         let mut off = 0;
         while off < n {
@@ -597,6 +604,13 @@ impl FaultProxy {
     /// Sets the fault of control connections (replacing any earlier one).
     pub fn set_control_fault(&self, fault: Fault) {
         self.set_fault(Kind::Control, Some(fault));
+    }
+    /// Delays every reply on control connections by `delay`: a link with that round trip, as
+    /// far as the client can measure it.
+    pub fn set_control_reply_delay(&self, delay: Duration) {
+        self.shared
+            .reply_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
     /// Removes both faults. Connections already cut or stalled stay so (see `resume_stalled`).
     pub fn clear_faults(&self) {
