@@ -18,6 +18,7 @@ mod cli;
 mod fault_proxy_selftest;
 mod hostile_server;
 mod listings;
+mod metrics;
 mod nat;
 mod polish;
 mod probe;
