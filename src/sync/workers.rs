@@ -63,6 +63,7 @@ fn lock_queue(q: &Queue) -> MutexGuard<'_, VecDeque<Action>> {
 /// Runs the transfers of `work` on up to `job.transfers` connections, starting with the
 /// connection that listed and any more the listing opened; returns a live connection for the
 /// deletes that follow, if one is left.
+#[allow(clippy::too_many_arguments)] // the run's parts, each handed to the pool once
 pub(crate) async fn transfer_all(
     job: &Job,
     ledger: &SharedLedger,
