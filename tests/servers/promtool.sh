@@ -13,9 +13,10 @@
 #   PROMTOOL_CACHE_DIR  where the unpacked package is kept (default /var/cache/ferrysync-tests/promtool)
 set -euo pipefail
 
+# shellcheck disable=SC2034 # PROG and APT_TIMEOUT are read by common.sh
 PROG=${0##*/}
 CACHE_DIR=${PROMTOOL_CACHE_DIR:-/var/cache/ferrysync-tests/promtool}
-# shellcheck disable=SC2034 # read by common.sh
+# shellcheck disable=SC2034
 APT_TIMEOUT=300
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
 # shellcheck source=tests/servers/common.sh
