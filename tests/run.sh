@@ -100,6 +100,9 @@ source "$work/vsftpd-implicit/env"
 # Every server above must reach the tests: one whose variables are missing fails its tests
 # instead of skipping them (tests/integration/harness/mod.rs, Server::from_env).
 export FERRYSYNC_REQUIRE_SERVERS=1
+# `promtool check metrics` on `status --prometheus` (tests/integration/metrics.rs).
+FERRYSYNC_PROMTOOL=$(bash tests/servers/promtool.sh)
+export FERRYSYNC_PROMTOOL
 
 cargo build --all-targets
 # `bash tests/run.sh NAME...` runs only the tests whose names contain a NAME (against the same

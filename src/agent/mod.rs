@@ -16,6 +16,12 @@
 //! May import: every layer below it (`model`, `config`, `state`, `remote`, `sync`).
 
 pub(crate) mod folder_watch;
+pub(crate) mod metrics;
+
+pub use metrics::{
+    prometheus_text, write_prometheus_file, CertificateExpiry, CertificateSide, MetricsError,
+    PROMETHEUS_CONTENT_TYPE,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -15,6 +15,13 @@ pub struct StatusCmd {
     /// One JSON document (fields documented in the README).
     #[arg(long)]
     json: bool,
+    /// Every job's metrics in Prometheus text format (see "Metrics" in the README).
+    #[arg(long, conflicts_with_all = ["job", "json"])]
+    prometheus: bool,
+    /// The metrics written to PATH atomically (a temporary file renamed over it), for
+    /// node_exporter's textfile collector.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["job", "json", "prometheus"])]
+    prometheus_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     state: StateArg,
 }
@@ -66,6 +73,9 @@ pub fn next_run(schedule: Option<&str>, timezone: Option<&str>) -> Option<String
 
 impl StatusCmd {
     pub fn execute(self) -> CmdResult {
+        if self.prometheus || self.prometheus_file.is_some() {
+            return self.print_prometheus();
+        }
         let Some(ledger) = Ledger::open_read_only(&self.state.path)? else {
             return self.without_ledger();
         };
@@ -95,6 +105,22 @@ impl StatusCmd {
         }
         print_table(&out);
         Ok(())
+    }
+
+    /// `--prometheus`, `--prometheus-file`: the ledger's metrics (only `ferrysync_build_info`
+    /// while there is no ledger yet).
+    fn print_prometheus(&self) -> CmdResult {
+        let ledger = Ledger::open_read_only(&self.state.path)?;
+        let text = ferrysync::agent::prometheus_text(ledger.as_ref(), &[]).map_err(Failure::run)?;
+        match &self.prometheus_file {
+            Some(path) => {
+                ferrysync::agent::write_prometheus_file(path, &text).map_err(Failure::run)
+            }
+            None => {
+                print!("{text}");
+                Ok(())
+            }
+        }
     }
 
     /// No ledger yet: nothing has run.
@@ -358,6 +384,8 @@ impl StatusCmd {
         StatusCmd {
             job: None,
             json: false,
+            prometheus: false,
+            prometheus_file: None,
             state,
         }
     }

@@ -199,6 +199,10 @@ const MIGRATIONS: &[&str] = &[
         job TEXT PRIMARY KEY,
         taken_at INTEGER NOT NULL
     );",
+    // 10 (metrics): a run's retries (attempts after a transient failure) and whether it fell back
+    // from TLS 1.3 to TLS 1.2, for the Prometheus counters (src/agent/metrics.rs).
+    "ALTER TABLE runs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN tls_fallbacks INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A job file the agent could not load (recorded at its last load or SIGHUP reload).
@@ -289,6 +293,11 @@ pub struct RunCounts {
     /// Remote files a pull left for a later run because they may still be changing
     /// (`settle:`): neither transferred nor failed.
     pub files_waiting: u64,
+    /// Attempts made again after a transient failure (a connection, a listing, a transfer).
+    pub retries: u64,
+    /// 1 when the run's new connections moved from TLS 1.3 to TLS 1.2 (see "TLS session reuse
+    /// and TLS 1.3" in the README), else 0.
+    pub tls_fallbacks: u64,
 }
 
 impl RunCounts {
@@ -510,7 +519,7 @@ impl Ledger {
     }
 
     /// Every row `sql` selects with `params`, each made into a `T` by `row`.
-    fn query_rows<T>(
+    pub(super) fn query_rows<T>(
         &self,
         sql: &str,
         params: impl rusqlite::Params,
@@ -1051,7 +1060,7 @@ impl Ledger {
                 "UPDATE runs SET ended_at = ?2, outcome = ?3, files_up = ?4, bytes_up = ?5,
                     files_down = ?6, bytes_down = ?7, files_deleted = ?8, files_failed = ?9,
                     error = ?10, failures = ?11, progress = NULL, files_adopted = ?12,
-                    files_waiting = ?13
+                    files_waiting = ?13, retries = ?14, tls_fallbacks = ?15
                  WHERE id = ?1",
                 params![
                     id,
@@ -1066,7 +1075,9 @@ impl Ledger {
                     error,
                     failures,
                     counts.files_adopted as i64,
-                    counts.files_waiting as i64
+                    counts.files_waiting as i64,
+                    counts.retries as i64,
+                    counts.tls_fallbacks as i64
                 ],
             )
             .map(|_| ())
@@ -1110,7 +1121,7 @@ impl Ledger {
             .prepare(&format!(
                 "SELECT id, job, trigger, started_at, ended_at, outcome, files_up, bytes_up,
                         files_down, bytes_down, files_deleted, files_failed, error, failures, progress,
-                        files_adopted, files_waiting
+                        files_adopted, files_waiting, retries, tls_fallbacks
                  FROM runs WHERE {condition}"
             ))
             .map_err(self.err())?;
@@ -1133,6 +1144,8 @@ impl Ledger {
                         files_failed: r.get::<_, i64>(11)? as u64,
                         files_adopted: r.get::<_, i64>(15)? as u64,
                         files_waiting: r.get::<_, i64>(16)? as u64,
+                        retries: r.get::<_, i64>(17)? as u64,
+                        tls_fallbacks: r.get::<_, i64>(18)? as u64,
                     },
                     error: r.get(12)?,
                     failures: serde_json::from_str(&failures).unwrap_or_default(),
@@ -1311,7 +1324,8 @@ impl Ledger {
                      WHERE id = (SELECT max(id) FROM runs WHERE job = ?1)
                        AND trigger = 'poll' AND outcome = 'ok' AND files_up = 0
                        AND files_down = 0 AND files_deleted = 0 AND files_failed = 0
-                       AND files_adopted = 0 AND files_waiting = 0",
+                       AND files_adopted = 0 AND files_waiting = 0
+                       AND retries = 0 AND tls_fallbacks = 0",
                     [job],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )

@@ -8,8 +8,11 @@ pub(crate) mod audit;
 pub(crate) mod clock;
 pub(crate) mod ledger;
 pub(crate) mod lock;
+pub(crate) mod totals;
 
 pub use clock::{iso_time, now_unix};
+pub use ledger::RunProgress;
+pub use totals::JobTotals;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

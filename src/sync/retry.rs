@@ -11,9 +11,38 @@
 //! the job or the server.
 
 use std::fmt::Display;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::config::RetryPolicy;
 use crate::sync::stop::StopSignal;
+
+/// What a run's tasks (the survey, every transfer worker) met that its record keeps: the
+/// attempts made again after a transient failure, and the fall-back from TLS 1.3 to TLS 1.2.
+/// Shared by those tasks; read once the run ends (`RunCounts::retries`, `tls_fallbacks`, and so
+/// the Prometheus counters).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RunTally {
+    retries: Arc<AtomicU64>,
+    tls_fallbacks: Arc<AtomicU64>,
+}
+
+impl RunTally {
+    pub(crate) fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+    /// The run's new connections moved to TLS 1.2 (at most once per run: the caller counts
+    /// only the call that made the switch).
+    pub(crate) fn fell_back_to_tls12(&self) {
+        self.tls_fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+    pub(crate) fn tls_fallbacks(&self) -> u64 {
+        self.tls_fallbacks.load(Ordering::Relaxed)
+    }
+}
 
 /// The attempts of one piece of work.
 pub(crate) struct Attempts<'a> {
@@ -21,15 +50,19 @@ pub(crate) struct Attempts<'a> {
     /// Attempts that failed so far (0 during the first).
     failed: u32,
     stop: StopSignal,
+    /// Where each attempt made again is counted.
+    tally: RunTally,
 }
 
 impl<'a> Attempts<'a> {
-    /// Attempts whose backoff ends early, with no further attempt, when `stop` is requested.
-    pub(crate) fn new(policy: &'a RetryPolicy, stop: StopSignal) -> Self {
+    /// Attempts whose backoff ends early, with no further attempt, when `stop` is requested;
+    /// each attempt made again is counted in `tally`.
+    pub(crate) fn new(policy: &'a RetryPolicy, stop: StopSignal, tally: &RunTally) -> Self {
         Attempts {
             policy,
             failed: 0,
             stop,
+            tally: tally.clone(),
         }
     }
 
@@ -63,6 +96,7 @@ impl<'a> Attempts<'a> {
             return false;
         }
         self.failed += 1;
+        self.tally.retried();
         true
     }
 }
@@ -74,6 +108,7 @@ impl<'a> Attempts<'a> {
 pub(crate) async fn with_retries<T, E, F, Fut>(
     policy: &RetryPolicy,
     stop: &StopSignal,
+    tally: &RunTally,
     mut on_failure: impl FnMut(&E),
     is_transient: impl Fn(&E) -> bool,
     mut attempt: F,
@@ -83,7 +118,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut attempts = Attempts::new(policy, stop.clone());
+    let mut attempts = Attempts::new(policy, stop.clone(), tally);
     loop {
         match attempt().await {
             Ok(done) => return Ok(done),
@@ -104,6 +139,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn transient_failures_are_retried_up_to_the_attempts_and_permanent_ones_never() {
+        let tally = RunTally::default();
         let policy = RetryPolicy {
             attempts: 3,
             max_delay: Duration::from_secs(1),
@@ -112,6 +148,7 @@ mod tests {
         let r: Result<(), String> = with_retries(
             &policy,
             &StopSignal::default(),
+            &tally,
             |_| {},
             |_| true,
             || {
@@ -122,11 +159,13 @@ mod tests {
         .await;
         assert!(r.is_err());
         assert_eq!(calls, 3);
+        assert_eq!(tally.retries(), 2, "the attempts made again are counted");
 
         let mut calls = 0;
         let r: Result<(), String> = with_retries(
             &policy,
             &StopSignal::default(),
+            &tally,
             |_| {},
             |_| false,
             || {
@@ -137,11 +176,13 @@ mod tests {
         .await;
         assert!(r.is_err());
         assert_eq!(calls, 1);
+        assert_eq!(tally.retries(), 2, "a permanent failure is not retried");
 
         let mut calls = 0;
         let r: Result<u32, String> = with_retries(
             &policy,
             &StopSignal::default(),
+            &tally,
             |_| {},
             |_| true,
             || {
@@ -158,6 +199,7 @@ mod tests {
         )
         .await;
         assert_eq!(r, Ok(2));
+        assert_eq!(tally.retries(), 3);
     }
 
     #[tokio::test(start_paused = true)]
@@ -175,6 +217,7 @@ mod tests {
             with_retries(
                 &policy,
                 &stop,
+                &RunTally::default(),
                 |_| {},
                 |_| true,
                 || {

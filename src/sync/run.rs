@@ -21,6 +21,7 @@ use crate::sync::destination::Destination;
 use crate::sync::error::RunError;
 use crate::sync::options::RunOptions;
 use crate::sync::report::RunReport;
+use crate::sync::retry::RunTally;
 use crate::sync::stop::{OpenRun, StopSignal};
 use crate::sync::survey::{survey_all, survey_scope, Surveyed};
 use crate::sync::workers::{quit_all, transfer_all};
@@ -87,7 +88,10 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
     // Dropped unfinished (the agent's stop timeout, the end of the process), the run is
     // recorded `interrupted`, never left `running`.
     let open_run = run_id.map(|id| OpenRun::new(ledger, id));
-    let result = execute_run(job, ledger, opts, &mut report).await;
+    let tally = RunTally::default();
+    let result = execute_run(job, ledger, opts, &tally, &mut report).await;
+    report.counts.retries = tally.retries();
+    report.counts.tls_fallbacks = tally.tls_fallbacks();
     if let Err(e) = result {
         report.error = Some(e);
         report.outcome = Outcome::Failed;
@@ -133,6 +137,7 @@ async fn execute_run(
     job: &Job,
     ledger: &SharedLedger,
     opts: &RunOptions,
+    tally: &RunTally,
     report: &mut RunReport,
 ) -> Result<(), RunError> {
     let tls = Arc::new(
@@ -146,7 +151,7 @@ async fn execute_run(
     // and backoff) races the stop signal: nothing has been changed yet, so the work is simply
     // dropped where it waits.
     let stop = StopSignal::new(opts.stop.clone());
-    let Some(surveyed) = stop.race(survey(job, ledger, &tls, opts)).await else {
+    let Some(surveyed) = stop.race(survey(job, ledger, &tls, tally, opts)).await else {
         report.interrupted = true;
         return Ok(());
     };
@@ -212,7 +217,17 @@ async fn execute_run(
             return Ok(());
         }
     }
-    let mut session = transfer_all(job, ledger, opts, &tls, (session, spare), work, report).await;
+    let mut session = transfer_all(
+        job,
+        ledger,
+        opts,
+        &tls,
+        tally,
+        (session, spare),
+        work,
+        report,
+    )
+    .await;
     if opts.stop_requested() {
         // Deletes and ledger-only updates wait for a run that sees the whole transfer set.
         report.interrupted = true;
@@ -258,6 +273,7 @@ async fn survey(
     job: &Job,
     ledger: &SharedLedger,
     tls: &TlsContext,
+    tally: &RunTally,
     opts: &RunOptions,
 ) -> Result<(Surveyed, Option<Scope>), RunError> {
     let scope = opts
@@ -265,11 +281,14 @@ async fn survey(
         .as_ref()
         .filter(|_| job.direction == Direction::Push);
     if let Some(scope) = scope {
-        if let Some(surveyed) = survey_scope(job, ledger, tls, scope).await? {
+        if let Some(surveyed) = survey_scope(job, ledger, tls, tally, scope).await? {
             return Ok((surveyed, Some(scope.clone())));
         }
     }
-    Ok((survey_all(job, ledger, tls, !opts.dry_run).await?, None))
+    Ok((
+        survey_all(job, ledger, tls, tally, !opts.dry_run).await?,
+        None,
+    ))
 }
 
 /// Makes the plan's new directories on the destination; a failure fails that path.

@@ -20,7 +20,7 @@ use crate::remote::tls::TlsContext;
 use crate::state::ledger::PathFailure;
 use crate::state::SharedLedger;
 use crate::sync::error::{plan_refused, RunError};
-use crate::sync::retry::with_retries;
+use crate::sync::retry::{with_retries, RunTally};
 use crate::sync::scan::{
     gather_evidence, local_has_file, scan_local_scope, scan_remote_scope, Scan,
 };
@@ -42,8 +42,9 @@ pub(crate) struct Surveyed {
 }
 
 /// After a 425 on a TLS 1.3 data connection, the run's next connections use TLS 1.2.
-pub(crate) fn note_tls12_fallback(tls: &TlsContext) {
+pub(crate) fn note_tls12_fallback(tls: &TlsContext, tally: &RunTally) {
     if tls.fall_back_to_tls12() {
+        tally.fell_back_to_tls12();
         tracing::warn!(
             "the server refused a TLS 1.3 data connection (425): it needs the control connection's TLS session, and that session's single-use tickets can run out; this run now uses TLS 1.2 (set remote.tls.max_version: \"1.2\" to start there)"
         );
@@ -52,7 +53,12 @@ pub(crate) fn note_tls12_fallback(tls: &TlsContext) {
 
 /// Retries `attempt` per the job's policy; a 425 moves the run to TLS 1.2 first. The run races
 /// the whole survey, backoffs included, against its stop signal (`sync/run.rs`).
-async fn retried<T, F, Fut>(job: &Job, tls: &TlsContext, attempt: F) -> Result<T, RunError>
+async fn retried<T, F, Fut>(
+    job: &Job,
+    tls: &TlsContext,
+    tally: &RunTally,
+    attempt: F,
+) -> Result<T, RunError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, RunError>>,
@@ -60,9 +66,10 @@ where
     with_retries(
         &job.retries,
         &crate::sync::stop::StopSignal::default(),
+        tally,
         |e: &RunError| {
             if e.code() == Some(425) {
-                note_tls12_fallback(tls);
+                note_tls12_fallback(tls, tally);
             }
         },
         RunError::is_transient,
@@ -77,9 +84,10 @@ pub(crate) async fn survey_all(
     job: &Job,
     ledger: &SharedLedger,
     tls: &TlsContext,
+    tally: &RunTally,
     write_ledger: bool,
 ) -> Result<Surveyed, RunError> {
-    let mut w = retried(job, tls, || async {
+    let mut w = retried(job, tls, tally, || async {
         let connecting = Instant::now();
         let session = Session::connect(&job.remote, tls).await?;
         tracing::info!(server = %session.server, mlsd = session.features.mlsd, rtt_ms = session.rtt().as_secs_f64() * 1000.0, connections = job.transfers.for_rtt(session.rtt()), "connected");
@@ -181,6 +189,7 @@ pub(crate) async fn survey_scope(
     job: &Job,
     ledger: &SharedLedger,
     tls: &TlsContext,
+    tally: &RunTally,
     scope: &Scope,
 ) -> Result<Option<Surveyed>, RunError> {
     // The baseline of `initial_files: skip` is taken from the whole source, never a scope.
@@ -201,7 +210,7 @@ pub(crate) async fn survey_scope(
     let local_scan = tokio::task::spawn_blocking(move || {
         scan_local_scope(&local_root, &scope_for_scan, &filter, &view_for_scan)
     });
-    let remote_scan = connect_and_list_scope(job, tls, &view, scope).await;
+    let remote_scan = connect_and_list_scope(job, tls, tally, &view, scope).await;
     let local = local_scan
         .await
         .map_err(|_| RunError::Task("local scan"))?
@@ -297,10 +306,11 @@ pub(crate) async fn survey_scope(
 async fn connect_and_list_scope(
     job: &Job,
     tls: &TlsContext,
+    tally: &RunTally,
     view: &LedgerView,
     scope: &Scope,
 ) -> Result<(Session, Option<Scan>), RunError> {
-    retried(job, tls, || async {
+    retried(job, tls, tally, || async {
         let mut session = Session::connect(&job.remote, tls).await?;
         tracing::info!(server = %session.server, mlsd = session.features.mlsd, "connected");
         let scan = scan_remote_scope(

@@ -24,7 +24,7 @@ use crate::state::ledger::{PathFailure, RunProgress};
 use crate::state::SharedLedger;
 use crate::sync::options::{RunOptions, TransferProgress};
 use crate::sync::report::RunReport;
-use crate::sync::retry::Attempts;
+use crate::sync::retry::{Attempts, RunTally};
 use crate::sync::stop::{StopSignal, STOP_GRACE};
 use crate::sync::survey::note_tls12_fallback;
 use crate::sync::transfer::{self, ByteCounter, TransferContext, TransferError, Transferred};
@@ -63,11 +63,13 @@ fn lock_queue(q: &Queue) -> MutexGuard<'_, VecDeque<Action>> {
 /// Runs the transfers of `work` on up to `job.transfers` connections, starting with the
 /// connection that listed and any more the listing opened; returns a live connection for the
 /// deletes that follow, if one is left.
+#[allow(clippy::too_many_arguments)] // the run's parts, each handed to the pool once
 pub(crate) async fn transfer_all(
     job: &Job,
     ledger: &SharedLedger,
     opts: &RunOptions,
     tls: &Arc<TlsContext>,
+    tally: &RunTally,
     (first, spare): (Session, Vec<Session>),
     work: VecDeque<Action>,
     report: &mut RunReport,
@@ -84,6 +86,7 @@ pub(crate) async fn transfer_all(
         job: Arc::new(job.clone()),
         ledger: ledger.clone(),
         tls: tls.clone(),
+        tally: tally.clone(),
         queue: queue.clone(),
         tx,
         counter: counter.clone(),
@@ -370,6 +373,8 @@ struct WorkerPool {
     job: Arc<Job>,
     ledger: SharedLedger,
     tls: Arc<TlsContext>,
+    /// The run's retries and TLS fall-back, for its record.
+    tally: RunTally,
     queue: Queue,
     tx: mpsc::UnboundedSender<WorkerNews>,
     counter: ByteCounter,
@@ -457,7 +462,7 @@ async fn transfer_one(
         stop: pool.stop.as_ref(),
     };
     let stop = StopSignal::new(pool.stop.clone());
-    let mut attempts = Attempts::new(&job.retries, stop.clone());
+    let mut attempts = Attempts::new(&job.retries, stop.clone(), &pool.tally);
     loop {
         if session.is_none() {
             *session = Some(connect(pool, &mut attempts, path).await?);
@@ -467,6 +472,7 @@ async fn transfer_one(
             // Its next data connection could not resume the TLS 1.3 session: reconnect, with
             // TLS 1.2, before the server refuses a transfer.
             if tls.switch_to_tls12() {
+                pool.tally.fell_back_to_tls12();
                 tracing::info!("the TLS 1.3 session's resumption tickets are used up (uploads bring no new ones); this run's new connections use TLS 1.2, whose session can be resumed again and again");
             }
             if let Some(old) = session.take() {
@@ -492,7 +498,7 @@ async fn transfer_one(
             Err(e) => e,
         };
         if matches!(e, TransferError::Ftps(ref f) if f.code() == Some(425)) {
-            note_tls12_fallback(tls);
+            note_tls12_fallback(tls, &pool.tally);
         }
         if e.breaks_connection() {
             *session = None;

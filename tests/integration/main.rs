@@ -19,6 +19,7 @@ mod fault_proxy_selftest;
 mod hostile_server;
 mod initial;
 mod listings;
+mod metrics;
 mod nat;
 mod parallel;
 mod polish;
