@@ -33,10 +33,15 @@ use crate::state::ledger::{JobFileError, JobRecord};
 use crate::state::ledger::{Outcome, RunCounts};
 use crate::state::SharedLedger;
 use crate::sync::options::RunOptions;
+use crate::sync::notify::Notifier;
 use crate::sync::run::run_job;
 
 /// The default number of jobs that may run at the same time.
 pub const DEFAULT_MAX_RUNS: usize = 4;
+
+/// How long `ferrysync sync` and a stopping agent wait for their notifications (a webhook
+/// that is down is given up on then; its failure is logged).
+pub const NOTIFY_GRACE: Duration = Duration::from_secs(10);
 
 /// The longest a cron task sleeps before looking at the wall clock again (suspend, clock steps).
 const CLOCK_CHECK: Duration = Duration::from_secs(30);
@@ -200,6 +205,8 @@ pub struct Agent {
     folder_locks: HashMap<std::path::PathBuf, Arc<tokio::sync::Mutex<()>>>,
     /// Tasks of removed or replaced jobs, finishing their in-flight runs.
     retired: Vec<JoinHandle<()>>,
+    /// Sends alerts on tasks of their own (`notify:`), never holding up a run.
+    notifier: Notifier,
 }
 
 /// Waits until `stop` turns true (or its sender is gone).
@@ -219,6 +226,7 @@ impl Agent {
             run_locks: HashMap::new(),
             folder_locks: HashMap::new(),
             retired: Vec::new(),
+            notifier: Notifier::new(),
         };
         for job in jobs {
             let source = std::fs::read_to_string(&job.file).unwrap_or_default();
@@ -301,6 +309,7 @@ impl Agent {
                 self.limit.clone(),
                 (run_lock, folder_lock),
                 stop_rx,
+                self.notifier.clone(),
             )));
         }
         self.jobs.insert(
@@ -444,7 +453,10 @@ impl Agent {
         }
         let handles = std::mem::take(&mut self.retired);
         let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
-        match tokio::time::timeout(grace, futures_join(handles)).await {
+        let stopped = tokio::time::timeout(grace, futures_join(handles)).await;
+        // Alerts of the last runs go out before the agent exits, for a few seconds at most.
+        self.notifier.wait(NOTIFY_GRACE).await;
+        match stopped {
             Ok(()) => true,
             Err(_) => {
                 tracing::warn!(
@@ -476,6 +488,7 @@ async fn runner(
     limit: Arc<Semaphore>,
     (run_lock, folder_lock): (Arc<tokio::sync::Mutex<()>>, Arc<tokio::sync::Mutex<()>>),
     mut stop: watch::Receiver<bool>,
+    notifier: Notifier,
 ) {
     // An incremental run trusts that everything outside its scope was in sync after the run
     // before it; after a run that did not end `ok` (or before the first), the next run looks
@@ -524,6 +537,7 @@ async fn runner(
             scope: request.scope.filter(|_| previous_ok),
         };
         let report = run_job(&job, &ledger, &opts).await;
+        notifier.after_run(&job, &ledger, &report, trigger.label());
         previous_ok = report.outcome == Outcome::Ok;
         let idle = report.outcome == Outcome::Ok
             && report.counts == RunCounts::default()

@@ -6,6 +6,7 @@
 //! May import: nothing of the crate's other layers.
 
 pub(crate) mod age;
+pub(crate) mod notify;
 pub(crate) mod paths;
 pub(crate) mod plan;
 pub(crate) mod policy;
@@ -13,6 +14,7 @@ pub(crate) mod scope;
 pub(crate) mod settle;
 pub(crate) mod snapshot;
 
+pub use notify::{Event, EventSet, Health, Payload};
 pub use plan::{Action, SyncPlan};
 pub use policy::{Direction, MaxDelete, SyncMode};
 pub use snapshot::Entry;
