@@ -293,6 +293,17 @@ impl Agent {
                 stop_rx.clone(),
             )));
         }
+        if let Some(expect) = job.expect.clone() {
+            // A deadline is checked whether or not the job has triggers of its own (its files
+            // may come from `ferrysync sync` under cron).
+            handles.push(tokio::spawn(expect_task(
+                job.clone(),
+                expect,
+                self.ledger.clone(),
+                self.notifier.clone(),
+                stop_rx.clone(),
+            )));
+        }
         drop(tx);
         if triggers.is_empty() {
             tracing::info!(job = %name, "no schedule, watch or poll: runs only through `ferrysync sync`");
@@ -594,6 +605,93 @@ async fn cron_task(
     }
 }
 
+/// Sleeps until the wall clock reaches `when`, in slices (the monotonic clock that timers use
+/// stands still while the machine is suspended). False if `stop` came first.
+async fn sleep_until_wall(when: DateTime<Utc>, stop: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        let now = Utc::now();
+        if now >= when {
+            return true;
+        }
+        let wait = (when - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(CLOCK_CHECK);
+        tokio::select! {
+            biased;
+            _ = stopped(stop) => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The latest time `schedule` fired strictly before `before` (looked for within the last
+/// year), in `tz`.
+pub(crate) fn previous_fire(
+    schedule: &Schedule,
+    tz: Option<chrono_tz::Tz>,
+    before: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    // The smallest window that holds a fire bounds the search by the fires in it.
+    for days in [1.0 / 24.0, 1.0, 8.0, 32.0, 366.0] {
+        let from = before - chrono::Duration::seconds((days * 86_400.0) as i64);
+        let mut last = None;
+        let mut t = from - chrono::Duration::seconds(1);
+        while let Some(next) = next_fire(schedule, tz, t).filter(|n| *n < before) {
+            last = Some(next);
+            t = next;
+        }
+        if last.is_some() {
+            return last;
+        }
+    }
+    None
+}
+
+/// `expect:`: at each deadline, counts the files the job downloaded since the previous one
+/// (the audit record) and alerts `late` if fewer than expected arrived; once per deadline.
+async fn expect_task(
+    job: Arc<Job>,
+    expect: crate::config::Expect,
+    ledger: SharedLedger,
+    notifier: Notifier,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut after = Utc::now();
+    loop {
+        let Some(deadline) = next_fire(&expect.by, job.timezone, after) else {
+            tracing::warn!(job = %job.name, by = %expect.by.expr, "expect: the deadline never comes again");
+            return;
+        };
+        tracing::debug!(job = %job.name, deadline = %deadline.to_rfc3339(), "expect: next deadline");
+        if !sleep_until_wall(deadline, &mut stop).await {
+            return;
+        }
+        let since = previous_fire(&expect.by, job.timezone, deadline)
+            .unwrap_or(deadline - chrono::Duration::days(366));
+        let counted =
+            ledger
+                .lock()
+                .files_downloaded_between(&job.name, since.timestamp(), deadline.timestamp());
+        match counted {
+            Ok(n) if n >= expect.new_files => {
+                tracing::info!(job = %job.name, files = n, "expect: deadline met");
+            }
+            Ok(n) => notifier.late(
+                &job,
+                crate::model::notify::ExpectFacts {
+                    deadline: crate::state::iso_time(deadline.timestamp()),
+                    since: crate::state::iso_time(since.timestamp()),
+                    expected_files: expect.new_files,
+                    downloaded_files: n,
+                },
+            ),
+            Err(e) => tracing::error!(job = %job.name, "expect: cannot count the downloaded files: {e}"),
+        }
+        after = deadline.max(Utc::now());
+    }
+}
+
 /// Sends a `poll` trigger at start-up and then every `every`.
 async fn poll_task(
     job: Arc<Job>,
@@ -798,6 +896,27 @@ mod tests {
         );
         // Back at 05:00: nothing missed yet.
         assert_eq!(missed_fire(&s, tz, last, utc(2026, 5, 4, 5, 0)), None);
+    }
+
+    #[test]
+    fn the_previous_deadline_is_the_fire_before() {
+        let weekdays = Schedule::parse("0 7 * * 1-5").unwrap();
+        let tz = Some(chrono_tz::UTC);
+        // Monday 2026-11-30 07:00: the previous deadline is Friday 07:00.
+        assert_eq!(
+            previous_fire(&weekdays, tz, utc(2026, 11, 30, 7, 0)),
+            Some(utc(2026, 11, 27, 7, 0))
+        );
+        let minutely = Schedule::parse("* * * * *").unwrap();
+        assert_eq!(
+            previous_fire(&minutely, tz, utc(2026, 11, 30, 7, 0)),
+            Some(utc(2026, 11, 30, 6, 59))
+        );
+        let yearly = Schedule::parse("0 0 1 1 *").unwrap();
+        assert_eq!(
+            previous_fire(&yearly, tz, utc(2026, 11, 30, 7, 0)),
+            Some(utc(2026, 1, 1, 0, 0))
+        );
     }
 
     #[test]

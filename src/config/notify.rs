@@ -404,3 +404,158 @@ pub(super) fn expect(
     }
     Ok(Some(Expect { new_files, by }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::parse_job_with;
+    use crate::config::testing::{parse, GOOD};
+
+    fn secret_file(dir: &Path) -> String {
+        let f = dir.join("hook.secret");
+        std::fs::write(&f, "s3cret-hook-key\n").unwrap();
+        f.display().to_string()
+    }
+
+    #[test]
+    fn notify_takes_exec_and_a_signed_webhook_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = secret_file(dir.path());
+        let job = parse(&format!(
+            "{GOOD}notify:\n  exec: [/usr/bin/logger, -t, ferrysync]\n  webhook:\n    url: https://hooks.example/x\n    secret_file: {secret}\n"
+        ))
+        .unwrap();
+        let n = job.notify.unwrap();
+        assert_eq!(n.events, EventSet::DEFAULT);
+        assert_eq!(n.cert_expiry_days, 21);
+        let exec = n.exec.unwrap();
+        assert_eq!(exec.argv, ["/usr/bin/logger", "-t", "ferrysync"]);
+        assert_eq!(exec.timeout, Duration::from_secs(30));
+        let hook = n.webhook.unwrap();
+        assert_eq!(hook.secret.expose(), "s3cret-hook-key");
+        assert_eq!(hook.timeout, Duration::from_secs(10));
+        assert!(!format!("{hook:?}").contains("s3cret"));
+        assert!(parse(GOOD).unwrap().notify.is_none());
+    }
+
+    #[test]
+    fn bad_notify_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = secret_file(dir.path());
+        let cases = [
+            ("notify:\n  events: [failure]\n", "no target"),
+            ("notify:\n  exec: []\n", "the command is empty"),
+            ("notify:\n  exec: x\n  events: [oops]\n", "`oops` is not an event"),
+            ("notify:\n  exec: x\n  exec_timeout: 0s\n", "exec_timeout"),
+            ("notify:\n  exec: x\n  cert_expiry_days: 9999\n", "cert_expiry_days"),
+            ("notify:\n  webhook:\n    url: http://hooks.example/x\n", "plain http"),
+            ("notify:\n  webhook:\n    url: https://hooks.example/x\n", "needs a secret"),
+            ("notify:\n  webhook:\n    url: ftp://h/x\n", "scheme `ftp`"),
+            ("notify:\n  webhook:\n    url: https://u:p@h/x\n", "no user or password"),
+            (
+                "notify:\n  webhook:\n    url: https://h/x\n    secret_env: FERRYSYNC_TEST_NO_SUCH_VAR\n",
+                "FERRYSYNC_TEST_NO_SUCH_VAR is not set",
+            ),
+            ("notify:\n  webhook:\n    url: https://h/x\n    secret_file: /nonexistent/s\n", "secret_file"),
+            ("notify:\n  exec: x\n  colour: red\n", "unknown field `colour`"),
+            ("expect:\n  by: \"0 7 * * 1-5\"\n", "direction: pull"),
+        ];
+        for (extra, says) in cases {
+            let e = parse(&format!("{GOOD}{extra}")).unwrap_err();
+            assert!(e.reason.contains(says), "{extra:?}: {e}");
+            assert!(e.line > 5, "points into the section: {e}");
+        }
+        // Plain http to loopback, or with allow_http.
+        for url in ["http://127.0.0.1:9/x", "http://localhost/x", "http://[::1]/x"] {
+            parse(&format!(
+                "{GOOD}notify:\n  webhook:\n    url: {url}\n    secret_file: {secret}\n"
+            ))
+            .unwrap();
+        }
+        parse(&format!(
+            "{GOOD}notify:\n  webhook:\n    url: http://hooks.example/x\n    allow_http: true\n    secret_file: {secret}\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn expect_is_for_pull_jobs_with_a_target() {
+        let pull = format!("{GOOD}direction: pull\n");
+        let job = parse(&format!(
+            "{pull}notify:\n  exec: [true]\nexpect:\n  new_files: 2\n  by: \"0 7 * * 1-5\"\n"
+        ))
+        .unwrap();
+        let expect = job.expect.unwrap();
+        assert_eq!(expect.new_files, 2);
+        assert_eq!(expect.by.expr, "0 7 * * 1-5");
+        let e = parse(&format!("{pull}expect:\n  by: \"0 7 * * 1-5\"\n")).unwrap_err();
+        assert!(e.reason.contains("no notify target"), "{e}");
+        let e = parse(&format!(
+            "{pull}notify:\n  exec: [true]\nexpect:\n  by: \"0 7 * *\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.reason.contains("expect.by"), "{e}");
+    }
+
+    #[test]
+    fn the_defaults_file_fills_what_a_job_does_not_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = secret_file(dir.path());
+        let defaults = parse_defaults(
+            &dir.path().join(DEFAULTS_FILE),
+            &format!(
+                "notify:\n  cert_expiry_days: 30\n  exec: [notify-send]\n  webhook:\n    url: https://hooks.example/x\n    secret_file: {secret}\n"
+            ),
+        )
+        .unwrap();
+        let file = dir.path().join("acme.yaml");
+        let plain = parse_job_with(&file, GOOD, &defaults).unwrap();
+        let n = plain.notify.unwrap();
+        assert_eq!(n.cert_expiry_days, 30);
+        assert!(n.webhook.is_some() && n.exec.is_some());
+        let own = parse_job_with(
+            &file,
+            &format!("{GOOD}notify:\n  events: [failure, success]\n  exec_timeout: 5s\n"),
+            &defaults,
+        )
+        .unwrap();
+        let n = own.notify.unwrap();
+        assert!(n.events.contains(Event::Success) && !n.events.contains(Event::Recovery));
+        assert_eq!(n.exec.unwrap().timeout, Duration::from_secs(5));
+        assert_eq!(n.cert_expiry_days, 30);
+        let off = parse_job_with(&file, &format!("{GOOD}notify:\n  enabled: false\n"), &defaults)
+            .unwrap();
+        assert!(off.notify.is_none());
+        // A defaults file holds only defaults.
+        let e = parse_defaults(&dir.path().join(DEFAULTS_FILE), "local: /x\n").unwrap_err();
+        assert!(e.reason.contains("unknown field `local`"), "{e}");
+    }
+
+    #[test]
+    fn a_jobs_dir_reads_the_defaults_file_and_does_not_take_it_for_a_job() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+        std::fs::write(
+            dir.path().join(DEFAULTS_FILE),
+            "notify:\n  exec: [logger]\n",
+        )
+        .unwrap();
+        let files = crate::config::load_job_dir(dir.path()).unwrap();
+        assert_eq!(files.len(), 1);
+        let job = files[0].job.as_ref().unwrap();
+        assert_eq!(job.notify.as_ref().unwrap().exec.as_ref().unwrap().argv, ["logger"]);
+        assert_eq!(crate::config::job_names(dir.path()).unwrap(), ["a"]);
+        assert!(crate::config::load_job(&dir.path().join("a.yaml"))
+            .unwrap()
+            .notify
+            .is_some());
+        // A bad defaults file is every job's error, at its own file:line:col.
+        std::fs::write(dir.path().join(DEFAULTS_FILE), "notify:\n  exec: []\n").unwrap();
+        let files = crate::config::load_job_dir(dir.path()).unwrap();
+        let e = files[0].job.as_ref().unwrap_err().to_string();
+        assert!(e.contains("_defaults.yaml:3:") || e.contains("_defaults.yaml:2:"), "{e}");
+        assert!(crate::config::find_job(dir.path(), "_defaults").is_err());
+    }
+}
