@@ -32,8 +32,8 @@ use crate::model::scope::Scope;
 use crate::state::ledger::{JobFileError, JobRecord};
 use crate::state::ledger::{Outcome, RunCounts};
 use crate::state::SharedLedger;
-use crate::sync::options::RunOptions;
 use crate::sync::notify::Notifier;
+use crate::sync::options::RunOptions;
 use crate::sync::run::run_job;
 
 /// The default number of jobs that may run at the same time.
@@ -669,10 +669,11 @@ async fn expect_task(
         }
         let since = previous_fire(&expect.by, job.timezone, deadline)
             .unwrap_or(deadline - chrono::Duration::days(366));
-        let counted =
-            ledger
-                .lock()
-                .files_downloaded_between(&job.name, since.timestamp(), deadline.timestamp());
+        let counted = ledger.lock().files_downloaded_between(
+            &job.name,
+            since.timestamp(),
+            deadline.timestamp(),
+        );
         match counted {
             Ok(n) if n >= expect.new_files => {
                 tracing::info!(job = %job.name, files = n, "expect: deadline met");
@@ -686,7 +687,9 @@ async fn expect_task(
                     downloaded_files: n,
                 },
             ),
-            Err(e) => tracing::error!(job = %job.name, "expect: cannot count the downloaded files: {e}"),
+            Err(e) => {
+                tracing::error!(job = %job.name, "expect: cannot count the downloaded files: {e}")
+            }
         }
         after = deadline.max(Utc::now());
     }

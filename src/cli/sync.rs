@@ -4,9 +4,9 @@
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::{runtime, shown, CmdResult, Failure, JobsArg, StateArg, SECRETS};
+use ferrysync::agent::NOTIFY_GRACE;
 use ferrysync::model::Action;
 use ferrysync::state::{Ledger, Outcome, SharedLedger};
-use ferrysync::agent::NOTIFY_GRACE;
 use ferrysync::sync::{human_bytes, run_job, Notifier, RunOptions};
 
 /// Run one job once, now.

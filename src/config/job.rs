@@ -265,7 +265,9 @@ pub fn load_job_dir(dir: &Path) -> Result<Vec<JobFile>, ConfigError> {
             };
             JobFile {
                 name,
-                source: source.ok().map(|s| format!("{s}\n# {DEFAULTS_FILE}\n{defaults_text}")),
+                source: source
+                    .ok()
+                    .map(|s| format!("{s}\n# {DEFAULTS_FILE}\n{defaults_text}")),
                 job,
                 file,
             }

@@ -23,8 +23,8 @@ use std::time::Duration;
 pub use choices::{DataMode, Listing, PassiveAddress, Security};
 pub use filter::PathFilter;
 pub use job::{
-    find_job, job_names, load_job, load_job_dir, load_jobs, parse_job, parse_job_with,
-    unknown_job, Job, JobFile,
+    find_job, job_names, load_job, load_job_dir, load_jobs, parse_job, parse_job_with, unknown_job,
+    Job, JobFile,
 };
 pub use notify::{
     load_defaults, parse_defaults, Defaults, ExecTarget, Expect, Notify, Webhook, DEFAULTS_FILE,

@@ -191,7 +191,15 @@ fn notify_section(
     let exec_timeout = raw
         .exec_timeout
         .as_deref()
-        .map(|t| bounded("notify.exec_timeout", &["notify", "exec_timeout"], t, 600, ctx))
+        .map(|t| {
+            bounded(
+                "notify.exec_timeout",
+                &["notify", "exec_timeout"],
+                t,
+                600,
+                ctx,
+            )
+        })
         .transpose()?;
     let exec = match raw.exec {
         Some(argv) => Some(exec_target(
@@ -250,10 +258,7 @@ fn bounded(
 ) -> Result<Duration, ConfigError> {
     let d = parse_duration(key, text).map_err(|e| ctx.fail(keys, e))?;
     if d < Duration::from_secs(1) || d > Duration::from_secs(max_secs) {
-        return Err(ctx.fail(
-            keys,
-            format!("{key}: `{text}` is outside 1s..{max_secs}s"),
-        ));
+        return Err(ctx.fail(keys, format!("{key}: `{text}` is outside 1s..{max_secs}s")));
     }
     Ok(d)
 }
@@ -313,7 +318,10 @@ fn webhook(w: RawWebhook, ctx: &Ctx) -> Result<Webhook, ConfigError> {
             let text = std::fs::read_to_string(&f).map_err(|e| {
                 ctx.fail(
                     &at("secret_file"),
-                    format!("notify.webhook.secret_file {}: cannot read: {e}", f.display()),
+                    format!(
+                        "notify.webhook.secret_file {}: cannot read: {e}",
+                        f.display()
+                    ),
                 )
             })?;
             text.trim_end_matches(['\n', '\r']).to_string()
@@ -468,7 +476,11 @@ mod tests {
             assert!(e.line > 5, "points into the section: {e}");
         }
         // Plain http to loopback, or with allow_http.
-        for url in ["http://127.0.0.1:9/x", "http://localhost/x", "http://[::1]/x"] {
+        for url in [
+            "http://127.0.0.1:9/x",
+            "http://localhost/x",
+            "http://[::1]/x",
+        ] {
             parse(&format!(
                 "{GOOD}notify:\n  webhook:\n    url: {url}\n    secret_file: {secret}\n"
             ))
@@ -525,8 +537,12 @@ mod tests {
         assert!(n.events.contains(Event::Success) && !n.events.contains(Event::Recovery));
         assert_eq!(n.exec.unwrap().timeout, Duration::from_secs(5));
         assert_eq!(n.cert_expiry_days, 30);
-        let off = parse_job_with(&file, &format!("{GOOD}notify:\n  enabled: false\n"), &defaults)
-            .unwrap();
+        let off = parse_job_with(
+            &file,
+            &format!("{GOOD}notify:\n  enabled: false\n"),
+            &defaults,
+        )
+        .unwrap();
         assert!(off.notify.is_none());
         // A defaults file holds only defaults.
         let e = parse_defaults(&dir.path().join(DEFAULTS_FILE), "local: /x\n").unwrap_err();
@@ -545,7 +561,10 @@ mod tests {
         let files = crate::config::load_job_dir(dir.path()).unwrap();
         assert_eq!(files.len(), 1);
         let job = files[0].job.as_ref().unwrap();
-        assert_eq!(job.notify.as_ref().unwrap().exec.as_ref().unwrap().argv, ["logger"]);
+        assert_eq!(
+            job.notify.as_ref().unwrap().exec.as_ref().unwrap().argv,
+            ["logger"]
+        );
         assert_eq!(crate::config::job_names(dir.path()).unwrap(), ["a"]);
         assert!(crate::config::load_job(&dir.path().join("a.yaml"))
             .unwrap()
@@ -555,7 +574,10 @@ mod tests {
         std::fs::write(dir.path().join(DEFAULTS_FILE), "notify:\n  exec: []\n").unwrap();
         let files = crate::config::load_job_dir(dir.path()).unwrap();
         let e = files[0].job.as_ref().unwrap_err().to_string();
-        assert!(e.contains("_defaults.yaml:3:") || e.contains("_defaults.yaml:2:"), "{e}");
+        assert!(
+            e.contains("_defaults.yaml:3:") || e.contains("_defaults.yaml:2:"),
+            "{e}"
+        );
         assert!(crate::config::find_job(dir.path(), "_defaults").is_err());
     }
 }

@@ -288,8 +288,18 @@ mod tests {
         assert!(!certificate_alert(now + 30 * day, now, 21, None));
         assert!(certificate_alert(now + 21 * day, now, 21, None));
         assert!(certificate_alert(now - day, now, 21, None), "expired");
-        assert!(!certificate_alert(now + 5 * day, now, 21, Some(now + 5 * day)));
-        assert!(certificate_alert(now + 5 * day, now, 21, Some(now - 300 * day)));
+        assert!(!certificate_alert(
+            now + 5 * day,
+            now,
+            21,
+            Some(now + 5 * day)
+        ));
+        assert!(certificate_alert(
+            now + 5 * day,
+            now,
+            21,
+            Some(now - 300 * day)
+        ));
         assert_eq!(days_left(now + 5 * day + 10, now), 5);
         assert_eq!(days_left(now - 10, now), -1);
     }

@@ -1393,7 +1393,12 @@ impl Ledger {
 
     /// How many files `job` downloaded in [from, to) (Unix seconds), from the audit record:
     /// what `expect:` counts.
-    pub fn files_downloaded_between(&self, job: &str, from: i64, to: i64) -> Result<u64, LedgerError> {
+    pub fn files_downloaded_between(
+        &self,
+        job: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<u64, LedgerError> {
         self.conn
             .query_row(
                 "SELECT count(*) FROM audit WHERE job = ?1 AND action = 'downloaded' AND at >= ?2 AND at < ?3",

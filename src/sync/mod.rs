@@ -6,8 +6,8 @@
 //! May import: `model`, `config`, `state`, `remote`.
 
 pub(crate) mod destination;
-pub(crate) mod notify;
 pub(crate) mod error;
+pub(crate) mod notify;
 pub(crate) mod options;
 pub(crate) mod report;
 pub(crate) mod retry;

@@ -161,8 +161,7 @@ impl Notifier {
                         tracing::warn!(job = %job.name, "notify: cannot remember the certificate alert: {e}");
                         continue;
                     }
-                    let mut p =
-                        base_payload(job, Event::CertificateExpiring, previous, now);
+                    let mut p = base_payload(job, Event::CertificateExpiring, previous, now);
                     let left = days_left(c.not_after, now);
                     let whose = if c.which == "client" {
                         "the client certificate (tls.client_cert)"
@@ -555,7 +554,10 @@ fn run_message(job: &Job, event: Event, report: &RunReport) -> String {
     match event {
         Event::Failure => format!("job {name} failed: {}", first_failure()),
         Event::Recovery => format!("job {name} recovered: its run ended ok after failures"),
-        _ => format!("job {name}: {}", report.summary().lines().next().unwrap_or("")),
+        _ => format!(
+            "job {name}: {}",
+            report.summary().lines().next().unwrap_or("")
+        ),
     }
 }
 
@@ -596,15 +598,16 @@ mod tests {
         // RFC 4231 test case 2 ("Jefe", "what do ya want for nothing?"), split at the dot.
         assert_eq!(
             signature(b"Jefe", "what do ya want ", b"for nothing?"),
-            "sha256=".to_string() + &{
-                let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
-                mac.update(b"what do ya want .for nothing?");
-                mac.finalize()
-                    .into_bytes()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            }
+            "sha256=".to_string()
+                + &{
+                    let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+                    mac.update(b"what do ya want .for nothing?");
+                    mac.finalize()
+                        .into_bytes()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                }
         );
         let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
         mac.update(b"what do ya want for nothing?");

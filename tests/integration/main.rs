@@ -19,6 +19,7 @@ mod fault_proxy_selftest;
 mod hostile_server;
 mod listings;
 mod nat;
+mod notify;
 mod polish;
 mod probe;
 mod restricted_servers;
