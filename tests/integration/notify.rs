@@ -79,6 +79,10 @@ impl Receiver {
 
 fn read_request(conn: TcpStream) -> Option<Request> {
     conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    read_request_from(conn)
+}
+
+fn read_request_from<S: Read + Write>(conn: S) -> Option<Request> {
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
@@ -103,6 +107,42 @@ fn read_request(conn: TcpStream) -> Option<Request> {
     let mut conn = reader.into_inner();
     let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
     Some(Request { headers, body })
+}
+
+/// An HTTPS receiver with a fresh self-signed certificate for 127.0.0.1 (returned as PEM).
+fn https_receiver() -> (Receiver, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let sink = requests.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let tls = rustls::StreamOwned::new(
+                rustls::ServerConnection::new(config.clone()).unwrap(),
+                conn,
+            );
+            // A client that refuses the certificate ends the handshake: no request.
+            if let Some(r) = read_request_from(tls) {
+                sink.lock().unwrap().push(r);
+            }
+        }
+    });
+    (Receiver { port, requests }, cert.cert.pem())
 }
 
 fn hook_yaml(s: &Sandbox, port: u16, events: &str) -> String {
@@ -463,4 +503,39 @@ fn a_missed_expect_deadline_alerts_late_once() {
         !alerts.join("enough.json").exists(),
         "a met deadline does not alert"
     );
+}
+
+#[test]
+fn an_https_webhook_is_verified_against_its_ca_file_or_the_system_roots() {
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "notify-https");
+    let (hook, ca_pem) = https_receiver();
+    let ca = s.dir.path().join("hook-ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let https = |ca_line: &str| {
+        hook_yaml(&s, hook.port, "[success]")
+            .replace("http://127.0.0.1", "https://127.0.0.1")
+            .replace("    timeout: 3s\n", &format!("    timeout: 3s\n{ca_line}"))
+    };
+    s.job(
+        "trusted",
+        &https(&format!("    ca_file: {}\n", ca.display())),
+    );
+    s.write_local("a.txt", b"a");
+    s.sync("trusted").expect_code(0);
+    assert_eq!(hook.events(), ["success"]);
+    assert_signed(&hook.requests()[0]);
+    // The system's roots do not know the receiver's certificate: refused, logged, and the
+    // sync still succeeds.
+    let other = Sandbox::new(&server, "notify-https-untrusted");
+    other.job("untrusted", &https(""));
+    other.write_local("b.txt", b"b");
+    let run = other.sync("untrusted");
+    run.expect_code(0).expect_output("attempt 1 of 4 failed");
+    assert!(
+        run.text().to_lowercase().contains("certificate"),
+        "{}",
+        run.text()
+    );
+    assert_eq!(hook.events(), ["success"], "nothing reached the receiver");
 }
