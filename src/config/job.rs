@@ -592,6 +592,8 @@ mod tests {
             "settle",
             "min_age",
             "max_age",
+            "notify",
+            "expect",
             "remote",
         ];
         const REMOTE_KEYS: &[&str] = &[
