@@ -18,6 +18,8 @@ use sha2::Sha256;
 
 use super::harness::{Sandbox, Server};
 
+against_servers!(a_run_records_the_server_certificates_expiry);
+
 const HOOK_SECRET: &str = "hook-secret-7d1e-never-in-a-body";
 
 /// One HTTP request as the receiver read it.
@@ -538,4 +540,31 @@ fn an_https_webhook_is_verified_against_its_ca_file_or_the_system_roots() {
         run.text()
     );
     assert_eq!(hook.events(), ["success"], "nothing reached the receiver");
+}
+
+/// Every server kind: a run records the not-after of the certificate the server presented, as
+/// `ferrysync test` reads it (the suite's servers present the certificate of their `ca` file).
+fn a_run_records_the_server_certificates_expiry(server: &Server) {
+    let s = Sandbox::new(server, "notify-cert-seen");
+    s.job("seen", "");
+    s.write_local("a.txt", b"a");
+    s.sync("seen").expect_code(0);
+    let ledger = ferrysync::state::Ledger::open(&s.state).unwrap();
+    let certs = ledger.certificates("seen").unwrap();
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    assert_eq!(certs[0].which, "server");
+    let pem = std::fs::read(&server.ca).unwrap();
+    let expected: Vec<i64> = rustls_pemfile::certs(&mut pem.as_slice())
+        .map(|c| {
+            let der = c.unwrap();
+            ferrysync::remote::CertificateDates::of(der.as_ref())
+                .unwrap()
+                .not_after
+        })
+        .collect();
+    assert!(
+        expected.contains(&certs[0].not_after),
+        "{certs:?} not among {expected:?}"
+    );
+    assert!(certs[0].not_after > ferrysync::state::now_unix());
 }
