@@ -1742,6 +1742,47 @@ mod tests {
     }
 
     #[test]
+    fn notified_health_and_certificates_survive_a_reopen() {
+        use crate::model::notify::Health;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.db");
+        {
+            let l = Ledger::open(&path).unwrap();
+            assert_eq!(l.notify_health("j").unwrap(), None);
+            l.set_notify_health("j", Health::Failing).unwrap();
+            l.record_certificate("j", "server", "CN=s", 2_000).unwrap();
+            l.record_certificate("j", "client", "CN=c", 1_000).unwrap();
+            l.mark_certificate_alerted("j", "client", 1_000).unwrap();
+            // A renewed certificate replaces its row.
+            l.record_certificate("j", "server", "CN=s2", 3_000).unwrap();
+        }
+        let l = Ledger::open(&path).unwrap();
+        assert_eq!(l.notify_health("j").unwrap(), Some(Health::Failing));
+        let certs = l.certificates("j").unwrap();
+        let got: Vec<(&str, &str, i64, Option<i64>)> = certs
+            .iter()
+            .map(|c| {
+                (
+                    c.which.as_str(),
+                    c.subject.as_str(),
+                    c.not_after,
+                    c.alerted_not_after,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("server", "CN=s2", 3_000, None),
+                ("client", "CN=c", 1_000, Some(1_000))
+            ]
+        );
+        assert_eq!(l.all_certificates().unwrap().len(), 2);
+        assert!(l.certificates("other").unwrap().is_empty());
+        assert_eq!(l.files_downloaded_between("j", 0, i64::MAX).unwrap(), 0);
+    }
+
+    #[test]
     fn settle_sightings_survive_a_reopen_and_are_replaced_per_job() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");

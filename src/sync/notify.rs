@@ -623,6 +623,51 @@ mod tests {
         );
     }
 
+    fn meta() -> Meta {
+        Meta {
+            job: "j".into(),
+            event: Event::Failure,
+            outcome: Some("failed".into()),
+            run_id: Some(7),
+        }
+    }
+
+    fn exec(argv: &[&str]) -> ExecTarget {
+        ExecTarget {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_exec_target_that_fails_says_why() {
+        let e = run_exec(&exec(&["/nonexistent/ferrysync-alert"]), b"{}", &meta())
+            .await
+            .unwrap_err();
+        assert!(
+            e.starts_with("cannot start /nonexistent/ferrysync-alert"),
+            "{e}"
+        );
+        let e = run_exec(
+            &exec(&["sh", "-c", "echo pager down >&2; exit 3"]),
+            b"{}",
+            &meta(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.contains("exit status: 3") && e.ends_with(": pager down"),
+            "{e}"
+        );
+        run_exec(
+            &exec(&["sh", "-c", "test \"$FERRYSYNC_RUN_ID\" = 7 && grep -q x"]),
+            b"x",
+            &meta(),
+        )
+        .await
+        .unwrap();
+    }
+
     #[test]
     fn logs_show_a_webhook_by_its_origin_only() {
         assert_eq!(
