@@ -115,6 +115,32 @@ struct Families {
     tls_fallbacks: Family<JobLabels, Counter>,
 }
 
+/// Every job's metrics as [`prometheus_text`] writes them, with the certificates' expiry the
+/// ledger holds (recorded by each run, see `sync/notify.rs`): what `status --prometheus` and
+/// the agent's `/metrics` serve.
+pub fn ledger_metrics_text(ledger: Option<&Ledger>) -> Result<String, MetricsError> {
+    let certificates = match ledger {
+        Some(l) => l
+            .all_certificates()?
+            .into_iter()
+            .filter_map(|c| {
+                let certificate = match c.which.as_str() {
+                    "server" => CertificateSide::Server,
+                    "client" => CertificateSide::Client,
+                    _ => return None,
+                };
+                Some(CertificateExpiry {
+                    job: c.job,
+                    certificate,
+                    not_after: c.not_after,
+                })
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    prometheus_text(ledger, &certificates)
+}
+
 /// Every job's metrics, and `ferrysync_build_info`, as Prometheus text. `ledger`: `None` when
 /// there is none yet (nothing has run). `certificates`: the not-after dates known of the jobs'
 /// certificates; none, and the family is left out.

@@ -19,8 +19,8 @@ pub(crate) mod folder_watch;
 pub(crate) mod metrics;
 
 pub use metrics::{
-    prometheus_text, write_prometheus_file, CertificateExpiry, CertificateSide, MetricsError,
-    PROMETHEUS_CONTENT_TYPE,
+    ledger_metrics_text, prometheus_text, write_prometheus_file, CertificateExpiry,
+    CertificateSide, MetricsError, PROMETHEUS_CONTENT_TYPE,
 };
 
 use std::collections::{BTreeMap, HashMap};
@@ -38,11 +38,16 @@ use crate::model::scope::Scope;
 use crate::state::ledger::{JobFileError, JobRecord};
 use crate::state::ledger::{Outcome, RunCounts};
 use crate::state::SharedLedger;
+use crate::sync::notify::Notifier;
 use crate::sync::options::RunOptions;
 use crate::sync::run::run_job;
 
 /// The default number of jobs that may run at the same time.
 pub const DEFAULT_MAX_RUNS: usize = 4;
+
+/// How long `ferrysync sync` and a stopping agent wait for their notifications (a webhook
+/// that is down is given up on then; its failure is logged).
+pub const NOTIFY_GRACE: Duration = Duration::from_secs(10);
 
 /// The longest a cron task sleeps before looking at the wall clock again (suspend, clock steps).
 const CLOCK_CHECK: Duration = Duration::from_secs(30);
@@ -206,6 +211,8 @@ pub struct Agent {
     folder_locks: HashMap<std::path::PathBuf, Arc<tokio::sync::Mutex<()>>>,
     /// Tasks of removed or replaced jobs, finishing their in-flight runs.
     retired: Vec<JoinHandle<()>>,
+    /// Sends alerts on tasks of their own (`notify:`), never holding up a run.
+    notifier: Notifier,
 }
 
 /// Waits until `stop` turns true (or its sender is gone).
@@ -225,6 +232,7 @@ impl Agent {
             run_locks: HashMap::new(),
             folder_locks: HashMap::new(),
             retired: Vec::new(),
+            notifier: Notifier::new(),
         };
         for job in jobs {
             let source = std::fs::read_to_string(&job.file).unwrap_or_default();
@@ -291,6 +299,17 @@ impl Agent {
                 stop_rx.clone(),
             )));
         }
+        if let Some(expect) = job.expect.clone() {
+            // A deadline is checked whether or not the job has triggers of its own (its files
+            // may come from `ferrysync sync` under cron).
+            handles.push(tokio::spawn(expect_task(
+                job.clone(),
+                expect,
+                self.ledger.clone(),
+                self.notifier.clone(),
+                stop_rx.clone(),
+            )));
+        }
         drop(tx);
         if triggers.is_empty() {
             tracing::info!(job = %name, "no schedule, watch or poll: runs only through `ferrysync sync`");
@@ -307,6 +326,7 @@ impl Agent {
                 self.limit.clone(),
                 (run_lock, folder_lock),
                 stop_rx,
+                self.notifier.clone(),
             )));
         }
         self.jobs.insert(
@@ -450,7 +470,10 @@ impl Agent {
         }
         let handles = std::mem::take(&mut self.retired);
         let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
-        match tokio::time::timeout(grace, futures_join(handles)).await {
+        let stopped = tokio::time::timeout(grace, futures_join(handles)).await;
+        // Alerts of the last runs go out before the agent exits, for a few seconds at most.
+        self.notifier.wait(NOTIFY_GRACE).await;
+        match stopped {
             Ok(()) => true,
             Err(_) => {
                 tracing::warn!(
@@ -482,6 +505,7 @@ async fn runner(
     limit: Arc<Semaphore>,
     (run_lock, folder_lock): (Arc<tokio::sync::Mutex<()>>, Arc<tokio::sync::Mutex<()>>),
     mut stop: watch::Receiver<bool>,
+    notifier: Notifier,
 ) {
     // An incremental run trusts that everything outside its scope was in sync after the run
     // before it; after a run that did not end `ok` (or before the first), the next run looks
@@ -530,6 +554,7 @@ async fn runner(
             scope: request.scope.filter(|_| previous_ok),
         };
         let report = run_job(&job, &ledger, &opts).await;
+        notifier.after_run(&job, &ledger, &report, trigger.label());
         previous_ok = report.outcome == Outcome::Ok;
         let idle = report.outcome == Outcome::Ok
             && report.counts == RunCounts::default()
@@ -583,6 +608,96 @@ async fn cron_task(
         }
         // Times missed by a clock step or a suspend fire once, not once each.
         after = when.max(Utc::now());
+    }
+}
+
+/// Sleeps until the wall clock reaches `when`, in slices (the monotonic clock that timers use
+/// stands still while the machine is suspended). False if `stop` came first.
+async fn sleep_until_wall(when: DateTime<Utc>, stop: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        let now = Utc::now();
+        if now >= when {
+            return true;
+        }
+        let wait = (when - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(CLOCK_CHECK);
+        tokio::select! {
+            biased;
+            _ = stopped(stop) => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The latest time `schedule` fired strictly before `before` (looked for within the last
+/// year), in `tz`.
+pub(crate) fn previous_fire(
+    schedule: &Schedule,
+    tz: Option<chrono_tz::Tz>,
+    before: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    // The smallest window that holds a fire bounds the search by the fires in it.
+    for days in [1.0 / 24.0, 1.0, 8.0, 32.0, 366.0] {
+        let from = before - chrono::Duration::seconds((days * 86_400.0) as i64);
+        let mut last = None;
+        let mut t = from - chrono::Duration::seconds(1);
+        while let Some(next) = next_fire(schedule, tz, t).filter(|n| *n < before) {
+            last = Some(next);
+            t = next;
+        }
+        if last.is_some() {
+            return last;
+        }
+    }
+    None
+}
+
+/// `expect:`: at each deadline, counts the files the job downloaded since the previous one
+/// (the audit record) and alerts `late` if fewer than expected arrived; once per deadline.
+async fn expect_task(
+    job: Arc<Job>,
+    expect: crate::config::Expect,
+    ledger: SharedLedger,
+    notifier: Notifier,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut after = Utc::now();
+    loop {
+        let Some(deadline) = next_fire(&expect.by, job.timezone, after) else {
+            tracing::warn!(job = %job.name, by = %expect.by.expr, "expect: the deadline never comes again");
+            return;
+        };
+        tracing::debug!(job = %job.name, deadline = %deadline.to_rfc3339(), "expect: next deadline");
+        if !sleep_until_wall(deadline, &mut stop).await {
+            return;
+        }
+        let since = previous_fire(&expect.by, job.timezone, deadline)
+            .unwrap_or(deadline - chrono::Duration::days(366));
+        let counted = ledger.lock().files_downloaded_between(
+            &job.name,
+            since.timestamp(),
+            deadline.timestamp(),
+        );
+        match counted {
+            Ok(n) if n >= expect.new_files => {
+                tracing::info!(job = %job.name, files = n, "expect: deadline met");
+            }
+            Ok(n) => notifier.late(
+                &job,
+                crate::model::notify::ExpectFacts {
+                    deadline: crate::state::iso_time(deadline.timestamp()),
+                    since: crate::state::iso_time(since.timestamp()),
+                    expected_files: expect.new_files,
+                    downloaded_files: n,
+                },
+            ),
+            Err(e) => {
+                tracing::error!(job = %job.name, "expect: cannot count the downloaded files: {e}")
+            }
+        }
+        after = deadline.max(Utc::now());
     }
 }
 
@@ -790,6 +905,27 @@ mod tests {
         );
         // Back at 05:00: nothing missed yet.
         assert_eq!(missed_fire(&s, tz, last, utc(2026, 5, 4, 5, 0)), None);
+    }
+
+    #[test]
+    fn the_previous_deadline_is_the_fire_before() {
+        let weekdays = Schedule::parse("0 7 * * 1-5").unwrap();
+        let tz = Some(chrono_tz::UTC);
+        // Monday 2026-11-30 07:00: the previous deadline is Friday 07:00.
+        assert_eq!(
+            previous_fire(&weekdays, tz, utc(2026, 11, 30, 7, 0)),
+            Some(utc(2026, 11, 27, 7, 0))
+        );
+        let minutely = Schedule::parse("* * * * *").unwrap();
+        assert_eq!(
+            previous_fire(&minutely, tz, utc(2026, 11, 30, 7, 0)),
+            Some(utc(2026, 11, 30, 6, 59))
+        );
+        let yearly = Schedule::parse("0 0 1 1 *").unwrap();
+        assert_eq!(
+            previous_fire(&yearly, tz, utc(2026, 11, 30, 7, 0)),
+            Some(utc(2026, 1, 1, 0, 0))
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@ impl CheckCmd {
         let total = files.len();
         let mut jobs = Vec::new();
         let mut bad = 0;
+        // A bad `_defaults.yaml` is every job's error: said once.
+        let mut said = std::collections::HashSet::new();
         for f in files {
             match f.job {
                 Ok(job) => {
@@ -24,8 +26,20 @@ impl CheckCmd {
                 }
                 Err(e) => {
                     bad += 1;
-                    eprintln!("{}", shown(SECRETS.redact(&e.to_string())));
+                    let text = shown(SECRETS.redact(&e.to_string()));
+                    if said.insert(text.clone()) {
+                        eprintln!("{text}");
+                    }
                 }
+            }
+        }
+        if let Ok(defaults) = ferrysync::config::load_defaults(&self.jobs.dir) {
+            if let (Some(file), Some(n)) = (&defaults.file, &defaults.notify) {
+                println!(
+                    "ok   {} (defaults: notify {})",
+                    file.display(),
+                    notify_targets(n)
+                );
             }
         }
         if total == 0 {
@@ -57,6 +71,12 @@ impl CheckCmd {
                 job.remote.port,
                 job.remote.path
             );
+            if let Some(n) = &job.notify {
+                println!("     notify {}", notify_targets(n));
+            }
+            if let Some(e) = &job.expect {
+                println!("     expect {} new files by `{}`", e.new_files, e.by.expr);
+            }
             for w in &job.warnings {
                 println!("     warning: {w}");
             }
@@ -69,4 +89,22 @@ impl CheckCmd {
         }
         Ok(())
     }
+}
+
+/// Where a job's alerts go and which events they carry, for `check`: the webhook by its origin
+/// only (a URL's path is often a token), the command by its program.
+fn notify_targets(n: &ferrysync::config::Notify) -> String {
+    let mut parts = Vec::new();
+    if let Some(e) = &n.exec {
+        parts.push(format!(
+            "exec {}",
+            e.argv.first().map(String::as_str).unwrap_or("")
+        ));
+    }
+    if let Some(w) = &n.webhook {
+        let origin = w.url.split('/').take(3).collect::<Vec<_>>().join("/");
+        parts.push(format!("webhook {origin}"));
+    }
+    let events: Vec<&str> = n.events.iter().map(|e| e.as_str()).collect();
+    format!("{} on {}", parts.join(" and "), events.join(", "))
 }

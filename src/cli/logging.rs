@@ -82,6 +82,9 @@ impl Secrets {
     /// Remembers the credentials of a job.
     pub fn add_job(&self, job: &Job) {
         self.add_secret(&job.remote.password);
+        if let Some(w) = job.notify.as_ref().and_then(|n| n.webhook.as_ref()) {
+            self.add_secret(&w.secret);
+        }
     }
 
     /// `text` with every known secret replaced by [`MASK`].

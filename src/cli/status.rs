@@ -111,7 +111,7 @@ impl StatusCmd {
     /// while there is no ledger yet).
     fn print_prometheus(&self) -> CmdResult {
         let ledger = Ledger::open_read_only(&self.state.path)?;
-        let text = ferrysync::agent::prometheus_text(ledger.as_ref(), &[]).map_err(Failure::run)?;
+        let text = ferrysync::agent::ledger_metrics_text(ledger.as_ref()).map_err(Failure::run)?;
         match &self.prometheus_file {
             Some(path) => {
                 ferrysync::agent::write_prometheus_file(path, &text).map_err(Failure::run)

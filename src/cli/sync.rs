@@ -4,9 +4,10 @@
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::{runtime, shown, CmdResult, Failure, JobsArg, StateArg, SECRETS};
+use ferrysync::agent::NOTIFY_GRACE;
 use ferrysync::model::Action;
 use ferrysync::state::{Ledger, Outcome, SharedLedger};
-use ferrysync::sync::{human_bytes, run_job, RunOptions};
+use ferrysync::sync::{human_bytes, run_job, Notifier, RunOptions};
 
 /// Run one job once, now.
 ///
@@ -58,7 +59,14 @@ impl SyncCmd {
                 let _ = stop_tx.send(true);
                 signals.exit_on_next().await;
             });
-            Ok::<_, Failure>(run_job(&job, &ledger, &opts).await)
+            let report = run_job(&job, &ledger, &opts).await;
+            // Cron users need alerts too: the run's notifications go out before the exit,
+            // waited for a few seconds at most (a webhook that is down is logged, not waited
+            // out); they never change the exit status.
+            let notifier = Notifier::new();
+            notifier.after_run(&job, &ledger, &report, &opts.trigger);
+            notifier.wait(NOTIFY_GRACE).await;
+            Ok::<_, Failure>(report)
         })?;
         // A blocking task the stop left behind (hashing a large file, say) must not hold the
         // exit.

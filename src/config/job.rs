@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::filter::PathFilter;
+use super::notify::{self, load_defaults, Defaults, DEFAULTS_FILE};
 use super::policy::{self, RetryPolicy, UploadOptions};
 use super::raw::{RawJob, RawTransfers};
 use super::remote::Remote;
@@ -60,12 +61,16 @@ pub struct Job {
     /// `min_age:` / `max_age:`: source files younger / older than these (by modification
     /// time) are left alone, neither sent nor a reason to delete (see [`crate::model::age`]).
     pub ages: crate::model::age::AgeLimits,
+    /// `notify:` over the jobs directory's `_defaults.yaml`: where alerts go (`None`: nowhere).
+    pub notify: Option<super::notify::Notify>,
+    /// `expect:` (pull jobs): new files by a deadline, else a `late` alert.
+    pub expect: Option<super::notify::Expect>,
     /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
     /// every run's log so they are never forgotten.
     pub warnings: Vec<String>,
 }
 
-/// Loads and validates one job file.
+/// Loads and validates one job file, with the defaults file of its folder.
 pub fn load_job(file: &Path) -> Result<Job, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
         file: file.to_path_buf(),
@@ -73,11 +78,18 @@ pub fn load_job(file: &Path) -> Result<Job, ConfigError> {
         column: 1,
         reason: format!("cannot read job file: {e}"),
     })?;
-    parse_job(file, &text)
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let defaults = load_defaults(dir)?;
+    parse_job_with(file, &text, &defaults)
 }
 
-/// Parses job text; `file` names the job and anchors relative paths.
+/// Parses job text; `file` names the job and anchors relative paths. No defaults file.
 pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
+    parse_job_with(file, text, &Defaults::default())
+}
+
+/// Parses job text over the jobs directory's defaults.
+pub fn parse_job_with(file: &Path, text: &str, defaults: &Defaults) -> Result<Job, ConfigError> {
     let mut ctx = Ctx::new(file, text);
     let name = job_name(&ctx)?;
     let raw = raw_job(&ctx)?;
@@ -95,6 +107,8 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
     let audit_retention = policy::audit_retention(raw.audit_retention.as_deref(), &ctx)?;
     let settle = policy::settle(raw.settle.as_deref(), raw.direction, &ctx)?;
     let ages = policy::age_limits(raw.min_age.as_deref(), raw.max_age.as_deref(), &ctx)?;
+    let notify = notify::job_notify(raw.notify, defaults.notify.as_ref(), &mut ctx)?;
+    let expect = notify::expect(raw.expect, raw.direction, notify.as_ref(), &ctx)?;
     // Only the first mistake in a file is reported; these two checks have always come last,
     // so they stay last and a file with several mistakes still gets the same error.
     intervals.check(&ctx)?;
@@ -124,6 +138,8 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
         audit_retention,
         settle,
         ages,
+        notify,
+        expect,
         warnings: ctx.warnings,
     })
 }
@@ -137,6 +153,12 @@ fn job_name(ctx: &Ctx) -> Result<String, ConfigError> {
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ctx.fail(&[], "the job file needs a UTF-8 name"))?
         .to_string();
+    if Some(name.as_str()) == DEFAULTS_FILE.strip_suffix(".yaml") {
+        return Err(ctx.fail(
+            &[],
+            format!("{DEFAULTS_FILE} holds the defaults of the jobs next to it, not a job"),
+        ));
+    }
     if !name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
@@ -166,7 +188,7 @@ fn raw_job(ctx: &Ctx) -> Result<RawJob, ConfigError> {
 }
 
 /// serde_yaml sometimes appends " at line L column C"; the location is printed in front instead.
-fn one_line(msg: &str) -> String {
+pub(super) fn one_line(msg: &str) -> String {
     let first = msg.lines().next().unwrap_or(msg);
     match first.find(" at line ") {
         Some(i) => first[..i].to_string(),
@@ -235,6 +257,13 @@ pub fn load_job_dir(dir: &Path) -> Result<Vec<JobFile>, ConfigError> {
         column: 1,
         reason: format!("cannot read the jobs directory: {e}"),
     })?;
+    // A bad defaults file is every job's error (none runs without the alerts it asks for);
+    // its text is part of each job's source, so a fixed defaults file restarts them on reload.
+    let defaults = load_defaults(dir);
+    let defaults_text = match &defaults {
+        Ok(d) => d.text.clone(),
+        Err(e) => e.to_string(),
+    };
     let mut out: Vec<JobFile> = files
         .into_iter()
         .map(|file| {
@@ -243,9 +272,15 @@ pub fn load_job_dir(dir: &Path) -> Result<Vec<JobFile>, ConfigError> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let source = std::fs::read_to_string(&file);
-            let job = match &source {
-                Ok(text) => parse_job(&file, text),
-                Err(e) => Err(ConfigError {
+            let job = match (&source, &defaults) {
+                (Ok(text), Ok(defaults)) => parse_job_with(&file, text, defaults),
+                (Ok(_), Err(e)) => Err(ConfigError {
+                    file: e.file.clone(),
+                    line: e.line,
+                    column: e.column,
+                    reason: e.reason.clone(),
+                }),
+                (Err(e), _) => Err(ConfigError {
                     file: file.clone(),
                     line: 1,
                     column: 1,
@@ -254,7 +289,9 @@ pub fn load_job_dir(dir: &Path) -> Result<Vec<JobFile>, ConfigError> {
             };
             JobFile {
                 name,
-                source: source.ok(),
+                source: source
+                    .ok()
+                    .map(|s| format!("{s}\n# {DEFAULTS_FILE}\n{defaults_text}")),
                 job,
                 file,
             }
@@ -344,13 +381,14 @@ pub fn unknown_job(name: &str, known: &[String], place: &str) -> String {
     format!("no job named `{name}` in {place}; the jobs there: {list}")
 }
 
-/// The `*.yaml` and `*.yml` files of `dir`, in name order.
+/// The `*.yaml` and `*.yml` files of `dir`, in name order, but `_defaults.yaml`.
 pub(crate) fn job_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let p = entry?.path();
         let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if (ext == "yaml" || ext == "yml") && p.is_file() {
+        let defaults = p.file_name().is_some_and(|n| n == DEFAULTS_FILE);
+        if (ext == "yaml" || ext == "yml") && !defaults && p.is_file() {
             out.push(p);
         }
     }
@@ -618,6 +656,8 @@ mod tests {
             "settle",
             "min_age",
             "max_age",
+            "notify",
+            "expect",
             "remote",
         ];
         const REMOTE_KEYS: &[&str] = &[

@@ -10,6 +10,7 @@
 pub(crate) mod choices;
 pub(crate) mod filter;
 pub(crate) mod job;
+pub(crate) mod notify;
 pub(crate) mod policy;
 pub(crate) mod raw;
 pub(crate) mod remote;
@@ -22,7 +23,11 @@ use std::time::Duration;
 pub use choices::{DataMode, Listing, PassiveAddress, Security};
 pub use filter::PathFilter;
 pub use job::{
-    find_job, job_names, load_job, load_job_dir, load_jobs, parse_job, unknown_job, Job, JobFile,
+    find_job, job_names, load_job, load_job_dir, load_jobs, parse_job, parse_job_with, unknown_job,
+    Job, JobFile,
+};
+pub use notify::{
+    load_defaults, parse_defaults, Defaults, ExecTarget, Expect, Notify, Webhook, DEFAULTS_FILE,
 };
 pub use policy::{RetryPolicy, UploadOptions};
 pub use remote::{Fingerprint, ListTimeOffset, ListingCaps, Remote, Secret, TlsOptions};

@@ -52,6 +52,8 @@ pub(super) struct RawJob {
     pub(super) settle: Option<String>,
     pub(super) min_age: Option<String>,
     pub(super) max_age: Option<String>,
+    pub(super) notify: Option<super::notify::RawNotify>,
+    pub(super) expect: Option<super::notify::RawExpect>,
 }
 
 fn default_direction() -> Direction {

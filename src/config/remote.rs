@@ -14,6 +14,10 @@ use super::{parse_duration, ConfigError, Ctx};
 pub struct Secret(String);
 
 impl Secret {
+    pub(crate) fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     /// The only way to read the value: at the point where it is sent to the server.
     pub fn expose(&self) -> &str {
         &self.0

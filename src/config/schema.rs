@@ -95,6 +95,22 @@ const KEY_DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("RawUpload", "verify", "none: skip SIZE/HASH checks (write-only drop folders)."),
     ("RawRetryPolicy", "attempts", "Attempts per file and per listing, the first included."),
     ("RawRetryPolicy", "max_delay", "Backoff: 1 s, doubling up to this, with 25% jitter."),
+    ("", "notify", "Alerts: where they go (exec, webhook) and which events; keys override those of _defaults.yaml next to the job files."),
+    ("", "expect", "Pull jobs: at least new_files files downloaded by each deadline `by` (crontab, job's timezone), else a `late` alert."),
+    ("RawNotify", "enabled", "false: no alerts for this job, whatever _defaults.yaml says."),
+    ("RawNotify", "events", "failure, recovery, success, certificate_expiring, late (default: all but success)."),
+    ("RawNotify", "cert_expiry_days", "Alert once when the server's or client's certificate expires within this many days (default 21)."),
+    ("RawNotify", "exec", "A command and its arguments (a list; never through a shell), the payload JSON on its stdin."),
+    ("RawNotify", "exec_timeout", "The exec command is killed after this long (default 30s, at most 10m)."),
+    ("RawNotify", "webhook", "HTTP POST of the payload JSON, signed with HMAC-SHA256."),
+    ("RawWebhook", "url", "https://...; plain http only to loopback or with allow_http: true."),
+    ("RawWebhook", "secret_file", "A file holding the HMAC-SHA256 signing secret."),
+    ("RawWebhook", "secret_env", "The environment variable holding the signing secret."),
+    ("RawWebhook", "timeout", "Per attempt: connect, TLS, request and reply (default 10s)."),
+    ("RawWebhook", "ca_file", "PEM file of the CA(s) to trust; default: the system's trust store."),
+    ("RawWebhook", "allow_http", "true: allow plain http to a host other than loopback."),
+    ("RawExpect", "new_files", "At least this many files downloaded between two deadlines (default 1)."),
+    ("RawExpect", "by", "The deadline: 5-field crontab in the job's timezone, e.g. \"0 7 * * 1-5\"."),
 ];
 
 /// Puts [`KEY_DESCRIPTIONS`] into the schema (a key the table does not name keeps none).
@@ -461,7 +477,15 @@ mod tests {
     fn keys_are_described_and_unknown_keys_are_closed_at_every_level() {
         let schema = job_schema();
         assert_eq!(schema["additionalProperties"], false);
-        for def in ["RawRemote", "RawTls", "RawUpload", "RawRetryPolicy"] {
+        for def in [
+            "RawRemote",
+            "RawTls",
+            "RawUpload",
+            "RawRetryPolicy",
+            "RawNotify",
+            "RawWebhook",
+            "RawExpect",
+        ] {
             assert_eq!(schema["$defs"][def]["additionalProperties"], false, "{def}");
         }
         // Every description names a key the schema has (a renamed key fails here).
@@ -492,6 +516,9 @@ mod tests {
             [] => top.push_str(&format!("{key}: {value}\n")),
             ["remote"] => remote.push_str(&format!("  {key}: {value}\n")),
             ["remote", section] => remote.push_str(&format!("  {section}:\n    {key}: {value}\n")),
+            [outer, section] => {
+                top.push_str(&format!("{outer}:\n  {section}:\n    {key}: {value}\n"))
+            }
             [section] => top.push_str(&format!("{section}:\n  {key}: {value}\n")),
             _ => unreachable!("{path:?}"),
         }
@@ -535,6 +562,15 @@ mod tests {
         sections.push((vec!["remote", "tls"], tls));
         sections.push((vec!["upload"], section_of("upload")));
         sections.push((vec!["retries"], section_of("retries")));
+        let notify = section_of("notify");
+        let webhook = notify
+            .iter()
+            .find(|(k, _)| k == "webhook")
+            .map(|(_, s)| properties(&root, s))
+            .unwrap();
+        sections.push((vec!["notify"], notify));
+        sections.push((vec!["notify", "webhook"], webhook));
+        sections.push((vec!["expect"], section_of("expect")));
         let mut checked = 0;
         let mut mismatches = Vec::new();
         for (path, keys) in &sections {

@@ -7,6 +7,7 @@
 
 pub(crate) mod age;
 pub(crate) mod baseline;
+pub(crate) mod notify;
 pub(crate) mod parallel;
 pub(crate) mod paths;
 pub(crate) mod plan;
@@ -15,6 +16,7 @@ pub(crate) mod scope;
 pub(crate) mod settle;
 pub(crate) mod snapshot;
 
+pub use notify::{Event, EventSet, Health, Payload};
 pub use plan::{Action, SyncPlan};
 pub use policy::{Direction, MaxDelete, SyncMode};
 pub use snapshot::Entry;

@@ -20,4 +20,4 @@ pub use connect::FtpStream;
 pub use error::FtpsError;
 pub use probe::{list_folder, path_within, probe, DataSummary, FolderListing, Probe, RemoteEntry};
 pub use session::Session;
-pub use tls::{fingerprint, TlsContext};
+pub use tls::{fingerprint, CertificateDates, TlsContext};

@@ -64,6 +64,25 @@ pub enum Verification {
     None,
 }
 
+/// A certificate's subject and the end of its validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateDates {
+    pub subject: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+impl CertificateDates {
+    /// From a DER certificate; `None` if it cannot be parsed.
+    pub fn of(der: &[u8]) -> Option<CertificateDates> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        Some(CertificateDates {
+            subject: cert.subject().to_string(),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+}
+
 /// What one TLS handshake negotiated (see [`TlsContext::record_handshakes`]).
 #[derive(Debug, Clone)]
 pub struct HandshakeFacts {
@@ -86,10 +105,18 @@ pub struct HandshakeFacts {
 struct HandshakeLog {
     on: AtomicBool,
     entries: std::sync::Mutex<Vec<HandshakeFacts>>,
+    /// The leaf certificate (DER) of the first full handshake, kept in every run: its expiry
+    /// goes to the ledger (`certificate_expiring` alerts, metrics).
+    first_leaf: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl HandshakeLog {
     fn add(&self, conn: &rustls::ClientConnection, data_connection: bool) {
+        if self.first_leaf.get().is_none() {
+            if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
+                let _ = self.first_leaf.set(leaf.as_ref().to_vec());
+            }
+        }
         if !self.on.load(Ordering::Relaxed) {
             return;
         }
@@ -202,6 +229,23 @@ impl TlsContext {
             verification,
             handshakes: Arc::new(HandshakeLog::default()),
         })
+    }
+
+    /// The subject and expiry of the server's certificate, as the first handshake of this
+    /// context's connections met it (`None` before one succeeded).
+    pub fn server_certificate(&self) -> Option<CertificateDates> {
+        self.handshakes
+            .first_leaf
+            .get()
+            .and_then(|der| CertificateDates::of(der))
+    }
+
+    /// The subject and expiry of `tls.client_cert`, if the job has one.
+    pub fn client_certificate(&self) -> Option<CertificateDates> {
+        self.client_auth
+            .as_ref()
+            .and_then(|k| k.cert.first())
+            .and_then(|der| CertificateDates::of(der))
     }
 
     /// How this context verifies servers' certificates.

@@ -203,7 +203,43 @@ const MIGRATIONS: &[&str] = &[
     // from TLS 1.3 to TLS 1.2, for the Prometheus counters (src/agent/metrics.rs).
     "ALTER TABLE runs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE runs ADD COLUMN tls_fallbacks INTEGER NOT NULL DEFAULT 0;",
+    // 11 (notify): each job's health as last notified (`ok` | `failing`), so that alerts go
+    // out on state changes only, across restarts; and the not-after of the certificates a
+    // run met (the server's leaf, the job's client certificate), with the one last alerted
+    // about, so that `certificate_expiring` goes out once per certificate.
+    "CREATE TABLE notify_state (
+        job TEXT PRIMARY KEY,
+        health TEXT NOT NULL,
+        since INTEGER NOT NULL
+    );
+    CREATE TABLE certificates (
+        job TEXT NOT NULL,
+        which TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        not_after INTEGER NOT NULL,
+        seen_at INTEGER NOT NULL,
+        alerted_not_after INTEGER,
+        PRIMARY KEY (job, which)
+    );",
 ];
+
+/// A certificate a run of a job met, and when it expires (the ledger's `certificates`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateExpiry {
+    pub job: String,
+    /// `server`: the leaf the server presented; `client`: `remote.tls.client_cert`.
+    pub which: String,
+    pub subject: String,
+    /// Unix seconds (ISO 8601 UTC in JSON).
+    #[serde(serialize_with = "serialize_iso")]
+    pub not_after: i64,
+    /// When a run last saw it (Unix seconds).
+    #[serde(serialize_with = "serialize_iso")]
+    pub seen_at: i64,
+    /// The `not_after` of the certificate last alerted about (`certificate_expiring`).
+    #[serde(skip)]
+    pub alerted_not_after: Option<i64>,
+}
 
 /// A job file the agent could not load (recorded at its last load or SIGHUP reload).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -1347,6 +1383,132 @@ impl Ledger {
         })
     }
 
+    // Notifications (src/sync/notify.rs).
+
+    /// The health of `job` as last notified, if it was ever decided.
+    pub fn notify_health(
+        &self,
+        job: &str,
+    ) -> Result<Option<crate::model::notify::Health>, LedgerError> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT health FROM notify_state WHERE job = ?1",
+                [job],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        Ok(text.and_then(|t| crate::model::notify::Health::parse(&t)))
+    }
+
+    /// Remembers `job`'s health as notified (kept across restarts).
+    pub(crate) fn set_notify_health(
+        &self,
+        job: &str,
+        health: crate::model::notify::Health,
+    ) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "INSERT INTO notify_state (job, health, since) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(job) DO UPDATE SET since = CASE WHEN health = ?2 THEN since ELSE ?3 END,
+                    health = ?2",
+                params![job, health.as_str(), now_unix()],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Records a certificate a run of `job` met (`which`: `server` or `client`); what was last
+    /// alerted about is kept.
+    pub(crate) fn record_certificate(
+        &self,
+        job: &str,
+        which: &str,
+        subject: &str,
+        not_after: i64,
+    ) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "INSERT INTO certificates (job, which, subject, not_after, seen_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(job, which) DO UPDATE SET subject = ?3, not_after = ?4, seen_at = ?5",
+                params![job, which, subject, not_after, now_unix()],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// The certificates `job`'s runs met (server first), with their expiry: for alerts, and
+    /// for `ferrysync_tls_certificate_expiry_timestamp_seconds`.
+    pub fn certificates(&self, job: &str) -> Result<Vec<CertificateExpiry>, LedgerError> {
+        self.certificates_where("job = ?1", [job])
+    }
+
+    /// The certificates of every job, by job (server first).
+    pub fn all_certificates(&self) -> Result<Vec<CertificateExpiry>, LedgerError> {
+        self.certificates_where("1", [])
+    }
+
+    fn certificates_where(
+        &self,
+        condition: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<CertificateExpiry>, LedgerError> {
+        self.query_rows(
+            &format!(
+                "SELECT job, which, subject, not_after, seen_at, alerted_not_after
+                 FROM certificates WHERE {condition} ORDER BY job, which DESC"
+            ),
+            args,
+            |r| {
+                Ok(CertificateExpiry {
+                    job: r.get(0)?,
+                    which: r.get(1)?,
+                    subject: r.get(2)?,
+                    not_after: r.get(3)?,
+                    seen_at: r.get(4)?,
+                    alerted_not_after: r.get(5)?,
+                })
+            },
+        )
+    }
+
+    /// Remembers that `certificate_expiring` went out for `job`'s `which` certificate expiring
+    /// at `not_after`.
+    pub(crate) fn mark_certificate_alerted(
+        &self,
+        job: &str,
+        which: &str,
+        not_after: i64,
+    ) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "UPDATE certificates SET alerted_not_after = ?3 WHERE job = ?1 AND which = ?2",
+                params![job, which, not_after],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// How many files `job` downloaded in [from, to) (Unix seconds), from the audit record:
+    /// what `expect:` counts.
+    pub fn files_downloaded_between(
+        &self,
+        job: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<u64, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM audit WHERE job = ?1 AND action = 'downloaded' AND at >= ?2 AND at < ?3",
+                params![job, from, to],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(self.err())
+    }
+
     /// How many idle polls were folded by [`Ledger::fold_idle_poll`], and when the last began.
     #[cfg(test)]
     pub(crate) fn polls(&self, job: &str) -> Result<(u64, Option<i64>), LedgerError> {
@@ -1713,6 +1875,47 @@ mod tests {
             Some(Baseline::from([("b".to_string(), f(2))]))
         );
         assert_eq!(l.baseline("other").unwrap(), None);
+    }
+
+    #[test]
+    fn notified_health_and_certificates_survive_a_reopen() {
+        use crate::model::notify::Health;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.db");
+        {
+            let l = Ledger::open(&path).unwrap();
+            assert_eq!(l.notify_health("j").unwrap(), None);
+            l.set_notify_health("j", Health::Failing).unwrap();
+            l.record_certificate("j", "server", "CN=s", 2_000).unwrap();
+            l.record_certificate("j", "client", "CN=c", 1_000).unwrap();
+            l.mark_certificate_alerted("j", "client", 1_000).unwrap();
+            // A renewed certificate replaces its row.
+            l.record_certificate("j", "server", "CN=s2", 3_000).unwrap();
+        }
+        let l = Ledger::open(&path).unwrap();
+        assert_eq!(l.notify_health("j").unwrap(), Some(Health::Failing));
+        let certs = l.certificates("j").unwrap();
+        let got: Vec<(&str, &str, i64, Option<i64>)> = certs
+            .iter()
+            .map(|c| {
+                (
+                    c.which.as_str(),
+                    c.subject.as_str(),
+                    c.not_after,
+                    c.alerted_not_after,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("server", "CN=s2", 3_000, None),
+                ("client", "CN=c", 1_000, Some(1_000))
+            ]
+        );
+        assert_eq!(l.all_certificates().unwrap().len(), 2);
+        assert!(l.certificates("other").unwrap().is_empty());
+        assert_eq!(l.files_downloaded_between("j", 0, i64::MAX).unwrap(), 0);
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub use audit::{
     key_path as audit_key_path, AuditRecord, ChainBreak, ChainReport, HeadCheck, AUDIT_KEY_ENV,
 };
 pub use ledger::{
-    AuditFilter, JobFileError, JobRecord, Ledger, LedgerError, Outcome, RunCounts, RunRecord,
+    AuditFilter, CertificateExpiry, JobFileError, JobRecord, Ledger, LedgerError, Outcome,
+    RunCounts, RunRecord,
 };
 
 /// The ledger, shared by a run's tasks and by the agent's runners; writes happen on one task

@@ -7,6 +7,7 @@
 
 pub(crate) mod destination;
 pub(crate) mod error;
+pub(crate) mod notify;
 pub(crate) mod options;
 pub(crate) mod report;
 pub(crate) mod retry;
@@ -19,6 +20,9 @@ pub(crate) mod walk;
 pub(crate) mod workers;
 
 pub use error::RunError;
+pub use notify::{
+    signature, Notifier, EVENT_HEADER, RETRY_DELAYS, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
 pub use options::{ProgressObserver, RunOptions, TransferProgress};
 pub use report::{escape_controls, human_bytes, RunReport};
 pub use run::run_job;

@@ -155,6 +155,9 @@ async fn execute_run(
         report.interrupted = true;
         return Ok(());
     };
+    if !opts.dry_run {
+        crate::sync::notify::record_certificates(job, ledger, &tls);
+    }
     let (surveyed, scope) = surveyed?;
     let Surveyed {
         plan: mut the_plan,

@@ -21,6 +21,7 @@ mod initial;
 mod listings;
 mod metrics;
 mod nat;
+mod notify;
 mod parallel;
 mod polish;
 mod probe;

@@ -199,6 +199,10 @@ fn runs_of_every_outcome_show_in_the_metrics(server: &Server) {
         (bytes + 5) as f64
     );
     assert_eq!(v(r#"ferrysync_job_runs_total{job="up",outcome="ok"}"#), 2.0);
+    // The server's certificate, as the runs met it: the test CA's leaves are valid for years.
+    let expiry =
+        v(r#"ferrysync_tls_certificate_expiry_timestamp_seconds{job="up",certificate="server"}"#);
+    assert!(expiry > started as f64 + 86_400.0, "{text}");
 
     // --prometheus-file: the same samples, in a file the collector can read.
     let prom = s.dir.path().join("textfile/ferrysync.prom");
