@@ -54,6 +54,9 @@ pub struct Job {
     /// `min_age:` / `max_age:`: source files younger / older than these (by modification
     /// time) are left alone, neither sent nor a reason to delete (see [`crate::model::age`]).
     pub ages: crate::model::age::AgeLimits,
+    /// `bandwidth:`: limits on the payload of the job's data connections, all together, each
+    /// direction a rate or a timetable in the job's zone (see [`crate::model::bandwidth`]).
+    pub bandwidth: crate::model::bandwidth::Bandwidth,
     /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
     /// every run's log so they are never forgotten.
     pub warnings: Vec<String>,
@@ -89,6 +92,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
     let audit_retention = policy::audit_retention(raw.audit_retention.as_deref(), &ctx)?;
     let settle = policy::settle(raw.settle.as_deref(), raw.direction, &ctx)?;
     let ages = policy::age_limits(raw.min_age.as_deref(), raw.max_age.as_deref(), &ctx)?;
+    let bandwidth = super::bandwidth::from_raw(raw.bandwidth, &ctx)?;
     // Only the first mistake in a file is reported; these two checks have always come last,
     // so they stay last and a file with several mistakes still gets the same error.
     intervals.check(&ctx)?;
@@ -117,6 +121,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
         audit_retention,
         settle,
         ages,
+        bandwidth,
         warnings: ctx.warnings,
     })
 }

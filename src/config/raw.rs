@@ -49,6 +49,7 @@ pub(super) struct RawJob {
     pub(super) settle: Option<String>,
     pub(super) min_age: Option<String>,
     pub(super) max_age: Option<String>,
+    pub(super) bandwidth: Option<super::bandwidth::RawBandwidth>,
 }
 
 fn default_direction() -> Direction {
