@@ -23,7 +23,7 @@
 use std::fmt;
 
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
-use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::{ConfigError, Ctx};
@@ -56,21 +56,19 @@ impl<'de> Deserialize<'de> for RawBandwidth {
             fn visit_str<E: de::Error>(self, s: &str) -> Result<RawBandwidth, E> {
                 Ok(RawBandwidth::Both(s.to_string()))
             }
-            // `bandwidth: false` reads as "no limit" to most people: say how to write it.
+            // A number or a boolean is a scalar like any other here (as the schema has it):
+            // the rate's own check says what is wrong with it (no unit; `off`, not `false`).
             fn visit_bool<E: de::Error>(self, b: bool) -> Result<RawBandwidth, E> {
-                Err(E::invalid_value(Unexpected::Bool(b), &self))
+                Ok(RawBandwidth::Both(b.to_string()))
             }
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<RawBandwidth, E> {
-                Err(E::invalid_value(
-                    Unexpected::Unsigned(n),
-                    &"a rate with its unit, like 1048576B/s or 1MiB/s",
-                ))
+                Ok(RawBandwidth::Both(n.to_string()))
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<RawBandwidth, E> {
-                Err(E::invalid_value(Unexpected::Signed(n), &self))
+                Ok(RawBandwidth::Both(n.to_string()))
             }
             fn visit_f64<E: de::Error>(self, n: f64) -> Result<RawBandwidth, E> {
-                Err(E::invalid_value(Unexpected::Float(n), &self))
+                Ok(RawBandwidth::Both(n.to_string()))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawBandwidth, A::Error> {
                 RawSplit::deserialize(de::value::MapAccessDeserializer::new(map))
@@ -88,11 +86,16 @@ impl JsonSchema for RawBandwidth {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "description": EXPECTING,
+            // Any scalar is the text of a rate or a timetable (as serde_yaml hands it over);
+            // whether it is one is `ferrysync check`'s to say.
             "oneOf": [
-                { "type": "string" },
+                { "type": ["string", "number", "boolean", "null"] },
                 {
                     "type": "object",
-                    "properties": { "up": { "type": "string" }, "down": { "type": "string" } },
+                    "properties": {
+                        "up": { "type": ["string", "number", "boolean", "null"] },
+                        "down": { "type": ["string", "number", "boolean", "null"] }
+                    },
                     "additionalProperties": false
                 }
             ]
@@ -424,7 +427,9 @@ mod tests {
         assert!(e.to_string().contains("unknown field `sideways`"), "{e}");
         assert!(e.to_string().contains(":7:"), "{e}");
         let e = parse(&format!("{GOOD}bandwidth: 1048576\n")).unwrap_err();
-        assert!(e.to_string().contains("a rate with its unit"), "{e}");
+        assert!(e.to_string().contains("a rate needs its unit"), "{e}");
+        let e = parse(&format!("{GOOD}bandwidth: false\n")).unwrap_err();
+        assert!(e.to_string().contains("`false` is not a rate"), "{e}");
         assert!(e.to_string().contains(":6:"), "{e}");
     }
 

@@ -396,6 +396,8 @@ mod tests {
             "exclude: {a: b}\n",
             "exclude: [a, [b]]\n",
             "upload:\n  temp_name: maybe\n",
+            "bandwidth:\n  sideways: 1MiB/s\n",
+            "bandwidth: [1MiB/s]\n",
         ] {
             let text = format!("{good}{bad}");
             assert!(is_valid(&text).is_err(), "{bad:?} validates");
@@ -428,6 +430,9 @@ mod tests {
             "include: \"*.csv\"\n",
             "include: [\"*.csv\", 2024]\n",
             "exclude: 2024\n",
+            "bandwidth: 20MiB/s\n",
+            "bandwidth: \"Mon-Fri 08:00-18:00 5MiB/s, off\"\n",
+            "bandwidth:\n  up: off\n  down: 200Mbit/s\n",
             "remote:\n  host: h\n  user: u\n  active_ports: 50000\n",
             "remote:\n  host: h\n  user: u\n  active_ports: 50000-50100\n",
             "remote:\n  host: h\n  user: u\n  tls:\n    pin_sha256: [\"ab:cd\", \"ef:01\"]\n",
