@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Measures whether `bandwidth:` holds: pushes BW_MIB MiB in BW_FILES files on BW_TRANSFERS
-# connections to a throw-away vsftpd through `ferrysync sync` under `bandwidth: BW_LIMIT_MIB
-# MiB/s`, samples the bytes on the server's disk (temporary files included) every second, and
+# Measures whether `bandwidth:` holds: pushes (or pulls) BW_MIB MiB in BW_FILES files on
+# BW_TRANSFERS connections to (from) a throw-away vsftpd through `ferrysync sync` under
+# `bandwidth: BW_LIMIT_MIB MiB/s`, samples the bytes on the receiving side's disk (temporary
+# files included) every second, and
 # reports the achieved rate over the whole transfer and the worst 30 s window's deviation
 # from the limit. The issue's target: within 5% over any 30 s window.
 #
@@ -9,6 +10,7 @@
 #
 # Environment:
 #   BW_LIMIT_MIB=4        the limit, MiB/s
+#   BW_DIRECTION=push     push (the server's disk is sampled) or pull (the local folder is)
 #   BW_MIB=160            MiB to push (160 at 4 MiB/s: 40 s, so several 30 s windows)
 #   BW_FILES=8            files (of BW_MIB/BW_FILES MiB each, random bytes)
 #   BW_TRANSFERS=4        connections
@@ -26,6 +28,7 @@ cd "$(dirname "$0")/../.."
 repo=$(pwd)
 
 LIMIT_MIB=${BW_LIMIT_MIB:-4}
+DIRECTION=${BW_DIRECTION:-push}
 MIB=${BW_MIB:-160}
 FILES=${BW_FILES:-8}
 TRANSFERS=${BW_TRANSFERS:-4}
@@ -36,6 +39,7 @@ FTP_USER=${BW_USER:-fsbench-bw}
 
 log() { printf 'bandwidth.sh: %s\n' "$*" >&2; }
 die() { printf 'bandwidth.sh: error: %s\n' "$*" >&2; exit 1; }
+[[ $DIRECTION == push || $DIRECTION == pull ]] || die "BW_DIRECTION must be push or pull"
 [[ $(id -u) == 0 ]] || die "must run as root (the server script creates a user and starts vsftpd)"
 
 if [[ -n ${BW_BIN:-} ]]; then
@@ -58,7 +62,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-mkdir -p "$work/vsftpd" "$work/data" "$work/jobs" "$work/state"
+mkdir -p "$work/vsftpd" "$work/data" "$work/jobs" "$work/state" "$work/dl"
 
 VSFTPD_PORT=$PORT VSFTPD_USER=$FTP_USER VSFTPD_PASV_MIN=$PASV_BASE VSFTPD_PASV_MAX=$((PASV_BASE + 99)) \
   VSFTPD_ENV_PREFIX=BW bash tests/servers/vsftpd.sh start "$work/vsftpd" 2>"$work/vsftpd-start.log" ||
@@ -70,13 +74,19 @@ mkdir -p "$BW_ROOT/bw"
 chown "$FTP_USER" "$BW_ROOT/bw"
 
 per=$((MIB / FILES))
+# A push sends $work/data and the server's folder fills; a pull fetches that folder into $work/dl.
+if [[ $DIRECTION == push ]]; then src=$work/data local_dir=$work/data watched=$BW_ROOT/bw; else
+  src=$BW_ROOT/bw local_dir=$work/dl watched=$work/dl
+fi
 log "writing $FILES files of $per MiB"
 for ((i = 0; i < FILES; i++)); do
-  head -c $((per << 20)) /dev/urandom >"$work/data/f$i.bin"
+  head -c $((per << 20)) /dev/urandom >"$src/f$i.bin"
 done
+chown -R "$FTP_USER" "$BW_ROOT/bw"
 
 cat >"$work/jobs/bw.yaml" <<YAML
-local: $work/data
+local: $local_dir
+direction: $DIRECTION
 remote:
   host: 127.0.0.1
   port: $BW_PORT
@@ -95,14 +105,14 @@ samples=$work/samples.tsv
   t0=$(date +%s.%N)
   while :; do
     now=$(date +%s.%N)
-    bytes=$(find "$BW_ROOT/bw" -type f -printf '%s\n' 2>/dev/null | awk '{s+=$1} END {print s+0}')
+    bytes=$(find "$watched" -type f -printf '%s\n' 2>/dev/null | awk '{s+=$1} END {print s+0}')
     printf '%s\t%s\n' "$(echo "$now - $t0" | bc)" "$bytes" >>"$samples"
     sleep 1
   done
 ) &
 sampler=$!
 
-log "pushing $MIB MiB on $TRANSFERS connections at ${LIMIT_MIB} MiB/s"
+log "${DIRECTION}ing $MIB MiB on $TRANSFERS connections at ${LIMIT_MIB} MiB/s"
 start=$(date +%s.%N)
 FERRYSYNC_JOBS=$work/jobs FERRYSYNC_STATE=$work/state/ferrysync.db "$fs_bin" sync bw >"$work/sync.log" 2>&1 ||
   { cat "$work/sync.log" >&2; die "ferrysync sync failed"; }
@@ -112,9 +122,9 @@ kill "$sampler" 2>/dev/null || true
 wait "$sampler" 2>/dev/null || true
 sampler=""
 
-python3 - "$samples" "$LIMIT_MIB" "$MIB" "$WINDOW" "$(echo "$end - $start" | bc)" "$TRANSFERS" <<'PY'
+python3 - "$samples" "$LIMIT_MIB" "$MIB" "$WINDOW" "$(echo "$end - $start" | bc)" "$TRANSFERS" "$DIRECTION" <<'PY'
 import sys
-path, limit_mib, mib, window, elapsed, transfers = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+path, limit_mib, mib, window, elapsed, transfers, direction = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6], sys.argv[7]
 limit = limit_mib * (1 << 20)
 rows = [tuple(map(float, l.split("\t"))) for l in open(path) if l.strip()]
 total = mib << 20
@@ -133,7 +143,7 @@ for i in range(first, last + 1):
             if abs(dev) > abs(worst):
                 worst, worst_at = dev, (rows[i][0], rows[j][0], rate)
             break
-print(f"limit                 {limit_mib:g} MiB/s, {transfers} connections, {mib} MiB, debug build")
+print(f"limit                 {limit_mib:g} MiB/s, {direction}, {transfers} connections, {mib} MiB, debug build")
 print(f"run (ferrysync sync)  {elapsed:.1f} s, {total / elapsed / (1 << 20):.3f} MiB/s including log-in and verification")
 print(f"transfer on the disk  {t1 - t0:.1f} s, {overall / (1 << 20):.3f} MiB/s ({(overall / limit - 1) * 100:+.2f}% of the limit)")
 if worst_at:
