@@ -65,6 +65,9 @@ pub struct Job {
     pub notify: Option<super::notify::Notify>,
     /// `expect:` (pull jobs): new files by a deadline, else a `late` alert.
     pub expect: Option<super::notify::Expect>,
+    /// `bandwidth:`: limits on the payload of the job's data connections, all together, each
+    /// direction a rate or a timetable in the job's zone (see [`crate::model::bandwidth`]).
+    pub bandwidth: crate::model::bandwidth::Bandwidth,
     /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
     /// every run's log so they are never forgotten.
     pub warnings: Vec<String>,
@@ -109,6 +112,7 @@ pub fn parse_job_with(file: &Path, text: &str, defaults: &Defaults) -> Result<Jo
     let ages = policy::age_limits(raw.min_age.as_deref(), raw.max_age.as_deref(), &ctx)?;
     let notify = notify::job_notify(raw.notify, defaults.notify.as_ref(), &mut ctx)?;
     let expect = notify::expect(raw.expect, raw.direction, notify.as_ref(), &ctx)?;
+    let bandwidth = super::bandwidth::from_raw(raw.bandwidth, &ctx)?;
     // Only the first mistake in a file is reported; these two checks have always come last,
     // so they stay last and a file with several mistakes still gets the same error.
     intervals.check(&ctx)?;
@@ -140,6 +144,7 @@ pub fn parse_job_with(file: &Path, text: &str, defaults: &Defaults) -> Result<Jo
         ages,
         notify,
         expect,
+        bandwidth,
         warnings: ctx.warnings,
     })
 }

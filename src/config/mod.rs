@@ -7,6 +7,7 @@
 //!
 //! May import: `model`.
 
+pub(crate) mod bandwidth;
 pub(crate) mod choices;
 pub(crate) mod filter;
 pub(crate) mod job;

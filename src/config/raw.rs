@@ -54,6 +54,7 @@ pub(super) struct RawJob {
     pub(super) max_age: Option<String>,
     pub(super) notify: Option<super::notify::RawNotify>,
     pub(super) expect: Option<super::notify::RawExpect>,
+    pub(super) bandwidth: Option<super::bandwidth::RawBandwidth>,
 }
 
 fn default_direction() -> Direction {

@@ -62,6 +62,7 @@ const KEY_DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("", "settle", "Pull jobs: take a remote file only once its size and time were seen unchanged this long apart, across runs (default 1m); 0 takes files as listed."),
     ("", "min_age", "Leave alone source files younger than this by modification time (`10m`, `2h`, `30d`): neither sent nor deleted at the destination; remote times from LIST count as a minute uncertain."),
     ("", "max_age", "Leave alone source files older than this by modification time (`30d`): neither sent nor deleted at the destination, even in mirror mode."),
+    ("", "bandwidth", "Limit on the job's data connections, all together: a rate (20MiB/s, 200Mbit/s, off), a timetable in the job's zone (\"Mon-Fri 08:00-18:00 5MiB/s, off\"), or {up: ..., down: ...}."),
     ("", "max_delete", "Refuse a run that would delete more: a count, or a percentage of the destination's files (100%: no limit)."),
     ("", "allow_empty_source", "true: a mirror may empty the destination when the source lists no file."),
     ("", "retries", "Transient failures: attempts per file and per listing (a number, or attempts: and max_delay:)."),
@@ -428,6 +429,8 @@ mod tests {
             "exclude: {a: b}\n",
             "exclude: [a, [b]]\n",
             "upload:\n  temp_name: maybe\n",
+            "bandwidth:\n  sideways: 1MiB/s\n",
+            "bandwidth: [1MiB/s]\n",
         ] {
             let text = format!("{good}{bad}");
             assert!(is_valid(&text).is_err(), "{bad:?} validates");
@@ -460,6 +463,9 @@ mod tests {
             "include: \"*.csv\"\n",
             "include: [\"*.csv\", 2024]\n",
             "exclude: 2024\n",
+            "bandwidth: 20MiB/s\n",
+            "bandwidth: \"Mon-Fri 08:00-18:00 5MiB/s, off\"\n",
+            "bandwidth:\n  up: off\n  down: 200Mbit/s\n",
             "remote:\n  host: h\n  user: u\n  active_ports: 50000\n",
             "remote:\n  host: h\n  user: u\n  active_ports: 50000-50100\n",
             "remote:\n  host: h\n  user: u\n  tls:\n    pin_sha256: [\"ab:cd\", \"ef:01\"]\n",

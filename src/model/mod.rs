@@ -6,6 +6,7 @@
 //! May import: nothing of the crate's other layers.
 
 pub(crate) mod age;
+pub(crate) mod bandwidth;
 pub(crate) mod baseline;
 pub(crate) mod notify;
 pub(crate) mod parallel;

@@ -22,6 +22,7 @@ use crate::remote::tls::TlsContext;
 use crate::state::audit::{AuditAction, AuditEvent};
 use crate::state::ledger::{PathFailure, RunProgress};
 use crate::state::SharedLedger;
+use crate::sync::bandwidth::BandwidthLimiter;
 use crate::sync::options::{RunOptions, TransferProgress};
 use crate::sync::report::RunReport;
 use crate::sync::retry::{Attempts, RunTally};
@@ -92,6 +93,7 @@ pub(crate) async fn transfer_all(
         counter: counter.clone(),
         stop: opts.stop.clone(),
         live: Arc::new(AtomicUsize::new(0)),
+        bandwidth: BandwidthLimiter::for_job(job).map(Arc::new),
     };
     let handles = start_workers(pool, first, spare, totals.files).await;
     let mut coordinator = Coordinator {
@@ -382,6 +384,8 @@ struct WorkerPool {
     /// Workers still running: a server that refuses one more connection (421) lowers the
     /// parallelism, unless this is the last worker.
     live: Arc<AtomicUsize>,
+    /// `bandwidth:`: one limit shared by every worker's data connections (none: no limit).
+    bandwidth: Option<Arc<BandwidthLimiter>>,
 }
 
 impl WorkerPool {
@@ -460,6 +464,7 @@ async fn transfer_one(
         ledger: &pool.ledger,
         counter: &pool.counter,
         stop: pool.stop.as_ref(),
+        bandwidth: pool.bandwidth.as_deref(),
     };
     let stop = StopSignal::new(pool.stop.clone());
     let mut attempts = Attempts::new(&job.retries, stop.clone(), &pool.tally);

@@ -14,6 +14,7 @@ mod adopt;
 mod agent;
 mod ages;
 mod audit;
+mod bandwidth;
 mod cli;
 mod fault_proxy_selftest;
 mod hostile_server;

@@ -267,7 +267,7 @@ async fn receive(
     loop {
         let mut buf = writer.buffer();
         let filled;
-        (filled, failed) = fill(session, &paths.remote, stream, &mut buf).await;
+        (filled, failed) = fill(session, &paths.remote, stream, &mut buf, ctx.bandwidth).await;
         // Only the bytes before the expected end are the file's.
         let kept = account.take(filled);
         if kept > 0 {
@@ -302,17 +302,29 @@ async fn receive(
 
 /// Fills `buf` from the data connection (fewer, larger hand-overs to the writer), with the
 /// timeout on every single read; returns the bytes read and the error that ended it early.
+/// Under a bandwidth limit each read takes at most the bucket's depth and waits for its turn
+/// after it (the server's sends then wait on TCP's window).
 async fn fill(
     session: &Session,
     remote: &str,
     stream: &mut DataStream,
     buf: &mut [u8],
+    bandwidth: Option<&crate::sync::bandwidth::BandwidthLimiter>,
 ) -> (usize, Option<TransferError>) {
     let mut filled = 0;
     while filled < buf.len() {
-        match timed(session, "RETR", remote, stream.read(&mut buf[filled..])).await {
+        let end = match bandwidth {
+            None => buf.len(),
+            Some(limit) => filled + limit.piece_len(buf.len() - filled),
+        };
+        match timed(session, "RETR", remote, stream.read(&mut buf[filled..end])).await {
             Ok(0) => break,
-            Ok(n) => filled += n,
+            Ok(n) => {
+                filled += n;
+                if let Some(limit) = bandwidth {
+                    limit.take(n).await;
+                }
+            }
             Err(e) => return (filled, Some(e)),
         }
     }
@@ -599,6 +611,7 @@ mod tests {
             ledger: &ledger,
             counter: &counter,
             stop: None,
+            bandwidth: None,
         };
         let done = download(&mut session, &ctx, "b.bin", &source)
             .await
@@ -654,6 +667,7 @@ mod tests {
             ledger: &ledger,
             counter: &counter,
             stop: None,
+            bandwidth: None,
         };
         let done = download(&mut session, &ctx, "big.bin", &source)
             .await
@@ -677,6 +691,7 @@ mod tests {
             ledger,
             counter,
             stop: None,
+            bandwidth: None,
         }
     }
 

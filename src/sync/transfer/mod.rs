@@ -210,6 +210,8 @@ pub struct TransferContext<'a> {
     pub counter: &'a ByteCounter,
     /// Turns true when the run must stop at the next checkpoint.
     pub stop: Option<&'a tokio::sync::watch::Receiver<bool>>,
+    /// `bandwidth:`: the run's limiter, shared with the other workers (`None`: no limit).
+    pub bandwidth: Option<&'a crate::sync::bandwidth::BandwidthLimiter>,
 }
 
 impl TransferContext<'_> {

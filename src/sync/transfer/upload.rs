@@ -207,7 +207,16 @@ async fn send(
     while let Some(read) = next {
         let buf = read.map_err(|e| paths.read_err(e))?;
         let n = buf.len() as u64;
-        timed(session, "STOR", temp_path, stream.write_all(&buf)).await?;
+        match ctx.bandwidth {
+            None => timed(session, "STOR", temp_path, stream.write_all(&buf)).await?,
+            // Limited: in pieces of at most the bucket's depth, each waiting for its turn.
+            Some(limit) => {
+                for piece in buf.chunks(limit.piece_len(buf.len())) {
+                    limit.take(piece.len()).await;
+                    timed(session, "STOR", temp_path, stream.write_all(piece)).await?;
+                }
+            }
+        }
         reader.recycle(buf);
         sent += n;
         ctx.counter.add(n);
@@ -360,6 +369,7 @@ mod tests {
             ledger: &ledger,
             counter: &counter,
             stop: None,
+            bandwidth: None,
         };
         let err = upload(&mut session, &ctx, "a.csv", &scanned)
             .await
@@ -417,6 +427,7 @@ mod tests {
             ledger: &ledger,
             counter: &counter,
             stop: None,
+            bandwidth: None,
         };
         let done = upload(&mut session, &ctx, "big.bin", &source)
             .await
@@ -458,6 +469,7 @@ mod tests {
             ledger: &ledger,
             counter: &counter,
             stop: None,
+            bandwidth: None,
         };
         let server_root = dir.path().join("server");
         // Swapped for a link to the secret, or (renamed over it) for another regular file,
