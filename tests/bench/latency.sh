@@ -331,7 +331,12 @@ if wants trace; then
 fi
 
 # ------------------------------------------------------------------ the table
-versions="ferrysync $fs_bin ($(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo ?) tree), lftp $(lftp --version | sed -n '1s/[^0-9]*\([0-9][0-9.]*\).*/\1/p'), rclone $(rclone version | sed -n '1s/.*\(v[0-9][0-9.]*\).*/\1/p'), $(curl --version | head -n 1 | cut -d' ' -f1-2); $server_label"
+if [[ -n ${BENCH_FERRYSYNC_BIN:-} ]]; then
+  fs_version="ferrysync $fs_bin (built $(date -u -r "$fs_bin" +%Y-%m-%dT%H:%MZ))"
+else
+  fs_version="ferrysync $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo ?)"
+fi
+versions="$fs_version, proxy $proxy_bin, lftp $(lftp --version | sed -n '1s/[^0-9]*\([0-9][0-9.]*\).*/\1/p'), rclone $(rclone version | sed -n '1s/.*\(v[0-9][0-9.]*\).*/\1/p'), $(curl --version | head -n 1 | cut -d' ' -f1-2); $server_label"
 machine="$(nproc) cores; load average $load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 command_line="bash tests/bench/latency.sh"
 for v in BENCH_REPEAT BENCH_RTTS BENCH_CONNS BENCH_TOOLS BENCH_WORKLOADS BENCH_FILES BENCH_GIB_MIB BENCH_GIB_RATE; do
