@@ -49,6 +49,9 @@ pub(super) struct RawJob {
     pub(super) settle: Option<String>,
     pub(super) min_age: Option<String>,
     pub(super) max_age: Option<String>,
+    pub(super) ready_marker: Option<String>,
+    pub(super) batch_marker: Option<String>,
+    pub(super) marker_after_pull: Option<crate::model::marker::MarkerAfterPull>,
 }
 
 fn default_direction() -> Direction {

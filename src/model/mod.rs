@@ -6,6 +6,7 @@
 //! May import: nothing of the crate's other layers.
 
 pub(crate) mod age;
+pub(crate) mod marker;
 pub(crate) mod paths;
 pub(crate) mod plan;
 pub(crate) mod policy;

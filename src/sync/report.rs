@@ -28,6 +28,9 @@ pub struct RunReport {
     /// Downloads not renamed into place because the remote file changed while they ran
     /// (`settle:`): counted in `files_waiting`, not failures.
     pub changing: Vec<String>,
+    /// Of `files_waiting`, the files left for a later run because their ready marker was not
+    /// there (`ready_marker:`, `batch_marker:`).
+    pub waiting_for_markers: u64,
 }
 
 impl RunReport {
@@ -58,10 +61,16 @@ impl RunReport {
                 0 => String::new(),
                 n => format!("; {n} adopted"),
             },
-            // Likewise for files left to settle (`settle:`): not failures, taken later.
-            match c.files_waiting {
-                0 => String::new(),
-                n => format!("; {n} waiting to settle"),
+            // Likewise for files left to settle (`settle:`) or for their ready marker: not
+            // failures, taken later.
+            match (
+                c.files_waiting.saturating_sub(self.waiting_for_markers),
+                self.waiting_for_markers,
+            ) {
+                (0, 0) => String::new(),
+                (n, 0) => format!("; {n} waiting to settle"),
+                (0, m) => format!("; {m} waiting for a ready marker"),
+                (n, m) => format!("; {n} waiting to settle; {m} waiting for a ready marker"),
             },
             self.elapsed.as_secs_f64()
         );
@@ -192,6 +201,7 @@ mod tests {
             outcome: Outcome::Partial,
             counts: RunCounts::default(),
             changing: Vec::new(),
+            waiting_for_markers: 0,
             failures: failures
                 .iter()
                 .map(|(p, e)| PathFailure {

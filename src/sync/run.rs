@@ -47,6 +47,7 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
         run_id: None,
         interrupted: false,
         changing: Vec::new(),
+        waiting_for_markers: 0,
     };
     // One run of a job at a time, across processes; held until the report is returned. A run
     // left `running` in the ledger can only be a dead process's once the lock is ours. The
@@ -210,6 +211,10 @@ async fn execute_run(
         }
     }
     let mut session = transfer_all(job, ledger, opts, &tls, (session, spare), work, report).await;
+    // A pull waits here for the files still settling, and deletes the markers of those taken.
+    session =
+        crate::sync::settle_wait::finish_pull(job, ledger, opts, &tls, session, &the_plan, report)
+            .await;
     if opts.stop_requested() {
         // Deletes and ledger-only updates wait for a run that sees the whole transfer set.
         report.interrupted = true;

@@ -18,6 +18,7 @@ mod cli;
 mod fault_proxy_selftest;
 mod hostile_server;
 mod listings;
+mod markers;
 mod nat;
 mod polish;
 mod probe;
