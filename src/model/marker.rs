@@ -147,6 +147,13 @@ impl MarkerRule {
     fn releases(&self, marker: &str, rel: &str) -> bool {
         self.needed_by(rel).iter().any(|m| m == marker)
     }
+
+    /// The file a per-file marker at `marker` stands for (a path), if it is one.
+    fn owner_of(&self, marker: &str) -> Option<String> {
+        let (dir, name) = split_parent(marker);
+        let t = self.per_file.as_ref()?;
+        t.owner_of(name).map(|owner| join(dir, owner))
+    }
 }
 
 /// Takes out of `plan` every download whose markers are not all in `present` (the markers the
@@ -177,17 +184,24 @@ pub fn hold_unmarked(plan: &mut SyncPlan, rule: &MarkerRule, present: &BTreeSet<
 
 /// The markers (of `present`) to delete on the server after a run in which the files in
 /// `pending` were not taken (failed, still changing, waiting, stopped): those that release no
-/// pending file. None with `marker_after_pull: keep`.
+/// pending file. A per-file marker goes only if its file is one the job takes (`takes`: the
+/// job's include/exclude), so that a job pulling `*.csv` never deletes the marker of an `.xml`
+/// another job waits for. None with `marker_after_pull: keep`.
 pub fn markers_to_delete(
     rule: &MarkerRule,
     present: &[String],
     pending: &BTreeSet<String>,
+    takes: impl Fn(&str) -> bool,
 ) -> Vec<String> {
     if rule.after_pull == MarkerAfterPull::Keep {
         return Vec::new();
     }
     present
         .iter()
+        .filter(|m| {
+            let is_batch = rule.batch.as_deref() == Some(split_parent(m).1);
+            is_batch || rule.owner_of(m).is_some_and(|owner| takes(&owner))
+        })
         .filter(|m| !pending.iter().any(|p| rule.releases(m, p)))
         .cloned()
         .collect()
@@ -318,15 +332,19 @@ mod tests {
             "s/_READY".into(),
         ];
         // b failed: its marker and the root's batch marker stay; the subfolder's goes.
-        let gone = markers_to_delete(&r, &present, &set(&["b"]));
+        let all = |_: &str| true;
+        let gone = markers_to_delete(&r, &present, &set(&["b"]), all);
         assert_eq!(gone, ["a.done", "s/_READY"]);
-        let gone = markers_to_delete(&r, &present, &BTreeSet::new());
+        let gone = markers_to_delete(&r, &present, &BTreeSet::new(), all);
         assert_eq!(gone.len(), 4);
+        // The marker of a file the job does not take (another job's) stays.
+        let gone = markers_to_delete(&r, &present, &BTreeSet::new(), |p: &str| p != "b");
+        assert_eq!(gone, ["a.done", "_READY", "s/_READY"]);
         let keep = MarkerRule {
             after_pull: MarkerAfterPull::Keep,
             ..r
         };
-        assert!(markers_to_delete(&keep, &present, &BTreeSet::new()).is_empty());
+        assert!(markers_to_delete(&keep, &present, &BTreeSet::new(), all).is_empty());
     }
 
     proptest! {

@@ -31,7 +31,9 @@ pub(crate) async fn after_pull(
         .map(|f| f.path.clone())
         .chain(report.changing.iter().cloned())
         .collect();
-    let doomed = markers_to_delete(rule, present, &pending);
+    let doomed = markers_to_delete(rule, present, &pending, |owner| {
+        job.filter.includes_file(owner)
+    });
     if doomed.is_empty() {
         return session;
     }
