@@ -96,12 +96,20 @@ impl SyncCmd {
                 println!("conflict {}: {}", shown(&c.path), shown(&c.reason));
             }
             for w in &plan.waiting {
-                println!(
-                    "waiting  {} ({}): waiting to settle, unchanged for {:.0}s more",
-                    shown(&w.path),
-                    human_bytes(w.size),
-                    (w.remaining_ns as f64 / 1e9).ceil()
-                );
+                match &w.marker {
+                    Some(marker) => println!(
+                        "waiting  {} ({}): waiting for its ready marker {}",
+                        shown(&w.path),
+                        human_bytes(w.size),
+                        shown(marker)
+                    ),
+                    None => println!(
+                        "waiting  {} ({}): waiting to settle, unchanged for {:.0}s more",
+                        shown(&w.path),
+                        human_bytes(w.size),
+                        (w.remaining_ns as f64 / 1e9).ceil()
+                    ),
+                }
             }
             println!(
                 "dry run: {} transfers ({}), {} deletions{}; nothing was changed",

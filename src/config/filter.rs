@@ -10,6 +10,9 @@ use super::{ConfigError, Ctx};
 pub struct PathFilter {
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
+    /// A pull job's ready markers: never part of the sync on either side, whatever the
+    /// patterns; a remote listing notes them (see [`PathFilter::is_marker`]).
+    markers: Option<crate::model::marker::MarkerRule>,
 }
 
 impl PathFilter {
@@ -17,6 +20,7 @@ impl PathFilter {
         PathFilter {
             include: None,
             exclude: None,
+            markers: None,
         }
     }
 
@@ -44,18 +48,29 @@ impl PathFilter {
         Ok(PathFilter {
             include: build(include, "include")?,
             exclude: build(exclude, "exclude")?,
+            markers: None,
         })
     }
 
     /// Whether a file at `rel` takes part in the sync.
     pub fn includes_file(&self, rel: &str) -> bool {
-        if self.excludes(rel) {
+        if self.excludes(rel) || self.is_marker(rel) {
             return false;
         }
         match &self.include {
             Some(set) => set.is_match(rel),
             None => true,
         }
+    }
+
+    /// Whether the file at `rel` is a ready marker (`ready_marker:`, `batch_marker:`): never
+    /// data, whatever `include:` and `exclude:` say.
+    pub fn is_marker(&self, rel: &str) -> bool {
+        self.markers.as_ref().is_some_and(|m| m.is_marker(rel))
+    }
+
+    pub(super) fn set_markers(&mut self, markers: Option<crate::model::marker::MarkerRule>) {
+        self.markers = markers;
     }
 
     /// Whether `rel` (a file or a directory) is excluded; an excluded directory is not descended.

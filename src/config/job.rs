@@ -68,6 +68,10 @@ pub struct Job {
     /// `bandwidth:`: limits on the payload of the job's data connections, all together, each
     /// direction a rate or a timetable in the job's zone (see [`crate::model::bandwidth`]).
     pub bandwidth: crate::model::bandwidth::Bandwidth,
+    /// `ready_marker:` / `batch_marker:` / `marker_after_pull:` (pull jobs): a remote file is
+    /// taken once the partner's marker says it is complete, instead of by `settle` (see
+    /// [`crate::model::marker`]). `None`: no marker.
+    pub markers: Option<crate::model::marker::MarkerRule>,
     /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
     /// every run's log so they are never forgotten.
     pub warnings: Vec<String>,
@@ -113,6 +117,16 @@ pub fn parse_job_with(file: &Path, text: &str, defaults: &Defaults) -> Result<Jo
     let notify = notify::job_notify(raw.notify, defaults.notify.as_ref(), &mut ctx)?;
     let expect = notify::expect(raw.expect, raw.direction, notify.as_ref(), &ctx)?;
     let bandwidth = super::bandwidth::from_raw(raw.bandwidth, &ctx)?;
+    let markers = policy::markers(
+        raw.ready_marker.as_deref(),
+        raw.batch_marker.as_deref(),
+        raw.marker_after_pull,
+        raw.direction,
+        raw.settle.is_some(),
+        &mut ctx,
+    )?;
+    let mut filter = filter;
+    filter.set_markers(markers.clone());
     // Only the first mistake in a file is reported; these two checks have always come last,
     // so they stay last and a file with several mistakes still gets the same error.
     intervals.check(&ctx)?;
@@ -145,6 +159,7 @@ pub fn parse_job_with(file: &Path, text: &str, defaults: &Defaults) -> Result<Jo
         notify,
         expect,
         bandwidth,
+        markers,
         warnings: ctx.warnings,
     })
 }
@@ -435,14 +450,57 @@ mod tests {
     }
 
     #[test]
+    fn markers_are_for_pull_jobs_and_name_a_file_beside_it() {
+        use crate::model::marker::MarkerAfterPull;
+        let pull = |extra: &str| parse(&format!("{GOOD}direction: pull\n{extra}"));
+        assert!(pull("").unwrap().markers.is_none());
+        let job = pull("ready_marker: \"{name}.done\"\nbatch_marker: _READY\n").unwrap();
+        let m = job.markers.unwrap();
+        assert!(m.is_marker("a/x.csv.done") && m.is_marker("_READY") && !m.is_marker("x.csv"));
+        assert_eq!(
+            m.after_pull,
+            MarkerAfterPull::Delete,
+            "deleting is the safe default"
+        );
+        assert!(job.filter.is_marker("x.done") && !job.filter.includes_file("x.done"));
+        let keep = pull("batch_marker: _READY\nmarker_after_pull: keep\n").unwrap();
+        assert_eq!(keep.markers.unwrap().after_pull, MarkerAfterPull::Keep);
+        // A settle the file sets is not used, and said so.
+        let both = pull("settle: 2m\nready_marker: \"{name}.ok\"\n").unwrap();
+        assert!(
+            both.warnings.iter().any(|w| w.contains("settle")),
+            "{:?}",
+            both.warnings
+        );
+        for (extra, key) in [
+            ("ready_marker: done\n", "ready_marker"),
+            ("ready_marker: \"{name}\"\n", "ready_marker"),
+            ("batch_marker: a/_READY\n", "batch_marker"),
+            ("marker_after_pull: keep\n", "marker_after_pull"),
+            (
+                "batch_marker: _READY\nmarker_after_pull: maybe\n",
+                "marker_after_pull",
+            ),
+        ] {
+            let e = pull(extra).unwrap_err();
+            assert!(e.reason.contains(key), "{extra}: {e}");
+            assert!(e.line > 1, "points at the key: {e}");
+        }
+        // Pull-only: a push job that sets one is refused, at the key.
+        let e = parse(&format!("{GOOD}batch_marker: _READY\n")).unwrap_err();
+        assert!(e.reason.contains("batch_marker: is for pull jobs"), "{e}");
+        assert_eq!((e.line, e.column), (6, 1), "{e}");
+    }
+
+    #[test]
     fn settle_is_a_duration_for_pull_jobs_only() {
         use std::time::Duration;
         assert_eq!(parse(GOOD).unwrap().settle, Duration::ZERO);
         let default = parse(&format!("{GOOD}direction: pull\n")).unwrap();
         assert_eq!(
             default.settle,
-            Duration::ZERO,
-            "opt-in until a run can re-list"
+            Duration::from_secs(60),
+            "a run waits for what settles within it, so pulls settle by default"
         );
         let pull = |v: &str| parse(&format!("{GOOD}direction: pull\nsettle: {v}\n"));
         assert_eq!(pull("30s").unwrap().settle, Duration::from_secs(30));
@@ -663,6 +721,9 @@ mod tests {
             "max_age",
             "notify",
             "expect",
+            "ready_marker",
+            "batch_marker",
+            "marker_after_pull",
             "remote",
         ];
         const REMOTE_KEYS: &[&str] = &[

@@ -170,6 +170,60 @@ pub(super) fn settle(
     Ok(d)
 }
 
+/// Validates `ready_marker:`, `batch_marker:` and `marker_after_pull:` (pull jobs only): a
+/// template with `{name}` once, a file name, `delete | keep`. With a marker, the marker decides
+/// instead of `settle:`, so a `settle:` the file also sets is warned about.
+pub(super) fn markers(
+    ready: Option<&str>,
+    batch: Option<&str>,
+    after: Option<crate::model::marker::MarkerAfterPull>,
+    direction: crate::model::policy::Direction,
+    settle_set: bool,
+    ctx: &mut Ctx,
+) -> Result<Option<crate::model::marker::MarkerRule>, ConfigError> {
+    use crate::model::marker::{check_batch_name, MarkerRule, NameTemplate};
+    let pull = direction == crate::model::policy::Direction::Pull;
+    for (key, set) in [
+        ("ready_marker", ready.is_some()),
+        ("batch_marker", batch.is_some()),
+        ("marker_after_pull", after.is_some()),
+    ] {
+        if set && !pull {
+            return Err(ctx.fail(
+                &[key],
+                format!("{key}: is for pull jobs (a partner's marker says when a remote file is complete)"),
+            ));
+        }
+    }
+    let per_file = ready
+        .map(|t| {
+            NameTemplate::parse(t)
+                .map_err(|e| ctx.fail(&["ready_marker"], format!("ready_marker: {e}")))
+        })
+        .transpose()?;
+    if let Some(b) = batch {
+        check_batch_name(b)
+            .map_err(|e| ctx.fail(&["batch_marker"], format!("batch_marker: {e}")))?;
+    }
+    if per_file.is_none() && batch.is_none() {
+        if after.is_some() {
+            return Err(ctx.fail(
+                &["marker_after_pull"],
+                "marker_after_pull: needs ready_marker: or batch_marker:",
+            ));
+        }
+        return Ok(None);
+    }
+    if settle_set {
+        ctx.warn("settle: is not used: with ready_marker: or batch_marker: the marker decides when a file is taken");
+    }
+    Ok(Some(MarkerRule {
+        per_file,
+        batch: batch.map(str::to_string),
+        after_pull: after.unwrap_or_default(),
+    }))
+}
+
 /// Validates `min_age:` and `max_age:` (`10m`, `2h`, `30d`): durations, and a `min_age` above
 /// `max_age` would take no file at all, so it is refused.
 pub(super) fn age_limits(

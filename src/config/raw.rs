@@ -55,6 +55,9 @@ pub(super) struct RawJob {
     pub(super) notify: Option<super::notify::RawNotify>,
     pub(super) expect: Option<super::notify::RawExpect>,
     pub(super) bandwidth: Option<super::bandwidth::RawBandwidth>,
+    pub(super) ready_marker: Option<String>,
+    pub(super) batch_marker: Option<String>,
+    pub(super) marker_after_pull: Option<crate::model::marker::MarkerAfterPull>,
 }
 
 fn default_direction() -> Direction {

@@ -8,6 +8,7 @@
 pub(crate) mod age;
 pub(crate) mod bandwidth;
 pub(crate) mod baseline;
+pub(crate) mod marker;
 pub(crate) mod notify;
 pub(crate) mod parallel;
 pub(crate) mod paths;

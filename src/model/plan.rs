@@ -49,6 +49,9 @@ pub struct Waiting {
     pub size: u64,
     /// How much longer it must stay unchanged (ns), as of this run.
     pub remaining_ns: i64,
+    /// The ready marker it waits for instead (`ready_marker:` or `batch_marker:`, see
+    /// [`crate::model::marker`]), as a path; `None`: it waits to settle.
+    pub marker: Option<String>,
 }
 
 /// What the evidence says of a file both sides hold and the ledger does not know.
@@ -225,6 +228,9 @@ pub struct SyncPlan {
     /// Remote files a pull left for a later run because they may still be changing (see
     /// [`crate::model::settle`]).
     pub waiting: Vec<Waiting>,
+    /// The ready markers a pull's listing found (see [`crate::model::marker`]): never
+    /// transferred, and deleted on the server after the run where the job says so.
+    pub markers: Vec<String>,
 }
 
 impl SyncPlan {
@@ -447,6 +453,7 @@ impl Decided {
             conflicts: self.conflicts,
             adopted: self.adopted,
             waiting: Vec::new(),
+            markers: Vec::new(),
         }
     }
 }
@@ -1759,6 +1766,7 @@ mod tests {
             conflicts: Vec::new(),
             adopted: 0,
             waiting: Vec::new(),
+            markers: Vec::new(),
         };
         let t = p.take_transfers();
         let paths: Vec<&str> = t.iter().map(Action::path).collect();

@@ -16,12 +16,40 @@ use std::time::Duration;
 
 use crate::model::plan::{Action, SyncPlan, Waiting};
 
-/// `settle:` of a pull job whose file does not set it: zero, files are taken as listed (what
-/// pulls always did). Not a minute yet: settling is judged across runs only, so a job run by
-/// cron once a night would take a new file a whole night later; once a run can re-list the
-/// files it waits for within itself (issue 14), the default becomes a minute (a minute because
-/// LIST times are only minute-precise). A job that pulls from a partner's outbox sets it.
-pub const DEFAULT_SETTLE: Duration = Duration::ZERO;
+/// `settle:` of a pull job whose file does not set it: a minute, because LIST times are only
+/// minute-precise (a file written to within a minute may show the same time) and a partner's
+/// uploader rarely writes under a temporary name. A run that holds files waits for them within
+/// itself (`sync/settle_wait.rs`), so a job run once a night still takes a new file that night.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(60);
+
+/// How many settle periods a run waits, at most, for files still settling before it leaves them
+/// for the next run: a file's first sighting at a new size starts a period, and the run only
+/// re-observes once the earliest file is due, so a file that stops growing is taken within two
+/// periods of its last change; five leave room for an upload that goes on a little longer.
+pub const IN_RUN_PERIODS: u32 = 5;
+
+/// However long `settle` is, a run waits at most this long within itself (it holds the job's
+/// lock meanwhile, and later triggers coalesce behind it); a longer wait is the next run's.
+pub const MAX_IN_RUN_WAIT: Duration = Duration::from_secs(600);
+
+/// How long a run may wait within itself for files to settle: [`IN_RUN_PERIODS`] periods,
+/// at most [`MAX_IN_RUN_WAIT`].
+pub fn in_run_budget(settle: Duration) -> Duration {
+    settle.saturating_mul(IN_RUN_PERIODS).min(MAX_IN_RUN_WAIT)
+}
+
+/// The next pause of a run waiting for files to settle: until the earliest of the `due` times
+/// (each file's first sighting plus `settle`, ns on the wall clock), if that is no later than
+/// `deadline` (the end of the run's budget); `None`: nothing is due within it, the files are
+/// left for the next run.
+pub fn next_pause(due: impl IntoIterator<Item = i64>, now: i64, deadline: i64) -> Option<Duration> {
+    let earliest = due.into_iter().min()?;
+    if earliest > deadline {
+        return None;
+    }
+    let ns = u64::try_from(earliest.saturating_sub(now)).unwrap_or(0);
+    Some(Duration::from_nanos(ns))
+}
 
 /// The first sighting of a remote file at its current size and time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +141,7 @@ pub fn hold_unsettled(
                     path: path.clone(),
                     size: source.size,
                     remaining_ns,
+                    marker: None,
                 });
                 false
             }
@@ -229,6 +258,25 @@ mod tests {
             verdict(Some(&s), 1, 0, 100 * S, 30 * S),
             Verdict::Wait { sighting, .. } if sighting.since == 100 * S
         ));
+    }
+
+    #[test]
+    fn a_run_waits_until_the_earliest_file_is_due_within_its_budget() {
+        assert_eq!(
+            in_run_budget(Duration::from_secs(60)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(in_run_budget(Duration::from_secs(3600)), MAX_IN_RUN_WAIT);
+        assert_eq!(in_run_budget(Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            next_pause([30 * S, 10 * S], 4 * S, 100 * S),
+            Some(Duration::from_secs(6))
+        );
+        // Due already: no pause.
+        assert_eq!(next_pause([3 * S], 4 * S, 100 * S), Some(Duration::ZERO));
+        // Nothing due within the budget, or nothing waiting: the next run's.
+        assert_eq!(next_pause([101 * S], 4 * S, 100 * S), None);
+        assert_eq!(next_pause([], 4 * S, 100 * S), None);
     }
 
     proptest! {

@@ -8,12 +8,14 @@
 pub(crate) mod bandwidth;
 pub(crate) mod destination;
 pub(crate) mod error;
+pub(crate) mod markers;
 pub(crate) mod notify;
 pub(crate) mod options;
 pub(crate) mod report;
 pub(crate) mod retry;
 pub(crate) mod run;
 pub(crate) mod scan;
+pub(crate) mod settle_wait;
 pub(crate) mod stop;
 pub(crate) mod survey;
 pub(crate) mod transfer;

@@ -30,6 +30,9 @@ pub struct RunReport {
     pub changing: Vec<String>,
     /// Source files left alone as there before the job began (`initial_files: skip`).
     pub preexisting: u64,
+    /// Of `files_waiting`, the files left for a later run because their ready marker was not
+    /// there (`ready_marker:`, `batch_marker:`).
+    pub waiting_for_markers: u64,
 }
 
 impl RunReport {
@@ -60,10 +63,16 @@ impl RunReport {
                 0 => String::new(),
                 n => format!("; {n} adopted"),
             },
-            // Likewise for files left to settle (`settle:`): not failures, taken later.
-            match c.files_waiting {
-                0 => String::new(),
-                n => format!("; {n} waiting to settle"),
+            // Likewise for files left to settle (`settle:`) or for their ready marker: not
+            // failures, taken later.
+            match (
+                c.files_waiting.saturating_sub(self.waiting_for_markers),
+                self.waiting_for_markers,
+            ) {
+                (0, 0) => String::new(),
+                (n, 0) => format!("; {n} waiting to settle"),
+                (0, m) => format!("; {m} waiting for a ready marker"),
+                (n, m) => format!("; {n} waiting to settle; {m} waiting for a ready marker"),
             },
             match self.preexisting {
                 0 => String::new(),
@@ -199,6 +208,7 @@ mod tests {
             counts: RunCounts::default(),
             changing: Vec::new(),
             preexisting: 0,
+            waiting_for_markers: 0,
             failures: failures
                 .iter()
                 .map(|(p, e)| PathFailure {

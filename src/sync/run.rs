@@ -49,6 +49,7 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
         interrupted: false,
         changing: Vec::new(),
         preexisting: 0,
+        waiting_for_markers: 0,
     };
     // One run of a job at a time, across processes; held until the report is returned. A run
     // left `running` in the ledger can only be a dead process's once the lock is ours. The
@@ -229,6 +230,11 @@ async fn execute_run(
         (session, spare),
         work,
         report,
+    )
+    .await;
+    // A pull waits here for the files still settling, and deletes the markers of those taken.
+    session = crate::sync::settle_wait::finish_pull(
+        job, ledger, opts, &tls, tally, session, &the_plan, report,
     )
     .await;
     if opts.stop_requested() {

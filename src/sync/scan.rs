@@ -41,6 +41,9 @@ pub struct Scan {
     /// they are not absent, only unknown, so nothing at or below them may be deleted or
     /// forgotten (see [`crate::model::plan::spare`]).
     pub unreadable: Vec<String>,
+    /// Remote scan: the ready markers listed (`ready_marker:`, `batch_marker:`), relative
+    /// paths; never part of the snapshot.
+    pub markers: Vec<String>,
 }
 
 /// BLAKE3 of a whole file (a link put in its place since it was stat-ed is not followed).
@@ -597,6 +600,10 @@ impl RemoteListing {
                     subdirs.push(rel);
                 }
                 ListedKind::File => {
+                    if filter.is_marker(&rel) {
+                        scan.markers.push(rel);
+                        continue;
+                    }
                     if !filter.includes_file(&rel) {
                         continue;
                     }

@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::config::Job;
 use crate::model::baseline::{hold_baseline, InitialFiles};
+use crate::model::marker::hold_unmarked;
 use crate::model::plan::{
     plan_with, spare as spare_unreadable, Adopt, LedgerView, PlanOptions, SyncPlan,
 };
@@ -108,6 +109,7 @@ pub(crate) async fn survey_all(
     let mut plan = w.plan;
     // Before settling: a file there before the job began is not waited on either.
     let preexisting = hold_preexisting(job, ledger, &mut plan, write_ledger)?;
+    plan.markers = std::mem::take(&mut w.found.markers);
     if job.direction == Direction::Pull {
         hold_unsettled_files(job, ledger, &mut plan, write_ledger)?;
     }
@@ -154,9 +156,11 @@ fn hold_preexisting(
     Ok(change.held)
 }
 
-/// Leaves for a later run the remote files that may still be changing (`settle:`, see
+/// Leaves for later the remote files that may still be changing (`settle:`, see
 /// [`crate::model::settle`]), and remembers the first sighting of each in the ledger (not in
-/// a dry run, which only shows what would wait).
+/// a dry run, which only shows what would wait). With a ready marker (`ready_marker:`,
+/// `batch_marker:`, see [`crate::model::marker`]) the marker decides instead: a file whose
+/// marker was not listed is left for a later run.
 fn hold_unsettled_files(
     job: &Job,
     ledger: &SharedLedger,
@@ -164,6 +168,19 @@ fn hold_unsettled_files(
     write_ledger: bool,
 ) -> Result<(), RunError> {
     let seen = ledger.lock().settle_sightings(&job.name)?;
+    if let Some(rule) = &job.markers {
+        let present: std::collections::BTreeSet<String> = plan.markers.iter().cloned().collect();
+        hold_unmarked(plan, rule, &present);
+        for w in &plan.waiting {
+            tracing::info!(path = %w.path, marker = ?w.marker, "waiting for its ready marker");
+        }
+        if write_ledger && !seen.is_empty() {
+            ledger
+                .lock()
+                .set_settle_sightings(&job.name, &Default::default())?;
+        }
+        return Ok(());
+    }
     if job.settle.is_zero() && seen.is_empty() {
         return Ok(());
     }

@@ -55,6 +55,8 @@ pub struct Found {
     pub remote_temps: Vec<String>,
     /// The job's remote directory does not exist.
     pub root_missing: bool,
+    /// The ready markers listed (pull jobs with `ready_marker:` or `batch_marker:`).
+    pub markers: Vec<String>,
 }
 
 impl Found {
@@ -454,6 +456,7 @@ fn plan_dir(
     got.found.hashed += d.local.hashed;
     got.found.local_temps.append(&mut d.local.temps);
     got.found.remote_temps.append(&mut d.remote.temps);
+    got.found.markers.append(&mut d.remote.markers);
     got.found.failures.append(&mut d.local.failures);
     got.found.failures.append(&mut d.remote.failures);
     if d.local.unreadable.contains(&d.visit.path) {

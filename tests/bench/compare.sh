@@ -228,6 +228,7 @@ remote:
     ca_file: ${CA[$1]}
 ${6:-}
 direction: $5
+$([[ $5 == pull ]] && echo 'settle: 0 # files as listed, as lftp and rclone take them')
 transfers: 4
 YAML
 }

@@ -704,3 +704,30 @@ fn an_agent_without_a_valid_job_waits_for_a_fix_and_sighup() {
         .expect_code(2)
         .expect_output("cannot read the jobs directory");
 }
+
+/// A poll-triggered pull waits within its run for a new file to settle (`settle:`); SIGTERM
+/// during that wait stops the agent at once, the run is recorded `interrupted`, and the file
+/// is not taken.
+#[test]
+fn a_poll_run_waiting_for_a_file_to_settle_stops_at_once() {
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "pollsettle");
+    server.mkdirs(&s.remote_root());
+    s.put_remote("new.csv", b"1,2,3\n");
+    s.job("pulled", "direction: pull\npoll: 1h\nsettle: 30s\n");
+    let agent = Agent::start(&s);
+    agent.wait_log(
+        "waiting within the run for files to settle",
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = Instant::now();
+    let log = agent.terminate(Duration::from_secs(10));
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}:\n{log}");
+    let runs = history(&s, "pulled");
+    assert_eq!(runs[0]["trigger"], "poll", "{runs:#?}");
+    assert_eq!(runs[0]["outcome"], "interrupted", "{runs:#?}");
+    assert!(!s.local.join("new.csv").exists());
+    eprintln!("agent, SIGTERM while a poll run waits for a file to settle: exit after {took:?}");
+}

@@ -20,6 +20,7 @@ mod fault_proxy_selftest;
 mod hostile_server;
 mod initial;
 mod listings;
+mod markers;
 mod metrics;
 mod nat;
 mod notify;

@@ -1,7 +1,7 @@
 //! `settle:` (issue 14, item 1): a pull never takes a remote file the partner is still
-//! uploading. A writer appends to a remote file while pulls run one after another; the local
-//! file must never appear under its final name until it is complete and was seen unchanged for
-//! `settle`. Against the in-process server the writer appends on the server's disk; against the
+//! uploading. A writer appends to a remote file while a pull runs; the run waits within itself,
+//! re-listing, and the local file must never appear under its final name until it is complete
+//! and was seen unchanged for `settle`. Against the in-process server the writer appends on the server's disk; against the
 //! real servers it is a second FTPS session (curl's STOR, fed slowly through a pipe).
 
 use std::io::Write;
@@ -88,64 +88,204 @@ fn start_writer(s: &Sandbox, how: Writer, name: &str, done: Arc<AtomicBool>) {
     }
 }
 
-/// Pulls again and again while `incoming.csv` grows: it never appears locally until it is
-/// whole, the runs meanwhile report it as waiting to settle (not failed), and once it stops
-/// growing a run after `settle` takes it.
-fn a_growing_file_is_never_taken_half_written(server: &Server, how: Writer) {
+/// Watches the local `incoming.csv` from another thread while the partner writes: records
+/// every size it was seen with under its final name before the writer was done.
+fn watch_local(
+    local: std::path::PathBuf,
+    done: Arc<AtomicBool>,
+    over: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u64>> {
+    std::thread::spawn(move || {
+        let mut early = Vec::new();
+        while !over.load(Ordering::SeqCst) {
+            let writing = !done.load(Ordering::SeqCst);
+            if let Ok(meta) = std::fs::metadata(&local) {
+                if writing {
+                    early.push(meta.len());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        early
+    })
+}
+
+/// Waits until the writer's file is on the server (curl creates it when its STOR starts), so
+/// that the run's listing sees it growing.
+fn wait_for_remote(s: &Sandbox, name: &str) {
+    let path = s.remote_root().join(name);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&path).map_or(true, |m| m.len() == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the writer's file never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One pull started while the partner is still writing `incoming.csv`: the run waits within
+/// itself, re-listing, and takes the file once it has stopped growing for `settle`, in that
+/// one run. The local file never appears under its final name before the writer is done, and
+/// what appears is the whole file.
+fn one_run_takes_a_growing_file_once_it_settles(server: &Server) {
+    let how = if server.kind == "loopback" {
+        Writer::Disk
+    } else {
+        Writer::Ftps
+    };
     let s = Sandbox::new(server, "settle");
     server.mkdirs(&s.remote_root());
     s.job("j", "direction: pull\nsettle: 2s\n");
     let full = full_content();
     let local = s.local.join("incoming.csv");
     let done = Arc::new(AtomicBool::new(false));
+    let over = Arc::new(AtomicBool::new(false));
     start_writer(&s, how, "incoming.csv", Arc::clone(&done));
+    wait_for_remote(&s, "incoming.csv");
+    let watcher = watch_local(local.clone(), Arc::clone(&done), Arc::clone(&over));
 
-    let check = |when: &str| {
-        if let Ok(got) = std::fs::read(&local) {
-            assert!(
-                got == full,
-                "{when}: incoming.csv appeared with {} of {} bytes",
-                got.len(),
-                full.len()
-            );
-        }
-    };
-    let mut waited = 0;
     let started = Instant::now();
-    while !done.load(Ordering::SeqCst) {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the writer hangs"
-        );
-        let run = s.sync("j");
-        run.expect_code(0);
-        if run.stdout.contains("waiting to settle") {
-            waited += 1;
-        }
-        check("while the partner writes");
-        assert!(
-            !run.stdout.contains("failed:"),
-            "a waiting file is not a failure:\n{}",
-            run.text()
-        );
-    }
-    assert!(waited > 0, "no run reported the file as waiting to settle");
-    let dry = s.ferrysync(&["sync", "j", "--dry-run"]);
-    dry.expect_code(0);
-    check("after a dry run");
-
-    // Stable from now on: taken by a run at least `settle` after the last change.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !local.exists() {
-        assert!(Instant::now() < deadline, "never taken once stable");
-        std::thread::sleep(Duration::from_millis(500));
-        s.sync("j").expect_code(0);
-        check("after the partner finished");
-    }
-    assert_eq!(std::fs::read(&local).unwrap(), full);
-    assert_eq!(s.last_run("j")["files_down"].as_u64(), Some(1));
-    assert_eq!(s.last_run("j")["files_waiting"].as_u64(), Some(0));
+    let run = s.sync("j");
+    let took = started.elapsed();
+    over.store(true, Ordering::SeqCst);
+    let early = watcher.join().unwrap();
+    eprintln!(
+        "{} (writer done: {})",
+        run.stdout.trim(),
+        done.load(Ordering::SeqCst)
+    );
+    run.expect_code(0).expect_output("1 downloaded");
+    assert!(
+        early.is_empty(),
+        "incoming.csv appeared before the partner finished, with sizes {early:?}"
+    );
+    assert!(
+        done.load(Ordering::SeqCst),
+        "taken before the writer was done"
+    );
+    assert_eq!(std::fs::read(&local).unwrap(), full, "not the whole file");
+    assert!(
+        took >= Duration::from_secs(2),
+        "taken after {took:?}, less than settle"
+    );
+    let last = s.last_run("j");
+    assert_eq!(last["files_down"].as_u64(), Some(1), "{last}");
+    assert_eq!(last["files_waiting"].as_u64(), Some(0), "{last}");
     no_temporary_files(&s.local);
+}
+
+against_servers!(only [loopback vsftpd proftpd] one_run_takes_a_growing_file_once_it_settles);
+
+/// A file that keeps growing past the run's wait (five settle periods) is left for the next
+/// run: reported waiting, not failed, and not taken.
+#[test]
+fn settle_a_file_growing_past_the_runs_wait_is_left_for_the_next_run() {
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "settlebound");
+    server.mkdirs(&s.remote_root());
+    s.job("j", "direction: pull\nsettle: 1s\n");
+    let path = s.remote_root().join("endless.csv");
+    s.put_remote("endless.csv", b"start\n");
+    let over = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let over = Arc::clone(&over);
+        std::thread::spawn(move || {
+            while !over.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200));
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
+                f.write_all(b"more\n").unwrap();
+            }
+        })
+    };
+    let started = Instant::now();
+    let run = s.sync("j");
+    let took = started.elapsed();
+    over.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    eprintln!("{}", run.stdout.trim());
+    run.expect_code(0).expect_output("1 waiting to settle");
+    assert!(!s.local.join("endless.csv").exists());
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(15),
+        "the run waited {took:?} (budget 5 s)"
+    );
+    assert_eq!(s.last_run("j")["outcome"], "ok");
+}
+
+/// SIGTERM while a run waits within itself for a file to settle: it stops at once, is recorded
+/// `interrupted`, and takes nothing.
+#[test]
+fn settle_a_stop_during_the_wait_is_prompt() {
+    let server = Server::loopback();
+    let s = Sandbox::new(&server, "settlestop");
+    server.mkdirs(&s.remote_root());
+    s.put_remote("a.csv", b"0123456789");
+    s.job("j", "direction: pull\nsettle: 30s\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrysync"))
+        .args(["sync", "j"])
+        .env("FERRYSYNC_JOBS", &s.jobs)
+        .env("FERRYSYNC_STATE", &s.state)
+        .env("FERRYSYNC_LOG", "ferrysync=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The run is in its wait once the ledger holds the file's sighting.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sightings(&s) == 0 {
+        assert!(Instant::now() < deadline, "the run never started waiting");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "no exit within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = signalled.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "stopped after {took:?}: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}:\n{text}");
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("waiting within the run"), "{text}");
+    assert_eq!(s.last_run("j")["outcome"], "interrupted");
+    assert!(!s.local.join("a.csv").exists());
+}
+
+/// How many settle sightings the sandbox's ledger holds (read with SQLite directly, as any
+/// other reader of the WAL database may).
+fn sightings(s: &Sandbox) -> i64 {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(&s.state, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    conn.query_row("SELECT count(*) FROM settle_sightings", [], |r| r.get(0))
+        .unwrap_or(0)
 }
 
 fn no_temporary_files(dir: &Path) {
@@ -156,27 +296,8 @@ fn no_temporary_files(dir: &Path) {
     assert_eq!(names, ["incoming.csv"], "{names:?}");
 }
 
-#[test]
-fn settle_loopback_a_growing_file_is_never_taken_half_written() {
-    a_growing_file_is_never_taken_half_written(&Server::loopback(), Writer::Disk);
-}
-
-#[test]
-fn settle_vsftpd_a_partner_upload_in_progress_is_never_taken() {
-    if let Some(s) = Server::vsftpd() {
-        a_growing_file_is_never_taken_half_written(&s, Writer::Ftps);
-    }
-}
-
-#[test]
-fn settle_proftpd_a_partner_upload_in_progress_is_never_taken() {
-    if let Some(s) = Server::proftpd() {
-        a_growing_file_is_never_taken_half_written(&s, Writer::Ftps);
-    }
-}
-
-/// `sync --dry-run` shows a file that would wait, and the summary counts it; neither is a
-/// failure, and a dry run remembers no sighting (the next real run starts the interval).
+/// `sync --dry-run` shows a file that would wait and remembers no sighting; a real run then
+/// waits within itself and takes the file once it stayed the same for `settle`.
 #[test]
 fn settle_dry_run_shows_waiting_files() {
     let server = Server::loopback();
@@ -187,14 +308,14 @@ fn settle_dry_run_shows_waiting_files() {
     let dry = s.ferrysync(&["sync", "j", "--dry-run"]);
     dry.expect_code(0)
         .expect_output("waiting  a.csv (10 B): waiting to settle");
-    let run = s.sync("j");
-    run.expect_code(0).expect_output("1 waiting to settle");
-    eprintln!("{}{}", dry.stdout, run.stdout);
-    assert!(!s.local.join("a.csv").exists());
-    assert_eq!(s.last_run("j")["files_waiting"].as_u64(), Some(1));
-    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(sightings(&s), 0, "a dry run remembers nothing");
+    let started = Instant::now();
     let taken = s.sync("j");
+    let took = started.elapsed();
+    eprintln!("{}{}", dry.stdout, taken.stdout);
     taken.expect_code(0).expect_output("1 downloaded");
-    eprintln!("{}", taken.stdout);
+    assert!(took >= Duration::from_secs(1), "taken after {took:?}");
     assert_eq!(std::fs::read(s.local.join("a.csv")).unwrap(), b"0123456789");
+    assert_eq!(s.last_run("j")["files_waiting"].as_u64(), Some(0));
+    assert_eq!(sightings(&s), 0, "a file taken needs no sighting");
 }

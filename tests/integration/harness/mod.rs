@@ -438,7 +438,21 @@ impl<'a> Sandbox<'a> {
     }
 
     /// Writes `jobs/NAME.yaml` from raw text.
+    ///
+    /// A pull job whose test sets neither `settle:` nor a ready marker gets `settle: 0` here,
+    /// the one place that does it: pulls default to `settle: 1m` and wait for new files within
+    /// the run, so every pull test would otherwise wait a minute per new file. The tests of
+    /// settling (tests/integration/settle.rs) and of markers set their own.
     pub fn write_job(&self, name: &str, text: &str) -> &Self {
+        let sets_its_own = ["settle:", "ready_marker:", "batch_marker:"]
+            .iter()
+            .any(|k| text.contains(k));
+        let text = if text.contains("direction: pull") && !sets_its_own {
+            let sep = if text.ends_with('\n') { "" } else { "\n" };
+            format!("{text}{sep}settle: 0\n")
+        } else {
+            text.to_string()
+        };
         std::fs::write(self.jobs.join(format!("{name}.yaml")), text).unwrap();
         self
     }
