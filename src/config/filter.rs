@@ -10,6 +10,9 @@ use super::{ConfigError, Ctx};
 pub struct PathFilter {
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
+    /// A folder always left out, whatever the patterns: the archive of `after_transfer:
+    /// archive` inside the source (see [`PathFilter::leave_out`]).
+    left_out: Option<String>,
 }
 
 impl PathFilter {
@@ -17,6 +20,7 @@ impl PathFilter {
         PathFilter {
             include: None,
             exclude: None,
+            left_out: None,
         }
     }
 
@@ -44,6 +48,7 @@ impl PathFilter {
         Ok(PathFilter {
             include: build(include, "include")?,
             exclude: build(exclude, "exclude")?,
+            left_out: None,
         })
     }
 
@@ -60,7 +65,20 @@ impl PathFilter {
 
     /// Whether `rel` (a file or a directory) is excluded; an excluded directory is not descended.
     pub fn excludes(&self, rel: &str) -> bool {
+        if self
+            .left_out
+            .as_deref()
+            .is_some_and(|d| rel == d || crate::model::paths::is_under(rel, d))
+        {
+            return true;
+        }
         self.exclude.as_ref().is_some_and(|set| set.is_match(rel))
+    }
+
+    /// Leaves the folder `dir` (relative to the job's root) out of the sync on both sides,
+    /// whatever the patterns say: an archive inside the source is never itself a source.
+    pub(crate) fn leave_out(&mut self, dir: &str) {
+        self.left_out = Some(dir.to_string());
     }
 
     /// With include patterns, directories are created only where they lead to included files.

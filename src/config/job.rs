@@ -54,6 +54,9 @@ pub struct Job {
     /// `min_age:` / `max_age:`: source files younger / older than these (by modification
     /// time) are left alone, neither sent nor a reason to delete (see [`crate::model::age`]).
     pub ages: crate::model::age::AgeLimits,
+    /// `after_transfer:`, `archive_to:`, `archive_retention:`: what becomes of a source file
+    /// once its copy is delivered (see [`crate::model::after`]).
+    pub after: super::after::SourceAfter,
     /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
     /// every run's log so they are never forgotten.
     pub warnings: Vec<String>,
@@ -79,7 +82,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
     let local = local(&raw.local, &ctx)?;
     let transfers = transfers(raw.transfers, &ctx)?;
     let watch = Watch::from_raw(&raw.watch, raw.direction, &ctx)?;
-    let filter = PathFilter::from_raw(raw.include, raw.exclude, &ctx)?;
+    let mut filter = PathFilter::from_raw(raw.include, raw.exclude, &ctx)?;
     let schedule = Schedule::from_raw(raw.schedule.as_deref(), &ctx)?;
     let timezone = trigger::timezone(raw.timezone.as_deref(), &ctx)?;
     let intervals = Intervals::from_raw(raw.debounce.as_deref(), raw.poll.as_deref(), &ctx)?;
@@ -89,6 +92,26 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
     let audit_retention = policy::audit_retention(raw.audit_retention.as_deref(), &ctx)?;
     let settle = policy::settle(raw.settle.as_deref(), raw.direction, &ctx)?;
     let ages = policy::age_limits(raw.min_age.as_deref(), raw.max_age.as_deref(), &ctx)?;
+    let local_text = local.to_string_lossy();
+    let (after, mode) = super::after::from_raw(
+        super::after::RawAfter {
+            action: raw.after_transfer,
+            archive_to: raw.archive_to.as_deref(),
+            retention: raw.archive_retention.as_deref(),
+            mode: raw.mode,
+            direction: raw.direction,
+            source_root: match raw.direction {
+                Direction::Push => &local_text,
+                Direction::Pull => &remote.path,
+            },
+        },
+        &ctx,
+    )?;
+    // An archive inside the source is never itself a source (nor, on the destination, a
+    // folder the sync touches).
+    if let Some(root) = after.archive_to.as_ref().and_then(|t| t.fixed_root()) {
+        filter.leave_out(root);
+    }
     // Only the first mistake in a file is reported; these two checks have always come last,
     // so they stay last and a file with several mistakes still gets the same error.
     intervals.check(&ctx)?;
@@ -99,7 +122,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
         local,
         remote,
         direction: raw.direction,
-        mode: raw.mode,
+        mode,
         schedule,
         timezone,
         watch: watch.on,
@@ -117,6 +140,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
         audit_retention,
         settle,
         ages,
+        after,
         warnings: ctx.warnings,
     })
 }

@@ -7,6 +7,7 @@
 //!
 //! May import: `model`.
 
+pub(crate) mod after;
 pub(crate) mod choices;
 pub(crate) mod filter;
 pub(crate) mod job;
@@ -19,6 +20,7 @@ pub(crate) mod trigger;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use after::SourceAfter;
 pub use choices::{DataMode, Listing, PassiveAddress, Security};
 pub use filter::PathFilter;
 pub use job::{

@@ -38,7 +38,7 @@ impl RunReport {
     pub fn summary(&self) -> String {
         let c = &self.counts;
         let mut s = format!(
-            "{}: {} ({} uploaded, {}; {} downloaded, {}; {} deleted; {} failed{}{}) in {:.1}s",
+            "{}: {} ({} uploaded, {}; {} downloaded, {}; {} deleted; {} failed{}{}{}) in {:.1}s",
             escape_controls(&self.job),
             match self.outcome {
                 Outcome::Ok => "ok",
@@ -62,6 +62,13 @@ impl RunReport {
             match c.files_waiting {
                 0 => String::new(),
                 n => format!("; {n} waiting to settle"),
+            },
+            // Likewise for sources moved after their transfer (`after_transfer:`).
+            match (c.files_archived, c.files_source_deleted) {
+                (0, 0) => String::new(),
+                (a, 0) => format!("; {a} sources archived"),
+                (0, d) => format!("; {d} sources deleted"),
+                (a, d) => format!("; {a} sources archived, {d} deleted"),
             },
             self.elapsed.as_secs_f64()
         );
