@@ -213,6 +213,15 @@ fn record(
     }
 }
 
+/// The folder `sub` (relative, `""` for none) below the archive folder `dir`.
+fn below(dir: &str, sub: &str) -> String {
+    if sub.is_empty() {
+        dir.to_string()
+    } else {
+        format!("{dir}/{sub}")
+    }
+}
+
 fn past(action: AfterTransfer) -> &'static str {
     match action {
         AfterTransfer::Archive => "archived",
@@ -238,7 +247,9 @@ fn complete_local(root: &Path, base: Option<&str>, intent: &SourceIntent) -> Out
     }
     match (intent.action, intent.archive_dir.as_deref()) {
         (AfterTransfer::Archive, Some(dir)) => {
-            match archive_local(root, base, &parent, name, dir) {
+            // A file in a subfolder keeps its place below the archive folder.
+            let dir = below(dir, split_parent(&intent.path).0);
+            match archive_local(root, base, &parent, name, &dir) {
                 Ok(to) => Outcome::Archived(to, None),
                 Err(e) => Outcome::Failed(format!("cannot move it into {dir}: {e}")),
             }
@@ -403,10 +414,11 @@ async fn complete_remote(
                 Err(e) => Outcome::Failed(format!("cannot delete it: {e}")),
             },
             (AfterTransfer::Archive, Some(dir)) => {
+                let dir = below(dir, parent);
                 let abs_dir = if dir.starts_with('/') {
-                    dir.to_string()
+                    dir
                 } else {
-                    remote_path(root, dir)
+                    remote_path(root, &dir)
                 };
                 match archive_remote(session, &mut archive_names, &abs_dir, name, &from).await {
                     Ok((to, reply)) => Outcome::Archived(to, Some(reply)),
@@ -520,4 +532,82 @@ fn prune_dir(dir: &Dir, now: i64, retention: std::time::Duration) -> std::io::Re
         }
     }
     Ok((removed, left == 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// Retention removes the archive's files past it (by when they entered the archive) and
+    /// the folders that leaves empty; it follows no link and removes none, and leaves alone a
+    /// folder that was empty already.
+    #[test]
+    fn retention_prunes_old_archived_files_and_follows_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("archive");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(archive.join("2026/01")).unwrap();
+        std::fs::create_dir_all(archive.join("empty")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(archive.join("2026/01/a.csv"), b"a").unwrap();
+        std::fs::write(archive.join("top.csv"), b"t").unwrap();
+        std::fs::write(outside.join("secret"), b"s").unwrap();
+        symlink(&outside, archive.join("linked")).unwrap();
+        symlink(outside.join("secret"), archive.join("2026/file-link")).unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let root = Dir::open(dir.path(), "archive").unwrap();
+        let now = crate::state::now_unix();
+        // Nothing is old yet.
+        assert_eq!(prune_dir(&root, now, day).unwrap().0, 0);
+        assert!(archive.join("top.csv").exists());
+        // Two days on: the files go, the emptied folder goes, links and their targets stay.
+        let (removed, _) = prune_dir(&root, now + 2 * 86_400, day).unwrap();
+        assert_eq!(removed, 2);
+        assert!(!archive.join("top.csv").exists());
+        assert!(!archive.join("2026/01").exists(), "emptied folder removed");
+        assert!(
+            archive.join("empty").is_dir(),
+            "a folder that was empty stays"
+        );
+        assert!(std::fs::symlink_metadata(archive.join("linked")).is_ok());
+        assert!(std::fs::symlink_metadata(archive.join("2026/file-link")).is_ok());
+        assert!(outside.join("secret").exists());
+    }
+
+    #[test]
+    fn a_local_archive_never_replaces_a_name_and_keeps_subfolders() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::create_dir_all(root.join("archive/d")).unwrap();
+        std::fs::write(root.join("d/r.csv"), b"new").unwrap();
+        std::fs::write(root.join("archive/d/r.csv"), b"old").unwrap();
+        let intent = SourceIntent {
+            path: "d/r.csv".into(),
+            action: AfterTransfer::Archive,
+            archive_dir: Some("archive".into()),
+            size: 3,
+            mtime: 0,
+            hash: Some(blake3::hash(b"new")),
+        };
+        match complete_local(root, None, &intent) {
+            Outcome::Archived(to, _) => assert_eq!(to, "archive/d/r.1.csv"),
+            _ => panic!("not archived"),
+        }
+        assert_eq!(std::fs::read(root.join("archive/d/r.csv")).unwrap(), b"old");
+        assert_eq!(
+            std::fs::read(root.join("archive/d/r.1.csv")).unwrap(),
+            b"new"
+        );
+        assert!(!root.join("d/r.csv").exists());
+        // A source that changed is kept.
+        std::fs::write(root.join("d/r.csv"), b"other").unwrap();
+        let changed = SourceIntent { size: 5, ..intent };
+        assert!(matches!(
+            complete_local(root, None, &changed),
+            Outcome::Changed(_)
+        ));
+        assert!(root.join("d/r.csv").exists());
+    }
 }

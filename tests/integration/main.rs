@@ -13,6 +13,7 @@ mod harness;
 mod adopt;
 mod agent;
 mod ages;
+mod archive;
 mod audit;
 mod cli;
 mod fault_proxy_selftest;
