@@ -268,7 +268,6 @@ fn a_source_changed_before_its_archive_is_kept(server: &Server) {
     );
 }
 
-
 /// Only delivered sources move: a file whose upload could not be made (its remote name is a
 /// directory: a conflict), an excluded file, and a file in the archive folder itself stay.
 #[test]
