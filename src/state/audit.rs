@@ -87,7 +87,8 @@ pub struct AuditRecord {
     pub run_id: Option<i64>,
     pub job: String,
     pub path: String,
-    /// `uploaded`, `downloaded`, `deleted`, `recorded`, `forgotten` or `failed`.
+    /// `uploaded`, `downloaded`, `deleted`, `recorded`, `forgotten`, `failed`, `archived` or
+    /// `source_deleted`.
     pub action: String,
     pub bytes: u64,
     /// BLAKE3 (hex) of the file's content, where known.
