@@ -1351,7 +1351,8 @@ impl Ledger {
                      WHERE id = (SELECT max(id) FROM runs WHERE job = ?1)
                        AND trigger = 'poll' AND outcome = 'ok' AND files_up = 0
                        AND files_down = 0 AND files_deleted = 0 AND files_failed = 0
-                       AND files_adopted = 0 AND files_waiting = 0",
+                       AND files_adopted = 0 AND files_waiting = 0
+                       AND files_archived = 0 AND files_source_deleted = 0",
                     [job],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
@@ -1705,6 +1706,63 @@ mod tests {
         }
     }
 
+    /// `after_transfer:`: the intent is written with the transfer's commit (or not at all,
+    /// when the commit fails), survives a reopen, and goes with the audit row of the archive.
+    #[test]
+    fn source_intents_are_written_with_the_commit_and_dropped_with_their_audit_row() {
+        use crate::model::after::{AfterTransfer, SourceIntent};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let e = entry(3);
+        let intent = SourceIntent {
+            path: "d/a.csv".into(),
+            action: AfterTransfer::Archive,
+            archive_dir: Some("archive/2026/12".into()),
+            size: e.size,
+            mtime: e.mtime,
+            hash: Some(e.hash),
+        };
+        {
+            let mut l = Ledger::open(&path).unwrap();
+            l.commit_transfers_then(
+                "j",
+                std::iter::once((&e, uploaded("d/a.csv", &e))),
+                std::slice::from_ref(&intent),
+            )
+            .unwrap();
+        }
+        let l = Ledger::open(&path).unwrap();
+        assert_eq!(l.source_intents("j").unwrap(), [intent.clone()]);
+        assert!(l.source_intents("k").unwrap().is_empty());
+        l.commit_source_done(
+            "j",
+            &AuditEvent {
+                path: "d/a.csv",
+                action: AuditAction::Archived,
+                bytes: e.size,
+                blake3: Some(e.hash),
+                reply: Some("archived to archive/2026/12/d/a.csv"),
+            },
+        )
+        .unwrap();
+        assert!(l.source_intents("j").unwrap().is_empty());
+        let mut actions = Vec::new();
+        l.audit_rows(
+            &AuditFilter {
+                job: Some("j"),
+                ..Default::default()
+            },
+            |r| actions.push(r.action),
+        )
+        .unwrap();
+        assert_eq!(actions, ["uploaded", "archived"]);
+        assert_eq!(
+            l.entry_count("j").unwrap(),
+            1,
+            "the row of the delivery stays"
+        );
+    }
+
     #[test]
     fn settle_sightings_survive_a_reopen_and_are_replaced_per_job() {
         let dir = tempfile::tempdir().unwrap();
@@ -1928,7 +1986,19 @@ mod tests {
         l.finish_run(manual, Outcome::Ok, &RunCounts::default(), None, &[])
             .unwrap();
         assert!(!l.fold_idle_poll("j").unwrap(), "only polls are folded");
-        assert_eq!(l.runs("j", 10).unwrap().len(), 3);
+        let archiving = l.begin_run("j", "poll").unwrap();
+        let counts = RunCounts {
+            files_archived: 1,
+            ..Default::default()
+        };
+        l.finish_run(archiving, Outcome::Ok, &counts, None, &[])
+            .unwrap();
+        assert!(
+            !l.fold_idle_poll("j").unwrap(),
+            "a poll that archived stays"
+        );
+        assert_eq!(l.runs("j", 10).unwrap()[0].counts.files_archived, 1);
+        assert_eq!(l.runs("j", 10).unwrap().len(), 4);
     }
 
     #[test]
