@@ -37,6 +37,8 @@ pub(super) struct RawAfter<'a> {
     pub(super) direction: Direction,
     /// The source root: the local folder (push) or the remote folder (pull).
     pub(super) source_root: &'a str,
+    /// `upload.verify` (push jobs): without it a delivery is not verified, so no source may go.
+    pub(super) upload_verified: bool,
 }
 
 /// Validates the keys; returns them with the job's mode.
@@ -59,6 +61,15 @@ pub(super) fn from_raw(
         }
         (_, _) => SyncMode::Copy,
     };
+    if action != AfterTransfer::Keep && raw.direction == Direction::Push && !raw.upload_verified {
+        return Err(ctx.fail(
+            &["after_transfer"],
+            format!(
+                "after_transfer: {} needs verified uploads: with upload.verify: none a delivery is never checked, so no source may be deleted or archived",
+                action.as_str()
+            ),
+        ));
+    }
     let archive_to = match (action, raw.archive_to) {
         (AfterTransfer::Archive, Some(text)) => Some(
             ArchiveTemplate::parse(text)
@@ -170,6 +181,10 @@ mod tests {
                 "less than a day",
             ),
             ("after_transfer: move\n", "after_transfer"),
+            (
+                "after_transfer: delete\nupload:\n  verify: none\n",
+                "needs verified uploads",
+            ),
             (
                 "direction: pull\nafter_transfer: archive\narchive_to: a\narchive_retention: 9d\n",
                 "push jobs",

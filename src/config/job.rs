@@ -104,6 +104,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<Job, ConfigError> {
                 Direction::Push => &local_text,
                 Direction::Pull => &remote.path,
             },
+            upload_verified: upload.verify,
         },
         &ctx,
     )?;
