@@ -1732,7 +1732,10 @@ mod tests {
             .unwrap();
         }
         let l = Ledger::open(&path).unwrap();
-        assert_eq!(l.source_intents("j").unwrap(), [intent.clone()]);
+        assert_eq!(
+            l.source_intents("j").unwrap(),
+            std::slice::from_ref(&intent)
+        );
         assert!(l.source_intents("k").unwrap().is_empty());
         l.commit_source_done(
             "j",
