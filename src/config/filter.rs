@@ -13,6 +13,9 @@ pub struct PathFilter {
     /// A pull job's ready markers: never part of the sync on either side, whatever the
     /// patterns; a remote listing notes them (see [`PathFilter::is_marker`]).
     markers: Option<crate::model::marker::MarkerRule>,
+    /// A folder always left out, whatever the patterns: the archive of `after_transfer:
+    /// archive` inside the source (see [`PathFilter::leave_out`]).
+    left_out: Option<String>,
 }
 
 impl PathFilter {
@@ -21,6 +24,7 @@ impl PathFilter {
             include: None,
             exclude: None,
             markers: None,
+            left_out: None,
         }
     }
 
@@ -49,6 +53,7 @@ impl PathFilter {
             include: build(include, "include")?,
             exclude: build(exclude, "exclude")?,
             markers: None,
+            left_out: None,
         })
     }
 
@@ -75,7 +80,20 @@ impl PathFilter {
 
     /// Whether `rel` (a file or a directory) is excluded; an excluded directory is not descended.
     pub fn excludes(&self, rel: &str) -> bool {
+        if self
+            .left_out
+            .as_deref()
+            .is_some_and(|d| rel == d || crate::model::paths::is_under(rel, d))
+        {
+            return true;
+        }
         self.exclude.as_ref().is_some_and(|set| set.is_match(rel))
+    }
+
+    /// Leaves the folder `dir` (relative to the job's root) out of the sync on both sides,
+    /// whatever the patterns say: an archive inside the source is never itself a source.
+    pub(crate) fn leave_out(&mut self, dir: &str) {
+        self.left_out = Some(dir.to_string());
     }
 
     /// With include patterns, directories are created only where they lead to included files.

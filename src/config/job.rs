@@ -72,6 +72,9 @@ pub struct Job {
     /// taken once the partner's marker says it is complete, instead of by `settle` (see
     /// [`crate::model::marker`]). `None`: no marker.
     pub markers: Option<crate::model::marker::MarkerRule>,
+    /// `after_transfer:`, `archive_to:`, `archive_retention:`: what becomes of a source file
+    /// once its copy is delivered (see [`crate::model::after`]).
+    pub after: super::after::SourceAfter,
     /// Non-fatal remarks about the job (inline password, disabled verification), repeated in
     /// every run's log so they are never forgotten.
     pub warnings: Vec<String>,
@@ -104,7 +107,7 @@ pub fn parse_job_with(file: &Path, text: &str, defaults: &Defaults) -> Result<Jo
     let local = local(&raw.local, &ctx)?;
     let transfers = transfers(raw.transfers.as_ref(), raw.max_transfers, &ctx)?;
     let watch = Watch::from_raw(&raw.watch, raw.direction, &ctx)?;
-    let filter = PathFilter::from_raw(raw.include, raw.exclude, &ctx)?;
+    let mut filter = PathFilter::from_raw(raw.include, raw.exclude, &ctx)?;
     let schedule = Schedule::from_raw(raw.schedule.as_deref(), &ctx)?;
     let timezone = trigger::timezone(raw.timezone.as_deref(), &ctx)?;
     let intervals = Intervals::from_raw(raw.debounce.as_deref(), raw.poll.as_deref(), &ctx)?;
@@ -125,8 +128,28 @@ pub fn parse_job_with(file: &Path, text: &str, defaults: &Defaults) -> Result<Jo
         raw.settle.is_some(),
         &mut ctx,
     )?;
-    let mut filter = filter;
     filter.set_markers(markers.clone());
+    let local_text = local.to_string_lossy();
+    let (after, mode) = super::after::from_raw(
+        super::after::RawAfter {
+            action: raw.after_transfer,
+            archive_to: raw.archive_to.as_deref(),
+            retention: raw.archive_retention.as_deref(),
+            mode: raw.mode,
+            direction: raw.direction,
+            source_root: match raw.direction {
+                Direction::Push => &local_text,
+                Direction::Pull => &remote.path,
+            },
+            upload_verified: upload.verify,
+        },
+        &ctx,
+    )?;
+    // An archive inside the source is never itself a source (nor, on the destination, a
+    // folder the sync touches).
+    if let Some(root) = after.archive_to.as_ref().and_then(|t| t.fixed_root()) {
+        filter.leave_out(root);
+    }
     // Only the first mistake in a file is reported; these two checks have always come last,
     // so they stay last and a file with several mistakes still gets the same error.
     intervals.check(&ctx)?;
@@ -137,7 +160,7 @@ pub fn parse_job_with(file: &Path, text: &str, defaults: &Defaults) -> Result<Jo
         local,
         remote,
         direction: raw.direction,
-        mode: raw.mode,
+        mode,
         schedule,
         timezone,
         watch: watch.on,
@@ -160,6 +183,7 @@ pub fn parse_job_with(file: &Path, text: &str, defaults: &Defaults) -> Result<Jo
         expect,
         bandwidth,
         markers,
+        after,
         warnings: ctx.warnings,
     })
 }

@@ -7,6 +7,7 @@
 //!
 //! May import: `model`.
 
+pub(crate) mod after;
 pub(crate) mod bandwidth;
 pub(crate) mod choices;
 pub(crate) mod filter;
@@ -21,6 +22,7 @@ pub(crate) mod trigger;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use after::SourceAfter;
 pub use choices::{DataMode, Listing, PassiveAddress, Security};
 pub use filter::PathFilter;
 pub use job::{

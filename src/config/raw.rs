@@ -25,8 +25,8 @@ pub(super) struct RawJob {
     pub(super) remote: RawRemote,
     #[serde(default = "default_direction")]
     pub(super) direction: Direction,
-    #[serde(default = "default_mode")]
-    pub(super) mode: SyncMode,
+    /// `None`: mirror, or copy where `after_transfer:` moves sources (see `config/after.rs`).
+    pub(super) mode: Option<SyncMode>,
     pub(super) schedule: Option<String>,
     pub(super) timezone: Option<String>,
     #[serde(default)]
@@ -58,13 +58,13 @@ pub(super) struct RawJob {
     pub(super) ready_marker: Option<String>,
     pub(super) batch_marker: Option<String>,
     pub(super) marker_after_pull: Option<crate::model::marker::MarkerAfterPull>,
+    pub(super) after_transfer: Option<crate::model::after::AfterTransfer>,
+    pub(super) archive_to: Option<String>,
+    pub(super) archive_retention: Option<String>,
 }
 
 fn default_direction() -> Direction {
     Direction::Push
-}
-fn default_mode() -> SyncMode {
-    SyncMode::Mirror
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -5,6 +5,7 @@
 //!
 //! May import: nothing of the crate's other layers.
 
+pub(crate) mod after;
 pub(crate) mod age;
 pub(crate) mod bandwidth;
 pub(crate) mod baseline;

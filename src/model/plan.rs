@@ -379,6 +379,10 @@ pub struct PlanOptions {
     /// `min_age:` / `max_age:`: a source file outside them is left alone, as if the filter
     /// excluded it on both sides (see [`crate::model::age`]).
     pub ages: crate::model::age::AgeRule,
+    /// `after_transfer: delete | archive`: a destination file is overwritten only while it is
+    /// still our last delivery (the ledger's record of it); one changed since (the partner
+    /// replaced or edited it) is a conflict, never overwritten by the next file of that name.
+    pub protect_dest: bool,
 }
 
 /// Decides the actions of one run, with no evidence for files the ledger does not know (see
@@ -544,7 +548,16 @@ fn decide(
             (Kind::File, _) => {
                 let d = d.filter(|d| d.kind == Kind::File);
                 let decision = match (ledger.get(path), d) {
-                    (Some(e), Some(d)) => unchanged_pair(opts.direction, e, s, d),
+                    (Some(e), Some(d)) => match unchanged_pair(opts.direction, e, s, d) {
+                        None if opts.protect_dest && !dest_as_delivered(opts.direction, e, d) => {
+                            out.conflicts.push(Conflict {
+                                path: path.clone(),
+                                reason: "the destination's copy changed since ferrysync delivered it; with after_transfer it is not overwritten: move it away to have the new file delivered".into(),
+                            });
+                            continue;
+                        }
+                        decision => decision,
+                    },
                     (None, Some(d)) if opts.adopt == Adopt::Evidence => {
                         match adopt_unknown(opts.direction, path, s, d, evidence.get(path)) {
                             Ok(entry) => {
@@ -1009,6 +1022,15 @@ fn adopt_unknown(
     })
 }
 
+/// Whether the destination file `d` is still what the ledger recorded of it (our last
+/// delivery): the remote size and time for a push, the local size and content for a pull.
+fn dest_as_delivered(direction: Direction, e: &SyncedEntry, d: &Entry) -> bool {
+    match direction {
+        Direction::Push => d.size == e.remote_size && e.remote_mtime.is_none_or(|t| t == d.mtime),
+        Direction::Pull => d.size == e.size && d.hash.is_some_and(|h| h == e.hash),
+    }
+}
+
 /// Both sides match the ledger's record of `s`'s path: `None` if a transfer is needed,
 /// `Some(None)` if nothing is, `Some(Some(e))` if only the ledger needs the new record `e`
 /// (a new local mtime with the same content, or the remote time learnt after an upload).
@@ -1092,6 +1114,7 @@ mod tests {
             // The rules before adoption: the adoption tests set `Adopt::Evidence`.
             adopt: Adopt::Recopy,
             ages: crate::model::age::AgeRule::default(),
+            protect_dest: false,
         }
     }
     fn snap(items: &[(&str, Entry)]) -> Snapshot {
@@ -1261,6 +1284,60 @@ mod tests {
         )
         .unwrap();
         assert!(p.actions.is_empty(), "{p:?}");
+    }
+
+    /// `after_transfer: archive` (copy mode, `protect_dest`): a source archived after its
+    /// delivery is no reason to delete its copy, and its ledger row stays; a new file under the
+    /// same name is delivered over our last delivery, but never over a copy the partner
+    /// changed since (a conflict).
+    #[test]
+    fn an_archived_source_and_a_new_file_of_the_same_name() {
+        for direction in [Direction::Push, Direction::Pull] {
+            let o = PlanOptions {
+                protect_dest: true,
+                ..opts(direction, SyncMode::Copy)
+            };
+            let ledger: LedgerView = [("a".to_string(), synced(b"old", 1, Some(50)))].into();
+            let delivered = match direction {
+                Direction::Push => remote_file(3, 50),
+                Direction::Pull => file(b"old", 1),
+            };
+            let sides = |source: Option<Entry>, dest: Entry| {
+                let source = snap(&source.iter().map(|e| ("a", e.clone())).collect::<Vec<_>>());
+                let dest = snap(&[("a", dest)]);
+                match direction {
+                    Direction::Push => (source, dest),
+                    Direction::Pull => (dest, source),
+                }
+            };
+            // Archived: nothing to do (no delete, no forget).
+            let (l, r) = sides(None, delivered.clone());
+            let p = plan(o, &ledger, &l, &r).unwrap();
+            assert!(p.actions.is_empty() && p.conflicts.is_empty(), "{p:?}");
+            // A new file of that name: delivered.
+            let new = match direction {
+                Direction::Push => file(b"newer", 9),
+                Direction::Pull => remote_file(5, 90),
+            };
+            let (l, r) = sides(Some(new.clone()), delivered.clone());
+            let p = plan(o, &ledger, &l, &r).unwrap();
+            assert!(
+                p.actions.iter().all(Action::is_transfer) && p.transfers() == 1,
+                "{p:?}"
+            );
+            // ... but not over a copy changed since our delivery.
+            let changed = match direction {
+                Direction::Push => remote_file(7, 70),
+                Direction::Pull => file(b"edited!", 7),
+            };
+            let (l, r) = sides(Some(new.clone()), changed.clone());
+            let p = plan(o, &ledger, &l, &r).unwrap();
+            assert_eq!(p.transfers(), 0, "{p:?}");
+            assert_eq!(p.conflicts.len(), 1, "{p:?}");
+            // Without after_transfer the source wins, as it always has.
+            let p = plan(opts(direction, SyncMode::Copy), &ledger, &l, &r).unwrap();
+            assert_eq!(p.transfers(), 1, "{p:?}");
+        }
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub enum AuditAction {
     Forgotten,
     /// The transfer or delete failed; `server_reply` holds the reason.
     Failed,
+    /// The source file was moved into the archive after its transfer (`after_transfer:
+    /// archive`); `server_reply` says where to (and the server's RNTO reply for a remote one).
+    Archived,
+    /// The source file was deleted after its transfer (`after_transfer: delete`).
+    SourceDeleted,
 }
 
 impl AuditAction {
@@ -50,6 +55,8 @@ impl AuditAction {
             AuditAction::Recorded => "recorded",
             AuditAction::Forgotten => "forgotten",
             AuditAction::Failed => "failed",
+            AuditAction::Archived => "archived",
+            AuditAction::SourceDeleted => "source_deleted",
         }
     }
 }
@@ -80,7 +87,8 @@ pub struct AuditRecord {
     pub run_id: Option<i64>,
     pub job: String,
     pub path: String,
-    /// `uploaded`, `downloaded`, `deleted`, `recorded`, `forgotten` or `failed`.
+    /// `uploaded`, `downloaded`, `deleted`, `recorded`, `forgotten`, `failed`, `archived` or
+    /// `source_deleted`.
     pub action: String,
     pub bytes: u64,
     /// BLAKE3 (hex) of the file's content, where known.

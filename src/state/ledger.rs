@@ -8,6 +8,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+use crate::model::after::{AfterTransfer, SourceIntent};
 use crate::model::baseline::{Baseline, BaselineChange, BaselineFile};
 use crate::model::plan::{LedgerView, SyncedEntry};
 use crate::model::scope::Scope;
@@ -20,6 +21,9 @@ use crate::state::clock::{iso_time, now_unix};
 
 /// path, size, mtime, BLAKE3 (hex), remote size, remote mtime: one row of `entries`.
 type EntryRow = (String, i64, i64, String, i64, Option<i64>);
+
+/// path, action, archive folder, size, mtime, BLAKE3 (hex): one row of `source_intents`.
+type IntentRow = (String, String, Option<String>, i64, i64, Option<String>);
 
 fn journal_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
     Ok(JournalEntry {
@@ -221,6 +225,23 @@ const MIGRATIONS: &[&str] = &[
         alerted_not_after INTEGER,
         PRIMARY KEY (job, which)
     );",
+    // 12 (after_transfer): source files to delete or archive once their transfer is committed,
+    // written in the transaction of that commit (so a crash between the two is completed by
+    // the next run), as the source was when it was sent; dropped with the audit row of the
+    // delete or archive. And the run's counts of both.
+    "CREATE TABLE source_intents (
+        job TEXT NOT NULL,
+        path TEXT NOT NULL,
+        action TEXT NOT NULL,
+        archive_dir TEXT,
+        size INTEGER NOT NULL,
+        mtime INTEGER NOT NULL,
+        blake3 TEXT,
+        since INTEGER NOT NULL,
+        PRIMARY KEY (job, path)
+    ) WITHOUT ROWID;
+    ALTER TABLE runs ADD COLUMN files_archived INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN files_source_deleted INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A certificate a run of a job met, and when it expires (the ledger's `certificates`).
@@ -334,6 +355,10 @@ pub struct RunCounts {
     /// 1 when the run's new connections moved from TLS 1.3 to TLS 1.2 (see "TLS session reuse
     /// and TLS 1.3" in the README), else 0.
     pub tls_fallbacks: u64,
+    /// Source files moved into the archive after their transfer (`after_transfer: archive`).
+    pub files_archived: u64,
+    /// Source files deleted after their transfer (`after_transfer: delete`).
+    pub files_source_deleted: u64,
 }
 
 impl RunCounts {
@@ -1096,7 +1121,8 @@ impl Ledger {
                 "UPDATE runs SET ended_at = ?2, outcome = ?3, files_up = ?4, bytes_up = ?5,
                     files_down = ?6, bytes_down = ?7, files_deleted = ?8, files_failed = ?9,
                     error = ?10, failures = ?11, progress = NULL, files_adopted = ?12,
-                    files_waiting = ?13, retries = ?14, tls_fallbacks = ?15
+                    files_waiting = ?13, retries = ?14, tls_fallbacks = ?15,
+                    files_archived = ?16, files_source_deleted = ?17
                  WHERE id = ?1",
                 params![
                     id,
@@ -1113,7 +1139,9 @@ impl Ledger {
                     counts.files_adopted as i64,
                     counts.files_waiting as i64,
                     counts.retries as i64,
-                    counts.tls_fallbacks as i64
+                    counts.tls_fallbacks as i64,
+                    counts.files_archived as i64,
+                    counts.files_source_deleted as i64
                 ],
             )
             .map(|_| ())
@@ -1157,7 +1185,8 @@ impl Ledger {
             .prepare(&format!(
                 "SELECT id, job, trigger, started_at, ended_at, outcome, files_up, bytes_up,
                         files_down, bytes_down, files_deleted, files_failed, error, failures, progress,
-                        files_adopted, files_waiting, retries, tls_fallbacks
+                        files_adopted, files_waiting, retries, tls_fallbacks,
+                        files_archived, files_source_deleted
                  FROM runs WHERE {condition}"
             ))
             .map_err(self.err())?;
@@ -1182,6 +1211,8 @@ impl Ledger {
                         files_waiting: r.get::<_, i64>(16)? as u64,
                         retries: r.get::<_, i64>(17)? as u64,
                         tls_fallbacks: r.get::<_, i64>(18)? as u64,
+                        files_archived: r.get::<_, i64>(19)? as u64,
+                        files_source_deleted: r.get::<_, i64>(20)? as u64,
                     },
                     error: r.get(12)?,
                     failures: serde_json::from_str(&failures).unwrap_or_default(),
@@ -1316,14 +1347,111 @@ impl Ledger {
         job: &str,
         done: impl IntoIterator<Item = (&'a SyncedEntry, AuditEvent<'a>)>,
     ) -> Result<(), LedgerError> {
+        self.commit_transfers_then(job, done, &[])
+    }
+
+    /// [`Ledger::commit_transfers`], and in the same transaction the intents to delete or
+    /// archive their sources (`after_transfer:`): a source is never moved unless its
+    /// transfer is recorded, and a recorded transfer's intent is never lost.
+    pub(crate) fn commit_transfers_then<'a>(
+        &mut self,
+        job: &str,
+        done: impl IntoIterator<Item = (&'a SyncedEntry, AuditEvent<'a>)>,
+        intents: &[SourceIntent],
+    ) -> Result<(), LedgerError> {
         self.batch(|l| {
             for (entry, event) in done {
                 l.upsert_entry(job, event.path, entry)?;
                 l.audit_append(job, &event)?;
                 l.journal_end(job, event.path)?;
             }
+            for i in intents {
+                l.exec_cached(
+                    "INSERT OR REPLACE INTO source_intents
+                        (job, path, action, archive_dir, size, mtime, blake3, since)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        job,
+                        i.path,
+                        i.action.as_str(),
+                        i.archive_dir,
+                        i.size as i64,
+                        i.mtime,
+                        i.hash.map(|h| h.to_hex().to_string()),
+                        now_unix()
+                    ],
+                )?;
+            }
             Ok(())
         })
+    }
+
+    /// The sources of `job` waiting to be deleted or archived, oldest first.
+    pub(crate) fn source_intents(&self, job: &str) -> Result<Vec<SourceIntent>, LedgerError> {
+        let rows: Vec<IntentRow> = self.query_rows(
+            "SELECT path, action, archive_dir, size, mtime, blake3 FROM source_intents
+                 WHERE job = ?1 ORDER BY since, path",
+            [job],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )?;
+        rows.into_iter()
+            .map(|(path, action, archive_dir, size, mtime, hash)| {
+                let action = AfterTransfer::parse(&action).ok_or_else(|| LedgerError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("source_intents.action `{action}`"),
+                })?;
+                let hash = match hash {
+                    Some(h) => {
+                        Some(
+                            blake3::Hash::from_hex(&h).map_err(|_| LedgerError::Corrupt {
+                                path: self.path.clone(),
+                                what: format!("source_intents.blake3 of {path}"),
+                            })?,
+                        )
+                    }
+                    None => None,
+                };
+                Ok(SourceIntent {
+                    path,
+                    action,
+                    archive_dir,
+                    size: size as u64,
+                    mtime,
+                    hash,
+                })
+            })
+            .collect()
+    }
+
+    /// A source was deleted or archived (`event` says which, with where to): its intent is
+    /// dropped and the audit row written, in one transaction.
+    pub(crate) fn commit_source_done(
+        &self,
+        job: &str,
+        event: &AuditEvent<'_>,
+    ) -> Result<(), LedgerError> {
+        self.atomic(|| {
+            self.drop_source_intent(job, event.path)?;
+            self.audit_append(job, event)
+        })
+    }
+
+    /// Drops the intent of a source that is gone or changed since its transfer (it is kept,
+    /// and a changed one is sent again).
+    pub(crate) fn drop_source_intent(&self, job: &str, path: &str) -> Result<(), LedgerError> {
+        self.exec_cached(
+            "DELETE FROM source_intents WHERE job = ?1 AND path = ?2",
+            params![job, path],
+        )
     }
 
     /// Runs `f` inside one transaction, so a batch of ledger writes costs one commit.
@@ -1361,7 +1489,8 @@ impl Ledger {
                        AND trigger = 'poll' AND outcome = 'ok' AND files_up = 0
                        AND files_down = 0 AND files_deleted = 0 AND files_failed = 0
                        AND files_adopted = 0 AND files_waiting = 0
-                       AND retries = 0 AND tls_fallbacks = 0",
+                       AND retries = 0 AND tls_fallbacks = 0
+                       AND files_archived = 0 AND files_source_deleted = 0",
                     [job],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
@@ -1841,6 +1970,66 @@ mod tests {
         }
     }
 
+    /// `after_transfer:`: the intent is written with the transfer's commit (or not at all,
+    /// when the commit fails), survives a reopen, and goes with the audit row of the archive.
+    #[test]
+    fn source_intents_are_written_with_the_commit_and_dropped_with_their_audit_row() {
+        use crate::model::after::{AfterTransfer, SourceIntent};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let e = entry(3);
+        let intent = SourceIntent {
+            path: "d/a.csv".into(),
+            action: AfterTransfer::Archive,
+            archive_dir: Some("archive/2026/12".into()),
+            size: e.size,
+            mtime: e.mtime,
+            hash: Some(e.hash),
+        };
+        {
+            let mut l = Ledger::open(&path).unwrap();
+            l.commit_transfers_then(
+                "j",
+                std::iter::once((&e, uploaded("d/a.csv", &e))),
+                std::slice::from_ref(&intent),
+            )
+            .unwrap();
+        }
+        let l = Ledger::open(&path).unwrap();
+        assert_eq!(
+            l.source_intents("j").unwrap(),
+            std::slice::from_ref(&intent)
+        );
+        assert!(l.source_intents("k").unwrap().is_empty());
+        l.commit_source_done(
+            "j",
+            &AuditEvent {
+                path: "d/a.csv",
+                action: AuditAction::Archived,
+                bytes: e.size,
+                blake3: Some(e.hash),
+                reply: Some("archived to archive/2026/12/d/a.csv"),
+            },
+        )
+        .unwrap();
+        assert!(l.source_intents("j").unwrap().is_empty());
+        let mut actions = Vec::new();
+        l.audit_rows(
+            &AuditFilter {
+                job: Some("j"),
+                ..Default::default()
+            },
+            |r| actions.push(r.action),
+        )
+        .unwrap();
+        assert_eq!(actions, ["uploaded", "archived"]);
+        assert_eq!(
+            l.entry_count("j").unwrap(),
+            1,
+            "the row of the delivery stays"
+        );
+    }
+
     #[test]
     fn a_baseline_is_taken_once_and_changed_row_by_row() {
         use crate::model::baseline::{BaselineChange, BaselineFile};
@@ -2141,7 +2330,19 @@ mod tests {
         l.finish_run(manual, Outcome::Ok, &RunCounts::default(), None, &[])
             .unwrap();
         assert!(!l.fold_idle_poll("j").unwrap(), "only polls are folded");
-        assert_eq!(l.runs("j", 10).unwrap().len(), 3);
+        let archiving = l.begin_run("j", "poll").unwrap();
+        let counts = RunCounts {
+            files_archived: 1,
+            ..Default::default()
+        };
+        l.finish_run(archiving, Outcome::Ok, &counts, None, &[])
+            .unwrap();
+        assert!(
+            !l.fold_idle_poll("j").unwrap(),
+            "a poll that archived stays"
+        );
+        assert_eq!(l.runs("j", 10).unwrap()[0].counts.files_archived, 1);
+        assert_eq!(l.runs("j", 10).unwrap().len(), 4);
     }
 
     #[test]

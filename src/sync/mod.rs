@@ -5,6 +5,7 @@
 //!
 //! May import: `model`, `config`, `state`, `remote`.
 
+pub(crate) mod after_transfer;
 pub(crate) mod bandwidth;
 pub(crate) mod destination;
 pub(crate) mod error;

@@ -43,7 +43,7 @@ impl RunReport {
     pub fn summary(&self) -> String {
         let c = &self.counts;
         let mut s = format!(
-            "{}: {} ({} uploaded, {}; {} downloaded, {}; {} deleted; {} failed{}{}{}) in {:.1}s",
+            "{}: {} ({} uploaded, {}; {} downloaded, {}; {} deleted; {} failed{}{}{}{}) in {:.1}s",
             escape_controls(&self.job),
             match self.outcome {
                 Outcome::Ok => "ok",
@@ -77,6 +77,13 @@ impl RunReport {
             match self.preexisting {
                 0 => String::new(),
                 n => format!("; {n} there before the job began, left alone"),
+            },
+            // Likewise for sources moved after their transfer (`after_transfer:`).
+            match (c.files_archived, c.files_source_deleted) {
+                (0, 0) => String::new(),
+                (a, 0) => format!("; {a} sources archived"),
+                (0, d) => format!("; {d} sources deleted"),
+                (a, d) => format!("; {a} sources archived, {d} deleted"),
             },
             self.elapsed.as_secs_f64()
         );

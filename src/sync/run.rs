@@ -244,6 +244,8 @@ async fn execute_run(
         // 3. Deletes, files then directories deepest first; 4. ledger-only updates.
         let mut dest = Destination::of(job, session.as_mut());
         delete_and_record(job, ledger, &mut dest, &the_plan.actions, report).await;
+        // 5. Sources delivered (this run or one a crash cut short) deleted or archived.
+        crate::sync::after_transfer::complete(job, ledger, session.as_mut(), report).await;
     }
     if let Some(s) = session {
         if stop.requested() {

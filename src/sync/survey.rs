@@ -278,6 +278,7 @@ pub(crate) async fn survey_scope(
         ledger_files: Some(dest_files),
         adopt: job.adopt,
         ages: age_rule(job, session.features.mlsd),
+        protect_dest: job.after.moves_sources(),
     };
     let (mut local, mut session) = (local, session);
     let evidence = if job.adopt == Adopt::Evidence {

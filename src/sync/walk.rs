@@ -242,6 +242,7 @@ pub async fn walk(
             ledger_files: Some(ledger.lock().entry_count(&job.name)?),
             adopt: job.adopt,
             ages: age_rule(job, first.features.mlsd),
+            protect_dest: job.after.moves_sources(),
         }),
         got: Gathered::default(),
         offset: match job.remote.list_time_offset {

@@ -302,18 +302,32 @@ impl Coordinator<'_> {
                 reply: t.reply.as_deref(),
             }
         }
-        let all = l.commit_transfers(
+        // `after_transfer:`: the sources to delete or archive, journaled with their commit.
+        let intents = crate::sync::after_transfer::intents_for(self.job, &batch);
+        let all = l.commit_transfers_then(
             job,
             batch
                 .iter()
                 .map(|(path, t)| (&t.entry, event(action, path.as_str(), t))),
+            &intents,
         );
         for (path, t) in batch {
             // Where the batch failed as a whole, each path is tried on its own, so that a
             // failure names the path it belongs to.
             let committed = match &all {
                 Ok(()) => Ok(()),
-                Err(_) => l.commit_transfer(job, &t.entry, &event(action, &path, &t)),
+                Err(_) => {
+                    let mine: Vec<_> = intents.iter().filter(|i| i.path == path).cloned().collect();
+                    if mine.is_empty() {
+                        l.commit_transfer(job, &t.entry, &event(action, &path, &t))
+                    } else {
+                        l.commit_transfers_then(
+                            job,
+                            std::iter::once((&t.entry, event(action, &path, &t))),
+                            &mine,
+                        )
+                    }
+                }
             };
             match committed {
                 Ok(()) => {

@@ -13,6 +13,7 @@ mod harness;
 mod adopt;
 mod agent;
 mod ages;
+mod archive;
 mod audit;
 mod bandwidth;
 mod cli;

@@ -218,6 +218,42 @@ impl Dir {
             .map_err(|e| refused(e, &self.rel(to)))
     }
 
+    /// Moves `from` in this directory to `to` in `dest` (another directory beneath the root, or
+    /// an archive folder), never replacing what is there: `Ok(false)` when `to` exists
+    /// (RENAME_NOREPLACE), so that the caller picks another name.
+    pub(crate) fn move_no_replace(&self, from: &str, dest: &Dir, to: &str) -> io::Result<bool> {
+        match rustix::fs::renameat_with(
+            &self.fd,
+            component(from)?,
+            &dest.fd,
+            component(to)?,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => Ok(true),
+            Err(Errno::EXIST) => Ok(false),
+            Err(e) => Err(refused(e, &dest.rel(to))),
+        }
+    }
+
+    /// The entries of this directory (not `.` and `..`), each with what `lstat` says of it
+    /// (a link is reported as the link).
+    pub(crate) fn entries(&self) -> io::Result<Vec<(String, rustix::fs::Stat)>> {
+        let mut out = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&self.fd)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if name == "." || name == ".." {
+                continue;
+            }
+            let st = rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| refused(e, &self.rel(name)))?;
+            out.push((name.to_string(), st));
+        }
+        Ok(out)
+    }
+
     /// Deletes the file (or link: the link itself) `name`.
     pub(crate) fn remove_file(&self, name: &str) -> io::Result<()> {
         rustix::fs::unlinkat(&self.fd, component(name)?, AtFlags::empty())
