@@ -214,7 +214,12 @@ fn job_card(out: &mut String, j: &JobStatus, now: i64, link: bool) {
         j.consecutive_failures.to_string(),
     );
     fact("Files in sync", "synced", j.synced_files.to_string());
-    if let Some(r) = &j.last_run {
+    // A running run's counts are known when it ends; its progress shows below meanwhile.
+    if let Some(r) = j
+        .last_run
+        .as_ref()
+        .filter(|r| r.outcome != Outcome::Running)
+    {
         fact("Last run moved", "moved", moved(r));
     }
     out.push_str("</dl>\n");

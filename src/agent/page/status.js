@@ -181,7 +181,7 @@
       fact('Last success', 'last-success', j.last_success ? shown(j.last_success) : 'never'),
       fact('Failures in a row', 'failures-in-a-row', String(j.consecutive_failures)),
       fact('Files in sync', 'synced', String(j.synced_files)));
-    if (r) facts.append(fact('Last run moved', 'moved', moved(r)));
+    if (r && r.outcome !== 'running') facts.append(fact('Last run moved', 'moved', moved(r)));
     return el('article',
       { class: 'job', 'data-job': shown(j.name), 'data-state': j.state, 'data-outcome': r ? r.outcome : 'none' },
       el('h2', null, name, ' ', el('span', { class: 'badge state-' + j.state }, j.state)),
