@@ -110,6 +110,16 @@ impl BearerToken {
                 "the token must be one word of visible ASCII characters (no spaces)",
             ));
         }
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    "--listen-token-file {}: other users may read the token (mode {:o}); chmod 600 it",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                );
+            }
+        }
         Ok(BearerToken::new(token))
     }
 

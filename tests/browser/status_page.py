@@ -101,6 +101,7 @@ def main():
                     help="the batch to move into the good job's watched folder")
     ap.add_argument("--files", type=int, required=True, help="files in the batch")
     ap.add_argument("--screenshot", required=True)
+    ap.add_argument("--job-screenshot", help="also save the good job's page here")
     args = ap.parse_args()
 
     profile = tempfile.mkdtemp(prefix="ferrysync-chromium-")
@@ -201,6 +202,8 @@ def run(driver, args):
     if len(uploaded) < args.files:
         raise Failed(f"{len(uploaded)} rows say uploaded, not {args.files}")
     log(f"{args.good}'s page lists {len(rows)} files in its latest run")
+    if args.job_screenshot:
+        driver.save_screenshot(args.job_screenshot)
     # Stay a moment, so the page's polling runs here too before the log is read.
     wait("the job page's script reports live updates", 15,
          lambda: driver.find_element(By.ID, "live").text.startswith("live:"))

@@ -521,6 +521,8 @@ fn the_status_page_in_chromium() {
         .args(["--files", &FILES.to_string()])
         .arg("--screenshot")
         .arg(&screenshot)
+        .arg("--job-screenshot")
+        .arg(screenshot.with_file_name("status-page-job.png"))
         .output()
         .unwrap();
     let report = format!(
