@@ -81,6 +81,25 @@ impl Agent {
         );
     }
 
+    /// Waits for the agent to exit by itself (it refused to start): its exit code and log.
+    /// Killed, and the test failed, if it is still running after `within`.
+    #[track_caller]
+    fn exit_within(mut self, within: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                return (status.code(), self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent started instead of refusing:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM; the agent must exit 0. Returns its log.
     #[track_caller]
     fn terminate(mut self) -> String {
@@ -330,37 +349,37 @@ fn an_address_other_than_loopback_needs_a_token() {
     let server = Server::loopback();
     let s = Sandbox::new(&server, "page-bind");
     s.job("good", "direction: push\n");
-    for addr in ["0.0.0.0:9464", "[::]:9464", "192.0.2.1:9464"] {
-        let r = s.ferrysync(&["run", "--listen", addr]);
-        r.expect_code(2)
-            .expect_output("is not a loopback address")
-            .expect_output("--listen-token-file");
-    }
-    // A token file that cannot be read, or is empty: refused too, before anything runs.
     let empty = s.dir.path().join("empty-token");
     std::fs::write(&empty, "\n").unwrap();
     let empty = empty.display().to_string();
-    s.ferrysync(&[
-        "run",
-        "--listen",
-        "0.0.0.0:9464",
-        "--listen-token-file",
-        &empty,
-    ])
-    .expect_code(2)
-    .expect_output("the file is empty");
-    s.ferrysync(&[
-        "run",
-        "--listen",
-        "127.0.0.1:9464",
-        "--listen-token-file",
-        "/nonexistent/token",
-    ])
-    .expect_code(2)
-    .expect_output("cannot read the token");
+    let refused = |args: &[&str], why: &str| {
+        let (code, log) = Agent::start(&s, args).exit_within(Duration::from_secs(20));
+        assert_eq!(code, Some(2), "{args:?}:\n{log}");
+        assert!(log.contains(why), "{args:?}: no {why:?} in:\n{log}");
+    };
+    for addr in ["0.0.0.0:9464", "[::]:9464", "192.0.2.1:9464"] {
+        refused(
+            &["--listen", addr],
+            "is not a loopback address; serving the status beyond this machine requires a \
+             bearer token: --listen-token-file FILE",
+        );
+    }
+    // A token file that is empty or cannot be read: refused too, before anything runs.
+    refused(
+        &["--listen", "0.0.0.0:9464", "--listen-token-file", &empty],
+        "the file is empty",
+    );
+    refused(
+        &[
+            "--listen",
+            "127.0.0.1:9464",
+            "--listen-token-file",
+            "/nonexistent/token",
+        ],
+        "cannot read the token",
+    );
     // A token without a listener is a usage error.
-    s.ferrysync(&["run", "--listen-token-file", &empty])
-        .expect_code(2);
+    refused(&["--listen-token-file", &empty], "--listen");
     assert!(
         !s.state.exists(),
         "nothing ran, not even the ledger's creation"
