@@ -17,6 +17,13 @@ if ! command -v curl >/dev/null || ! command -v openssl >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl openssl ca-certificates >/dev/null
 fi
+# The status page's browser test (tests/integration/status_page.rs drives
+# tests/browser/status_page.py): Debian's chromium and chromedriver, through Selenium.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] ||
+  ! /usr/bin/python3 -c 'import selenium' 2>/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver python3-selenium >/dev/null
+fi
 
 work=$(mktemp -d /tmp/ferrysync-tests.XXXXXX)
 chmod 711 "$work" # the vsftpd users must reach their home directories below it

@@ -13,6 +13,9 @@
 //! times fire once, together). A time that exists twice (the hour repeated when clocks fall
 //! back) fires on its first occurrence only. See [`next_fire`].
 //!
+//! `ferrysync run --listen` adds a read-only HTTP listener (`http.rs`): the status page
+//! (`status_page.rs`) and `/api/status`, the `status --json` document (`status_doc.rs`).
+//!
 //! May import: every layer below it (`model`, `config`, `state`, `remote`, `sync`).
 
 pub(crate) mod folder_watch;
@@ -22,6 +25,12 @@ pub use metrics::{
     ledger_metrics_text, prometheus_text, write_prometheus_file, CertificateExpiry,
     CertificateSide, MetricsError, PROMETHEUS_CONTENT_TYPE,
 };
+pub(crate) mod http;
+pub(crate) mod status_doc;
+pub(crate) mod status_page;
+
+pub use http::{spawn_listener, BearerToken, ListenError, ListenOptions};
+pub use status_doc::{job_statuses, next_run, with_invalid_files, JobStatus, StatusDoc};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -6,7 +6,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::sync::StopSignals;
 use super::{runtime, CmdResult, Failure, JobsArg, StateArg, SECRETS};
-use ferrysync::agent::{Agent, AgentOptions, DEFAULT_MAX_RUNS};
+use ferrysync::agent::{
+    spawn_listener, Agent, AgentOptions, BearerToken, ListenOptions, DEFAULT_MAX_RUNS,
+};
 use ferrysync::state::{Ledger, SharedLedger};
 
 /// Run the agent: schedules, watches and polls until SIGTERM (SIGHUP reloads the job files).
@@ -30,6 +32,15 @@ pub struct RunCmd {
     /// `interrupted`) and the agent exits.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     stop_timeout: Duration,
+    /// Serve the read-only status page, /api/status (the `status --json` document) and
+    /// /metrics over HTTP on this IP:PORT, e.g. 127.0.0.1:9464. Off by default. An address
+    /// other than loopback needs --listen-token-file.
+    #[arg(long, value_name = "IP:PORT")]
+    listen: Option<std::net::SocketAddr>,
+    /// A file holding the bearer token every request to --listen must then carry
+    /// (`Authorization: Bearer TOKEN`); required to listen on an address other than loopback.
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    listen_token_file: Option<std::path::PathBuf>,
 }
 
 impl RunCmd {
@@ -43,6 +54,7 @@ impl RunCmd {
             ))
         })?;
         register_secrets(&self.jobs.dir);
+        let listen_opts = self.listen_options()?;
         let ledger = SharedLedger::new(Ledger::open(&self.state.path)?);
         let rt = runtime()?;
         let result = rt.block_on(async move {
@@ -60,6 +72,8 @@ impl RunCmd {
                 },
             )?;
             tracing::info!(jobs = %agent.job_names().join(" "), "agent ready");
+            let (stop_listener, listener_stop) = tokio::sync::watch::channel(false);
+            let listener = listen_opts.map(|opts| spawn_listener(opts, listener_stop));
             let signal = loop {
                 tokio::select! {
                     (name, _) = stops.next() => break name,
@@ -78,11 +92,36 @@ impl RunCmd {
                 clean = agent.shutdown(self.stop_timeout) => tracing::info!(clean, "stopped"),
                 _ = stops.exit_on_next() => {}
             }
+            if let Some(listener) = listener {
+                let _ = stop_listener.send(true);
+                let _ = tokio::time::timeout(Duration::from_secs(1), listener).await;
+            }
             Ok(())
         });
         // Blocking work still going (a scan of a huge tree) must not hold the exit.
         rt.shutdown_timeout(Duration::from_secs(2));
         result
+    }
+}
+
+impl RunCmd {
+    /// The listener's settings, checked before anything starts: an address other than
+    /// loopback without a token, or an unreadable token file, is bad usage (exit 2).
+    fn listen_options(&self) -> Result<Option<ListenOptions>, Failure> {
+        let Some(addr) = self.listen else {
+            return Ok(None);
+        };
+        let token = match &self.listen_token_file {
+            Some(file) => {
+                let token = BearerToken::read(file).map_err(Failure::config)?;
+                SECRETS.add(token.secret());
+                Some(token)
+            }
+            None => None,
+        };
+        ListenOptions::new(addr, token, self.state.path.clone())
+            .map(Some)
+            .map_err(Failure::config)
     }
 }
 

@@ -1,10 +1,11 @@
 //! `ferrysync status [JOB] [--json]`: last run, next run, counts and errors of each job, read
 //! from the ledger (never from the job files, so it works while a run holds the server).
 
-use serde::Serialize;
-
 use super::{iso_time, shown, CmdResult, Failure, StateArg};
-use ferrysync::state::{JobFileError, JobRecord, Ledger, LedgerError, Outcome, RunRecord};
+// The document is built in the library, shared with the listener's `/api/status`.
+use ferrysync::agent::job_statuses;
+pub use ferrysync::agent::{JobStatus, StatusDoc};
+use ferrysync::state::Ledger;
 use ferrysync::sync::human_bytes;
 
 /// Show what each job did and will do next.
@@ -26,51 +27,6 @@ pub struct StatusCmd {
     state: StateArg,
 }
 
-/// One job in `status --json`.
-#[derive(Debug, Serialize)]
-pub struct JobStatus {
-    pub name: String,
-    /// `running` (a run has started and not ended), `failing` (the latest run ended `failed`
-    /// or `partial`), `idle`, or `invalid` (the agent found the job file invalid and runs no
-    /// version of the job; `config_errors` says why).
-    pub state: &'static str,
-    /// Runs in a row, newest first, that ended `failed` or `partial`.
-    pub consecutive_failures: u64,
-    /// The error of the latest run that had one (the run's own, or its first failed path).
-    pub last_error: Option<String>,
-    pub direction: String,
-    pub local: String,
-    pub remote: String,
-    pub schedule: Option<String>,
-    pub timezone: Option<String>,
-    /// ISO 8601 UTC, from the schedule; null without one.
-    pub next_run: Option<String>,
-    /// ISO 8601 UTC of the latest run that ended `ok`.
-    pub last_success: Option<String>,
-    /// Paths the ledger holds as synced.
-    pub synced_files: u64,
-    pub last_run: Option<RunRecord>,
-    /// The errors (`file:line:col: reason`) of this job's files that the agent could not load
-    /// at its latest load or SIGHUP reload; empty when the job file is valid. With state
-    /// `invalid` no version of the job runs; otherwise the agent still runs the job's last
-    /// valid version.
-    pub config_errors: Vec<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct StatusJson {
-    state: String,
-    jobs: Vec<JobStatus>,
-}
-
-/// The next time a cron schedule fires after now, in its time zone (the agent's DST rule).
-pub fn next_run(schedule: Option<&str>, timezone: Option<&str>) -> Option<String> {
-    let schedule = ferrysync::config::Schedule::parse(schedule?).ok()?;
-    let tz = timezone.and_then(|t| t.parse::<chrono_tz::Tz>().ok());
-    let next = ferrysync::agent::next_fire(&schedule, tz, chrono::Utc::now())?;
-    Some(iso_time(next.timestamp()))
-}
-
 impl StatusCmd {
     pub fn execute(self) -> CmdResult {
         if self.prometheus || self.prometheus_file.is_some() {
@@ -79,23 +35,13 @@ impl StatusCmd {
         let Some(ledger) = Ledger::open_read_only(&self.state.path)? else {
             return self.without_ledger();
         };
-        let mut jobs = ledger.jobs()?;
-        let mut invalid = ledger.job_file_errors()?;
-        if let Some(name) = &self.job {
-            jobs.retain(|j| &j.name == name);
-            invalid.retain(|e| &e.job == name);
-            if jobs.is_empty() && invalid.is_empty() {
-                return Err(Failure::config(format!(
-                    "job `{name}` has never run (no record in {})",
-                    self.state.path.display()
-                )));
-            }
+        let out = job_statuses(&ledger, self.job.as_deref())?;
+        if let Some(name) = self.job.as_ref().filter(|_| out.is_empty()) {
+            return Err(Failure::config(format!(
+                "job `{name}` has never run (no record in {})",
+                self.state.path.display()
+            )));
         }
-        let mut out = jobs
-            .into_iter()
-            .map(|j| JobStatus::of(&ledger, j))
-            .collect::<Result<Vec<_>, _>>()?;
-        with_invalid_files(&mut out, invalid);
         if self.json {
             return self.print_json(out);
         }
@@ -142,105 +88,10 @@ impl StatusCmd {
     }
 
     fn print_json(&self, jobs: Vec<JobStatus>) -> CmdResult {
-        let doc = StatusJson {
-            state: self.state.path.display().to_string(),
-            jobs,
-        };
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).map_err(Failure::run)?
-        );
+        let doc = StatusDoc::of(&self.state.path, jobs);
+        println!("{}", doc.to_json().map_err(Failure::run)?);
         Ok(())
     }
-}
-
-impl JobStatus {
-    /// The status of the job recorded as `j`, from its recent runs.
-    fn of(ledger: &Ledger, j: JobRecord) -> Result<JobStatus, LedgerError> {
-        let last_run = ledger.runs(&j.name, 1)?.into_iter().next();
-        let recent = ledger.runs(&j.name, 50)?;
-        // Interrupted runs (a stop on request) are neither successes nor failures.
-        let finished = recent
-            .iter()
-            .filter(|r| !matches!(r.outcome, Outcome::Running | Outcome::Interrupted));
-        let consecutive_failures = finished
-            .clone()
-            .take_while(|r| matches!(r.outcome, Outcome::Failed | Outcome::Partial))
-            .count() as u64;
-        let last_error = finished.clone().find_map(|r| {
-            r.error.clone().or_else(|| {
-                r.failures
-                    .first()
-                    .map(|f| format!("{}: {}", f.path, f.error))
-            })
-        });
-        let state = match (recent.first().map(|r| r.outcome), consecutive_failures) {
-            (Some(Outcome::Running), _) => "running",
-            (_, n) if n > 0 => "failing",
-            _ => "idle",
-        };
-        Ok(JobStatus {
-            state,
-            consecutive_failures,
-            last_error,
-            next_run: next_run(j.schedule.as_deref(), j.timezone.as_deref()),
-            last_success: ledger.last_success(&j.name)?.map(iso_time),
-            synced_files: ledger.entry_count(&j.name)?,
-            name: j.name,
-            direction: j.direction,
-            local: j.local,
-            remote: j.remote,
-            schedule: j.schedule,
-            timezone: j.timezone,
-            last_run,
-            config_errors: Vec::new(),
-        })
-    }
-
-    /// A job the ledger knows only from its invalid file (it never ran).
-    fn invalid(name: &str) -> JobStatus {
-        JobStatus {
-            name: name.to_string(),
-            state: "invalid",
-            consecutive_failures: 0,
-            last_error: None,
-            direction: String::new(),
-            local: String::new(),
-            remote: String::new(),
-            schedule: None,
-            timezone: None,
-            next_run: None,
-            last_success: None,
-            synced_files: 0,
-            last_run: None,
-            config_errors: Vec::new(),
-        }
-    }
-}
-
-/// Joins the invalid job files the agent recorded to their jobs: a job no version of which
-/// runs is `invalid` (its `last_error` is the file's error, its `next_run` null); a job whose
-/// last valid version still runs keeps its state and shows the errors beside it.
-fn with_invalid_files(out: &mut Vec<JobStatus>, invalid: Vec<JobFileError>) {
-    for e in invalid {
-        let at = match out.iter().position(|j| j.name == e.job) {
-            Some(at) => at,
-            None => {
-                out.push(JobStatus::invalid(&e.job));
-                out.len() - 1
-            }
-        };
-        let j = &mut out[at];
-        if !e.kept_previous {
-            j.state = "invalid";
-            j.next_run = None;
-        }
-        if j.state == "invalid" && j.config_errors.is_empty() {
-            j.last_error = Some(e.error.clone());
-        }
-        j.config_errors.push(e.error);
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
 }
 
 /// The human form: one row per job, with progress, failures and errors below it.
@@ -394,7 +245,8 @@ impl StatusCmd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferrysync::state::RunCounts;
+    use ferrysync::agent::with_invalid_files;
+    use ferrysync::state::{JobFileError, Outcome, RunCounts, RunRecord};
     use serde_json::json;
 
     const HOSTILE: &str = "in/\u{1b}]0;pwned\u{7}\u{1b}[2Jx.csv\r\nnightly  idle     push  never";

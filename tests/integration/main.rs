@@ -33,5 +33,6 @@ mod resume;
 mod safety;
 mod scenarios;
 mod settle;
+mod status_page;
 mod stops;
 mod tls;
