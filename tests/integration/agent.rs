@@ -1,111 +1,17 @@
 //! The agent (`ferrysync run`) as a process against the in-process loopback FTPS server: folder
 //! watches, bursts, remote polls, catch-up, SIGHUP and SIGTERM. Every wait has a deadline.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::harness::agent::Agent;
 use super::harness::{vsftpd_commands, vsftpd_log, Sandbox, Server};
 
-/// A running `ferrysync run`; killed if a test fails before it is stopped.
-struct Agent {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Agent {
-    fn start(s: &Sandbox) -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrysync"))
-            .args(["run", "--stop-timeout", "20s"])
-            .env("FERRYSYNC_JOBS", &s.jobs)
-            .env("FERRYSYNC_STATE", &s.state)
-            .env("FERRYSYNC_LOG", "ferrysync=debug,warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Agent { child, log }
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// Waits for a log line containing `needle`.
-    #[track_caller]
-    fn wait_log(&self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "no `{needle}` in the agent's log within {within:?}:\n{}",
-            self.log_text()
-        );
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
-    }
-
-    /// SIGTERM; the agent must exit 0 within `within`. Returns its log.
-    #[track_caller]
-    fn terminate(mut self, within: Duration) -> String {
-        self.signal("TERM");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader thread take the last lines.
-                std::thread::sleep(Duration::from_millis(50));
-                let log = self.log_text();
-                assert_eq!(
-                    status.code(),
-                    Some(0),
-                    "exit after SIGTERM: {status}\n{log}"
-                );
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not exit within {within:?} of SIGTERM:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// `ferrysync run` on the sandbox, logging at debug.
+fn start_agent(s: &Sandbox) -> Agent {
+    Agent::start(s, &["--stop-timeout", "20s"], "ferrysync=debug,warn")
 }
 
 /// All runs of `job`, newest first.
@@ -148,7 +54,7 @@ fn watched(s: &Sandbox, debounce: &str) -> Agent {
         "watched",
         &format!("direction: push\nmode: mirror\nwatch: true\ndebounce: {debounce}\n"),
     );
-    let agent = Agent::start(s);
+    let agent = start_agent(s);
     agent.wait_log("watching (inotify)", Duration::from_secs(20));
     wait_until("the start-up run", Duration::from_secs(30), || {
         finished(&history(s, "watched"))
@@ -181,7 +87,7 @@ fn jobs_sharing_a_local_folder_take_turns_instead_of_being_refused() {
     let local_b = other.local.display().to_string();
     let local_a = s.local.display().to_string();
     s.write_job("b", &other.job_yaml(extra).replace(&local_b, &local_a));
-    let agent = Agent::start(&s);
+    let agent = start_agent(&s);
     for (job, root) in [("a", s.remote_root()), ("b", other.remote_root())] {
         let target = root.join("a.csv");
         wait_until(
@@ -273,7 +179,7 @@ fn polls_of_an_unchanged_remote_leave_no_history() {
     let s = Sandbox::new(&server, "poll");
     server.mkdirs(&s.remote_root());
     s.job("pulled", "direction: pull\nmode: mirror\npoll: 1s\n");
-    let agent = Agent::start(&s);
+    let agent = start_agent(&s);
     agent.wait_log("job started", Duration::from_secs(20));
     // Several idle polls, then a new remote file, then more idle polls.
     std::thread::sleep(Duration::from_millis(2500));
@@ -315,7 +221,7 @@ fn catch_up_runs_a_missed_schedule_once_at_start_up() {
     drop(db);
     s.write_local("b.txt", b"b");
 
-    let agent = Agent::start(&s);
+    let agent = start_agent(&s);
     wait_until("the catch-up run", Duration::from_secs(30), || {
         finished(&history(&s, "late"))
             .iter()
@@ -335,7 +241,7 @@ fn sighup_starts_new_jobs_and_keeps_the_old_version_of_a_broken_one() {
     let server = Server::loopback();
     let s = Sandbox::new(&server, "reload");
     s.job("first", "direction: push\nschedule: \"0 0 1 1 *\"\n");
-    let agent = Agent::start(&s);
+    let agent = start_agent(&s);
     agent.wait_log("agent ready", Duration::from_secs(20));
     // A broken edit of `first` and a new watched job.
     s.write_job("first", "local: [oops\n");
@@ -408,7 +314,7 @@ fn watch_poll_notices_files_without_inotify() {
         "polled",
         "direction: push\nwatch: poll\npoll: 1s\ndebounce: 200ms\n",
     );
-    let agent = Agent::start(&s);
+    let agent = start_agent(&s);
     agent.wait_log("watching (polling every 1s)", Duration::from_secs(20));
     wait_until("the start-up run", Duration::from_secs(30), || {
         finished(&history(&s, "polled"))
@@ -561,7 +467,7 @@ fn invalid_job_files_are_reported_and_the_valid_jobs_run() {
         .expect_output("ok   b")
         .expect_output("2 of 4 job files");
 
-    let agent = Agent::start(&s);
+    let agent = start_agent(&s);
     for (job, root, name, content) in [
         ("a", s.remote_root(), "a.csv", b"from a"),
         ("b", other.remote_root(), "b.csv", b"from b"),
@@ -685,7 +591,7 @@ fn an_agent_without_a_valid_job_waits_for_a_fix_and_sighup() {
     let s = Sandbox::new(&server, "none-valid");
     s.write_local("a.csv", b"after the fix");
     s.write_job("j", "local: [\n");
-    let agent = Agent::start(&s);
+    let agent = start_agent(&s);
     agent.wait_log("no valid job to start", Duration::from_secs(10));
     s.job("j", "direction: push\nwatch: true\n");
     agent.signal("HUP");
@@ -715,7 +621,7 @@ fn a_poll_run_waiting_for_a_file_to_settle_stops_at_once() {
     server.mkdirs(&s.remote_root());
     s.put_remote("new.csv", b"1,2,3\n");
     s.job("pulled", "direction: pull\npoll: 1h\nsettle: 30s\n");
-    let agent = Agent::start(&s);
+    let agent = start_agent(&s);
     agent.wait_log(
         "waiting within the run for files to settle",
         Duration::from_secs(20),

@@ -2,15 +2,15 @@
 //! the agent as a process and the in-process loopback server; and the page in a real browser
 //! (Debian's chromium, driven by tests/browser/status_page.py through Selenium).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::harness::agent::Agent;
 use super::harness::fault_proxy::{loopback_behind_proxy, Conn, Fault};
 use super::harness::{missing, Sandbox, Server};
 
@@ -19,118 +19,22 @@ const HOSTILE_FILE: &str = "<img src=x onerror=alert(1)>\"'&.csv";
 /// A job file name that is markup (an invalid job name: the agent records it as invalid).
 const HOSTILE_JOB: &str = "<script>alert(2)<\\script>";
 
-/// A running `ferrysync run`; killed if a test fails before it is stopped.
-struct Agent {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+/// `ferrysync run ARGS` on the sandbox.
+fn start_agent(s: &Sandbox, args: &[&str]) -> Agent {
+    let mut all = vec!["--stop-timeout", "10s"];
+    all.extend_from_slice(args);
+    Agent::start(s, &all, "ferrysync=info,warn")
 }
 
-impl Agent {
-    fn start(s: &Sandbox, extra_args: &[&str]) -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrysync"))
-            .args(["run", "--stop-timeout", "10s"])
-            .args(extra_args)
-            .env("FERRYSYNC_JOBS", &s.jobs)
-            .env("FERRYSYNC_STATE", &s.state)
-            .env("FERRYSYNC_LOG", "ferrysync=info,warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Agent { child, log }
-    }
-
-    /// Starts the agent listening on a free loopback port, and waits until it listens.
-    fn listening(s: &Sandbox, extra_args: &[&str]) -> (Agent, SocketAddr) {
-        let addr = free_port();
-        let listen = addr.to_string();
-        let mut args = vec!["--listen", listen.as_str()];
-        args.extend_from_slice(extra_args);
-        let agent = Agent::start(s, &args);
-        agent.wait_log("status page listening on", Duration::from_secs(20));
-        (agent, addr)
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    #[track_caller]
-    fn wait_log(&self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "no `{needle}` in the agent's log within {within:?}:\n{}",
-            self.log_text()
-        );
-    }
-
-    /// Waits for the agent to exit by itself (it refused to start): its exit code and log.
-    /// Killed, and the test failed, if it is still running after `within`.
-    #[track_caller]
-    fn exit_within(mut self, within: Duration) -> (Option<i32>, String) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50));
-                return (status.code(), self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent started instead of refusing:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM; the agent must exit 0. Returns its log.
-    #[track_caller]
-    fn terminate(mut self) -> String {
-        let ok = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50));
-                let log = self.log_text();
-                assert_eq!(status.code(), Some(0), "exit after SIGTERM\n{log}");
-                return log;
-            }
-            assert!(Instant::now() < deadline, "no exit:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Starts the agent listening on a free loopback port, and waits until it listens.
+fn listening(s: &Sandbox, extra_args: &[&str]) -> (Agent, SocketAddr) {
+    let addr = free_port();
+    let listen = addr.to_string();
+    let mut args = vec!["--listen", listen.as_str()];
+    args.extend_from_slice(extra_args);
+    let agent = start_agent(s, &args);
+    agent.wait_log("status page listening on", Duration::from_secs(20));
+    (agent, addr)
 }
 
 /// A loopback port nobody listens on now.
@@ -216,7 +120,7 @@ fn synced_sandbox(server: &Server) -> Sandbox<'_> {
 fn the_listener_serves_the_page_and_api_read_only() {
     let server = Server::loopback();
     let s = synced_sandbox(&server);
-    let (agent, addr) = Agent::listening(&s, &[]);
+    let (agent, addr) = listening(&s, &[]);
     let csp = "default-src 'none'";
     for (path, kind) in [
         ("/", "text/html"),
@@ -301,7 +205,7 @@ fn the_listener_serves_the_page_and_api_read_only() {
         .status,
         200
     );
-    let log = agent.terminate();
+    let log = agent.terminate(Duration::from_secs(20));
     assert!(!log.contains("panicked"), "{log}");
 }
 
@@ -309,7 +213,7 @@ fn the_listener_serves_the_page_and_api_read_only() {
 fn api_status_is_exactly_the_status_json_document() {
     let server = Server::loopback();
     let s = synced_sandbox(&server);
-    let (agent, addr) = Agent::listening(&s, &[]);
+    let (agent, addr) = listening(&s, &[]);
     // The agent records the invalid job file at start: both read the same ledger.
     let api = get(addr, "/api/status");
     let cli = s.ferrysync(&["status", "--json"]);
@@ -326,14 +230,14 @@ fn api_status_is_exactly_the_status_json_document() {
     assert_eq!(names, [HOSTILE_JOB, "good"], "{doc:#}");
     assert_eq!(doc["jobs"][0]["state"], "invalid");
     assert_eq!(doc["jobs"][1]["last_run"]["files_up"], 2);
-    agent.terminate();
+    agent.terminate(Duration::from_secs(20));
 }
 
 #[test]
 fn hostile_names_are_escaped_on_the_page() {
     let server = Server::loopback();
     let s = synced_sandbox(&server);
-    let (agent, addr) = Agent::listening(&s, &[]);
+    let (agent, addr) = listening(&s, &[]);
     let index = get(addr, "/").body;
     let job = get(addr, "/jobs/good").body;
     for (page, raw, escaped) in [
@@ -360,7 +264,7 @@ fn hostile_names_are_escaped_on_the_page() {
     let nosuch = get(addr, "/jobs/%3Cb%3Enosuch");
     assert_eq!(nosuch.status, 404);
     assert!(nosuch.body.contains("&lt;b&gt;nosuch"), "{}", nosuch.body);
-    agent.terminate();
+    agent.terminate(Duration::from_secs(20));
 }
 
 #[test]
@@ -372,7 +276,8 @@ fn an_address_other_than_loopback_needs_a_token() {
     std::fs::write(&empty, "\n").unwrap();
     let empty = empty.display().to_string();
     let refused = |args: &[&str], why: &str| {
-        let (code, log) = Agent::start(&s, args).exit_within(Duration::from_secs(20));
+        let (code, log) =
+            start_agent(&s, args).exit_within(Duration::from_secs(20), "refusing to start");
         assert_eq!(code, Some(2), "{args:?}:\n{log}");
         assert!(log.contains(why), "{args:?}: no {why:?} in:\n{log}");
     };
@@ -416,7 +321,7 @@ fn with_a_token_every_route_requires_it() {
     // Every address, served to a client on loopback: the token decides, not the Host.
     let port = free_port().port();
     let listen = format!("0.0.0.0:{port}");
-    let agent = Agent::start(&s, &["--listen", &listen, "--listen-token-file", &file]);
+    let agent = start_agent(&s, &["--listen", &listen, "--listen-token-file", &file]);
     agent.wait_log("bearer token required", Duration::from_secs(20));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let bearer = format!("Bearer {token}");
@@ -451,7 +356,7 @@ fn with_a_token_every_route_requires_it() {
     }
     let post = http(addr, "POST", "/api/status", &[("Authorization", &bearer)]);
     assert_eq!(post.status, 405, "{post:?}");
-    let log = agent.terminate();
+    let log = agent.terminate(Duration::from_secs(20));
     assert!(!log.contains(token), "the token is never logged:\n{log}");
 }
 
@@ -463,7 +368,7 @@ fn a_port_in_use_is_logged_and_the_agent_runs_on() {
     s.job("good", "direction: push\nwatch: true\n");
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let listen = taken.local_addr().unwrap().to_string();
-    let agent = Agent::start(&s, &["--listen", &listen]);
+    let agent = start_agent(&s, &["--listen", &listen]);
     agent.wait_log("status page: cannot listen on", Duration::from_secs(20));
     // The job's start-up run still happens.
     let target = s.remote_root().join("a.csv");
@@ -477,7 +382,7 @@ fn a_port_in_use_is_logged_and_the_agent_runs_on() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(taken);
-    agent.terminate();
+    agent.terminate(Duration::from_secs(20));
 }
 
 /// The page in Debian's chromium (see tests/browser/status_page.py): a job going idle ->
@@ -544,7 +449,7 @@ fn the_status_page_in_chromium() {
         std::fs::create_dir_all(&batch).unwrap();
         std::fs::write(batch.join(name), content).unwrap();
     }
-    let (agent, addr) = Agent::listening(&s, &[]);
+    let (agent, addr) = listening(&s, &[]);
     let screenshot = std::env::var("FERRYSYNC_STATUS_PAGE_SCREENSHOT")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| s.dir.path().join("status-page.png"));
@@ -579,7 +484,7 @@ fn the_status_page_in_chromium() {
         "no screenshot at {}",
         screenshot.display()
     );
-    let log = agent.terminate();
+    let log = agent.terminate(Duration::from_secs(20));
     // The page was served the whole time: every batch file is on the server.
     let remote = s.remote_root().join("batch");
     assert_eq!(std::fs::read_dir(&remote).unwrap().count(), FILES, "{log}");

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod fault_proxy;
 pub mod hostile;
 
