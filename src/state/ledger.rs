@@ -689,12 +689,10 @@ impl Ledger {
 
     /// The first sightings of the remote files `job` is waiting on to settle.
     pub fn settle_sightings(&self, job: &str) -> Result<Sightings, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT path, size, mtime, since FROM settle_sightings WHERE job = ?1")
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![job], |r| {
+        let rows = self.query_rows(
+            "SELECT path, size, mtime, since FROM settle_sightings WHERE job = ?1",
+            params![job],
+            |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     Sighting {
@@ -703,9 +701,9 @@ impl Ledger {
                         since: r.get(3)?,
                     },
                 ))
-            })
-            .map_err(self.err())?;
-        rows.collect::<Result<Sightings, _>>().map_err(self.err())
+            },
+        )?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Replaces `job`'s sightings with `sightings` (what a full pull run still waits on).
@@ -754,12 +752,10 @@ impl Ledger {
         if taken.is_none() {
             return Ok(None);
         }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT path, size, mtime FROM baseline_files WHERE job = ?1")
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![job], |r| {
+        let rows = self.query_rows(
+            "SELECT path, size, mtime FROM baseline_files WHERE job = ?1",
+            params![job],
+            |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     BaselineFile {
@@ -767,11 +763,9 @@ impl Ledger {
                         mtime: r.get(2)?,
                     },
                 ))
-            })
-            .map_err(self.err())?;
-        rows.collect::<Result<Baseline, _>>()
-            .map(Some)
-            .map_err(self.err())
+            },
+        )?;
+        Ok(Some(rows.into_iter().collect()))
     }
 
     /// Applies what a run decided of `job`'s baseline, in one transaction; the first call also
