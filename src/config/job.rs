@@ -222,22 +222,7 @@ fn raw_job(ctx: &Ctx) -> Result<RawJob, ConfigError> {
     if ctx.text.trim().is_empty() {
         return Err(ctx.fail(&[], "the job file is empty"));
     }
-    serde_yaml::from_str(ctx.text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((1, 1));
-        ctx.error_at(line, column, one_line(&e.to_string()))
-    })
-}
-
-/// serde_yaml sometimes appends " at line L column C"; the location is printed in front instead.
-pub(super) fn one_line(msg: &str) -> String {
-    let first = msg.lines().next().unwrap_or(msg);
-    match first.find(" at line ") {
-        Some(i) => first[..i].to_string(),
-        None => first.to_string(),
-    }
+    serde_yaml::from_str(ctx.text).map_err(|e| ctx.yaml_error(&e))
 }
 
 /// `local:`, made absolute.

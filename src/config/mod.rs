@@ -104,6 +104,16 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A serde_yaml error at its position (line 1, column 1 when it has none), its text on one
+    /// line.
+    fn yaml_error(&self, e: &serde_yaml::Error) -> ConfigError {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        self.error_at(line, column, one_line(&e.to_string()))
+    }
+
     /// A path from the job, anchored at the job file's folder if relative.
     fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
@@ -152,6 +162,15 @@ fn locate(text: &str, keys: &[&str]) -> (usize, usize) {
 fn parse_duration(key: &str, s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{key}: `{s}` is not a duration like `2s` or `5m`: {e}"))
+}
+
+/// serde_yaml sometimes appends " at line L column C"; the location is printed in front instead.
+fn one_line(msg: &str) -> String {
+    let first = msg.lines().next().unwrap_or(msg);
+    match first.find(" at line ") {
+        Some(i) => first[..i].to_string(),
+        None => first.to_string(),
+    }
 }
 
 /// For the tests of every section: they parse whole job files, as users write them.

@@ -8,10 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use schemars::JsonSchema;
-use serde::Deserialize;
-
-use super::raw::PatternList;
+use super::raw::{PatternList, RawDefaults, RawExpect, RawNotify, RawWebhook};
 use super::remote::Secret;
 use super::trigger::Schedule;
 use super::{parse_duration, ConfigError, Ctx};
@@ -28,43 +25,6 @@ const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Alert on certificates that expire within this many days, by default.
 pub(crate) const DEFAULT_CERT_EXPIRY_DAYS: u32 = 21;
-
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawNotify {
-    pub(super) enabled: Option<bool>,
-    pub(super) events: Option<PatternList>,
-    pub(super) cert_expiry_days: Option<u32>,
-    pub(super) exec: Option<PatternList>,
-    pub(super) exec_timeout: Option<String>,
-    pub(super) webhook: Option<RawWebhook>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawWebhook {
-    pub(super) url: String,
-    pub(super) secret_file: Option<PathBuf>,
-    pub(super) secret_env: Option<String>,
-    pub(super) timeout: Option<String>,
-    pub(super) ca_file: Option<PathBuf>,
-    #[serde(default)]
-    pub(super) allow_http: bool,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawExpect {
-    pub(super) new_files: Option<u64>,
-    pub(super) by: String,
-}
-
-/// `_defaults.yaml` as serde reads it.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawDefaults {
-    pub(super) notify: Option<RawNotify>,
-}
 
 /// A job's notification settings, defaults applied.
 #[derive(Debug, Clone)]
@@ -134,13 +94,7 @@ pub fn parse_defaults(file: &Path, text: &str) -> Result<Defaults, ConfigError> 
     let raw: RawDefaults = if text.trim().is_empty() {
         RawDefaults { notify: None }
     } else {
-        serde_yaml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            ctx.error_at(line, column, super::job::one_line(&e.to_string()))
-        })?
+        serde_yaml::from_str(text).map_err(|e| ctx.yaml_error(&e))?
     };
     let notify = match raw.notify {
         Some(n) => notify_section(n, None, &mut ctx)?,

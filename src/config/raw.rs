@@ -52,8 +52,8 @@ pub(super) struct RawJob {
     pub(super) settle: Option<String>,
     pub(super) min_age: Option<String>,
     pub(super) max_age: Option<String>,
-    pub(super) notify: Option<super::notify::RawNotify>,
-    pub(super) expect: Option<super::notify::RawExpect>,
+    pub(super) notify: Option<RawNotify>,
+    pub(super) expect: Option<RawExpect>,
     pub(super) bandwidth: Option<super::bandwidth::RawBandwidth>,
     pub(super) ready_marker: Option<String>,
     pub(super) batch_marker: Option<String>,
@@ -323,6 +323,44 @@ impl<'de> Deserialize<'de> for RawTransfers {
         }
         d.deserialize_any(V)
     }
+}
+
+/// `notify:` (see `notify.rs`).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) enabled: Option<bool>,
+    pub(super) events: Option<PatternList>,
+    pub(super) cert_expiry_days: Option<u32>,
+    pub(super) exec: Option<PatternList>,
+    pub(super) exec_timeout: Option<String>,
+    pub(super) webhook: Option<RawWebhook>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhook {
+    pub(super) url: String,
+    pub(super) secret_file: Option<PathBuf>,
+    pub(super) secret_env: Option<String>,
+    pub(super) timeout: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) allow_http: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExpect {
+    pub(super) new_files: Option<u64>,
+    pub(super) by: String,
+}
+
+/// `_defaults.yaml` as serde reads it (see `notify.rs`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDefaults {
+    pub(super) notify: Option<RawNotify>,
 }
 
 /// `upload:` options for servers with quirks.
