@@ -133,6 +133,17 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
     report
 }
 
+/// What the stages of one run share: the job, the ledger, the caller's options, the run's TLS
+/// context (session cache, TLS 1.2 fall-back) and its tally of retries.
+#[derive(Clone, Copy)]
+pub(crate) struct RunContext<'a> {
+    pub job: &'a Job,
+    pub ledger: &'a SharedLedger,
+    pub opts: &'a RunOptions,
+    pub tls: &'a Arc<TlsContext>,
+    pub tally: &'a RunTally,
+}
+
 /// The body of a run; an `Err` fails the run as a whole.
 async fn execute_run(
     job: &Job,
@@ -221,22 +232,16 @@ async fn execute_run(
             return Ok(());
         }
     }
-    let mut session = transfer_all(
+    let run = RunContext {
         job,
         ledger,
         opts,
-        &tls,
+        tls: &tls,
         tally,
-        (session, spare),
-        work,
-        report,
-    )
-    .await;
+    };
+    let mut session = transfer_all(&run, (session, spare), work, report).await;
     // A pull waits here for the files still settling, and deletes the markers of those taken.
-    session = crate::sync::settle_wait::finish_pull(
-        job, ledger, opts, &tls, tally, session, &the_plan, report,
-    )
-    .await;
+    session = crate::sync::settle_wait::finish_pull(&run, session, &the_plan, report).await;
     if opts.stop_requested() {
         // Deletes and ledger-only updates wait for a run that sees the whole transfer set.
         report.interrupted = true;

@@ -18,7 +18,6 @@
 //! against two commands per file, and needs neither SIZE nor MDTM from the server.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::Job;
@@ -28,12 +27,10 @@ use crate::model::policy::Direction;
 use crate::model::settle::{hold_unsettled, in_run_budget, next_pause};
 use crate::model::snapshot::{system_time_ns, Snapshot};
 use crate::remote::session::Session;
-use crate::remote::tls::TlsContext;
 use crate::state::SharedLedger;
 use crate::sync::error::RunError;
-use crate::sync::options::RunOptions;
 use crate::sync::report::RunReport;
-use crate::sync::retry::RunTally;
+use crate::sync::run::RunContext;
 use crate::sync::scan::{ListTimes, RemoteListing, Scan};
 use crate::sync::stop::StopSignal;
 use crate::sync::workers::transfer_all;
@@ -45,17 +42,13 @@ const DUE_MARGIN: Duration = Duration::from_millis(20);
 /// After a pull's first transfers: waits for the files still settling and takes those that
 /// settle within the budget, then deletes the ready markers whose files were taken. Returns a
 /// live connection for what follows, if one is left. A push or a dry run passes through.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn finish_pull(
-    job: &Job,
-    ledger: &SharedLedger,
-    opts: &RunOptions,
-    tls: &Arc<TlsContext>,
-    tally: &RunTally,
+    run: &RunContext<'_>,
     session: Option<Session>,
     plan: &SyncPlan,
     report: &mut RunReport,
 ) -> Option<Session> {
+    let (job, opts, tls) = (run.job, run.opts, run.tls);
     if job.direction != Direction::Pull || opts.dry_run {
         return session;
     }
@@ -66,7 +59,7 @@ pub(crate) async fn finish_pull(
         .cloned()
         .collect();
     report.waiting_for_markers = (plan.waiting.len() - settling.len()) as u64;
-    let session = wait_for_settling(job, ledger, opts, tls, tally, session, settling, report).await;
+    let session = wait_for_settling(run, session, settling, report).await;
     if report.interrupted || opts.stop_requested() {
         return session;
     }
@@ -74,17 +67,19 @@ pub(crate) async fn finish_pull(
 }
 
 /// The wait loop (see the module's doc).
-#[allow(clippy::too_many_arguments)]
 async fn wait_for_settling(
-    job: &Job,
-    ledger: &SharedLedger,
-    opts: &RunOptions,
-    tls: &Arc<TlsContext>,
-    tally: &RunTally,
+    run: &RunContext<'_>,
     mut session: Option<Session>,
     mut waiting: Vec<Waiting>,
     report: &mut RunReport,
 ) -> Option<Session> {
+    let RunContext {
+        job,
+        ledger,
+        opts,
+        tls,
+        ..
+    } = *run;
     if waiting.is_empty() || job.settle.is_zero() {
         return session;
     }
@@ -162,17 +157,7 @@ async fn wait_for_settling(
         session = if taken.is_empty() {
             Some(s)
         } else {
-            transfer_all(
-                job,
-                ledger,
-                opts,
-                tls,
-                tally,
-                (s, Vec::new()),
-                taken,
-                report,
-            )
-            .await
+            transfer_all(run, (s, Vec::new()), taken, report).await
         };
         if opts.stop_requested() {
             report.interrupted = true;

@@ -26,6 +26,7 @@ use crate::sync::bandwidth::BandwidthLimiter;
 use crate::sync::options::{RunOptions, TransferProgress};
 use crate::sync::report::RunReport;
 use crate::sync::retry::{Attempts, RunTally};
+use crate::sync::run::RunContext;
 use crate::sync::stop::{StopSignal, STOP_GRACE};
 use crate::sync::survey::note_tls12_fallback;
 use crate::sync::transfer::{self, ByteCounter, TransferContext, TransferError, Transferred};
@@ -64,17 +65,19 @@ fn lock_queue(q: &Queue) -> MutexGuard<'_, VecDeque<Action>> {
 /// Runs the transfers of `work` on up to `job.transfers` connections, starting with the
 /// connection that listed and any more the listing opened; returns a live connection for the
 /// deletes that follow, if one is left.
-#[allow(clippy::too_many_arguments)] // the run's parts, each handed to the pool once
 pub(crate) async fn transfer_all(
-    job: &Job,
-    ledger: &SharedLedger,
-    opts: &RunOptions,
-    tls: &Arc<TlsContext>,
-    tally: &RunTally,
+    run: &RunContext<'_>,
     (first, spare): (Session, Vec<Session>),
     work: VecDeque<Action>,
     report: &mut RunReport,
 ) -> Option<Session> {
+    let RunContext {
+        job,
+        ledger,
+        opts,
+        tls,
+        tally,
+    } = *run;
     if work.is_empty() {
         quit_all(spare).await;
         return Some(first);
