@@ -189,7 +189,21 @@ impl<'a> Dialer<'a> {
         let ftp = tokio::time::timeout(self.op, plain.into_secure(connector, &self.remote.host))
             .await
             .map_err(|_| timeout_err(&self.server, "AUTH TLS", "", self.op))?
-            .map_err(|e| self.auth_tls_error(e, progress.lines_after_handshake()))?;
+            .map_err(|e| match progress.lines_after_handshake() {
+                // The server answered AUTH TLS with 234 (a refusal is a reply, not a TLS
+                // error), then sent plain text where its TLS records belonged: the two sides
+                // fell out of step (a server that wrote before it switched, a middlebox). Not
+                // a setting to change, unlike a certificate: a new connection is worth a try.
+                None if not_tls(&e) => FtpsError::Connection {
+                    server: self.server.clone(),
+                    command: "AUTH TLS",
+                    path: String::new(),
+                    reason: format!(
+                        "the server accepted AUTH TLS, then sent plain text where the TLS handshake belonged ({e})"
+                    ),
+                },
+                lines => self.auth_tls_error(e, lines),
+            })?;
         Ok(Control {
             ftp,
             resumption,

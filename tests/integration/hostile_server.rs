@@ -327,3 +327,30 @@ fn a_refused_retr_leaves_no_temporary_file() {
     no_temporary_files(&s);
     run.expect_code(1);
 }
+
+/// A server that accepts AUTH TLS and then sends plain text where the handshake belongs is out
+/// of step, not misconfigured: the run connects again (with the job's retries) and succeeds,
+/// instead of failing at once as it does for a certificate it cannot verify.
+#[test]
+fn plain_text_after_auth_tls_is_retried_on_a_new_connection() {
+    let (server, seen) = Server::hostile(Misbehaviour::PlainAfterAuthTls(1));
+    let s = Sandbox::new(&server, "outofstep");
+    server.mkdirs(&s.remote_root());
+    s.write_local("a.csv", b"after a retry");
+    s.job("j", "");
+    let run = s.ferrysync_with_env(&["sync", "j"], &[("FERRYSYNC_LOG", "warn")]);
+    eprintln!("{}{}", run.stdout, run.stderr);
+    run.expect_code(0).expect_output(
+        "the server accepted AUTH TLS, then sent plain text where the TLS handshake belonged",
+    );
+    assert_eq!(
+        std::fs::read(s.remote_root().join("a.csv")).unwrap(),
+        b"after a retry"
+    );
+    let auths = seen
+        .commands()
+        .iter()
+        .filter(|c| c.to_ascii_uppercase().starts_with("AUTH TLS"))
+        .count();
+    assert!(auths >= 2, "one AUTH TLS per connection: {auths}");
+}

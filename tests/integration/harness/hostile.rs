@@ -48,6 +48,9 @@ pub enum Misbehaviour {
     PasvThirdParty(Ipv4Addr),
     /// The listing adds entries named `../x`, `a/b`, `..`, and names with ESC, CR and LF.
     HostileNames,
+    /// The first this many control connections answer AUTH TLS with 234, then write a plain
+    /// text reply where the TLS handshake belongs and close (a server out of step).
+    PlainAfterAuthTls(usize),
 }
 
 /// The most an endless stream sends, and the longest any transfer lasts.
@@ -74,6 +77,8 @@ pub struct Seen {
     /// Connections the decoy of [`Misbehaviour::PasvThirdParty`] accepted.
     pub decoy_connections: AtomicUsize,
     retrs: AtomicUsize,
+    /// Control connections that reached AUTH TLS.
+    auth_tls: AtomicUsize,
     /// The misbehaviour now in force ([`Seen::set`] changes it between runs).
     how: Mutex<Misbehaviour>,
 }
@@ -182,6 +187,22 @@ async fn control(tcp: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
         shared.note(line.trim_end());
         if line.to_ascii_uppercase().starts_with("AUTH TLS") {
             reply(plain.get_mut(), "234 AUTH TLS ok").await?;
+            let nth = shared.seen.auth_tls.fetch_add(1, Ordering::SeqCst);
+            if let Misbehaviour::PlainAfterAuthTls(n) = shared.seen.how() {
+                if nth < n {
+                    reply(plain.get_mut(), "500 out of step").await?;
+                    // Read the client's handshake until it gives up: closing with its bytes
+                    // unread would reset the connection and could drop the reply before the
+                    // client reads it.
+                    let mut sink = [0u8; 4096];
+                    let drain = async {
+                        while plain.read(&mut sink).await? > 0 {}
+                        Ok::<(), std::io::Error>(())
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+                    return Ok(());
+                }
+            }
             break;
         }
         reply(plain.get_mut(), "530 AUTH TLS first").await?;
