@@ -7,6 +7,7 @@
 
 pub(crate) mod after_transfer;
 pub(crate) mod bandwidth;
+pub(crate) mod context;
 pub(crate) mod destination;
 pub(crate) mod error;
 pub(crate) mod markers;

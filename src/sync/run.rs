@@ -17,6 +17,7 @@ use crate::remote::session::Session;
 use crate::remote::tls::TlsContext;
 use crate::state::ledger::{JobRecord, Outcome, PathFailure};
 use crate::state::SharedLedger;
+use crate::sync::context::RunContext;
 use crate::sync::destination::Destination;
 use crate::sync::error::RunError;
 use crate::sync::options::RunOptions;
@@ -131,17 +132,6 @@ async fn run_job_in_span(job: &Job, ledger: &SharedLedger, opts: &RunOptions) ->
         open.done();
     }
     report
-}
-
-/// What the stages of one run share: the job, the ledger, the caller's options, the run's TLS
-/// context (session cache, TLS 1.2 fall-back) and its tally of retries.
-#[derive(Clone, Copy)]
-pub(crate) struct RunContext<'a> {
-    pub job: &'a Job,
-    pub ledger: &'a SharedLedger,
-    pub opts: &'a RunOptions,
-    pub tls: &'a Arc<TlsContext>,
-    pub tally: &'a RunTally,
 }
 
 /// The body of a run; an `Err` fails the run as a whole.
