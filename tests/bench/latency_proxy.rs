@@ -258,10 +258,20 @@ struct Pipe {
 }
 
 impl Pipe {
-    async fn run(self, mut from: OwnedReadHalf, mut to: OwnedWriteHalf) {
+    /// Reads `from` into the delay line and writes each chunk to `to` when it is due. `to` may
+    /// still be opening (the server side of a new connection): what the client sends before
+    /// then is read, and stamped, at once, as the kernel would have sent it.
+    async fn run(
+        self,
+        mut from: OwnedReadHalf,
+        to: impl std::future::Future<Output = Option<OwnedWriteHalf>> + Send + 'static,
+    ) {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Piece)>();
         let queue = Arc::new(Semaphore::new(self.link.queue_bytes));
         let writer = tokio::spawn(async move {
+            let Some(mut to) = to.await else {
+                return;
+            };
             while let Some((due, piece)) = rx.recv().await {
                 if let Some(wake) = wake_at(due, Instant::now()) {
                     tokio::time::sleep_until(wake).await;
@@ -361,20 +371,13 @@ async fn serve_connection(link: Arc<Link>, client: TcpStream, port: u16, target:
         trace.ms(accepted)
     ));
     // The server side opens when the emulated handshake has reached it (SYN at RTT/2, the ACK
-    // with the client's first bytes at 1.5 RTT).
+    // with the client's first bytes at 1.5 RTT). The client's bytes are read from the start:
+    // a client that writes before its connect() would have returned on a real link (a TLS
+    // ClientHello right after it) has them at the server at 1.5 RTT, not later.
     let server_open = accepted + link.handshake;
-    tokio::time::sleep_until(server_open).await;
-    let server = match TcpStream::connect(target).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("latency_proxy: connect to {target}: {e}");
-            return;
-        }
-    };
     let _ = client.set_nodelay(true);
-    let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
-    let (server_read, server_write) = server.into_split();
+    let (server_write_tx, server_write_rx) = tokio::sync::oneshot::channel::<OwnedWriteHalf>();
     let up = Pipe {
         link: link.clone(),
         id,
@@ -389,10 +392,22 @@ async fn serve_connection(link: Arc<Link>, client: TcpStream, port: u16, target:
         direction: Direction::ServerToClient,
         not_before: server_open,
     };
-    tokio::join!(
-        up.run(client_read, server_write),
-        down.run(server_read, client_write)
-    );
+    let up = tokio::spawn(up.run(client_read, async move { server_write_rx.await.ok() }));
+    tokio::time::sleep_until(server_open).await;
+    let server = match TcpStream::connect(target).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("latency_proxy: connect to {target}: {e}");
+            up.abort();
+            return;
+        }
+    };
+    let _ = server.set_nodelay(true);
+    let (server_read, server_write) = server.into_split();
+    let _ = server_write_tx.send(server_write);
+    down.run(server_read, async move { Some(client_write) })
+        .await;
+    let _ = up.await;
     let closed = Instant::now();
     trace.emit(format!(
         "{:.3}\t{:.3}\t{id}\t{kind}\tclose\t{port}\t",
