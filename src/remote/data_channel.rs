@@ -134,18 +134,20 @@ fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// The data connection of an active-mode transfer, accepted from the server and secured.
+/// The data connection of one transfer or listing, opened by ferrysync in either mode (accepted
+/// from the server in active mode, connected to it in passive mode, see `passive.rs`) and
+/// secured.
 ///
-/// Like suppaftp's `TransferStream`, it must be closed with `Session::finish`, which reads the
-/// server's completion reply. One dropped without it sets `reply_pending`, and the session
-/// reads that reply before its next command, so the control connection stays in step.
-pub struct ActiveTransfer {
+/// It must be closed with `Session::finish`, which reads the server's completion reply. One
+/// dropped without it sets `reply_pending`, and the session reads that reply before its next
+/// command, so the control connection stays in step.
+pub struct DataTransfer {
     pub(crate) socket: Option<SocketStream<FlushingTlsStream>>,
     pub(crate) upload: bool,
     pub(crate) reply_pending: Arc<AtomicBool>,
 }
 
-impl ActiveTransfer {
+impl DataTransfer {
     /// Takes the socket out for closing; the transfer's reply is then the closer's to read.
     pub(crate) fn take_socket(&mut self) -> Option<SocketStream<FlushingTlsStream>> {
         self.socket.take()
@@ -161,7 +163,7 @@ impl ActiveTransfer {
     }
 }
 
-impl Drop for ActiveTransfer {
+impl Drop for DataTransfer {
     fn drop(&mut self) {
         if self.socket.take().is_some() {
             self.reply_pending.store(true, Ordering::Release);
@@ -169,7 +171,7 @@ impl Drop for ActiveTransfer {
     }
 }
 
-impl AsyncRead for ActiveTransfer {
+impl AsyncRead for DataTransfer {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -182,7 +184,7 @@ impl AsyncRead for ActiveTransfer {
     }
 }
 
-impl AsyncWrite for ActiveTransfer {
+impl AsyncWrite for DataTransfer {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

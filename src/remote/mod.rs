@@ -12,6 +12,8 @@ pub(crate) mod error;
 mod features;
 pub(crate) mod listing;
 mod listing_read;
+mod passive;
+mod pipelined;
 pub(crate) mod probe;
 pub(crate) mod session;
 pub(crate) mod tls;

@@ -4,87 +4,36 @@
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use suppaftp::tokio::{AsyncDataStream, AsyncTlsConnector, TransferStream};
-use suppaftp::{FtpError, Mode, Status};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use suppaftp::tokio::{AsyncDataStream, AsyncTlsConnector};
+use suppaftp::types::Response;
+use suppaftp::{FtpError, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{DataMode, ListingCaps, PassiveAddress, Remote};
 use crate::remote::connect::{Control, Dialer, FtpStream};
-use crate::remote::data_channel::{self, ActiveTransfer};
+use crate::remote::data_channel::{self, DataTransfer};
 use crate::remote::digest::{digest_in_reply, DigestAlgorithm, DigestCommand};
 use crate::remote::error::{map_err, reply_text, timeout_err, FtpsError};
 use crate::remote::features::{
     check_listing_complete, listing_limit, sha256_in_reply, Features, Sha256Command,
 };
 use crate::remote::listing_read::{read_listing_lines, ReadListingError};
-use crate::remote::tls::{FlushingTlsStream, TlsConnector, TlsContext};
+use crate::remote::passive::{self, DataOpenError, OpenedAhead, PassiveAttempt};
+use crate::remote::pipelined::{self, Pipelined};
+use crate::remote::tls::{ControlProgress, FlushingTlsStream, TlsConnector, TlsContext};
 
 /// The replies that end a successful transfer.
 const TRANSFER_COMPLETE: &[Status] =
     &[Status::ClosingDataConnection, Status::RequestedFileActionOk];
 
-/// The data connection of a STOR or RETR: passive (suppaftp's) or active (ours, see
-/// [`data_channel`]). Read or write it, then close it with [`Session::finish`].
-pub enum DataStream {
-    Passive(TransferStream<FlushingTlsStream>),
-    Active(ActiveTransfer),
-}
-
-impl AsyncRead for DataStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            DataStream::Passive(s) => Pin::new(s).poll_read(cx, buf),
-            DataStream::Active(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for DataStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            DataStream::Passive(s) => Pin::new(s).poll_write(cx, buf),
-            DataStream::Active(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            DataStream::Passive(s) => Pin::new(s).poll_flush(cx),
-            DataStream::Active(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            DataStream::Passive(s) => Pin::new(s).poll_shutdown(cx),
-            DataStream::Active(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-/// What the passive stream builder did during the current data command: the address the
-/// server announced, where ferrysync connected instead (`passive_address`), and whether the
-/// connection opened. Read after a failure to say which address failed and why.
-#[derive(Debug, Clone, Copy, Default)]
-struct PassiveAttempt {
-    announced: Option<SocketAddr>,
-    target: Option<SocketAddr>,
-    connected: bool,
-}
+/// The data connection of a STOR, RETR or listing, passive or active, opened by ferrysync (see
+/// [`crate::remote::passive`] and [`data_channel`]). Read or write it, then close it with
+/// [`Session::finish`].
+pub use crate::remote::data_channel::DataTransfer as DataStream;
 
 /// How a data connection was opened (see [`Session::last_data_connection`]).
 #[derive(Debug, Clone)]
@@ -125,6 +74,16 @@ pub struct Session {
     /// The offset of the next STOR or RETR (REST), from [`Session::restart_at`].
     restart: Option<u64>,
     passive_attempt: Arc<Mutex<PassiveAttempt>>,
+    /// A replaced PASV address was logged once this run.
+    passive_noted: Arc<AtomicBool>,
+    /// Over TLS, where command lines are written ahead of their replies (see
+    /// [`Session::pipelined`]); `None` on plain FTP, which sends one command at a time.
+    ahead: Option<Arc<ControlProgress>>,
+    /// Run-wide: the server takes commands sent together concurrently, so none are.
+    one_at_a_time: Arc<AtomicBool>,
+    /// The next passive data connection, asked for (EPSV) in the flight of an earlier
+    /// transfer's last commands and opening since.
+    opened_ahead: Option<OpenedAhead>,
     /// An active transfer was dropped without [`Session::finish`]: its reply comes first.
     active_reply_pending: Arc<AtomicBool>,
     /// See [`listing_limit`].
@@ -156,8 +115,11 @@ impl Session {
         let asked = std::time::Instant::now();
         dialer.binary(&mut ftp).await?;
         let rtt = feat_took.min(asked.elapsed());
-        let (ftp, passive_attempt) =
-            with_passive_builder(ftp, addr, remote.passive_address, tls, &dialer.server);
+        let one_at_a_time = tls.one_command_at_a_time();
+        let ahead = data_tls
+            .as_ref()
+            .filter(|_| !one_at_a_time.load(Ordering::Relaxed))
+            .map(TlsConnector::control_progress);
         let limit = ftp.get_welcome_msg().and_then(listing_limit);
         Ok(Session {
             ftp,
@@ -175,7 +137,11 @@ impl Session {
             epsv_refused: false,
             eprt_refused: false,
             restart: None,
-            passive_attempt,
+            passive_attempt: Arc::new(Mutex::new(PassiveAttempt::default())),
+            passive_noted: tls.passive_substitution_note(),
+            ahead,
+            one_at_a_time,
+            opened_ahead: None,
             active_reply_pending: Arc::new(AtomicBool::new(false)),
             listing_limit: limit,
             listing_caps: remote.listing_caps,
@@ -191,7 +157,8 @@ impl Session {
     /// The control connection speaks TLS 1.3 and has no session ticket left: its next data
     /// connection would need a full handshake, which servers requiring session reuse refuse.
     pub(crate) fn data_resumption_exhausted(&self) -> bool {
-        self.resumption.as_ref().is_some_and(|r| r.exhausted())
+        // A data connection opened ahead already holds its ticket.
+        self.opened_ahead.is_none() && self.resumption.as_ref().is_some_and(|r| r.exhausted())
     }
 
     /// The address the control connection went to.
@@ -264,28 +231,34 @@ impl Session {
     pub async fn list_dir(&mut self, dir: &str) -> Result<(Vec<String>, bool), FtpsError> {
         // CWD first and list without an argument: some servers (vsftpd) glob a LIST argument,
         // so a directory named `[x]` or `a*` would list the wrong thing.
-        let d = dir.to_string();
-        self.step("CWD", dir, |f| Box::pin(f.cwd(d))).await?;
+        // In passive mode the EPSV goes out with the CWD, in one flight.
+        let mut cwd = vec![Pipelined::new(
+            "CWD",
+            dir,
+            format!("CWD {dir}"),
+            &[Status::CommandOk, Status::RequestedFileActionOk],
+        )];
+        let epsv = self.opens_ahead();
+        if epsv {
+            cwd.push(Pipelined::epsv());
+        }
+        let mut replies = self.pipelined(cwd).await?.into_iter();
+        if let Some(cwd) = replies.next() {
+            cwd?;
+        }
+        if let Some(epsv) = replies.next() {
+            self.open_ahead(epsv);
+        }
         let mlsd = self.features.mlsd;
         // A listing never resumes: an offset left by a failed transfer is dropped here.
         self.restart = None;
         let command = if mlsd { "MLSD" } else { "LIST" };
         let mut stream = if self.data_mode == DataMode::Active {
-            let t = self
-                .open_active(command, dir, command.to_string(), false, None)
-                .await?;
-            DataStream::Active(t)
+            self.open_active(command, dir, command.to_string(), false, None)
+                .await?
         } else {
-            let t = self
-                .data_command(command, dir, None, move |f| {
-                    Box::pin(async move {
-                        f.custom_data_command(command, &[Status::AboutToSend, Status::AlreadyOpen])
-                            .await
-                            .map(|(_, stream)| stream)
-                    })
-                })
-                .await?;
-            DataStream::Passive(t)
+            self.open_passive(command, dir, command.to_string(), false, None)
+                .await?
         };
         let lines = match read_listing_lines(&mut stream, &self.listing_caps, self.timeout).await {
             Ok(lines) => lines,
@@ -321,83 +294,16 @@ impl Session {
         Ok((lines, mlsd))
     }
 
-    /// A passive data-connection command: EPSV, or PASV once the server refused EPSV. `restart`
-    /// is the REST offset of a STOR or RETR, armed again for the PASV attempt.
-    async fn data_command<T>(
-        &mut self,
-        command: &'static str,
-        path: &str,
-        restart: Option<u64>,
-        f: impl for<'a> Fn(
-            &'a mut FtpStream,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<T, FtpError>> + Send + 'a>,
-        >,
-    ) -> Result<T, FtpsError> {
-        self.read_abandoned_transfer_reply().await?;
-        let first = self.try_passive(path, restart, &f).await?;
-        // Any 5xx before the stream builder ran answers EPSV itself (vsftpd's cmds_denied says
-        // `550 Permission denied.`, others `500`/`502`): REST and the command come after it.
-        let epsv_refused = !self.epsv_refused
-            && self.attempt().announced.is_none()
-            && matches!(&first, Ok(Err(FtpError::UnexpectedResponse(r)))
-                if (500..600).contains(&r.status.code()));
-        if !epsv_refused {
-            return self.passive_outcome(command, path, first);
-        }
-        if let Ok(Err(FtpError::UnexpectedResponse(r))) = &first {
-            tracing::info!(server = %self.server, "EPSV refused (`{}`), using PASV", reply_text(r));
-        }
-        self.epsv_refused = true;
-        self.ftp.set_mode(Mode::Passive);
-        let second = self.try_passive(path, restart, &f).await?;
-        self.passive_outcome(command, path, second)
-    }
-
-    /// One try of a passive data command, with the REST offset armed first.
-    async fn try_passive<T>(
-        &mut self,
-        path: &str,
-        restart: Option<u64>,
-        f: &impl for<'a> Fn(
-            &'a mut FtpStream,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<T, FtpError>> + Send + 'a>,
-        >,
-    ) -> Result<Result<Result<T, FtpError>, tokio::time::error::Elapsed>, FtpsError> {
-        if let Some(offset) = restart {
-            let offset = usize::try_from(offset).unwrap_or(usize::MAX);
-            let armed = tokio::time::timeout(self.timeout, self.ftp.resume_transfer(offset)).await;
-            self.outcome("REST", path, armed)?;
-        }
-        if let Ok(mut a) = self.passive_attempt.lock() {
-            *a = PassiveAttempt::default();
-        }
-        Ok(tokio::time::timeout(self.timeout, f(&mut self.ftp)).await)
-    }
-
     fn attempt(&self) -> PassiveAttempt {
         self.passive_attempt.lock().map(|a| *a).unwrap_or_default()
     }
 
-    /// Maps a passive data command's result; a data connection that could not be opened is
-    /// reported with the address it went to, and why that address (see [`passive_connector`]).
-    fn passive_outcome<T>(
-        &self,
-        command: &'static str,
-        path: &str,
-        result: Result<Result<T, FtpError>, tokio::time::error::Elapsed>,
-    ) -> Result<T, FtpsError> {
+    /// A passive data connection that could not be opened: the address it went to, and why
+    /// that address (see [`data_channel::passive_target`]).
+    fn passive_failure(&self, command: &'static str, path: &str, failure: String) -> FtpsError {
         let attempt = self.attempt();
-        let (Some(announced), Some(target), false) =
-            (attempt.announced, attempt.target, attempt.connected)
-        else {
-            return self.outcome(command, path, result);
-        };
-        let failure = match &result {
-            Err(_) => format!("timed out after {}s", self.timeout.as_secs()),
-            Ok(Err(FtpError::ConnectionError(e))) => e.to_string(),
-            _ => return self.outcome(command, path, result),
+        let (Some(announced), Some(target)) = (attempt.announced, attempt.target) else {
+            return self.connection_err(command, path, failure);
         };
         let (source, hint) = if self.epsv_refused {
             passive_failure_text(
@@ -412,11 +318,284 @@ impl Session {
                 FIREWALL_HINT.to_string(),
             )
         };
-        Err(FtpsError::Connection {
-            server: self.server.clone(),
+        self.connection_err(
             command,
-            path: path.to_string(),
-            reason: format!("cannot open the data connection to {target}{source}: {failure}{hint}"),
+            path,
+            format!("cannot open the data connection to {target}{source}: {failure}{hint}"),
+        )
+    }
+
+    // ---- commands written ahead of their replies
+
+    /// Sends `commands` in one flight and reads their replies: one round trip for all of them.
+    /// Only for commands whose order is fixed and which the server takes one after the other
+    /// whatever the replies, with success replies that tell them apart (see
+    /// [`pipelined::attribute`]): each reply is still checked, a failed command is its entry's
+    /// error, and a later command may then fail too, as RNTO does after a refused RNFR. Plain
+    /// FTP sends them one at a time.
+    ///
+    /// The outer error is the control connection's: a timeout, a closed connection, a reply
+    /// that does not parse. The connection is out of step then, as after any failed command.
+    pub(crate) async fn pipelined(
+        &mut self,
+        commands: Vec<Pipelined>,
+    ) -> Result<Vec<Result<Response, FtpsError>>, FtpsError> {
+        self.read_abandoned_transfer_reply().await?;
+        let mut lines = Vec::new();
+        for c in &commands {
+            lines.extend_from_slice(&c.encoded().map_err(|e| self.err(c.name, &c.path, e))?);
+        }
+        let Some(ahead) = &self.ahead else {
+            return self.pipelined_one_at_a_time(&commands).await;
+        };
+        ahead.write_ahead(&lines);
+        let mut replies = Vec::with_capacity(commands.len());
+        for c in &commands {
+            let read =
+                tokio::time::timeout(self.timeout, self.ftp.read_response_in(c.expect)).await;
+            replies.push(self.reply_of(c, read)?.unwrap_or_else(|r| r));
+        }
+        let expects: Vec<&[Status]> = commands.iter().map(|c| c.expect).collect();
+        let (attributed, reordered) = pipelined::attribute(&expects, replies);
+        if reordered {
+            tracing::debug!(server = %self.server, "the server answered commands sent together out of order; matched by their reply codes");
+        }
+        Ok(attributed
+            .into_iter()
+            .zip(&commands)
+            .map(|(r, c)| r.map_err(|r| self.refused(c, r)))
+            .collect())
+    }
+
+    /// The commands of a batch one at a time, each after the reply to the one before.
+    async fn pipelined_one_at_a_time(
+        &mut self,
+        commands: &[Pipelined],
+    ) -> Result<Vec<Result<Response, FtpsError>>, FtpsError> {
+        let mut replies = Vec::with_capacity(commands.len());
+        for c in commands {
+            let sent = tokio::time::timeout(
+                self.timeout,
+                self.ftp.custom_command(c.line.clone(), c.expect),
+            )
+            .await;
+            replies.push(self.reply_of(c, sent)?.map_err(|r| self.refused(c, r)));
+        }
+        Ok(replies)
+    }
+
+    /// One reply of [`Session::pipelined`], as read: `Ok` a reply the command expects, `Err`
+    /// another; the outer error is the connection's (a timeout, a closed connection).
+    fn reply_of(
+        &self,
+        c: &Pipelined,
+        read: Result<Result<Response, FtpError>, tokio::time::error::Elapsed>,
+    ) -> Result<Result<Response, Response>, FtpsError> {
+        match read {
+            Ok(Err(FtpError::UnexpectedResponse(r))) => Ok(Err(r)),
+            other => self.outcome(c.name, &c.path, other).map(Ok),
+        }
+    }
+
+    /// The error of a command the server refused with `reply`.
+    fn refused(&self, c: &Pipelined, reply: Response) -> FtpsError {
+        self.err(c.name, &c.path, FtpError::UnexpectedResponse(reply))
+    }
+
+    /// Whether the next data connection can be asked for ahead, in the flight of the commands
+    /// before it: passive mode over TLS (commands written ahead) with EPSV, none already
+    /// opening, and, under TLS 1.3, a ticket for it to resume.
+    pub(crate) fn opens_ahead(&self) -> bool {
+        self.ahead.is_some()
+            && self.data_mode != DataMode::Active
+            && !self.epsv_refused
+            && self.opened_ahead.is_none()
+            && !self.data_resumption_exhausted()
+    }
+
+    /// Starts opening the data connection of an EPSV reply read by [`Session::pipelined`]. A
+    /// refused or unreadable EPSV is left to the data command, which asks again.
+    pub(crate) fn open_ahead(&mut self, epsv: Result<Response, FtpsError>) {
+        let port = epsv
+            .ok()
+            .and_then(|r| r.as_string().ok())
+            .and_then(|text: String| passive::epsv_port(&text));
+        if let Some(port) = port {
+            let target = SocketAddr::new(self.control_peer.ip(), port);
+            self.opened_ahead = Some(self.start_connecting(target, target));
+        }
+    }
+
+    /// Starts connecting to `target` for a passive data connection announced as `announced`.
+    fn start_connecting(&self, announced: SocketAddr, target: SocketAddr) -> OpenedAhead {
+        if let Ok(mut a) = self.passive_attempt.lock() {
+            *a = PassiveAttempt {
+                announced: Some(announced),
+                target: Some(target),
+                connected: false,
+            };
+        }
+        OpenedAhead::start(
+            target,
+            self.data_tls.clone(),
+            self.tls_domain.clone(),
+            self.passive_attempt.clone(),
+        )
+    }
+
+    /// EPSV, or PASV once the server refused EPSV (any 5xx: vsftpd's cmds_denied says `550
+    /// Permission denied.`, others `500`/`502`): where the data connection goes, which starts
+    /// opening at once.
+    async fn enter_passive(
+        &mut self,
+        command: &'static str,
+        path: &str,
+    ) -> Result<OpenedAhead, FtpsError> {
+        if !self.epsv_refused {
+            let reply = tokio::time::timeout(
+                self.timeout,
+                self.ftp
+                    .custom_command("EPSV", &[Status::ExtendedPassiveMode]),
+            )
+            .await;
+            match reply {
+                Ok(Err(FtpError::UnexpectedResponse(r)))
+                    if (500..600).contains(&r.status.code()) =>
+                {
+                    tracing::info!(server = %self.server, "EPSV refused (`{}`), using PASV", reply_text(&r));
+                    self.epsv_refused = true;
+                }
+                other => {
+                    let r = self.outcome(command, path, other)?;
+                    let text = r.as_string().unwrap_or_default();
+                    let port = passive::epsv_port(&text).ok_or_else(|| {
+                        self.connection_err(
+                            command,
+                            path,
+                            format!("the server's EPSV reply `{}` names no port", text.trim()),
+                        )
+                    })?;
+                    let target = SocketAddr::new(self.control_peer.ip(), port);
+                    return Ok(self.start_connecting(target, target));
+                }
+            }
+        }
+        let reply = tokio::time::timeout(
+            self.timeout,
+            self.ftp.custom_command("PASV", &[Status::PassiveMode]),
+        )
+        .await;
+        let r = self.outcome(command, path, reply)?;
+        let text = r.as_string().unwrap_or_default();
+        let announced = passive::pasv_address(&text).ok_or_else(|| {
+            self.connection_err(
+                command,
+                path,
+                format!("the server's PASV reply `{}` names no address", text.trim()),
+            )
+        })?;
+        let announced = SocketAddr::V4(announced);
+        let ip = data_channel::passive_target(
+            announced.ip(),
+            self.control_peer.ip(),
+            self.passive_address,
+        );
+        let target = SocketAddr::new(ip, announced.port());
+        if ip.to_canonical() != announced.ip().to_canonical() {
+            passive::note_substitution(
+                &self.passive_noted,
+                &self.server,
+                announced,
+                target,
+                policy_name(self.passive_address),
+            );
+        }
+        Ok(self.start_connecting(announced, target))
+    }
+
+    /// Opens a passive data connection for `line` (`STOR path`, `RETR path`, `MLSD`): the one
+    /// opened ahead if there is one, else EPSV (PASV); then REST and the command, while the
+    /// TCP and TLS handshakes run; then the connection, once the server took it.
+    async fn open_passive(
+        &mut self,
+        command: &'static str,
+        path: &str,
+        line: String,
+        upload: bool,
+        restart: Option<u64>,
+    ) -> Result<DataTransfer, FtpsError> {
+        self.read_abandoned_transfer_reply().await?;
+        let connecting = match self.opened_ahead.take().filter(OpenedAhead::fresh) {
+            Some(c) => c,
+            None => self.enter_passive(command, path).await?,
+        };
+        if let Some(offset) = restart {
+            self.rest(path, offset).await?;
+        }
+        let mut connecting = connecting;
+        // The command's reply, or the connection's failure if that comes first: a server
+        // (vsftpd) answers the command only once the connection arrived, after its own timeout.
+        let (started, opened) = {
+            let started = tokio::time::timeout(
+                self.timeout,
+                self.ftp
+                    .custom_command(line, &[Status::AboutToSend, Status::AlreadyOpen]),
+            );
+            tokio::pin!(started);
+            tokio::select! {
+                biased;
+                started = &mut started => (Some(started), None),
+                opened = connecting.join() => match opened {
+                    Err(DataOpenError::Connect(e)) => (None, Some(Err(DataOpenError::Connect(e)))),
+                    opened => (Some(started.await), Some(opened)),
+                },
+            }
+        };
+        // From here on the server owes a reply, whatever happens to the connection.
+        let pending = self.active_reply_pending.clone();
+        let Some(started) = started else {
+            pending.store(true, Ordering::Release);
+            let failure = match opened {
+                Some(Err(DataOpenError::Connect(e))) => e.to_string(),
+                _ => "the data connection failed".to_string(),
+            };
+            return Err(self.passive_failure(command, path, failure));
+        };
+        // Refused: the connection opening is dropped (its task aborted), no reply is owed.
+        self.outcome(command, path, started)?;
+        let opened = match opened {
+            Some(opened) => Some(opened),
+            None => connecting.connected(self.timeout).await,
+        };
+        let socket = match opened {
+            Some(Ok(socket)) => Ok(socket),
+            Some(Err(DataOpenError::Connect(e))) => {
+                Err(self.passive_failure(command, path, e.to_string()))
+            }
+            Some(Err(DataOpenError::Tls(why))) => Err(self.connection_err(
+                command,
+                path,
+                format!("TLS handshake on the data connection failed: {why}"),
+            )),
+            None if self.attempt().connected => Err(self.connection_err(
+                command,
+                path,
+                format!(
+                    "TLS handshake on the data connection failed: timed out after {}s",
+                    self.timeout.as_secs()
+                ),
+            )),
+            None => Err(self.passive_failure(
+                command,
+                path,
+                format!("timed out after {}s", self.timeout.as_secs()),
+            )),
+        };
+        let socket = socket.inspect_err(|_| pending.store(true, Ordering::Release))?;
+        Ok(DataTransfer {
+            socket: Some(socket),
+            upload,
+            reply_pending: pending,
         })
     }
 
@@ -452,14 +631,55 @@ impl Session {
 
     /// Sets a file's modification time with MFMT (only called where FEAT offers it).
     pub(crate) async fn set_mtime(&mut self, path: &str, unix_secs: i64) -> Result<(), FtpsError> {
-        let stamp = chrono::DateTime::from_timestamp(unix_secs, 0)
-            .map(|t| t.format("%Y%m%d%H%M%S").to_string())
-            .unwrap_or_else(|| "19700101000000".to_string());
-        let cmd = format!("MFMT {stamp} {path}");
+        let cmd = mfmt_line(path, unix_secs);
         self.step("MFMT", path, |f| {
             Box::pin(async move { f.custom_command(cmd, &[Status::File]).await.map(|_| ()) })
         })
         .await
+    }
+
+    /// What follows a STOR to `path`, in one flight: SIZE (where `size` and the server offers
+    /// it; `None` otherwise) and the next data connection's EPSV (see [`Session::opens_ahead`]).
+    pub(crate) async fn size_after_store(
+        &mut self,
+        path: &str,
+        size: bool,
+    ) -> Result<Option<u64>, FtpsError> {
+        let size = size && self.features.size;
+        let mut batch = Vec::new();
+        if size {
+            batch.push(Pipelined::new(
+                "SIZE",
+                path,
+                format!("SIZE {path}"),
+                &[Status::File],
+            ));
+        }
+        if self.opens_ahead() {
+            batch.push(Pipelined::epsv());
+        }
+        let mut replies = self.pipelined(batch).await?.into_iter();
+        let stored = match size {
+            false => None,
+            true => {
+                let reply = replies
+                    .next()
+                    .ok_or_else(|| self.connection_err("SIZE", path, "no reply".into()))??;
+                let text = reply.as_string().unwrap_or_default();
+                let parsed = size_in_reply(&text).ok_or_else(|| FtpsError::Reply {
+                    server: self.server.clone(),
+                    command: "SIZE",
+                    path: path.to_string(),
+                    code: reply.status.code(),
+                    reply: format!("no size in the reply `{}`", text.trim()),
+                });
+                Some(parsed)
+            }
+        };
+        if let Some(epsv) = replies.next() {
+            self.open_ahead(epsv);
+        }
+        stored.transpose()
     }
 
     /// The server's SHA-256 of `path`, where it offers a hash command (see [`Features`]).
@@ -589,36 +809,24 @@ impl Session {
     pub(crate) async fn store(&mut self, path: &str) -> Result<DataStream, FtpsError> {
         let restart = self.restart.take();
         if self.data_mode == DataMode::Active {
-            let t = self
+            return self
                 .open_active("STOR", path, format!("STOR {path}"), true, restart)
-                .await?;
-            return Ok(DataStream::Active(t));
+                .await;
         }
-        let p = path.to_string();
-        self.data_command("STOR", path, restart, move |f| {
-            let p = p.clone();
-            Box::pin(async move { f.put_with_stream(p).await })
-        })
-        .await
-        .map(DataStream::Passive)
+        self.open_passive("STOR", path, format!("STOR {path}"), true, restart)
+            .await
     }
 
     /// Opens a RETR of `path`; read the bytes, then [`Session::finish`].
     pub async fn retrieve(&mut self, path: &str) -> Result<DataStream, FtpsError> {
         let restart = self.restart.take();
         if self.data_mode == DataMode::Active {
-            let t = self
+            return self
                 .open_active("RETR", path, format!("RETR {path}"), false, restart)
-                .await?;
-            return Ok(DataStream::Active(t));
+                .await;
         }
-        let p = path.to_string();
-        self.data_command("RETR", path, restart, move |f| {
-            let p = p.clone();
-            Box::pin(async move { f.retr_as_stream(p).await })
-        })
-        .await
-        .map(DataStream::Passive)
+        self.open_passive("RETR", path, format!("RETR {path}"), false, restart)
+            .await
     }
 
     /// Closes a data connection (close_notify, then the server's 226).
@@ -628,27 +836,20 @@ impl Session {
         path: &str,
         stream: DataStream,
     ) -> Result<(), FtpsError> {
-        let finished = match stream {
-            DataStream::Passive(stream) => {
-                let result = tokio::time::timeout(self.timeout, stream.finish()).await;
-                self.outcome(command, path, result)
-            }
-            DataStream::Active(mut transfer) => {
-                let Some(socket) = transfer.take_socket() else {
-                    return Ok(());
-                };
-                let result = tokio::time::timeout(
-                    self.timeout,
-                    finish_active(&mut self.ftp, socket, transfer.upload),
-                )
-                .await;
-                if result.is_err() {
-                    // The reply may still come: the next command reads it first.
-                    self.active_reply_pending.store(true, Ordering::Release);
-                }
-                self.outcome(command, path, result)
-            }
+        let mut transfer = stream;
+        let Some(socket) = transfer.take_socket() else {
+            return Ok(());
         };
+        let result = tokio::time::timeout(
+            self.timeout,
+            finish_transfer(&mut self.ftp, socket, transfer.upload),
+        )
+        .await;
+        if result.is_err() {
+            // The reply may still come: the next command reads it first.
+            self.active_reply_pending.store(true, Ordering::Release);
+        }
+        let finished = self.outcome(command, path, result);
         if finished.is_ok() {
             self.data_transfer_completed();
         }
@@ -692,12 +893,12 @@ impl Session {
         line: String,
         upload: bool,
         restart: Option<u64>,
-    ) -> Result<ActiveTransfer, FtpsError> {
+    ) -> Result<DataTransfer, FtpsError> {
         self.read_abandoned_transfer_reply().await?;
         let (listener, listening) = self.listen(command, path)?;
         self.announce_listener(path, listening).await?;
         if let Some(offset) = restart {
-            self.rest_active(path, offset).await?;
+            self.rest(path, offset).await?;
         }
         self.start_active(command, path, line, listening).await?;
         // From here on the server owes a completion reply, whatever happens to the connection.
@@ -707,7 +908,7 @@ impl Session {
             Err(e) => Err(e),
         };
         let socket = connected.inspect_err(|_| pending.store(true, Ordering::Release))?;
-        Ok(ActiveTransfer {
+        Ok(DataTransfer {
             socket: Some(socket),
             upload,
             reply_pending: pending,
@@ -734,7 +935,7 @@ impl Session {
     }
 
     /// REST before an active STOR or RETR.
-    async fn rest_active(&mut self, path: &str, offset: u64) -> Result<(), FtpsError> {
+    async fn rest(&mut self, path: &str, offset: u64) -> Result<(), FtpsError> {
         let rest = format!("REST {offset}");
         self.step("REST", path, move |f| {
             Box::pin(async move {
@@ -944,84 +1145,25 @@ fn policy_name(p: PassiveAddress) -> &'static str {
     }
 }
 
-/// Makes passive data connections EPSV (PASV once the server refuses it) through
-/// [`passive_connector`]; returns the record of each attempt the connector keeps.
-fn with_passive_builder(
-    mut ftp: FtpStream,
-    control_peer: SocketAddr,
-    policy: PassiveAddress,
-    tls: &TlsContext,
-    server: &str,
-) -> (FtpStream, Arc<Mutex<PassiveAttempt>>) {
-    ftp.set_mode(Mode::ExtendedPassive);
-    let attempt = Arc::new(Mutex::new(PassiveAttempt::default()));
-    let ftp = ftp.passive_stream_builder(passive_connector(
-        control_peer,
-        policy,
-        attempt.clone(),
-        tls.passive_substitution_note(),
-        server.to_string(),
-    ));
-    (ftp, attempt)
+/// The MFMT line setting `path`'s time to `unix_secs` (UTC, whole seconds).
+fn mfmt_line(path: &str, unix_secs: i64) -> String {
+    let stamp = chrono::DateTime::from_timestamp(unix_secs, 0)
+        .map(|t| t.format("%Y%m%d%H%M%S").to_string())
+        .unwrap_or_else(|| "19700101000000".to_string());
+    format!("MFMT {stamp} {path}")
 }
 
-/// The stream builder of passive data connections: connects where [`data_channel::passive_target`]
-/// says, records the attempt for errors, and logs a substituted address once per run.
-fn passive_connector(
-    control_peer: SocketAddr,
-    policy: PassiveAddress,
-    attempt: Arc<Mutex<PassiveAttempt>>,
-    noted: Arc<AtomicBool>,
-    server: String,
-) -> impl Fn(
-    SocketAddr,
-) -> Pin<
-    Box<dyn std::future::Future<Output = Result<tokio::net::TcpStream, FtpError>> + Send + Sync>,
-> + Send
-       + Sync
-       + 'static {
-    move |announced: SocketAddr| {
-        let ip = data_channel::passive_target(announced.ip(), control_peer.ip(), policy);
-        let target = SocketAddr::new(ip, announced.port());
-        if ip.to_canonical() != announced.ip().to_canonical() {
-            if noted.swap(true, Ordering::Relaxed) {
-                tracing::debug!(%server, "PASV named {}, connecting to {target}", announced.ip());
-            } else {
-                tracing::info!(
-                    %server,
-                    "the server's PASV reply names {}, not the control connection's address; connecting to {} instead, with the reply's port (remote.passive_address: {}; `server` would use the reply's address)",
-                    announced.ip(),
-                    control_peer.ip(),
-                    policy_name(policy)
-                );
-            }
-        }
-        if let Ok(mut a) = attempt.lock() {
-            *a = PassiveAttempt {
-                announced: Some(announced),
-                target: Some(target),
-                connected: false,
-            };
-        }
-        let attempt = attempt.clone();
-        Box::pin(async move {
-            let tcp = tokio::net::TcpStream::connect(target)
-                .await
-                .map_err(FtpError::ConnectionError)?;
-            let _ = tcp.set_nodelay(true);
-            if let Ok(mut a) = attempt.lock() {
-                a.connected = true;
-            }
-            Ok(tcp)
-        })
-    }
+/// The size in a SIZE reply (`213 4096`).
+fn size_in_reply(text: &str) -> Option<u64> {
+    let mut words = text.split_whitespace();
+    (words.next()? == "213").then_some(())?;
+    words.next()?.parse().ok()
 }
 
-/// Closes an active data connection and reads the server's verdict on the transfer, as
-/// suppaftp's `TransferStream::finish` does for passive ones: close_notify first; after an
+/// Closes a data connection and reads the server's verdict on the transfer: close_notify first; after an
 /// upload over TLS, wait for the server's close (unread TLS 1.3 tickets would otherwise make
 /// the OS reset the connection and the server report a failed upload); then the reply.
-async fn finish_active(
+async fn finish_transfer(
     ftp: &mut FtpStream,
     mut socket: AsyncDataStream<FlushingTlsStream>,
     upload: bool,
@@ -1068,24 +1210,78 @@ fn listing_read_error(
 /// The commands whose reply the audit record keeps (see `state/audit.rs`): the reply that
 /// confirmed a file's change, as the server worded it.
 impl Session {
-    /// RNFR + RNTO; returns the server's reply to RNTO (e.g. `250 Rename successful.`).
+    /// RNFR/RNTO; returns the server's reply to RNTO (e.g. `250 Rename successful.`).
     pub(crate) async fn rename_replied(
         &mut self,
         from: &str,
         to: &str,
     ) -> Result<String, FtpsError> {
-        let (rnfr, rnto) = (format!("RNFR {from}"), format!("RNTO {to}"));
-        self.step("RNFR/RNTO", to, |f| {
-            Box::pin(async move {
-                f.custom_command(rnfr, &[Status::RequestFilePending])
-                    .await?;
-                // Some non-compliant servers reply 200 instead of 250 (as suppaftp allows).
-                f.custom_command(rnto, &[Status::RequestedFileActionOk, Status::CommandOk])
-                    .await
-            })
-        })
-        .await
-        .map(|r| reply_text(&r))
+        self.rename_dated(from, to, None)
+            .await
+            .map(|(reply, _)| reply)
+    }
+
+    /// RNFR/RNTO, after MFMT to `mtime` (whole seconds since the epoch, where given and offered)
+    /// on `from`, all in one flight: a rename keeps the time. Returns the server's reply to
+    /// RNTO, and MFMT's outcome where it was sent.
+    pub(crate) async fn rename_dated(
+        &mut self,
+        from: &str,
+        to: &str,
+        mtime: Option<i64>,
+    ) -> Result<(String, Option<Result<(), FtpsError>>), FtpsError> {
+        let mut batch = Vec::new();
+        let mtime = mtime.filter(|_| self.features.mfmt);
+        if let Some(secs) = mtime {
+            batch.push(Pipelined::new(
+                "MFMT",
+                from,
+                mfmt_line(from, secs),
+                &[Status::File],
+            ));
+        }
+        // A refused RNFR makes the server refuse the RNTO too (503).
+        batch.push(Pipelined::new(
+            "RNFR",
+            from,
+            format!("RNFR {from}"),
+            &[Status::RequestFilePending],
+        ));
+        // Some non-compliant servers reply 200 instead of 250 (as suppaftp allows).
+        batch.push(Pipelined::new(
+            "RNTO",
+            to,
+            format!("RNTO {to}"),
+            &[Status::RequestedFileActionOk, Status::CommandOk],
+        ));
+        let sent_together = self.ahead.is_some();
+        let mut replies = self.pipelined(batch.clone()).await?.into_iter();
+        let mut dated = mtime.and_then(|_| replies.next()).map(|r| r.map(|_| ()));
+        let (Some(rnfr), Some(mut rnto)) = (replies.next(), replies.next()) else {
+            return Err(self.connection_err("RNFR", from, "no reply".to_string()));
+        };
+        rnfr?;
+        if rnto.is_err() && sent_together {
+            // RNFR accepted and RNTO refused: a server that takes commands concurrently
+            // (libunftp) may have taken the RNTO while the RNFR was still being checked. Once
+            // more, one command at a time; if that works, this server gets no more batches.
+            let again = self
+                .pipelined_one_at_a_time(&batch[batch.len() - 2..])
+                .await?;
+            if let [Ok(_), Ok(_)] = &again[..] {
+                tracing::info!(server = %self.server, "the server took commands sent together concurrently (RNTO before its RNFR was done); sending it one command at a time from now on");
+                self.ahead = None;
+                self.one_at_a_time.store(true, Ordering::Relaxed);
+                if matches!(dated, Some(Err(_))) {
+                    // MFMT may have come after the rename too: on the final name now.
+                    if let Some(secs) = mtime {
+                        dated = Some(self.set_mtime(to, secs).await);
+                    }
+                }
+            }
+            rnto = again.into_iter().nth(1).unwrap_or(rnto);
+        }
+        Ok((reply_text(&rnto?), dated))
     }
 
     /// DELE; returns the server's reply (e.g. `250 Delete operation successful.`).
@@ -1307,8 +1503,8 @@ mod tests {
             port
         }
 
-        /// suppaftp reads the greeting and the reply to EPSV or PASV; ferrysync's connector
-        /// then picks the address. Whatever the server sends: no panic, an answer within the
+        /// suppaftp reads the greeting and the reply to EPSV or PASV; ferrysync parses the
+        /// reply (see [`passive`]) and picks the address. Whatever the server sends: no panic, an answer within the
         /// timeout, and a data connection only ever to the control connection's peer.
         fn passive_reply(
             greeting: Vec<u8>,
@@ -1326,7 +1522,20 @@ mod tests {
                 let run = async {
                     let ftp = suppaftp::tokio::AsyncFtpStream::connect(("127.0.0.1", port)).await?;
                     let peer: SocketAddr = ([127, 0, 0, 1], port).into();
-                    let mut ftp = ftp.passive_stream_builder(move |announced: SocketAddr| {
+                    let mut ftp = ftp;
+                    let (line, code) = if extended {
+                        ("EPSV", Status::ExtendedPassiveMode)
+                    } else {
+                        ("PASV", Status::PassiveMode)
+                    };
+                    let reply = ftp.custom_command(line, &[code]).await?;
+                    let text = reply.as_string().unwrap_or_default();
+                    let announced = if extended {
+                        passive::epsv_port(&text).map(|p| SocketAddr::new(peer.ip(), p))
+                    } else {
+                        passive::pasv_address(&text).map(SocketAddr::V4)
+                    };
+                    if let Some(announced) = announced {
                         let ip = data_channel::passive_target(
                             announced.ip(),
                             peer.ip(),
@@ -1335,18 +1544,8 @@ mod tests {
                         seen.lock()
                             .unwrap()
                             .push(SocketAddr::new(ip, announced.port()));
-                        Box::pin(async {
-                            Err(FtpError::ConnectionError(
-                                std::io::ErrorKind::ConnectionRefused.into(),
-                            ))
-                        })
-                    });
-                    ftp.set_mode(if extended {
-                        Mode::ExtendedPassive
-                    } else {
-                        Mode::Passive
-                    });
-                    ftp.list(None).await
+                    }
+                    Ok::<_, FtpError>(())
                 };
                 tokio::time::timeout(Duration::from_secs(10), run).await
             })

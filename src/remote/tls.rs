@@ -44,6 +44,9 @@ pub struct TlsContext {
     /// [`TlsContext::passive_substitution_note`]). The context is the one object every
     /// connection of a run shares, so this run-wide note lives here too.
     passive_substitution_noted: Arc<AtomicBool>,
+    /// The server took commands sent together concurrently rather than one after the other
+    /// (see [`TlsContext::one_command_at_a_time`]).
+    one_command_at_a_time: Arc<AtomicBool>,
     /// How the server's certificate is verified, for `ferrysync test`.
     verification: Verification,
     /// The handshakes of this context's connections, kept only once
@@ -226,6 +229,7 @@ impl TlsContext {
             used_tls13: Arc::new(AtomicBool::new(false)),
             unresumed_accepted: Arc::new(AtomicBool::new(false)),
             passive_substitution_noted: Arc::new(AtomicBool::new(false)),
+            one_command_at_a_time: Arc::new(AtomicBool::new(false)),
             verification,
             handshakes: Arc::new(HandshakeLog::default()),
         })
@@ -272,6 +276,13 @@ impl TlsContext {
     /// per run, not once per data connection.
     pub(crate) fn passive_substitution_note(&self) -> Arc<AtomicBool> {
         self.passive_substitution_noted.clone()
+    }
+
+    /// The run's flag "send this server one command at a time": set once the server was seen
+    /// to take commands sent together concurrently (libunftp refuses an RNTO that arrives while
+    /// its RNFR is still being checked), so the run's later connections do not pipeline.
+    pub(crate) fn one_command_at_a_time(&self) -> Arc<AtomicBool> {
+        self.one_command_at_a_time.clone()
     }
 
     /// A connector with a fresh client configuration: one per FTP connection.
@@ -502,10 +513,17 @@ impl TlsConnector {
 /// refusal of any of the three comes back as the same bare "unexpected reply". This tells them
 /// apart: no handshake yet means AUTH TLS was refused; after it, one line sent means PBSZ 0,
 /// two mean PROT P.
+///
+/// It also carries the control connection's commands written ahead (see
+/// [`ControlProgress::write_ahead`]): suppaftp sends one command and reads its reply, so a batch
+/// of commands whose order is fixed goes out through here, in one flight, and the session then
+/// reads their replies in order with suppaftp's `read_response_in`.
 #[derive(Debug, Default)]
 pub struct ControlProgress {
     secured: AtomicBool,
     lines: std::sync::atomic::AtomicUsize,
+    /// Command lines queued by [`ControlProgress::write_ahead`], not yet taken by the stream.
+    ahead: std::sync::Mutex<Vec<u8>>,
 }
 
 impl ControlProgress {
@@ -518,6 +536,31 @@ impl ControlProgress {
 
     fn handshake_done(&self) {
         self.secured.store(true, Ordering::Release);
+    }
+
+    /// Queues complete command lines (CRLF-terminated, checked by the caller) for the control
+    /// connection. They go out before anything else is written or read on it, so the next read
+    /// of a reply sends them first: the caller then reads one reply per line, in order.
+    pub(crate) fn write_ahead(&self, lines: &[u8]) {
+        if let Ok(mut ahead) = self.ahead.lock() {
+            ahead.extend_from_slice(lines);
+        }
+    }
+
+    /// Takes the queued lines out.
+    fn take_ahead(&self) -> Vec<u8> {
+        self.ahead
+            .lock()
+            .map(|mut a| std::mem::take(&mut *a))
+            .unwrap_or_default()
+    }
+
+    /// Puts back the part of taken lines that the socket did not accept yet, ahead of any
+    /// queued since.
+    fn put_back_ahead(&self, rest: &[u8]) {
+        if let Ok(mut ahead) = self.ahead.lock() {
+            ahead.splice(0..0, rest.iter().copied());
+        }
     }
 
     /// Counts the complete lines in bytes written to the control connection.
@@ -729,6 +772,36 @@ pub struct FlushingTlsStream {
 const FIN_AFTER_CLOSE_NOTIFY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl FlushingTlsStream {
+    /// Writes the control connection's queued lines (see [`ControlProgress::write_ahead`]) and
+    /// flushes them; `Pending` while the socket takes no more (the rest stays queued, in order).
+    fn poll_write_ahead(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let Some(control) = &self.control else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            let lines = control.take_ahead();
+            if lines.is_empty() {
+                break;
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &lines) {
+                Poll::Ready(Ok(n)) => {
+                    control.wrote(&lines[..n]);
+                    self.unflushed = true;
+                    control.put_back_ahead(&lines[n..]);
+                    if n == 0 {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    control.put_back_ahead(&lines);
+                    return Poll::Pending;
+                }
+            }
+        }
+        self.poll_pending_flush(cx)
+    }
+
     fn poll_pending_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         if self.unflushed {
             match Pin::new(&mut self.inner).poll_flush(cx) {
@@ -749,6 +822,10 @@ impl AsyncRead for FlushingTlsStream {
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         // Pending here only registers interest in writability; reading goes on regardless.
+        // Lines written ahead go out first: the reply about to be read may be to one of them.
+        if let Poll::Ready(Err(e)) = this.poll_write_ahead(cx) {
+            return Poll::Ready(Err(e));
+        }
         if let Poll::Ready(Err(e)) = this.poll_pending_flush(cx) {
             return Poll::Ready(Err(e));
         }
@@ -862,6 +939,12 @@ impl AsyncWrite for FlushingTlsStream {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        // Lines written ahead were queued first, so they go first.
+        match this.poll_write_ahead(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
         if let Poll::Ready(Err(e)) = this.poll_pending_flush(cx) {
             return Poll::Ready(Err(e));
         }

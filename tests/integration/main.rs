@@ -30,6 +30,7 @@ mod polish;
 mod probe;
 mod restricted_servers;
 mod resume;
+mod round_trips;
 mod safety;
 mod scenarios;
 mod settle;

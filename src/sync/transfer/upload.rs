@@ -261,7 +261,8 @@ async fn discard(session: &mut Session, paths: &UploadPaths<'_>, why: String) ->
 }
 
 /// Checks what the server holds under the temporary name, where the job asks for it: its SIZE
-/// and, after a resume, its SHA-256; discards it where either differs.
+/// and, after a resume, its SHA-256; discards it where either differs. The SIZE goes out with
+/// the next transfer's EPSV (see `Session::size_after_store`).
 async fn verify_on_server(
     session: &mut Session,
     job: &Job,
@@ -271,8 +272,10 @@ async fn verify_on_server(
     total: u64,
 ) -> Result<(), TransferError> {
     let rel = paths.rel;
-    if session.features.size && job.upload.verify {
-        let remote_size = session.size(&paths.temp_path).await?;
+    let stored = session
+        .size_after_store(&paths.temp_path, job.upload.verify)
+        .await?;
+    if let Some(remote_size) = stored {
         if remote_size != total {
             return Err(discard(
                 session,
@@ -302,30 +305,30 @@ async fn verify_on_server(
     Ok(())
 }
 
-/// Puts the verified upload in place (RNFR/RNTO from the temporary name) and sets its mtime
-/// where the server can (MFMT; a failure there is only a warning). Returns the server's reply
-/// to the rename, for the audit record.
+/// Puts the verified upload in place and sets its mtime where the server can (MFMT; a failure
+/// there is only a warning). With a temporary name, MFMT, RNFR and RNTO go out in one flight,
+/// MFMT on the temporary name, whose time the rename keeps: a refused rename never leaves this
+/// file's time on another file under the final name. Returns the server's reply to the rename,
+/// for the audit record.
 async fn commit(
     session: &mut Session,
     job: &Job,
     paths: &UploadPaths<'_>,
     mtime: i64,
 ) -> Result<Option<String>, TransferError> {
-    let mut reply = None;
-    if job.upload.temp_name {
-        reply = Some(
-            session
-                .rename_replied(&paths.temp_path, &paths.final_path)
-                .await?,
-        );
-    }
-    if session.features.mfmt {
-        if let Err(e) = session
-            .set_mtime(&paths.final_path, mtime.div_euclid(1_000_000_000))
-            .await
-        {
-            tracing::warn!("cannot preserve the modification time: {e}");
-        }
+    let secs = mtime.div_euclid(1_000_000_000);
+    let (reply, dated) = if job.upload.temp_name {
+        let (reply, dated) = session
+            .rename_dated(&paths.temp_path, &paths.final_path, Some(secs))
+            .await?;
+        (Some(reply), dated)
+    } else if session.features.mfmt {
+        (None, Some(session.set_mtime(&paths.final_path, secs).await))
+    } else {
+        (None, None)
+    };
+    if let Some(Err(e)) = dated {
+        tracing::warn!("cannot preserve the modification time: {e}");
     }
     Ok(reply)
 }

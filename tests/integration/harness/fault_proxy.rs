@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -191,6 +191,8 @@ struct Shared {
     /// Each piece of a control connection's replies waits this long (ms) before it is passed
     /// on: a round trip of about that much, for the client to measure.
     reply_delay_ms: AtomicU64,
+    /// Runs of the client's bytes on control connections with no reply in between.
+    control_flights: AtomicU64,
 }
 
 impl Shared {
@@ -221,6 +223,9 @@ struct ConnState {
     ordinal: usize,
     bytes: Mutex<ConnBytes>,
     mode: watch::Sender<Mode>,
+    /// The last bytes forwarded on this connection came from the server (or none yet): the
+    /// client's next bytes start a new flight (see [`FaultProxy::control_flights`]).
+    server_spoke_last: AtomicBool,
 }
 
 impl ConnState {
@@ -343,6 +348,13 @@ async fn pump(
         if n == 0 {
             return to.shutdown().await;
         }
+        if conn.kind == Kind::Control {
+            if !to_server {
+                conn.server_spoke_last.store(true, Ordering::SeqCst);
+            } else if conn.server_spoke_last.swap(false, Ordering::SeqCst) {
+                shared.control_flights.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         let delay = shared.reply_delay_ms.load(Ordering::Relaxed);
         if delay > 0 && !to_server && conn.kind == Kind::Control {
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -455,6 +467,7 @@ async fn accept_loop(listener: TcpListener, kind: Kind, upstream: SocketAddr, sh
                 ordinal,
                 bytes: Mutex::default(),
                 mode: watch::Sender::new(Mode::Run),
+                server_spoke_last: AtomicBool::new(true),
             });
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             shared.live.lock().unwrap().insert(id, (kind, conn.clone()));
@@ -690,6 +703,12 @@ impl FaultProxy {
     pub fn control_connections(&self) -> usize {
         self.shared.control.connections.load(Ordering::SeqCst)
     }
+    /// The client's flights on control connections: runs of its bytes with no reply from the
+    /// server in between, so each is one round trip it waited for (commands written together
+    /// make one flight).
+    pub fn control_flights(&self) -> u64 {
+        self.shared.control_flights.load(Ordering::SeqCst)
+    }
     /// Sets the byte counters to 0 (connection ordinals keep counting).
     pub fn reset_byte_counters(&self) {
         for c in [&self.shared.data, &self.shared.control] {
@@ -730,8 +749,11 @@ impl Drop for FaultProxy {
 /// The `tls.pin_sha256` of `server`'s certificate: the loopback server's self-signed
 /// `cert.pem` (its `ca`), or vsftpd's `server.pem` beside its `ca.pem`.
 pub fn pin_sha256(server: &Server) -> String {
-    let path = if server.kind == "vsftpd" {
-        server.ca.with_file_name("server.pem")
+    // vsftpd's and ProFTPD's certificate is server.pem beside the CA; the in-process server's
+    // is the CA file itself.
+    let beside = server.ca.with_file_name("server.pem");
+    let path = if beside.exists() {
+        beside
     } else {
         server.ca.clone()
     };
