@@ -16,7 +16,10 @@ use suppaftp::{FtpError, Status};
 use crate::config::{Listing, Remote, Security};
 use crate::remote::error::{map_err, reply_text, timeout_err, FtpsError};
 use crate::remote::features::Features;
-use crate::remote::tls::{FlushingTlsStream, Resumption, TlsConnector, TlsContext};
+use crate::remote::pipelined::Pipelined;
+use crate::remote::tls::{
+    ControlProgress, FlushingTlsStream, Resumption, TlsConnector, TlsContext,
+};
 
 /// A control connection: suppaftp's, over ferrysync's TLS stream.
 pub type FtpStream = suppaftp::tokio::ImplAsyncFtpStream<FlushingTlsStream>;
@@ -279,6 +282,111 @@ impl<'a> Dialer<'a> {
         })
     }
 
+    /// USER and PASS in one flight (see [`Session::pipelined`](super::Session::pipelined)),
+    /// over TLS where commands can be written ahead (`ahead`); else [`Dialer::login`].
+    pub(super) async fn login_ahead(
+        &self,
+        ftp: &mut FtpStream,
+        ahead: Option<&ControlProgress>,
+    ) -> Result<(), FtpsError> {
+        let Some(ahead) = ahead else {
+            return self.login(ftp).await;
+        };
+        let user = &self.remote.user;
+        let lines = [
+            Pipelined::new("USER", "", format!("USER {user}"), &[]),
+            Pipelined::new(
+                "PASS",
+                "",
+                format!("PASS {}", self.remote.password.expose()),
+                &[],
+            ),
+        ];
+        let mut bytes = Vec::new();
+        for l in &lines {
+            match l.encoded() {
+                Ok(b) => bytes.extend_from_slice(&b),
+                // A name or password with a line break: refused, never sent.
+                Err(e) => return Err(self.connect_error(e)),
+            }
+        }
+        ahead.write_ahead(&bytes);
+        let refused = |r: &suppaftp::types::Response| FtpsError::Login {
+            server: self.server.clone(),
+            user: user.clone(),
+            reply: reply_text(r),
+        };
+        let to_user = self.reply(ftp, "USER").await?;
+        // Both replies are read whatever the first says, so the connection stays in step.
+        let to_pass = self.reply(ftp, "PASS").await?;
+        match (to_user.status, to_pass.status) {
+            // Logged in by USER alone: PASS was refused as out of place, which does not matter.
+            (Status::LoggedIn, _) => Ok(()),
+            (Status::NeedPassword, Status::LoggedIn) => Ok(()),
+            (Status::NeedPassword, _) => Err(refused(&to_pass)),
+            _ => Err(refused(&to_user)),
+        }
+    }
+
+    /// FEAT, OPTS UTF8 ON and TYPE I in one flight, over TLS where commands can be written
+    /// ahead; else [`Dialer::features`] and [`Dialer::binary`], one after the other. Returns
+    /// what FEAT offered and how long its reply took: the round trip (FEAT is answered without
+    /// work; TCP's connect time would not do, a proxy or load balancer in front answers it at
+    /// once). OPTS UTF8 ON goes out whether or not FEAT offers UTF8: a server without it
+    /// answers 5xx and keeps its default, as it would have.
+    pub(super) async fn features_ahead(
+        &self,
+        ftp: &mut FtpStream,
+        ahead: Option<&ControlProgress>,
+    ) -> Result<(Features, Duration), FtpsError> {
+        let Some(ahead) = ahead else {
+            let asked = std::time::Instant::now();
+            let features = self.features(ftp).await;
+            let feat_took = asked.elapsed();
+            let asked = std::time::Instant::now();
+            self.binary(ftp).await?;
+            return Ok((features, feat_took.min(asked.elapsed())));
+        };
+        ahead.write_ahead(b"FEAT\r\nOPTS UTF8 ON\r\nTYPE I\r\n");
+        let asked = std::time::Instant::now();
+        let feat = self.reply(ftp, "FEAT").await?;
+        let rtt = asked.elapsed();
+        self.reply(ftp, "OPTS UTF8").await?;
+        let binary = self.reply(ftp, "TYPE I").await?;
+        if binary.status != Status::CommandOk {
+            return Err(map_err(
+                &self.server,
+                "TYPE I",
+                "",
+                FtpError::UnexpectedResponse(binary),
+            ));
+        }
+        let mut features = if feat.status == Status::System {
+            Features::from_feat(&feat_lines(&String::from_utf8_lossy(&feat.body)))
+        } else {
+            Features::default()
+        };
+        if self.remote.listing == Listing::List {
+            features.mlsd = false;
+        }
+        Ok((features, rtt))
+    }
+
+    /// The next reply, whatever its code (a multi-line one whole): only a closed connection,
+    /// a timeout or an unreadable reply is an error.
+    async fn reply(
+        &self,
+        ftp: &mut FtpStream,
+        command: &'static str,
+    ) -> Result<suppaftp::types::Response, FtpsError> {
+        // No code is expected, so each reply comes back as "unexpected", FEAT's whole.
+        match tokio::time::timeout(self.op, ftp.read_response_in(&[])).await {
+            Err(_) => Err(timeout_err(&self.server, command, "", self.op)),
+            Ok(Err(FtpError::UnexpectedResponse(r))) | Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(self.connect_error(e)),
+        }
+    }
+
     /// Sets the control connection's socket up for a long life; returns its local address
     /// (active listeners bind its IP).
     pub(super) async fn keep_alive(&self, ftp: &FtpStream) -> Result<SocketAddr, FtpsError> {
@@ -468,6 +576,22 @@ fn tls_hint(reason: &str) -> &'static str {
     }
 }
 
+/// The features of a whole multi-line FEAT reply (`211-...`, one ` NAME params` line each,
+/// `211 End`), as suppaftp's `feat` would have read them.
+fn feat_lines(body: &str) -> suppaftp::types::Features {
+    body.lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("211 "))
+        .filter(|l| l.starts_with(' '))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?.to_string();
+            let values = words.collect::<Vec<_>>().join(" ");
+            Some((name, (!values.is_empty()).then_some(values)))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,5 +727,20 @@ mod tests {
         // A handshake failure stays a TLS error.
         let e = dialer.auth_tls_error(FtpError::SecureError("UnknownIssuer".into()), None);
         assert!(matches!(e, FtpsError::Tls { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_feat_reply_read_whole_gives_its_features() {
+        let f = feat_lines(
+            "211-Features:\r\n EPRT\r\n MDTM\r\n MLST type*;size*;modify*;\r\n UTF8\r\n211 End\r\n",
+        );
+        assert_eq!(f.len(), 4);
+        assert_eq!(f.get("MDTM"), Some(&None));
+        assert_eq!(
+            f.get("MLST"),
+            Some(&Some("type*;size*;modify*;".to_string()))
+        );
+        assert!(feat_lines("211 no features\r\n").is_empty());
+        assert!(feat_lines("").is_empty());
     }
 }

@@ -105,21 +105,16 @@ impl Session {
             resumption,
             data_tls,
         } = dialer.open(addr, tls).await?;
-        dialer.login(&mut ftp).await?;
-        let control_local = dialer.keep_alive(&ftp).await?;
-        // Two commands the server answers without work: the faster is the round trip (TCP's
-        // connect time would not do: a proxy or load balancer in front answers it at once).
-        let asked = std::time::Instant::now();
-        let features = dialer.features(&mut ftp).await;
-        let feat_took = asked.elapsed();
-        let asked = std::time::Instant::now();
-        dialer.binary(&mut ftp).await?;
-        let rtt = feat_took.min(asked.elapsed());
+        // Over TLS, commands whose order is fixed go out together (see `pipelined`), unless
+        // this run found the server takes them concurrently.
         let one_at_a_time = tls.one_command_at_a_time();
         let ahead = data_tls
             .as_ref()
             .filter(|_| !one_at_a_time.load(Ordering::Relaxed))
             .map(TlsConnector::control_progress);
+        dialer.login_ahead(&mut ftp, ahead.as_deref()).await?;
+        let control_local = dialer.keep_alive(&ftp).await?;
+        let (features, rtt) = dialer.features_ahead(&mut ftp, ahead.as_deref()).await?;
         let limit = ftp.get_welcome_msg().and_then(listing_limit);
         Ok(Session {
             ftp,

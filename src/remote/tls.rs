@@ -47,6 +47,9 @@ pub struct TlsContext {
     /// The server took commands sent together concurrently rather than one after the other
     /// (see [`TlsContext::one_command_at_a_time`]).
     one_command_at_a_time: Arc<AtomicBool>,
+    /// The key exchange group the server chose, for every connection of the run (see
+    /// [`TicketCountingStore`]).
+    kx_hint: Arc<std::sync::Mutex<Option<rustls::NamedGroup>>>,
     /// How the server's certificate is verified, for `ferrysync test`.
     verification: Verification,
     /// The handshakes of this context's connections, kept only once
@@ -156,6 +159,12 @@ impl TlsContext {
         if aes_is_accelerated() {
             provider.cipher_suites.retain(|s| !is_chacha20(s.suite()));
         }
+        // The key share of the first ClientHello is for the first group. P-256 is the one
+        // every TLS 1.3 server must take (RFC 8446, 9.1); X25519 first made vsftpd, which
+        // takes only P-256, answer with a HelloRetryRequest: one more round trip per login.
+        provider
+            .kx_groups
+            .sort_by_key(|g| g.name() != rustls::NamedGroup::secp256r1);
         let provider = Arc::new(provider);
         let algs = provider.signature_verification_algorithms;
         let verification = if opts.insecure_skip_verify {
@@ -230,6 +239,7 @@ impl TlsContext {
             unresumed_accepted: Arc::new(AtomicBool::new(false)),
             passive_substitution_noted: Arc::new(AtomicBool::new(false)),
             one_command_at_a_time: Arc::new(AtomicBool::new(false)),
+            kx_hint: Arc::default(),
             verification,
             handshakes: Arc::new(HandshakeLog::default()),
         })
@@ -304,7 +314,7 @@ impl TlsContext {
             )),
             None => builder.with_no_client_auth(),
         };
-        let store = Arc::new(TicketCountingStore::default());
+        let store = Arc::new(TicketCountingStore::new(self.kx_hint.clone()));
         config.resumption = rustls::client::Resumption::store(store.clone());
         Ok(TlsConnector {
             inner: tokio_rustls::TlsConnector::from(Arc::new(config)),
@@ -620,30 +630,42 @@ impl Resumption {
 
 /// rustls's in-memory session cache, counting the TLS 1.3 tickets it holds. One per FTP
 /// connection, so one server name: the count is that server's.
+///
+/// The key exchange group the server chose is shared by the run's connections, though: a
+/// server that takes only P-256 (vsftpd sets it) answers rustls's X25519 key share with a
+/// HelloRetryRequest, one more round trip per login, and rustls's own hint lives in the cache
+/// of one connection.
 #[derive(Debug)]
 struct TicketCountingStore {
     inner: rustls::client::ClientSessionMemoryCache,
     tls13_tickets: std::sync::atomic::AtomicUsize,
+    kx_hint: Arc<std::sync::Mutex<Option<rustls::NamedGroup>>>,
 }
 
 /// rustls keeps at most this many TLS 1.3 tickets per server, dropping the oldest.
 const MAX_TLS13_TICKETS: usize = 8;
 
-impl Default for TicketCountingStore {
-    fn default() -> Self {
+impl TicketCountingStore {
+    fn new(kx_hint: Arc<std::sync::Mutex<Option<rustls::NamedGroup>>>) -> Self {
         TicketCountingStore {
             inner: rustls::client::ClientSessionMemoryCache::new(16),
             tls13_tickets: std::sync::atomic::AtomicUsize::new(0),
+            kx_hint,
         }
     }
 }
 
 impl rustls::client::ClientSessionStore for TicketCountingStore {
     fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        if let Ok(mut hint) = self.kx_hint.lock() {
+            *hint = Some(group);
+        }
         self.inner.set_kx_hint(name, group)
     }
     fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
-        self.inner.kx_hint(name)
+        self.inner
+            .kx_hint(name)
+            .or_else(|| self.kx_hint.lock().ok().and_then(|h| *h))
     }
     fn set_tls12_session(
         &self,
@@ -996,7 +1018,7 @@ pub(crate) mod test_support {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    fn insecure_context() -> TlsContext {
+    pub(crate) fn insecure_context() -> TlsContext {
         TlsContext::new(&TlsOptions {
             tls12_only: false,
             ca_file: None,
@@ -1303,6 +1325,15 @@ mod tests {
         // Its own key is fine.
         std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
         assert!(TlsContext::new(&client_options(&cert_path, &key_path)).is_ok());
+    }
+
+    #[test]
+    fn the_first_key_share_is_p256_which_every_tls13_server_takes() {
+        let groups = &test_support::insecure_context().provider.kx_groups;
+        assert_eq!(groups[0].name(), rustls::NamedGroup::secp256r1);
+        assert!(groups
+            .iter()
+            .any(|g| g.name() == rustls::NamedGroup::X25519));
     }
 
     #[test]

@@ -890,6 +890,19 @@ impl Ledger {
         rows.collect::<Result<Vec<String>, _>>().map_err(self.err())
     }
 
+    /// How many directories hold a synced path of `job` (the root counts as one): the width
+    /// of the tree the last runs saw, before this run has listed any of it.
+    pub(crate) fn directory_count(&self, job: &str) -> Result<usize, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(DISTINCT parent) FROM entries INDEXED BY entries_by_parent WHERE job = ?1",
+                [job],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| usize::try_from(n).unwrap_or(0))
+            .map_err(self.err())
+    }
+
     /// The synced paths of `job` directly inside `dir`, without their records.
     pub(crate) fn paths_in(&self, job: &str, dir: &str) -> Result<Vec<String>, LedgerError> {
         let mut stmt = self
@@ -2198,6 +2211,9 @@ mod tests {
         let mut parents = l.parents("j").unwrap();
         parents.sort();
         assert_eq!(parents, ["", "a", "a.b", "a/b", "ab", "é/ü"]);
+        assert_eq!(l.directory_count("j").unwrap(), 6);
+        assert_eq!(l.directory_count("other").unwrap(), 1);
+        assert_eq!(l.directory_count("none").unwrap(), 0);
         assert_eq!(l.paths_in("j", "ab").unwrap(), ["ab/ba"]);
     }
 

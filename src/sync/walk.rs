@@ -82,6 +82,10 @@ fn worth_more_connections(waiting: usize, per_dir: Duration, connect_time: Durat
         && per_dir.saturating_mul(u32::try_from(waiting).unwrap_or(u32::MAX)) > connect_time * 4
 }
 
+/// The round trips one listing takes once logged in: CWD with EPSV, the listing command while
+/// the data connection's TCP handshake goes on, its TLS handshake, the listing and its 226.
+const LISTING_ROUND_TRIPS: u32 = 4;
+
 /// One directory as a visit found it.
 struct Visited {
     visit: DirVisit,
@@ -255,6 +259,7 @@ pub async fn walk(
     // `transfers: auto` scales with the round trip measured at login (see
     // `crate::model::parallel`).
     let connections = job.transfers.for_rtt(first.rtt());
+    let rtt = first.rtt();
     let mut idle = vec![first];
     let mut sessions = 1;
     let mut in_flight = FuturesUnordered::new();
@@ -263,6 +268,25 @@ pub async fn walk(
     // What one listing takes, from those done on a single connection.
     let mut listed_alone = (Duration::ZERO, 0u32);
     let mut more_wanted = connections > 1;
+    // A tree the ledger knows to be wide, over a link where a listing costs round trips: the
+    // extra connections log in while the root is listed, not after.
+    let known_dirs = ledger.lock().directory_count(&job.name)?;
+    if more_wanted
+        && worth_more_connections(
+            known_dirs,
+            rtt.saturating_mul(LISTING_ROUND_TRIPS),
+            connect_time,
+        )
+    {
+        more_wanted = false;
+        let wanted = (connections - 1).min(known_dirs - 1);
+        tracing::debug!(
+            known_dirs,
+            "listing on {wanted} more connections from the start"
+        );
+        sessions += wanted;
+        opening.extend((0..wanted).map(|_| Session::connect(&job.remote, tls)));
+    }
 
     loop {
         let waiting = planning.queue.len();

@@ -564,8 +564,8 @@ async fn connect(pool: &WorkerPool, attempts: &mut Attempts<'_>, path: &str) -> 
     }
 }
 
+/// Says QUIT on every connection at once: one after the other, 16 connections over a 50 ms
+/// link spent 0.8 s waiting for their goodbyes.
 pub(crate) async fn quit_all(sessions: Vec<Session>) {
-    for s in sessions {
-        s.quit().await;
-    }
+    futures_util::future::join_all(sessions.into_iter().map(Session::quit)).await;
 }

@@ -36,6 +36,8 @@
 #   BENCH_PROXY_BIN=PATH           this proxy instead of `cargo build --example latency_proxy`
 #   BENCH_OUT                      markdown (default tests/bench/last-run-latency.md)
 #   BENCH_KEEP=1                   keep the work directory (logs, traces)
+#   BENCH_TRACE_SMALL=1            trace the small and rerun rows too (logs/small-RTT.tsv; with
+#                                  BENCH_KEEP=1, to see where a run's round trips go)
 # Needs root (the server script creates a user and starts vsftpd); installs lftp, rclone, curl
 # and time from Debian's packages when missing.
 set -euo pipefail
@@ -284,7 +286,11 @@ if wants small || wants rerun; then
   gen_small "$work/data/small" "$FILES"
   small_label="$FILES x 4 KiB first push"
   for rtt in $RTTS; do
-    start_proxy "$rtt"
+    if [[ -n ${BENCH_TRACE_SMALL:-} ]]; then
+      start_proxy "$rtt" "" "$work/logs/small-$rtt.tsv"
+    else
+      start_proxy "$rtt"
+    fi
     declare -A dest=()
     for conns in $CONNS; do
       for tool in $TOOLS; do
