@@ -1,10 +1,11 @@
 //! How many connections a run uses (`transfers:` in a job file).
 //!
-//! A small file costs a connection about eight round trips (EPSV, the data connection's TCP and
-//! TLS handshakes, STOR, the 226, the size check, RNFR, RNTO) and only a few milliseconds of
-//! work on either side. On loopback four connections keep two cores busy; over a link with a
-//! 20 ms round trip each connection waits about 160 ms per file, so the same four leave the
-//! CPU and the server idle most of the time and a run is latency-bound. `transfers: auto` (the
+//! A small file costs a connection about four round trips even with the commands that can go
+//! together sent together (SIZE with the next EPSV; MFMT, RNFR and RNTO; STOR while the data
+//! connection's TCP and TLS handshakes run; the 226), and only a few milliseconds of work on
+//! either side. On loopback four connections keep two cores busy; over a link with a 20 ms
+//! round trip each connection waits about 80 ms per file, so the same four leave the CPU and
+//! the server idle most of the time and a run is latency-bound. `transfers: auto` (the
 //! default) therefore scales the connections with the round trip measured at login, up to a
 //! ceiling the user sets (`max_transfers:`, default [`DEFAULT_MAX_TRANSFERS`]): servers limit
 //! connections per user, and a run that meets that limit steps down as it always did.
