@@ -552,12 +552,15 @@ impl ControlProgress {
     /// connection. They go out before anything else is written or read on it, so the next read
     /// of a reply sends them first: the caller then reads one reply per line, in order.
     pub(crate) fn write_ahead(&self, lines: &[u8]) {
-        // Traced as suppaftp traces the commands it sends, the password masked.
+        // Traced as suppaftp traces the commands it sends, under its target, so that
+        // `FERRYSYNC_LOG=suppaftp=trace` still shows the whole dialogue; the password masked.
         for line in String::from_utf8_lossy(lines).split("\r\n") {
             match line.get(..5) {
                 _ if line.is_empty() => {}
-                Some(p) if p.eq_ignore_ascii_case("PASS ") => tracing::trace!("CC OUT: PASS ****"),
-                _ => tracing::trace!("CC OUT: {line}"),
+                Some(p) if p.eq_ignore_ascii_case("PASS ") => {
+                    tracing::trace!(target: "suppaftp", "CC OUT: PASS ****")
+                }
+                _ => tracing::trace!(target: "suppaftp", "CC OUT: {line}"),
             }
         }
         if let Ok(mut ahead) = self.ahead.lock() {
