@@ -242,6 +242,9 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     ALTER TABLE runs ADD COLUMN files_archived INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE runs ADD COLUMN files_source_deleted INTEGER NOT NULL DEFAULT 0;",
+    // 13 (issue 16): what the last run measured of the job's link (see `state/link.rs`).
+    "ALTER TABLE jobs ADD COLUMN rtt_us INTEGER;
+    ALTER TABLE jobs ADD COLUMN login_us INTEGER;",
 ];
 
 /// A certificate a run of a job met, and when it expires (the ledger's `certificates`).
@@ -589,6 +592,15 @@ impl Ledger {
         let mut stmt = self.conn.prepare(sql).map_err(self.err())?;
         let rows = stmt.query_map(params, row).map_err(self.err())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// Runs one statement that changes rows; returns how many.
+    pub(super) fn execute(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<usize, LedgerError> {
+        self.conn.execute(sql, params).map_err(self.err())
     }
 
     fn configure(&self) -> Result<(), LedgerError> {

@@ -7,6 +7,7 @@
 pub(crate) mod audit;
 pub(crate) mod clock;
 pub(crate) mod ledger;
+pub(crate) mod link;
 pub(crate) mod lock;
 pub(crate) mod totals;
 

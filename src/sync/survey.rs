@@ -19,13 +19,14 @@ use crate::model::snapshot::{system_time_ns, EvidenceMap};
 use crate::remote::session::Session;
 use crate::remote::tls::TlsContext;
 use crate::state::ledger::PathFailure;
+use crate::state::link::LinkFacts;
 use crate::state::SharedLedger;
 use crate::sync::error::{plan_refused, RunError};
 use crate::sync::retry::{with_retries, RunTally};
 use crate::sync::scan::{
     gather_evidence, local_has_file, scan_local_scope, scan_remote_scope, Scan,
 };
-use crate::sync::walk::{age_rule, walk};
+use crate::sync::walk::{age_rule, walk, ConnectionsAhead};
 
 /// Both sides of a job as a run found them, and the plan made of them.
 pub(crate) struct Surveyed {
@@ -89,11 +90,19 @@ pub(crate) async fn survey_all(
     write_ledger: bool,
 ) -> Result<Surveyed, RunError> {
     let mut w = retried(job, tls, tally, || async {
+        let mut ahead = ConnectionsAhead::start(job, ledger, tls)?;
         let connecting = Instant::now();
-        let session = Session::connect(&job.remote, tls).await?;
+        let session = ahead
+            .beside(Session::connect(&job.remote, tls))
+            .await?;
         tracing::info!(server = %session.server, mlsd = session.features.mlsd, rtt_ms = session.rtt().as_secs_f64() * 1000.0, connections = job.transfers.for_rtt(session.rtt()), "connected");
         let connect_time = connecting.elapsed();
-        walk(job, ledger, tls, session, connect_time, write_ledger).await
+        let link = LinkFacts {
+            rtt: session.rtt(),
+            login: connect_time,
+        };
+        ledger.lock().record_link(&job.name, link)?;
+        walk(job, ledger, tls, session, connect_time, write_ledger, ahead).await
     })
     .await?;
     tracing::info!(

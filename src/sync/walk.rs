@@ -27,6 +27,7 @@ use crate::model::policy::Direction;
 use crate::model::snapshot::EvidenceMap;
 use crate::remote::session::Session;
 use crate::remote::tls::TlsContext;
+use crate::remote::FtpsError;
 use crate::state::ledger::PathFailure;
 use crate::state::SharedLedger;
 use crate::sync::error::{plan_refused, RunError};
@@ -80,6 +81,76 @@ const LEDGER_BATCH: usize = 1024;
 fn worth_more_connections(waiting: usize, per_dir: Duration, connect_time: Duration) -> bool {
     waiting >= 2
         && per_dir.saturating_mul(u32::try_from(waiting).unwrap_or(u32::MAX)) > connect_time * 4
+}
+
+/// A connection logging in.
+pub(crate) type Connecting<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Session, FtpsError>> + Send + 'a>>;
+
+fn connecting<'a>(job: &'a Job, tls: &'a TlsContext) -> Connecting<'a> {
+    Box::pin(Session::connect(&job.remote, tls))
+}
+
+/// The listing's extra connections started before the walk, beside the first one (see
+/// [`ConnectionsAhead::start`]): those still logging in, and those done.
+#[derive(Default)]
+pub(crate) struct ConnectionsAhead<'a> {
+    pub(crate) opening: FuturesUnordered<Connecting<'a>>,
+    pub(crate) opened: Vec<Result<Session, FtpsError>>,
+}
+
+impl<'a> ConnectionsAhead<'a> {
+    /// A re-run of a tree the ledger knows to be wide, over a link the last run measured as
+    /// slow (see `state/link.rs`): the extra connections start logging in now, beside the
+    /// first, rather than once the first has logged in and measured the link again. Over a
+    /// 50 ms link a login is 8 round trips or more, 0.4 s of a re-run that lists 20
+    /// directories in about 1.3 s. Nothing on a LAN, on a first run, or for a narrow tree.
+    pub(crate) fn start(
+        job: &'a Job,
+        ledger: &SharedLedger,
+        tls: &'a TlsContext,
+    ) -> Result<ConnectionsAhead<'a>, RunError> {
+        let (link, known_dirs) = {
+            let l = ledger.lock();
+            (l.last_link(&job.name)?, l.directory_count(&job.name)?)
+        };
+        let mut ahead = ConnectionsAhead::default();
+        let Some(link) = link else {
+            return Ok(ahead);
+        };
+        let connections = job.transfers.for_rtt(link.rtt);
+        if connections > 1
+            && worth_more_connections(
+                known_dirs,
+                link.rtt.saturating_mul(LISTING_ROUND_TRIPS),
+                link.login,
+            )
+        {
+            let wanted = (connections - 1).min(known_dirs - 1);
+            tracing::debug!(
+                known_dirs,
+                rtt_ms = link.rtt.as_millis() as u64,
+                "listing on {wanted} more connections, opened beside the first"
+            );
+            ahead
+                .opening
+                .extend((0..wanted).map(|_| connecting(job, tls)));
+        }
+        Ok(ahead)
+    }
+
+    /// Waits for `first` while the connections ahead log in beside it.
+    pub(crate) async fn beside<T>(&mut self, first: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(first);
+        loop {
+            tokio::select! {
+                done = &mut first => return done,
+                Some(opened) = self.opening.next(), if !self.opening.is_empty() => {
+                    self.opened.push(opened);
+                }
+            }
+        }
+    }
 }
 
 /// The round trips one listing takes once logged in: CWD with EPSV, the listing command while
@@ -219,13 +290,15 @@ struct Gathered {
 /// Walks both trees of `job`, starting on the logged-in `first` connection (which took
 /// `connect_time` to open). `write_ledger`: write ledger-only actions as they come (not in a
 /// dry run).
-pub async fn walk(
-    job: &Job,
+#[allow(clippy::too_many_arguments)]
+pub async fn walk<'a>(
+    job: &'a Job,
     ledger: &SharedLedger,
-    tls: &TlsContext,
+    tls: &'a TlsContext,
     first: Session,
     connect_time: Duration,
     write_ledger: bool,
+    ahead: ConnectionsAhead<'a>,
 ) -> Result<Walked, RunError> {
     let ctx = WalkContext {
         job_name: &job.name,
@@ -264,10 +337,23 @@ pub async fn walk(
     let mut sessions = 1;
     let mut in_flight = FuturesUnordered::new();
     // Connections being opened for the listing: the walk goes on on those it has meanwhile.
-    let mut opening = FuturesUnordered::new();
+    let ConnectionsAhead {
+        mut opening,
+        opened,
+    } = ahead;
+    let mut more_wanted = connections > 1 && opening.is_empty() && opened.is_empty();
+    sessions += opening.len();
+    for s in opened {
+        match s {
+            Ok(s) => {
+                idle.push(s);
+                sessions += 1;
+            }
+            Err(e) => tracing::debug!("no extra connection for the listing: {e}"),
+        }
+    }
     // What one listing takes, from those done on a single connection.
     let mut listed_alone = (Duration::ZERO, 0u32);
-    let mut more_wanted = connections > 1;
     // A tree the ledger knows to be wide, over a link where a listing costs round trips: the
     // extra connections log in while the root is listed, not after.
     let known_dirs = ledger.lock().directory_count(&job.name)?;
@@ -285,7 +371,7 @@ pub async fn walk(
             "listing on {wanted} more connections from the start"
         );
         sessions += wanted;
-        opening.extend((0..wanted).map(|_| Session::connect(&job.remote, tls)));
+        opening.extend((0..wanted).map(|_| connecting(job, tls)));
     }
 
     loop {
@@ -302,7 +388,7 @@ pub async fn walk(
                     "listing on {wanted} more connections"
                 );
                 sessions += wanted;
-                opening.extend((0..wanted).map(|_| Session::connect(&job.remote, tls)));
+                opening.extend((0..wanted).map(|_| connecting(job, tls)));
             }
         }
         while !planning.queue.is_empty() && !idle.is_empty() {

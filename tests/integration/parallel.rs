@@ -49,3 +49,37 @@ fn transfers_fixed_is_kept_whatever_the_round_trip() {
     let n = connections_for_a_push(&s, &proxy, "transfers: 3\n");
     assert_eq!(n, 3);
 }
+
+/// A re-run of a wide tree over a link the last run measured as slow opens the listing's extra
+/// connections beside the first, before its login ends (the log says so); the first run, which
+/// knows neither the tree nor the link, and a re-run on loopback do not.
+#[test]
+fn a_rerun_over_a_slow_link_opens_the_listings_connections_beside_the_first() {
+    let (server, proxy) = loopback_behind_proxy();
+    let beside = "opened beside the first";
+    let run_logged = |s: &Sandbox| {
+        let run = s.ferrysync_with_env(&["sync", "j"], &[("FERRYSYNC_LOG", "ferrysync=debug")]);
+        run.expect_code(0);
+        run.stderr.clone()
+    };
+    let wide = |s: &Sandbox| {
+        s.server.mkdirs(&s.remote_root());
+        for i in 0..40 {
+            s.write_local(&format!("d{}/f{i}.csv", i % 20), &[b'x'; 64]);
+        }
+        s.write_job("j", &proxy.job_yaml(s, ""));
+    };
+
+    let lan = Sandbox::new(&server, "beside-lan");
+    wide(&lan);
+    assert!(!run_logged(&lan).contains(beside), "first run");
+    assert!(!run_logged(&lan).contains(beside), "a re-run on loopback");
+
+    proxy.set_control_reply_delay(Duration::from_millis(20));
+    let wan = Sandbox::new(&server, "beside-wan");
+    wide(&wan);
+    assert!(!run_logged(&wan).contains(beside), "first run");
+    let again = run_logged(&wan);
+    assert!(again.contains(beside), "a re-run over 20 ms:\n{again}");
+    assert_eq!(wan.counts("j").0, 0, "nothing changed, nothing sent");
+}
