@@ -68,6 +68,17 @@ impl Transfers {
     }
 }
 
+/// How many of `connections` a listing of `dirs` directories, one per connection at a time,
+/// needs: as many as the fewest rounds allow, no more. 20 directories on 16 connections take two
+/// rounds either way, and 10 connections list them in two rounds too: the other 6 would only
+/// log in (a password check each, on the partner's server) and wait. Never 0.
+pub fn for_listing(dirs: usize, connections: usize) -> usize {
+    let connections = connections.max(1);
+    let dirs = dirs.max(1);
+    let rounds = dirs.div_ceil(connections);
+    dirs.div_ceil(rounds)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +115,24 @@ mod tests {
             let (n_lo, n_hi) = (t.for_rtt(Duration::from_nanos(lo * 100)), t.for_rtt(Duration::from_nanos(hi * 100)));
             prop_assert!((1..=max).contains(&n_lo));
             prop_assert!(n_lo <= n_hi);
+        }
+    }
+
+    #[test]
+    fn a_listing_takes_as_many_connections_as_its_fewest_rounds_need() {
+        assert_eq!(for_listing(20, 16), 10);
+        assert_eq!(for_listing(16, 16), 16);
+        assert_eq!(for_listing(17, 16), 9);
+        assert_eq!(for_listing(3, 16), 3);
+        assert_eq!(for_listing(1000, 16), 16);
+        assert_eq!(for_listing(0, 16), 1);
+        assert_eq!(for_listing(5, 0), 1);
+        for dirs in 1..200 {
+            for conns in 1..20 {
+                let n = for_listing(dirs, conns);
+                assert!(n >= 1 && n <= conns.min(dirs));
+                assert_eq!(dirs.div_ceil(n), dirs.div_ceil(conns), "{dirs} on {conns}");
+            }
         }
     }
 }

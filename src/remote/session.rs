@@ -13,7 +13,7 @@ use suppaftp::types::Response;
 use suppaftp::{FtpError, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{DataMode, ListingCaps, PassiveAddress, Remote};
+use crate::config::{DataMode, ListingCaps, PassiveAddress, Remote, Security};
 use crate::remote::connect::{Control, Dialer, FtpStream};
 use crate::remote::data_channel::{self, DataTransfer};
 use crate::remote::digest::{digest_in_reply, DigestAlgorithm, DigestCommand};
@@ -25,6 +25,7 @@ use crate::remote::listing_read::{read_listing_lines, ReadListingError};
 use crate::remote::passive::{self, DataOpenError, OpenedAhead, PassiveAttempt};
 use crate::remote::pipelined::{self, Pipelined};
 use crate::remote::tls::{ControlProgress, FlushingTlsStream, TlsConnector, TlsContext};
+use futures_util::FutureExt;
 
 /// The replies that end a successful transfer.
 const TRANSFER_COMPLETE: &[Status] =
@@ -98,23 +99,42 @@ impl Session {
     /// Connects, secures, logs in and prepares a connection for binary transfers; each step is
     /// a function of `remote/connect.rs`.
     pub async fn connect(remote: &Remote, tls: &TlsContext) -> Result<Session, FtpsError> {
+        Session::connect_telling(remote, tls, None).await
+    }
+
+    /// [`Session::connect`], telling `secured` once the control connection is set up (TLS,
+    /// PBSZ 0 and PROT P answered) and the login on its way (sent with PROT P where commands
+    /// are written ahead), before the server has checked the password.
+    pub async fn connect_telling(
+        remote: &Remote,
+        tls: &TlsContext,
+        secured: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<Session, FtpsError> {
         let dialer = Dialer::new(remote);
         let addr = dialer.resolve().await?;
+        // Over TLS, commands whose order is fixed go out together (see `pipelined`), unless
+        // this run found the server takes them concurrently; the login's with PROT P.
+        let one_at_a_time = tls.one_command_at_a_time();
+        let pipelined = remote.security != Security::None && !one_at_a_time.load(Ordering::Relaxed);
+        let flight = pipelined.then(|| dialer.login_flight()).transpose()?;
         let Control {
             mut ftp,
             resumption,
             data_tls,
-        } = dialer.open(addr, tls).await?;
-        // Over TLS, commands whose order is fixed go out together (see `pipelined`), unless
-        // this run found the server takes them concurrently.
-        let one_at_a_time = tls.one_command_at_a_time();
-        let ahead = data_tls
-            .as_ref()
-            .filter(|_| !one_at_a_time.load(Ordering::Relaxed))
-            .map(TlsConnector::control_progress);
+        } = dialer.open(addr, tls, flight.as_deref()).await?;
+        let progress = data_tls.as_ref().map(TlsConnector::control_progress);
+        let ahead = progress.clone().filter(|_| pipelined);
+        if let Some(tell) = secured {
+            let _ = tell.send(());
+        }
         dialer.login_ahead(&mut ftp, ahead.as_deref()).await?;
         let control_local = dialer.keep_alive(&ftp).await?;
-        let (features, rtt) = dialer.features_ahead(&mut ftp, ahead.as_deref()).await?;
+        let (features, feat_rtt) = dialer.features_ahead(&mut ftp, ahead.as_deref()).await?;
+        // The fastest reply of the login over TLS (PBSZ 0, PROT P with USER and PASS), or
+        // FEAT's.
+        let rtt = progress
+            .and_then(|p| p.measured_rtt())
+            .map_or(feat_rtt, |r| r.min(feat_rtt));
         let limit = ftp.get_welcome_msg().and_then(listing_limit);
         Ok(Session {
             ftp,
@@ -1082,6 +1102,15 @@ impl Session {
     }
 
     pub async fn quit(mut self) {
+        if let Some(ahead) = &self.ahead {
+            // Over TLS: QUIT goes out and the connection closes without waiting for the 221.
+            // Nothing depends on it (every transfer was committed and checked before), and
+            // the wait was one more round trip at the end of every run.
+            ahead.write_ahead(b"QUIT\r\n");
+            // One poll of a read writes the queued line out; the reply is not waited for.
+            let _ = self.ftp.read_response_in(&[]).now_or_never();
+            return;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.ftp.quit()).await;
     }
 }

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -534,6 +535,22 @@ pub struct ControlProgress {
     lines: std::sync::atomic::AtomicUsize,
     /// Command lines queued by [`ControlProgress::write_ahead`], not yet taken by the stream.
     ahead: std::sync::Mutex<Vec<u8>>,
+    /// Command lines that go out right after PROT P (see
+    /// [`ControlProgress::write_after_protection`]).
+    after_protection: std::sync::Mutex<Vec<u8>>,
+    /// The round trip as the login saw it (see [`ControlProgress::measured_rtt`]).
+    rtt: std::sync::Mutex<RttSamples>,
+}
+
+/// Round-trip samples of a control connection's login: from each write after the TLS
+/// handshake to the next reply bytes read.
+#[derive(Debug, Default)]
+struct RttSamples {
+    /// No more samples: the login is over.
+    done: bool,
+    /// When the first line not yet answered went out.
+    sent: Option<std::time::Instant>,
+    fastest: Option<Duration>,
 }
 
 impl ControlProgress {
@@ -568,6 +585,45 @@ impl ControlProgress {
         }
     }
 
+    /// Queues complete command lines to go out in the flight of PROT P, the last command
+    /// suppaftp's `into_secure` sends (after AUTH TLS, the handshake and PBSZ 0): the login
+    /// then costs one round trip less per command that joins it. The caller reads one reply
+    /// per line once `into_secure` has returned; if PROT P never went out (`into_secure` failed
+    /// before it), [`ControlProgress::take_after_protection`] gives them back unsent.
+    pub(crate) fn write_after_protection(&self, lines: &[u8]) {
+        if let Ok(mut after) = self.after_protection.lock() {
+            after.extend_from_slice(lines);
+        }
+    }
+
+    /// The lines of [`ControlProgress::write_after_protection`] that did not go out.
+    pub(crate) fn take_after_protection(&self) -> Vec<u8> {
+        self.after_protection
+            .lock()
+            .map(|mut a| std::mem::take(&mut *a))
+            .unwrap_or_default()
+    }
+
+    /// The fastest reply of the login, from a line written after the TLS handshake to the
+    /// first bytes of its reply (PBSZ 0 and PROT P are answered without work, unlike PASS);
+    /// ends the sampling, so later commands, whose replies may have been read ahead, do not
+    /// count. `None` before any reply over TLS.
+    pub(crate) fn measured_rtt(&self) -> Option<Duration> {
+        let mut rtt = self.rtt.lock().ok()?;
+        rtt.done = true;
+        rtt.fastest
+    }
+
+    /// Reply bytes arrived on the control connection.
+    fn read_some(&self) {
+        if let Ok(mut rtt) = self.rtt.lock() {
+            if let Some(sent) = rtt.sent.take() {
+                let took = sent.elapsed();
+                rtt.fastest = Some(rtt.fastest.map_or(took, |f| f.min(took)));
+            }
+        }
+    }
+
     /// Takes the queued lines out.
     fn take_ahead(&self) -> Vec<u8> {
         self.ahead
@@ -584,11 +640,24 @@ impl ControlProgress {
         }
     }
 
-    /// Counts the complete lines in bytes written to the control connection.
+    /// Counts the complete lines in bytes written to the control connection; once the second
+    /// after the handshake (PROT P) is out, queues the lines that wait for it.
     fn wrote(&self, bytes: &[u8]) {
         let n = bytes.iter().filter(|b| **b == b'\n').count();
-        if n > 0 {
-            self.lines.fetch_add(n, Ordering::AcqRel);
+        if n == 0 || !self.secured.load(Ordering::Acquire) {
+            return;
+        }
+        let before = self.lines.fetch_add(n, Ordering::AcqRel);
+        if let Ok(mut rtt) = self.rtt.lock() {
+            if !rtt.done && rtt.sent.is_none() {
+                rtt.sent = Some(std::time::Instant::now());
+            }
+        }
+        if before < 2 && before + n >= 2 {
+            let after = self.take_after_protection();
+            if !after.is_empty() {
+                self.write_ahead(&after);
+            }
         }
     }
 }
@@ -802,7 +871,7 @@ pub struct FlushingTlsStream {
 /// How long to wait, after the peer's close_notify, for the peer's FIN (see
 /// [`FlushingTlsStream::poll_tcp_eof`]); a server that keeps the TCP connection open after its
 /// close_notify costs this once per data connection.
-const FIN_AFTER_CLOSE_NOTIFY: std::time::Duration = std::time::Duration::from_millis(200);
+const FIN_AFTER_CLOSE_NOTIFY: Duration = Duration::from_millis(200);
 
 impl FlushingTlsStream {
     /// Writes the control connection's queued lines (see [`ControlProgress::write_ahead`]) and
@@ -871,6 +940,9 @@ impl AsyncRead for FlushingTlsStream {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 // Acknowledge what arrived at once (see [`quick_ack`]).
                 quick_ack(this.inner.get_ref().0);
+                if let Some(control) = &this.control {
+                    control.read_some();
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Ok(())) if buf.remaining() > 0 => {
@@ -985,10 +1057,13 @@ impl AsyncWrite for FlushingTlsStream {
             Poll::Ready(Ok(n)) => n,
             other => return other,
         };
+        this.unflushed = true;
         if let Some(control) = &this.control {
             control.wrote(&buf[..n]);
+            // Lines this write released (see `write_after_protection`) join its flush. A
+            // socket that takes no more keeps them queued; an error shows on the next read.
+            let _ = this.poll_write_ahead(cx);
         }
-        this.unflushed = true;
         if let Poll::Ready(Err(e)) = this.poll_pending_flush(cx) {
             return Poll::Ready(Err(e));
         }
@@ -1359,6 +1434,55 @@ mod tests {
         assert_eq!(p.lines_after_handshake(), Some(1));
         p.wrote(b"PROT P\r\n");
         assert_eq!(p.lines_after_handshake(), Some(2));
+    }
+
+    #[test]
+    fn lines_after_protection_go_out_with_prot_p_and_only_then() {
+        let p = ControlProgress::default();
+        p.write_after_protection(b"USER u\r\nPASS p\r\n");
+        p.handshake_done();
+        p.wrote(b"PBSZ 0\r\n");
+        assert!(p.take_ahead().is_empty(), "not with PBSZ 0");
+        p.wrote(b"PROT ");
+        assert!(p.take_ahead().is_empty(), "not before the line is whole");
+        p.wrote(b"P\r\n");
+        assert_eq!(p.take_ahead(), b"USER u\r\nPASS p\r\n");
+        assert!(p.take_after_protection().is_empty());
+        // Never twice.
+        p.wrote(b"USER u\r\n");
+        assert!(p.take_ahead().is_empty());
+        // Not released when PROT P never went out: given back.
+        let q = ControlProgress::default();
+        q.write_after_protection(b"FEAT\r\n");
+        q.handshake_done();
+        q.wrote(b"PBSZ 0\r\n");
+        assert_eq!(q.take_after_protection(), b"FEAT\r\n");
+    }
+
+    #[test]
+    fn the_login_round_trip_is_the_fastest_write_to_reply_and_stops_with_the_login() {
+        let p = ControlProgress::default();
+        p.handshake_done();
+        assert_eq!(p.measured_rtt(), None);
+        let p = ControlProgress::default();
+        p.handshake_done();
+        p.wrote(b"PBSZ 0\r\n");
+        std::thread::sleep(Duration::from_millis(30));
+        p.read_some();
+        p.wrote(b"PROT P\r\n");
+        std::thread::sleep(Duration::from_millis(5));
+        p.read_some();
+        // A reply read with nothing written since is no sample.
+        p.read_some();
+        let rtt = p.measured_rtt().unwrap();
+        assert!(
+            rtt >= Duration::from_millis(5) && rtt < Duration::from_millis(30),
+            "{rtt:?}"
+        );
+        // After the login, nothing more counts.
+        p.wrote(b"NOOP\r\n");
+        p.read_some();
+        assert_eq!(p.measured_rtt(), Some(rtt));
     }
 
     #[test]

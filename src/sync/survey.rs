@@ -92,9 +92,7 @@ pub(crate) async fn survey_all(
     let mut w = retried(job, tls, tally, || async {
         let mut ahead = ConnectionsAhead::start(job, ledger, tls)?;
         let connecting = Instant::now();
-        let session = ahead
-            .beside(Session::connect(&job.remote, tls))
-            .await?;
+        let session = ahead.first_connection(job, tls).await?;
         tracing::info!(server = %session.server, mlsd = session.features.mlsd, rtt_ms = session.rtt().as_secs_f64() * 1000.0, connections = job.transfers.for_rtt(session.rtt()), "connected");
         let connect_time = connecting.elapsed();
         let link = LinkFacts {

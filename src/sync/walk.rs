@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::config::{Job, ListTimeOffset, PathFilter};
+use crate::model::parallel;
 use crate::model::plan::{
     Action, Adopt, DirVisit, LedgerView, PlanError, PlanOptions, SyncPlan, TreePlan,
 };
@@ -101,10 +102,11 @@ pub(crate) struct ConnectionsAhead<'a> {
 
 impl<'a> ConnectionsAhead<'a> {
     /// A re-run of a tree the ledger knows to be wide, over a link the last run measured as
-    /// slow (see `state/link.rs`): the extra connections start logging in now, beside the
-    /// first, rather than once the first has logged in and measured the link again. Over a
-    /// 50 ms link a login is 8 round trips or more, 0.4 s of a re-run that lists 20
-    /// directories in about 1.3 s. Nothing on a LAN, on a first run, or for a narrow tree.
+    /// slow (see `state/link.rs`): the extra connections log in beside the first (see
+    /// [`ConnectionsAhead::first_connection`]), rather than once the first has asked FEAT and
+    /// measured the link again. Over a 50 ms link a login is 7 round trips or more, 0.35 s of
+    /// a re-run that lists 20 directories in about 1.3 s. Nothing on a LAN, on a first run, or
+    /// for a narrow tree.
     pub(crate) fn start(
         job: &'a Job,
         ledger: &SharedLedger,
@@ -126,7 +128,7 @@ impl<'a> ConnectionsAhead<'a> {
                 link.login,
             )
         {
-            let wanted = (connections - 1).min(known_dirs - 1);
+            let wanted = parallel::for_listing(known_dirs - 1, connections) - 1;
             tracing::debug!(
                 known_dirs,
                 rtt_ms = link.rtt.as_millis() as u64,
@@ -139,13 +141,30 @@ impl<'a> ConnectionsAhead<'a> {
         Ok(ahead)
     }
 
-    /// Waits for `first` while the connections ahead log in beside it.
-    pub(crate) async fn beside<T>(&mut self, first: impl std::future::Future<Output = T>) -> T {
+    /// Opens the run's first connection; the connections ahead start once its login is on its
+    /// way, and log in while it asks FEAT and lists the root. Not all at once: a server checks
+    /// a password with deliberately slow hashing (yescrypt, bcrypt), and sixteen passwords
+    /// arriving together on a small server made the first connection, the one the walk waits
+    /// for, wait for all of them (vsftpd with PAM on 2 cores: 200 ms more). Started later,
+    /// the others' passwords arrive some four round trips after the first's. Nor once the
+    /// first has logged in: then they were still logging in when the root was listed, and
+    /// the walk waited for them. A wrong password fails the first before the others have
+    /// sent theirs: they are dropped with it.
+    pub(crate) async fn first_connection(
+        &mut self,
+        job: &Job,
+        tls: &TlsContext,
+    ) -> Result<Session, FtpsError> {
+        let (tell, mut secured) = tokio::sync::oneshot::channel();
+        let first = Session::connect_telling(&job.remote, tls, Some(tell));
         tokio::pin!(first);
+        // The futures of `opening` do nothing until polled.
+        let mut started = false;
         loop {
             tokio::select! {
                 done = &mut first => return done,
-                Some(opened) = self.opening.next(), if !self.opening.is_empty() => {
+                _ = &mut secured, if !started => started = true,
+                Some(opened) = self.opening.next(), if started && !self.opening.is_empty() => {
                     self.opened.push(opened);
                 }
             }
@@ -365,7 +384,7 @@ pub async fn walk<'a>(
         )
     {
         more_wanted = false;
-        let wanted = (connections - 1).min(known_dirs - 1);
+        let wanted = parallel::for_listing(known_dirs - 1, connections) - 1;
         tracing::debug!(
             known_dirs,
             "listing on {wanted} more connections from the start"
@@ -380,7 +399,7 @@ pub async fn walk<'a>(
             let per_dir = listed_alone.0 / listed_alone.1;
             if worth_more_connections(waiting, per_dir, connect_time) {
                 more_wanted = false;
-                let wanted = (connections - 1).min(waiting - 1);
+                let wanted = parallel::for_listing(waiting, connections) - 1;
                 tracing::debug!(
                     waiting,
                     per_dir_ms = per_dir.as_millis() as u64,

@@ -22,7 +22,9 @@
 # Environment:
 #   BENCH_REPEAT=3                 runs per cell (median)
 #   BENCH_RTTS="0 20 50"           round trips (ms) of the small/rerun rows, in this order
-#   BENCH_CONNS="4 16"             connection counts of the small rows (4 = ferrysync's default)
+#   BENCH_CONNS="auto 4 16"        connection counts of the small rows; "auto" is ferrysync's
+#                                  default (`transfers: auto`), run by ferrysync only; the
+#                                  re-run uses each tool's first count (ferrysync: auto)
 #   BENCH_TOOLS="ferrysync lftp rclone"
 #   BENCH_WORKLOADS="small rerun gib trace"
 #   BENCH_FILES=2000 BENCH_TRACE_FILES=100 BENCH_GIB_MIB=1024 BENCH_GIB_RTT=20
@@ -46,7 +48,7 @@ repo=$(pwd)
 
 REPEAT=${BENCH_REPEAT:-3}
 RTTS=${BENCH_RTTS:-0 20 50}
-CONNS=${BENCH_CONNS:-4 16}
+CONNS=${BENCH_CONNS:-auto 4 16}
 TOOLS=${BENCH_TOOLS:-ferrysync lftp rclone}
 WORKLOADS=${BENCH_WORKLOADS:-small rerun gib trace}
 FILES=${BENCH_FILES:-2000}
@@ -67,7 +69,16 @@ die() { printf 'latency.sh: error: %s\n' "$*" >&2; exit 1; }
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "BENCH_REPEAT must be a positive number"
 [[ $ADDR =~ ^127\.0\.0\.[2-9]$ ]] || die "BENCH_PROXY_ADDR must be 127.0.0.2..9"
 wants() { [[ " $WORKLOADS " == *" $1 "* ]]; }
-first_conns=${CONNS%% *}
+# first_conns_of TOOL: the first connection count of CONNS the tool runs (peers skip "auto")
+first_conns_of() {
+  local c
+  for c in $CONNS; do
+    if [[ $c != auto || $1 == ferrysync ]]; then echo "$c"; return; fi
+  done
+}
+# The 1 GiB row is one file: one connection count (a number) for every tool.
+gib_conns=$(first_conns_of lftp)
+gib_conns=${gib_conns:-4}
 
 # ------------------------------------------------------------------ tools
 missing=()
@@ -258,8 +269,9 @@ median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (
 # cell WORKLOAD RTT CONNS TOOL LOCAL REMOTE_DIR FRESH: REPEAT runs, the median recorded.
 # FRESH=1: each run into a fresh remote directory (and ferrysync ledger); the last one is kept
 # in LAST_DEST for a re-run. FRESH=0: every run into REMOTE_DIR as it is.
+# LABEL (optional): the connections column of the table row (default CONNS).
 cell() {
-  local wl=$1 rtt=$2 conns=$3 tool=$4 local_=$5 rdir=$6 fresh=$7 i r secs=() status=complete
+  local wl=$1 rtt=$2 conns=$3 tool=$4 local_=$5 rdir=$6 fresh=$7 label=${8:-$3} i r secs=() status=complete
   log "$wl, $rtt ms, $conns connections: $tool (load $(cut -d' ' -f1 /proc/loadavg))"
   for ((i = 1; i <= REPEAT; i++)); do
     r=$rdir
@@ -274,7 +286,7 @@ cell() {
     if [[ $STATUS != complete ]]; then status=$STATUS; break; fi
   done
   LAST_DEST=$r
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$rtt" "$conns" "$tool" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$rtt" "$label" "$tool" \
     "$(printf '%s\n' "${secs[@]}" | median)" "${secs[*]}" "$status" >>"$results"
 }
 
@@ -294,13 +306,17 @@ if wants small || wants rerun; then
     declare -A dest=()
     for conns in $CONNS; do
       for tool in $TOOLS; do
+        [[ $conns == auto && $tool != ferrysync ]] && continue
         cell "$small_label" "$rtt" "$conns" "$tool" "$work/data/small" "/s$rtt-c$conns-$tool" 1
         dest[$tool-$conns]=$LAST_DEST
       done
     done
     if wants rerun; then
+      rerun_label=$(for tool in $TOOLS; do first_conns_of "$tool"; done | awk '!seen[$0]++' | paste -sd/ -)
       for tool in $TOOLS; do
-        cell "$FILES x 4 KiB re-run, no change" "$rtt" "$first_conns" "$tool" "$work/data/small" "${dest[$tool-$first_conns]}" 0
+        c=$(first_conns_of "$tool")
+        [[ -n $c && -n ${dest[$tool-$c]:-} ]] || continue
+        cell "$FILES x 4 KiB re-run, no change" "$rtt" "$c" "$tool" "$work/data/small" "${dest[$tool-$c]}" 0 "$rerun_label"
       done
     fi
     rm -rf "${ROOT:?}"/s"$rtt"-*
@@ -314,7 +330,7 @@ if wants gib; then
   dd if=/dev/urandom of="$work/data/gib/big.bin" bs=1M count="$GIB_MIB" status=none
   start_proxy "$GIB_RTT" "$GIB_RATE"
   for tool in $TOOLS curl; do
-    cell "$GIB_MIB MiB file, $GIB_RATE" "$GIB_RTT" "$first_conns" "$tool" "$work/data/gib" "/gib-$tool" 1
+    cell "$GIB_MIB MiB file, $GIB_RATE" "$GIB_RTT" "$gib_conns" "$tool" "$work/data/gib" "/gib-$tool" 1
     rm -rf "${ROOT:?}/gib-$tool"-r*
   done
   stop_proxy
@@ -379,8 +395,57 @@ for key in order:
     print("| " + " | ".join([key[0], key[1], conns] + [cell(t) for t in cols] + [ratio, runs]) + " |")
 PY
 )
+# Issue 16's targets, each a ratio of two cells of this run.
+targets_md=$(python3 - "$results" "$GIB_MIB" "$GIB_RATE" <<'PY'
+import re, sys
+cells = {}
+for line in open(sys.argv[1]):
+    wl, rtt, conns, tool, med, runs, status = line.rstrip("\n").split("\t")
+    if status == "complete":
+        cells[(wl.split(",")[0], rtt, conns, tool)] = float(med)
+def get(kind, rtt, conns, tool):
+    return next((v for (w, r, c, t), v in cells.items() if kind in w and r == rtt and c == conns and t == tool), None)
+def peers(kind, rtt, conns):
+    found = [(get(kind, rtt, conns, t), t) for t in ("lftp", "rclone")]
+    found = [f for f in found if f[0] is not None]
+    return min(found) if found else None
+out = []
+def verdict(ok):
+    return "met" if ok else "NOT met"
+rtts = sorted({r for (_, r, _, _) in cells if r != "0"}, key=float)
+for rtt in rtts:
+    best = peers("first push", rtt, "4")
+    fs = get("first push", rtt, "auto", "ferrysync")
+    if best and fs:
+        x = best[0] / fs
+        out.append(f"- first push at {rtt} ms, ferrysync's defaults against the best peer with 4 connections ({best[1]}): {fs:.2f} s against {best[0]:.2f} s, {x:.2f}x faster (target >= 3x): {verdict(x >= 3)}")
+    best = peers("first push", rtt, "16")
+    fs = get("first push", rtt, "16", "ferrysync")
+    if best and fs:
+        x = best[0] / fs
+        out.append(f"- first push at {rtt} ms, 16 connections each ({best[1]}): {fs:.2f} s against {best[0]:.2f} s, {x:.2f}x faster (target >= 1.5x): {verdict(x >= 1.5)}")
+    rerun = [(v, c, t) for (w, r, c, t), v in cells.items() if "re-run" in w and r == rtt]
+    fs = next((v for v, c, t in rerun if t == "ferrysync"), None)
+    best = min(((v, t) for v, c, t in rerun if t != "ferrysync"), default=None)
+    if best and fs:
+        x = fs / best[0]
+        out.append(f"- no-change re-run at {rtt} ms ({best[1]}): {fs:.2f} s against {best[0]:.2f} s, {x:.2f} of its time (target <= 0.5): {verdict(x <= 0.5)}")
+gib = {t: v for (w, r, c, t), v in cells.items() if "MiB file" in w}
+m = re.fullmatch(r"(\d+)mbit", sys.argv[3])
+if "ferrysync" in gib and m:
+    floor = int(sys.argv[2]) * 1048576 * 8 / (int(m.group(1)) * 1e6)
+    fs = gib["ferrysync"]
+    out.append(f"- one {sys.argv[2]} MiB file at {sys.argv[3]}: ferrysync {fs:.2f} s, the link's floor {floor:.1f} s, {floor / fs * 100:.1f}% of capacity (target >= 90%): {verdict(floor / fs >= 0.9)}"
+               + (f"; the bare client (curl) {gib['curl']:.2f} s" if "curl" in gib else ""))
+    best = min(((v, t) for t, v in gib.items() if t in ("lftp", "rclone")), default=None)
+    if best:
+        out.append(f"- the same file against the best peer ({best[1]}): {fs:.2f} s against {best[0]:.2f} s, {best[0] / fs:.3f}x (target >= 1, at the link's cap any difference under 1% is noise): {verdict(fs <= best[0] * 1.01)}")
+print("\n".join(out))
+PY
+)
 echo
 echo "$table"
+[[ -n $targets_md ]] && { echo; echo "$targets_md"; }
 [[ -n $trace_md ]] && { echo; echo "$trace_md"; }
 {
   echo "Made by \`$command_line\` on $started_at: explicit FTPS through tests/bench/latency_proxy.rs on $ADDR, median of $REPEAT run(s) per cell (seconds, wall time of the whole command); $versions; $machine."
@@ -400,6 +465,12 @@ data connection's connect() before sending on the control connection saves up to
 file here that it would pay on a real link, so all tools' small-file times are slightly
 optimistic.
 NOTE
+  if [[ -n $targets_md ]]; then
+    echo
+    echo "Issue 16's targets, from this run:"
+    echo
+    echo "$targets_md"
+  fi
   if [[ -n $trace_md ]]; then
     echo
     echo "Round trips per file, from the proxy's trace at $TRACE_RTT ms RTT with one connection ($TRACE_FILES x 4 KiB, tests/bench/trace_summary.py):"
