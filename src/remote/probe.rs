@@ -234,7 +234,7 @@ pub async fn list_folder(remote: &Remote, path: &str) -> Result<FolderListing, F
 
 /// Lists `path` and keeps its first `shown` entries by name.
 async fn list(session: &mut Session, path: &str, shown: usize) -> Result<FolderListing, FtpsError> {
-    let (lines, mlsd) = session.list_dir(path).await?;
+    let (lines, mlsd) = session.list_dir_if_there(path).await?;
     let mut entries: Vec<RemoteEntry> = lines
         .iter()
         .filter_map(|l| listing::parse_line(l, mlsd))

@@ -443,7 +443,7 @@ async fn archive_remote(
     from: &str,
 ) -> Result<(String, String), crate::remote::FtpsError> {
     if !known.contains_key(dir) {
-        let names = match session.list_dir(dir).await {
+        let names = match session.list_dir_if_there(dir).await {
             Ok(listing) => listing_names(&listing),
             Err(_) => {
                 // Not there yet: made, parents first (an existing one answers 550).

@@ -510,7 +510,7 @@ pub async fn list_remote_dir(
     scan: &mut Scan,
     times: &mut ListTimes,
 ) -> Result<Vec<String>, FtpsError> {
-    let listed = RemoteListing::fetch(session, root, rel_dir).await?;
+    let listed = RemoteListing::fetch(session, root, rel_dir, !rel_dir.is_empty()).await?;
     listed
         .add_to(session, root, filter, wanted, ledger, scan, times)
         .await
@@ -531,12 +531,19 @@ impl RemoteListing {
     }
 
     /// Lists `rel_dir` (relative to `root`), MLSD where offered, LIST otherwise.
+    /// `there`: the directory is expected to be there (see [`Session::list_dir_if_there`]).
     pub async fn fetch(
         session: &mut Session,
         root: &str,
         rel_dir: &str,
+        there: bool,
     ) -> Result<RemoteListing, FtpsError> {
-        let (lines, mlsd) = session.list_dir(&remote_path(root, rel_dir)).await?;
+        let path = remote_path(root, rel_dir);
+        let (lines, mlsd) = if there {
+            session.list_dir(&path).await?
+        } else {
+            session.list_dir_if_there(&path).await?
+        };
         Ok(RemoteListing {
             rel_dir: rel_dir.to_string(),
             lines,

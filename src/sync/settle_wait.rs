@@ -221,7 +221,7 @@ async fn observe(
     let mut times = ListTimes::new(job.remote.list_time_offset);
     for (dir, names) in by_dir {
         let rows = ledger.lock().children(&job.name, dir)?;
-        let listing = match RemoteListing::fetch(session, root, dir).await {
+        let listing = match RemoteListing::fetch(session, root, dir, !dir.is_empty()).await {
             Ok(listing) => listing,
             Err(e) if e.code() == Some(550) => continue,
             Err(e) => return Err(e.into()),

@@ -201,6 +201,8 @@ struct WalkContext<'a> {
     local_root: PathBuf,
     filter: Arc<PathFilter>,
     adopt: Adopt,
+    /// The ledger holds files of this job: its remote root was there last time.
+    root_known: bool,
 }
 
 impl WalkContext<'_> {
@@ -227,7 +229,8 @@ impl WalkContext<'_> {
         };
         let started = Instant::now();
         let listed = if visit.remote {
-            RemoteListing::fetch(&mut session, self.remote_root, &visit.path)
+            let there = !visit.path.is_empty() || self.root_known;
+            RemoteListing::fetch(&mut session, self.remote_root, &visit.path, there)
                 .await
                 .map(Some)
         } else {
@@ -319,6 +322,7 @@ pub async fn walk<'a>(
     write_ledger: bool,
     ahead: ConnectionsAhead<'a>,
 ) -> Result<Walked, RunError> {
+    let ledger_files = ledger.lock().entry_count(&job.name)?;
     let ctx = WalkContext {
         job_name: &job.name,
         ledger: ledger.clone(),
@@ -326,6 +330,7 @@ pub async fn walk<'a>(
         local_root: job.local.clone(),
         filter: Arc::new(job.filter.clone()),
         adopt: job.adopt,
+        root_known: ledger_files > 0,
     };
     let mut planning = Planning {
         tree: TreePlan::new(PlanOptions {
@@ -335,7 +340,7 @@ pub async fn walk<'a>(
             dest_files: None,
             allow_empty_source: job.allow_empty_source,
             source_empty: None,
-            ledger_files: Some(ledger.lock().entry_count(&job.name)?),
+            ledger_files: Some(ledger_files),
             adopt: job.adopt,
             ages: age_rule(job, first.features.mlsd),
             protect_dest: job.after.moves_sources(),
