@@ -453,14 +453,16 @@ impl Session {
     /// Starts opening the data connection of an EPSV reply read by [`Session::pipelined`]. A
     /// refused or unreadable EPSV is left to the data command, which asks again.
     pub(crate) fn open_ahead(&mut self, epsv: Result<Response, FtpsError>) {
-        let port = epsv
-            .ok()
-            .and_then(|r| r.as_string().ok())
-            .and_then(|text: String| passive::epsv_port(&text));
-        if let Some(port) = port {
-            let target = SocketAddr::new(self.control_peer.ip(), port);
-            self.opened_ahead = Some(self.start_connecting(target, target));
-        }
+        let text = epsv.ok().and_then(|r| r.as_string().ok());
+        self.opened_ahead = text.and_then(|text| self.connect_epsv(&text));
+    }
+
+    /// Starts connecting to the port an EPSV reply names, on the control connection's peer
+    /// (RFC 2428: EPSV names no address); `None` if it names no port.
+    fn connect_epsv(&self, reply: &str) -> Option<OpenedAhead> {
+        let port = passive::epsv_port(reply)?;
+        let target = SocketAddr::new(self.control_peer.ip(), port);
+        Some(self.start_connecting(target, target))
     }
 
     /// Starts connecting to `target` for a passive data connection announced as `announced`.
@@ -505,15 +507,13 @@ impl Session {
                 other => {
                     let r = self.outcome(command, path, other)?;
                     let text = r.as_string().unwrap_or_default();
-                    let port = passive::epsv_port(&text).ok_or_else(|| {
+                    return self.connect_epsv(&text).ok_or_else(|| {
                         self.connection_err(
                             command,
                             path,
                             format!("the server's EPSV reply `{}` names no port", text.trim()),
                         )
-                    })?;
-                    let target = SocketAddr::new(self.control_peer.ip(), port);
-                    return Ok(self.start_connecting(target, target));
+                    });
                 }
             }
         }
