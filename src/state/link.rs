@@ -1,7 +1,7 @@
 //! What the last run measured of the link to a job's server: the round trip at login and how
 //! long the first connection took to log in. A re-run reads them before it connects, so that a
 //! wide tree over a slow link is listed on several connections from the first moment (see
-//! `sync/walk.rs`, `connections_ahead`), not once the first login has measured the link again.
+//! `sync/walk.rs`, `ConnectionsAhead`), not once the first login has measured the link again.
 
 use std::time::Duration;
 
